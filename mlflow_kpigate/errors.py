@@ -1,0 +1,33 @@
+"""Errors that carry a user-facing message and the exit code the CLI should use."""
+
+from __future__ import annotations
+
+USAGE_EXIT_CODE = 2
+
+
+class KpigateError(Exception):
+    """Base class for errors that are shown to the user as one line, without a traceback."""
+
+    exit_code: int = 1
+
+
+class UsageError(KpigateError):
+    """Bad input from the user (a flag, a file, a config value): exit code 2."""
+
+    exit_code = USAGE_EXIT_CODE
+
+
+class PolicyError(UsageError):
+    """A rollout policy failed validation; ``problems`` holds one line per problem."""
+
+    def __init__(self, problems: list[str], source: str | None = None) -> None:
+        self.problems = list(problems)
+        self.source = source
+        where = f"{source}: " if source else ""
+        if len(self.problems) == 1:
+            message = f"{where}{self.problems[0]}"
+        else:
+            message = f"{where}{len(self.problems)} problems:\n" + "\n".join(
+                f"  {p}" for p in self.problems
+            )
+        super().__init__(message)

@@ -1,0 +1,47 @@
+"""Packaging for mlflow-kpigate (distribution) / mlflow_kpigate (import package)."""
+
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+HERE = Path(__file__).parent
+
+setup(
+    name="mlflow-kpigate",
+    version="0.1.0",
+    description=(
+        "MLflow deployment target that rolls model versions out in stages and lets "
+        "anytime-valid KPI comparisons decide promote / hold / rollback."
+    ),
+    long_description=(HERE / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=find_packages(include=["mlflow_kpigate", "mlflow_kpigate.*"]),
+    include_package_data=True,
+    package_data={"mlflow_kpigate": ["py.typed", "simulate/scenarios/*.yaml"]},
+    install_requires=[
+        "mlflow>=3.3,<4",
+        "numpy>=1.24",
+        "scipy>=1.10",
+        "pyyaml>=6",
+        "click>=8.1",
+        "prometheus-client>=0.17",
+    ],
+    extras_require={
+        "test": [
+            "pytest>=8",
+            "scikit-learn>=1.3",
+            "ruff>=0.5",
+        ],
+    },
+    entry_points={
+        "console_scripts": ["kpigate=mlflow_kpigate.cli:main"],
+        "mlflow.deployments": ["kpigate=mlflow_kpigate.plugin"],
+    },
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "License :: OSI Approved :: Apache Software License",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    ],
+)
