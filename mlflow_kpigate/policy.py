@@ -435,6 +435,9 @@ def _validate_stage(p: _Problems, path: str, raw: Any, defaults: Mapping[str, An
                   "evaluated; move this to an earlier stage")
     ok = True
     ms_raw = merged.get("min_samples", {})
+    if isinstance(defaults.get("min_samples"), Mapping) and isinstance(ms_raw, Mapping):
+        # A stage that sets only `labelled` keeps stage_defaults' `requests` (and vice versa).
+        ms_raw = {**defaults["min_samples"], **ms_raw}
     min_samples = MinSamples()
     ms = _mapping(p, _join(path, "min_samples"), ms_raw)
     if ms is None:
@@ -574,7 +577,7 @@ def _validate_kpi(p: _Problems, path: str, raw: Any) -> KpiSpec | None:
                     p.add(path, f"a custom proportion needs '{key}' (a counter name)")
                 else:
                     _name(p, _join(path, key), val)
-        elif metric not in PROPORTION_METRICS:
+        elif not isinstance(metric, str) or metric not in PROPORTION_METRICS:
             _enum_problem(p, _join(path, "metric"), metric, [*PROPORTION_METRICS, "custom"])
         else:
             default_direction = PROPORTION_METRICS[metric]
@@ -631,8 +634,10 @@ def _validate_kpi(p: _Problems, path: str, raw: Any) -> KpiSpec | None:
         if (kind is KpiKind.FAIRNESS and direction is Direction.LOWER):
             p.add(_join(path, "direction"), "a fairness index (min/max ratio) is always "
                   "higher-is-better; remove 'direction'")
-    elif default_direction is None and kind in (KpiKind.PROPORTION, KpiKind.MEAN,
-                                                KpiKind.BUSINESS):
+    elif default_direction is None and (
+            kind in (KpiKind.MEAN, KpiKind.BUSINESS)
+            or (kind is KpiKind.PROPORTION and metric == "custom")):
+        # (an unknown proportion metric is reported above; it does not also need a direction)
         p.add(path, "needs 'direction' (higher or lower is better) for this metric")
     direction = direction or default_direction
 
@@ -703,7 +708,7 @@ def policy_from_dict(data: Any, source: str | None = None) -> Policy:
         raise PolicyError([f"the policy must be a YAML mapping, got {_type_name(data)}"], source)
     p.unknown_keys("", data, _TOP_KEYS)
     version = data.get("version", 1)
-    if version != 1:
+    if isinstance(version, bool) or version != 1:
         p.add("version", f"only version 1 is supported, got {version!r}")
     name = data.get("name")
     if name is not None:
