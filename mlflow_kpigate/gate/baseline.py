@@ -1,0 +1,137 @@
+"""Registry baseline: μ and σ of each KPI for the baseline model version.
+
+The registry layer (a later issue) fills this from the baseline version's MLflow run
+metrics, their history, and earlier kpigate rollouts of that version. Here it is plain
+input, also readable from a YAML/JSON file for ``kpigate plan --baseline-file``::
+
+    prevalence: 0.015          # share of labelled positives among requests
+    label_coverage: 1.0        # share of requests that eventually get a label
+    kpis:
+      recall: {mean: 0.876, std: 0.01}
+      precision: {mean: 0.918, std: 0.012}
+      latency_p95: {mean: 0.120, std: 0.008, unit_sd: 0.35}
+      fpr_fairness: {mean: 0.91, rate: 0.0012, segments: 3}
+
+``mean``/``std``/``n`` summarise the KPI across the baseline's runs (the control limits).
+The planning-only fields describe single predictions: ``unit_sd`` is the per-request
+standard deviation on the tested scale (σ of log-latency for latency KPIs, σ of the value
+for means and business KPIs); ``rate`` and ``segments`` describe a fairness KPI's rate and
+number of (about equal) segments. A bare number is a mean.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..errors import UsageError
+
+_KPI_FIELDS = ("mean", "std", "n", "unit_sd", "rate", "segments")
+
+
+@dataclass(frozen=True)
+class BaselineKpi:
+    """μ, σ and how many values they summarise, for one KPI of the baseline version."""
+
+    mean: float
+    std: float | None = None
+    n: int = 1
+    unit_sd: float | None = None
+    rate: float | None = None
+    segments: int | None = None
+
+    @property
+    def has_spread(self) -> bool:
+        """True when σ is known and positive (control limits need it)."""
+        return self.std is not None and self.std > 0 and math.isfinite(self.std)
+
+
+@dataclass(frozen=True)
+class RegistryBaseline:
+    """Baseline KPI figures keyed by the policy's KPI names, plus traffic facts for planning."""
+
+    kpis: Mapping[str, BaselineKpi] = field(default_factory=dict)
+    prevalence: float | None = None
+    label_coverage: float = 1.0
+    source: str | None = None
+
+    def get(self, name: str) -> BaselineKpi | None:
+        """The baseline figure for KPI ``name``, if known."""
+        return self.kpis.get(name)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], source: str | None = None) -> RegistryBaseline:
+        """Build from a mapping (see the module docstring); raises ``UsageError``."""
+        where = f"{source}: " if source else ""
+        if not isinstance(data, Mapping):
+            raise UsageError(f"{where}a baseline file must be a mapping with 'kpis:'")
+        unknown = set(data) - {"prevalence", "label_coverage", "kpis"}
+        if unknown:
+            raise UsageError(f"{where}{sorted(unknown)[0]}: unknown field; allowed: "
+                             "prevalence, label_coverage, kpis")
+        kpis: dict[str, BaselineKpi] = {}
+        raw = data.get("kpis") or {}
+        if not isinstance(raw, Mapping):
+            raise UsageError(f"{where}kpis: must be a mapping of KPI name to {{mean, std}}")
+        for name, item in raw.items():
+            path = f"{where}kpis.{name}"
+            if isinstance(item, (int, float)) and not isinstance(item, bool):
+                kpis[str(name)] = BaselineKpi(float(item))
+                continue
+            if not isinstance(item, Mapping) or "mean" not in item:
+                raise UsageError(f"{path}: needs 'mean' (and optionally 'std', 'n')")
+            extra = set(item) - set(_KPI_FIELDS)
+            if extra:
+                raise UsageError(f"{path}.{sorted(extra)[0]}: unknown field; allowed: "
+                                 f"{', '.join(_KPI_FIELDS)}")
+            try:
+                values = {k: (None if item.get(k) is None else float(item[k]))
+                          for k in _KPI_FIELDS}
+            except (TypeError, ValueError):
+                raise UsageError(f"{path}: {', '.join(_KPI_FIELDS)} must be numbers") from None
+            for key in ("std", "unit_sd", "rate"):
+                if values[key] is not None and values[key] < 0:  # type: ignore[operator]
+                    raise UsageError(f"{path}.{key}: must be >= 0")
+            segs = values["segments"]
+            if segs is not None and (segs < 2 or segs != int(segs)):
+                raise UsageError(f"{path}.segments: must be a whole number >= 2")
+            kpis[str(name)] = BaselineKpi(
+                mean=values["mean"],  # type: ignore[arg-type]
+                std=values["std"],
+                n=int(values["n"] or 1),
+                unit_sd=values["unit_sd"],
+                rate=values["rate"],
+                segments=None if segs is None else int(segs),
+            )
+        prevalence = data.get("prevalence")
+        if prevalence is not None:
+            if isinstance(prevalence, bool) or not isinstance(prevalence, (int, float)) \
+                    or not 0 < prevalence < 1:
+                raise UsageError(f"{where}prevalence: must be a fraction between 0 and 1")
+            prevalence = float(prevalence)
+        coverage = data.get("label_coverage", 1.0)
+        if isinstance(coverage, bool) or not isinstance(coverage, (int, float)) \
+                or not 0 < coverage <= 1:
+            raise UsageError(f"{where}label_coverage: must be a fraction in (0, 1]")
+        return cls(kpis, prevalence, float(coverage), source)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> RegistryBaseline:
+        """Read a YAML or JSON baseline file; raises ``UsageError`` naming the problem."""
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise UsageError(f"{path}: cannot read the baseline file ({exc.strerror})") from None
+        try:
+            data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        except (json.JSONDecodeError, yaml.YAMLError) as exc:
+            raise UsageError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}"
+                             f" ({str(exc).splitlines()[0]})") from None
+        return cls.from_dict(data or {}, str(path))

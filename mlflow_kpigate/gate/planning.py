@@ -1,0 +1,220 @@
+"""Sample-size planning for ``kpigate plan``: how many requests each stage needs.
+
+For each evaluated stage and each KPI the plan gives, from the registry baseline's figures:
+
+* **to promote**: requests through the router in that stage (alone, without evidence pooled
+  from earlier stages) after which an *equal* candidate's promotion bound clears
+  −(stage scale × margin) with the policy's power;
+* **to detect**: requests after which a candidate worse by one margin beyond the rollback
+  threshold (−margin for a critical KPI, −2 × margin for a guardrail) is rolled back with
+  that power.
+
+Both use the same anytime-valid boundaries as the gate, evaluated as if at a single look
+(``radius(v) + z_power · sqrt(v) ≤ distance``), so they are planning figures: looking more
+often can only make the decision arrive earlier. For proportions the plan also prints
+Wald's SPRT expected sample number for the same detection with a *known* baseline, the
+theoretical lower bound no two-sample sequential test can beat.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from scipy.optimize import brentq
+from scipy.stats import norm
+
+from ..policy import KpiKind, KpiSpec, Policy, Role, Stage
+from .baseline import BaselineKpi, RegistryBaseline
+from .boundaries import one_sided_radius, tau2_for_radius
+
+
+@dataclass(frozen=True)
+class PlanRow:
+    """Planning figures for one (stage, KPI)."""
+
+    stage: str
+    kpi: str
+    unit: str
+    promote_requests: int | None
+    detect_requests: int | None
+    wald_requests: int | None
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class _Unit:
+    """Variance of one unit on the tested scale, units per request, and the margin there."""
+
+    variance: float
+    per_request: float
+    margin: float
+    name: str
+    p0: float | None = None  # for Wald's SPRT on proportions
+
+
+_UNIT_NAMES = {
+    "recall": "labelled positive",
+    "false_negative_rate": "labelled positive",
+    "f1": "labelled positive",
+    "false_positive_rate": "labelled negative",
+    "true_negative_rate": "labelled negative",
+    "precision": "predicted positive",
+    "accuracy": "labelled request",
+    "error_rate": "request",
+}
+
+
+def wald_asn(p0: float, p1: float, alpha: float, beta: float) -> float:
+    """Wald's SPRT expected sample number under H1 for Bernoulli p0 vs p1 (known p0).
+
+    E₁[N] = [(1−β) ln((1−β)/α) + β ln(β/(1−α))] / KL(p1 ‖ p0).
+    """
+    kl = p1 * math.log(p1 / p0) + (1 - p1) * math.log((1 - p1) / (1 - p0))
+    num = (1 - beta) * math.log((1 - beta) / alpha) + beta * math.log(beta / (1 - alpha))
+    return num / kl
+
+
+def _unit(kpi: KpiSpec, base: BaselineKpi | None, registry: RegistryBaseline
+          ) -> _Unit | str:
+    """The unit for ``kpi``, or a message saying which baseline figure is missing."""
+    if base is None:
+        return f"no baseline figure for {kpi.name!r} in the baseline file"
+    prev = registry.prevalence
+    cov = registry.label_coverage
+    margin = kpi.margin.value if kpi.margin else None
+    if kpi.kind is KpiKind.PROPORTION:
+        p = base.mean
+        if not 0 < p < 1:
+            return f"{kpi.name}: baseline mean must be a fraction in (0, 1)"
+        metric = kpi.metric
+        per: float | None
+        if metric == "error_rate":
+            per = 1.0
+        elif metric == "accuracy":
+            per = cov
+        elif prev is None:
+            return "needs 'prevalence' in the baseline file"
+        elif metric in ("recall", "false_negative_rate", "f1"):
+            per = prev * cov
+        elif metric in ("false_positive_rate", "true_negative_rate"):
+            per = (1 - prev) * cov
+        elif metric == "precision":
+            rec = registry.get("recall")
+            if rec is None:
+                return "precision needs a 'recall' baseline figure (predicted-positive rate)"
+            per = prev * cov * rec.mean / p
+        else:
+            return f"{kpi.name}: custom proportions need their own traffic figures; use simulate"
+        m = (margin * p if kpi.margin and kpi.margin.relative else margin) or 0.1 * p
+        return _Unit(p * (1 - p), per, m, _UNIT_NAMES.get(metric or "", "unit"), p)
+    if kpi.kind is KpiKind.MEAN:
+        if base.unit_sd is None:
+            return f"{kpi.name}: needs 'unit_sd' (per-request σ on the tested scale)"
+        m = math.log1p(margin) if kpi.log and margin else (
+            (margin * abs(base.mean) if kpi.margin and kpi.margin.relative else margin)
+            or 0.1 * abs(base.mean))
+        return _Unit(base.unit_sd ** 2, 1.0, m, "request")
+    if kpi.kind is KpiKind.QUANTILE:
+        if base.unit_sd is None:
+            return f"{kpi.name}: needs 'unit_sd' (σ of log-latency) to turn the margin into " \
+                   "exceedance points"
+        q = kpi.q or 0.95
+        e = 1 - q
+        if kpi.margin is None:
+            shift = math.log(1.1)
+        elif kpi.margin.relative:
+            shift = math.log1p(kpi.margin.value)
+        else:
+            shift = math.log1p(kpi.margin.value / base.mean)
+        # Lognormal latency: moving the threshold by the margin lowers the exceedance to
+        # 1 − Φ(z_q + shift/σ).
+        m = e - float(norm.sf(norm.ppf(q) + shift / base.unit_sd))
+        return _Unit(e * (1 - e), 1.0, m, "request")
+    if kpi.kind is KpiKind.AUC:
+        if prev is None:
+            return "needs 'prevalence' in the baseline file"
+        a = base.mean
+        q1, q2 = a / (2 - a), 2 * a * a / (1 + a)
+        # Hanley–McNeil: n·Var ≈ [ (Q1−A²)/prev + (Q2−A²)/(1−prev) ] per labelled request.
+        var = (q1 - a * a) / prev + (q2 - a * a) / (1 - prev)
+        m = (margin * a if kpi.margin and kpi.margin.relative else margin) or 0.01
+        return _Unit(var, cov, m, "labelled request")
+    if kpi.kind is KpiKind.FAIRNESS:
+        if base.rate is None or base.segments is None:
+            return f"{kpi.name}: needs 'rate' and 'segments' in its baseline entry"
+        r, s = base.rate, base.segments
+        if prev is None:
+            return "needs 'prevalence' in the baseline file"
+        per_unit = {"false_positive_rate": 1 - prev, "true_negative_rate": 1 - prev,
+                    "recall": prev, "false_negative_rate": prev}.get(kpi.metric or "", 1.0)
+        # A pair of segments: two log-rates, each ≈ (1−r)/(n_seg·r) with n_seg = units/s.
+        var = 2 * s * (1 - r) / r
+        m = math.log1p(margin) if margin else math.log(1.25)
+        return _Unit(var, per_unit * cov, m, "labelled request")
+    if kpi.kind is KpiKind.BUSINESS:
+        if base.unit_sd is None:
+            return f"{kpi.name}: needs 'unit_sd' (per-prediction σ)"
+        m = (margin * abs(base.mean) if kpi.margin and kpi.margin.relative else margin) \
+            or 0.1 * abs(base.mean)
+        return _Unit(base.unit_sd ** 2, cov, m, "labelled request")
+    return f"{kpi.name}: kind {kpi.kind.value} cannot be planned"
+
+
+def _requests(unit: _Unit, share: float, distance: float, alpha: float, power: float,
+              tau_scale: float, shadow: bool) -> int | None:
+    """Requests in a stage for ``radius(v) + z·sqrt(v) ≤ distance``."""
+    if not distance > 0:
+        return None
+    z = float(norm.ppf(power))
+    tau2 = tau2_for_radius(tau_scale, alpha)
+    # v(N): both arms see N·share and N·(1−share) units (shadow: both see all N).
+    factor = 2.0 if shadow else 1.0 / share + 1.0 / (1.0 - share)
+    per = unit.variance * factor / unit.per_request
+
+    def gap(log_n: float) -> float:
+        v = per / math.exp(log_n)
+        return one_sided_radius(v, tau2, alpha) + z * math.sqrt(v) - distance
+
+    if gap(math.log(1e12)) > 0:
+        return None
+    lo = math.log(1.0)
+    if gap(lo) < 0:
+        return 1
+    return math.ceil(math.exp(brentq(gap, lo, math.log(1e12), xtol=1e-6)))
+
+
+def plan(policy: Policy, registry: RegistryBaseline) -> list[PlanRow]:
+    """Planning rows for every evaluated stage × critical/guardrail KPI."""
+    ev = policy.evaluation
+    decisive = [k for k in policy.kpis if k.decides]
+    n_checks = max(1, sum(1 for k in policy.kpis if k.decides) +
+                   sum(1 for k in policy.kpis if k.limit is not None))
+    alpha_r = ev.alpha_rollback / n_checks
+    rows: list[PlanRow] = []
+    for stage in policy.gated_stages:
+        for kpi in decisive:
+            rows.append(_plan_row(stage, kpi, registry, alpha_r, ev.alpha_promote, ev.power))
+    return rows
+
+
+def _plan_row(stage: Stage, kpi: KpiSpec, registry: RegistryBaseline, alpha_r: float,
+              alpha_p: float, power: float) -> PlanRow:
+    unit = _unit(kpi, registry.get(kpi.registry_metric or kpi.name) or registry.get(kpi.name),
+                 registry)
+    if isinstance(unit, str):
+        return PlanRow(stage.name, kpi.name, "", None, None, None, unit)
+    share = 0.5 if stage.shadow else stage.traffic / 100.0
+    promote = _requests(unit, share, stage.promote_margin_scale * unit.margin, alpha_p, power,
+                        unit.margin, stage.shadow)
+    detect = _requests(unit, share, unit.margin, alpha_r, power, unit.margin, stage.shadow)
+    wald = None
+    if unit.p0 is not None:
+        sign = 1 if kpi.direction.value == "higher" else -1
+        shift = unit.margin * (1 if kpi.role is Role.CRITICAL else 2)
+        p1 = unit.p0 - sign * shift
+        if 0 < p1 < 1:
+            asn = wald_asn(unit.p0, p1, alpha_r, 1 - power)
+            cand_share = 1.0 if stage.shadow else share
+            wald = math.ceil(asn / unit.per_request / cand_share)
+    return PlanRow(stage.name, kpi.name, unit.name, promote, detect, wald)
