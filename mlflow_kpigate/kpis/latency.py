@@ -111,6 +111,32 @@ class LatencyHistogram:
         self._min = min(self._min, float(x.min()))
         self._max = max(self._max, float(x.max()))
 
+    def add_binned(self, counts: ArrayLike, mean_log: float, m2_log: float, total: float
+                   ) -> None:
+        """Add pre-aggregated latencies: per-bucket ``counts`` (this histogram's layout,
+        underflow and overflow included) with their log-moments and sum of seconds.
+
+        For sources that already bin (a Prometheus histogram, the simulator); ``mean_log``
+        is the mean of their log-latencies and ``m2_log`` the sum of squared deviations.
+        """
+        c = np.asarray(counts)
+        if c.shape != self.counts.shape or (c < 0).any():
+            raise ValueError(f"counts must be {self.counts.size} non-negative bucket counts")
+        n = int(c.sum())
+        if n == 0:
+            return
+        if not (math.isfinite(mean_log) and math.isfinite(m2_log) and m2_log >= 0
+                and math.isfinite(total) and total > 0):
+            raise ValueError("mean_log, m2_log (>= 0) and total (> 0) must be finite")
+        self.counts += c.astype(np.int64)
+        self._merge_moments(n, float(mean_log), float(m2_log))
+        self._sum += float(total)
+        nz = np.flatnonzero(c)
+        bounds = self._bounds
+        low, high = bounds[nz[0]], bounds[nz[-1] + 1]
+        self._min = min(self._min, float(low if math.isfinite(low) else self.low))
+        self._max = max(self._max, float(high if math.isfinite(high) else self.edges[-1]))
+
     def _merge_moments(self, n: int, mean_log: float, m2_log: float) -> None:
         self._n, mean, m2 = _chan(self._n, self._mean_log, self._m2_log, n, mean_log, m2_log)
         self._mean_log, self._m2_log = float(mean), float(m2)

@@ -70,6 +70,15 @@ class ScoreHistogram:
             )
         self._add(idx, t)
 
+    def add_counts(self, pos: ArrayLike, neg: ArrayLike) -> None:
+        """Add pre-binned per-class counts (``bins`` non-negative integers each)."""
+        p, n = np.asarray(pos), np.asarray(neg)
+        if p.shape != self.pos.shape or n.shape != self.neg.shape or (p < 0).any() \
+                or (n < 0).any():
+            raise ValueError(f"pos and neg must each be {self.bins} non-negative counts")
+        self.pos += p.astype(np.int64)
+        self.neg += n.astype(np.int64)
+
     def _add(self, idx: np.ndarray, t: np.ndarray) -> None:
         # One bincount over (bin, label) pairs instead of two passes over masked copies.
         idx <<= 1
