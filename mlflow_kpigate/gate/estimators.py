@@ -528,3 +528,30 @@ def own_value(kpi: KpiSpec, candidate: RoleAggregate, threshold: float, scale: f
         t = Test("", sign * (r - threshold), var)
         return OwnValue((t,), (t,), scale) if t.usable else None
     raise ValueError(f"unknown KPI kind {kind}")
+
+
+def kpi_value(kpi: KpiSpec, agg: RoleAggregate) -> float:
+    """The KPI's plain value for one role's aggregate, in KPI units (NaN if undefined).
+
+    Proportions as rates, latency means as geometric means and quantiles in seconds, AUC,
+    the fairness index (min/max across segments), business ratios.
+    """
+    kind = kpi.kind
+    if kind is KpiKind.PROPORTION:
+        if kpi.metric == "f1":
+            return _f1(agg)[0]
+        return _ratio(*_counts(kpi, agg))
+    if kind is KpiKind.MEAN:
+        if kpi.source == LATENCY:
+            return math.exp(agg.latency.mean_log()) if agg.latency.n else NAN
+        v = agg.values
+        return v.mean(kpi.source or "") if v is not None and v.n else NAN
+    if kind is KpiKind.QUANTILE:
+        return agg.latency.quantile(kpi.q or 0.95) if agg.latency.n else NAN
+    if kind is KpiKind.AUC:
+        return agg.scores.auc()
+    if kind is KpiKind.FAIRNESS:
+        return fairness_index(segment_rates(kpi, agg))
+    if kind is KpiKind.BUSINESS:
+        return _business_ratio(kpi, agg)[0]
+    raise ValueError(f"unknown KPI kind {kind}")
