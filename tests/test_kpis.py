@@ -334,6 +334,29 @@ def test_latency_count_above_is_exact() -> None:
     assert h.snap(1e9, "up") == h.edges[-1]
 
 
+@pytest.mark.parametrize(
+    ("low", "high", "growth"),
+    [(1e-4, 100.0, 1.02), (1e3, 1.001e3, 1 + 1e-8), (1e-9, 1e9, 1.5), (0.5, 2.0, 1.0001)],
+)
+def test_latency_bucket_assignment_matches_binary_search(
+    low: float, high: float, growth: float
+) -> None:
+    h = LatencyHistogram(low, high, growth)
+    rng = np.random.default_rng(12)
+    picks = h.edges[rng.integers(0, h.edges.size, 2_000)]
+    x = np.concatenate(
+        [
+            picks,
+            np.nextafter(picks, 0),
+            np.nextafter(picks, np.inf),
+            np.exp(rng.uniform(math.log(low) - 1, math.log(h.edges[-1]) + 1, 20_000)),
+        ]
+    )
+    h.update(x)
+    expected = np.bincount(np.searchsorted(h.edges, x, side="right"), minlength=h.counts.size)
+    np.testing.assert_array_equal(h.counts, expected)
+
+
 def test_latency_outside_range_and_tiny() -> None:
     h = LatencyHistogram()
     assert math.isnan(h.quantile(0.5))

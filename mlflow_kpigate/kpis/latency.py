@@ -26,6 +26,11 @@ from .scores import _dense, _sparse
 __all__ = ["LatencyHistogram"]
 
 _DIRECTIONS = ("up", "down")
+# Smallest bucket-width fraction around each edge inside which the logarithmic bucket
+# index is double-checked (widened per layout when its rounding error could be larger).
+_EDGE_SLACK = 1e-6
+# Caps the layout size so that a growth factor a hair above 1 fails loudly.
+_MAX_BUCKETS = 1_000_000
 
 
 class LatencyHistogram:
@@ -58,12 +63,24 @@ class LatencyHistogram:
             m -= 1
         while low * growth**m < high:
             m += 1
+        if m > _MAX_BUCKETS:
+            raise ValueError(
+                f"growth {growth} gives {m} buckets between {low} and {high}; "
+                f"at most {_MAX_BUCKETS:,} are allowed, use a larger growth"
+            )
         self.edges: np.ndarray = low * growth ** np.arange(m + 1, dtype=np.float64)
         self.counts: np.ndarray = np.zeros(m + 2, dtype=np.int64)
         # Bucket j is [_bounds[j], _bounds[j+1]); the infinities make the ends uniform.
         self._bounds = np.concatenate(([-np.inf], self.edges, [np.inf]))
         self._log_low = math.log(low)
-        self._inv_log_growth = 1.0 / math.log(growth)
+        log_growth = math.log(growth)
+        self._inv_log_growth = 1.0 / log_growth
+        # Worst-case rounding of the computed bucket position for values inside the layout:
+        # an ulp of log(x) and of log(low), scaled by 1/log(growth), plus an ulp of the
+        # position itself. A 100x margin keeps the slack safely above it.
+        span = max(abs(self._log_low), abs(math.log(self.edges[-1]))) + 1.0
+        rounding = 2.3e-16 * (2.0 * span / log_growth + m + 1)
+        self._edge_slack = max(_EDGE_SLACK, 100.0 * rounding)
         self._n = 0
         self._mean_log = 0.0
         self._m2_log = 0.0
@@ -76,21 +93,28 @@ class LatencyHistogram:
     def _bucket_index(self, x: np.ndarray, log_x: np.ndarray) -> np.ndarray:
         """Bucket of each (validated) latency, consistent with ``edges`` to the last bit.
 
-        The closed-form index from the logarithm is ~5x faster than a binary search but can
-        be one bucket off next to an edge, so it is corrected by comparing with the actual
-        edges; the binary search remains as a guard should that ever not suffice.
+        The closed-form index from the logarithm is several times faster than a binary
+        search, but rounding can put a value that lies within a few ulps of an edge on the
+        wrong side of it. Only values within ``_edge_slack`` bucket widths of an edge can
+        be affected (the rounding error is orders of magnitude smaller), so just those are
+        re-placed with a binary search against the actual ``edges``.
         """
-        last = self.counts.size - 1
-        j = (log_x - self._log_low) * self._inv_log_growth
-        np.floor(j, out=j)
-        j += 1
-        np.clip(j, 0, last, out=j)
-        idx = j.astype(np.intp)
-        bounds = self._bounds
-        idx -= x < bounds[idx]
-        idx += x >= bounds[idx + 1]
-        if not ((x >= bounds[idx]) & (x < bounds[idx + 1])).all():
-            idx = np.searchsorted(self.edges, x, side="right")
+        # In-place arithmetic throughout: fresh temporaries cost more (page faults) than
+        # the arithmetic itself at chunk sizes of ~1M.
+        position = log_x - self._log_low
+        position *= self._inv_log_growth  # edge i now sits at position i
+        below = np.floor(position)
+        position -= below  # offset inside the bucket, in [0, 1)
+        position -= 0.5
+        np.abs(position, out=position)
+        # Extreme layouts (slack >= 1/2) mark everything, i.e. fall back to binary search.
+        near_edge = position >= 0.5 - min(self._edge_slack, 0.5)
+        np.clip(below, -1, self.counts.size - 2, out=below)
+        idx = below.astype(np.intp)
+        idx += 1
+        if near_edge.any():
+            sel = np.flatnonzero(near_edge)
+            idx[sel] = np.searchsorted(self.edges, x[sel], side="right")
         return idx
 
     def update(self, latency_s: ArrayLike) -> None:
@@ -111,8 +135,7 @@ class LatencyHistogram:
         self._min = min(self._min, float(x.min()))
         self._max = max(self._max, float(x.max()))
 
-    def add_binned(self, counts: ArrayLike, mean_log: float, m2_log: float, total: float
-                   ) -> None:
+    def add_binned(self, counts: ArrayLike, mean_log: float, m2_log: float, total: float) -> None:
         """Add pre-aggregated latencies: per-bucket ``counts`` (this histogram's layout,
         underflow and overflow included) with their log-moments and sum of seconds.
 
@@ -125,8 +148,13 @@ class LatencyHistogram:
         n = int(c.sum())
         if n == 0:
             return
-        if not (math.isfinite(mean_log) and math.isfinite(m2_log) and m2_log >= 0
-                and math.isfinite(total) and total > 0):
+        if not (
+            math.isfinite(mean_log)
+            and math.isfinite(m2_log)
+            and m2_log >= 0
+            and math.isfinite(total)
+            and total > 0
+        ):
             raise ValueError("mean_log, m2_log (>= 0) and total (> 0) must be finite")
         self.counts += c.astype(np.int64)
         self._merge_moments(n, float(mean_log), float(m2_log))

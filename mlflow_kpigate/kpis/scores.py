@@ -50,7 +50,8 @@ class ScoreHistogram:
     def bin_index(self, score: ArrayLike) -> np.ndarray:
         """Bin of each score (clipped into ``[0, bins - 1]``)."""
         s = as_float_array(score, "score", allow_inf=True)
-        scaled = (s - self.low) * (self.bins / (self.high - self.low))
+        scaled = s - self.low
+        scaled *= self.bins / (self.high - self.low)
         # Clip while still float so +-inf and huge values never overflow the int cast.
         np.clip(scaled, 0, self.bins - 1, out=scaled)
         return np.floor(scaled, out=scaled).astype(np.intp)
@@ -73,8 +74,7 @@ class ScoreHistogram:
     def add_counts(self, pos: ArrayLike, neg: ArrayLike) -> None:
         """Add pre-binned per-class counts (``bins`` non-negative integers each)."""
         p, n = np.asarray(pos), np.asarray(neg)
-        if p.shape != self.pos.shape or n.shape != self.neg.shape or (p < 0).any() \
-                or (n < 0).any():
+        if p.shape != self.pos.shape or n.shape != self.neg.shape or (p < 0).any() or (n < 0).any():
             raise ValueError(f"pos and neg must each be {self.bins} non-negative counts")
         self.pos += p.astype(np.int64)
         self.neg += n.astype(np.int64)
