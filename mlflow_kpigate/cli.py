@@ -29,8 +29,11 @@ from typing import Any, NoReturn, TypeVar
 import click
 
 from . import __version__
+from .commands.plan import plan_command
+from .commands.simulate import simulate_command
 from .durations import format_duration
 from .errors import KpigateError, PolicyError
+from .gate.engine import rollback_checks
 from .policy import KpiKind, KpiSpec, Policy, Stage, load_policy
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -123,6 +126,10 @@ def validate(files: tuple[str, ...], quiet: bool) -> None:
         raise click.exceptions.Exit(failed[0].exit_code)
 
 
+main.add_command(plan_command)
+main.add_command(simulate_command)
+
+
 # --------------------------------------------------------------------------------------
 # Summaries
 # --------------------------------------------------------------------------------------
@@ -191,11 +198,12 @@ def summary_lines(policy: Policy, path: str, *, quiet: bool = False) -> list[str
     lines.append("  kpis:")
     lines += [_kpi_line(k, width) for k in policy.kpis]
     ev = policy.evaluation
-    decisive = sum(1 for k in policy.kpis if k.decides)
+    checks = rollback_checks(policy, None)
     lines.append(
         f"  evaluation: every {_duration(ev.interval)}, maturity "
         f"{_duration(ev.maturity)}, alpha_rollback {ev.alpha_rollback:g} split over "
-        f"{_plural(decisive, 'decisive KPI')}, alpha_promote {ev.alpha_promote:g} per KPI"
+        f"{_plural(checks, 'rollback check')} (more with registry control limits), "
+        f"alpha_promote {ev.alpha_promote:g} per KPI"
     )
     k = policy.control_limits.k
     lines.append("  control limits: " + (f"k = {k:g}" if k is not None else "off"))

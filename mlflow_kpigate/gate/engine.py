@@ -95,7 +95,7 @@ def _needed(samples: int, variance: float, radius: float, scale: float, alpha: f
     return math.ceil(samples * variance / vstar)
 
 
-def _rollback_checks(policy: Policy, registry: RegistryBaseline | None) -> int:
+def rollback_checks(policy: Policy, registry: RegistryBaseline | None) -> int:
     """How many rollback checks share ``alpha_rollback`` (fixed for the whole rollout)."""
     count = 0
     for kpi in policy.kpis:
@@ -262,7 +262,7 @@ def evaluate(policy: Policy, stage_index: int, stage_elapsed: float,
     stage = policy.stages[stage_index]
     if stage.is_final:
         raise ValueError("the final 100% stage is the promotion itself; nothing to evaluate")
-    n_checks = _rollback_checks(policy, registry)
+    n_checks = rollback_checks(policy, registry)
     alpha_r = policy.evaluation.alpha_rollback / n_checks
     strata = Strata([s for s in samples if s.stage_index <= stage_index])
     current = next((s for s in strata if s.stage_index == stage_index), None)

@@ -396,7 +396,8 @@ def _measure_fairness(kpi: KpiSpec, samples: Strata,
         delta = c_logs[a][0] - c_logs[b][0] - ln_fi_b
         var = c_logs[a][1] + c_logs[b][1] + var_fi_b
         tests.append(Test(f"{kpi.segment_by}={a} vs {b}", delta, var))
-    margin = math.log1p(kpi.margin.value) if kpi.margin else NAN
+    # The index may drop by at most m of the baseline's (higher is better): FI_c ≥ (1−m)·FI_b.
+    margin = -math.log1p(-kpi.margin.value) if kpi.margin else NAN
     samples_c = int(sum(n for _, n in c_rates.values()))
     return Measurement(
         statistic=(f"ln({kpi.metric} ratio between two {kpi.segment_by} segments, candidate)"

@@ -27,6 +27,7 @@ from scipy.stats import norm
 from ..policy import KpiKind, KpiSpec, Policy, Role, Stage
 from .baseline import BaselineKpi, RegistryBaseline
 from .boundaries import one_sided_radius, tau2_for_radius
+from .engine import rollback_checks
 
 
 @dataclass(frozen=True)
@@ -150,7 +151,7 @@ def _unit(kpi: KpiSpec, base: BaselineKpi | None, registry: RegistryBaseline
                     "recall": prev, "false_negative_rate": prev}.get(kpi.metric or "", 1.0)
         # A pair of segments: two log-rates, each ≈ (1−r)/(n_seg·r) with n_seg = units/s.
         var = 2 * s * (1 - r) / r
-        m = math.log1p(margin) if margin else math.log(1.25)
+        m = -math.log1p(-margin) if margin else math.log(1.25)  # FI_c ≥ (1 − m)·FI_b
         return _Unit(var, per_unit * cov, m, "labelled request")
     if kpi.kind is KpiKind.BUSINESS:
         if base.unit_sd is None:
@@ -188,9 +189,8 @@ def plan(policy: Policy, registry: RegistryBaseline) -> list[PlanRow]:
     """Planning rows for every evaluated stage × critical/guardrail KPI."""
     ev = policy.evaluation
     decisive = [k for k in policy.kpis if k.decides]
-    n_checks = max(1, sum(1 for k in policy.kpis if k.decides) +
-                   sum(1 for k in policy.kpis if k.limit is not None))
-    alpha_r = ev.alpha_rollback / n_checks
+    # The same split as the gate's: decisive KPIs + hard limits + registry control limits.
+    alpha_r = ev.alpha_rollback / rollback_checks(policy, registry)
     rows: list[PlanRow] = []
     for stage in policy.gated_stages:
         for kpi in decisive:

@@ -90,6 +90,8 @@ def run_rollout(policy: Policy, stream: StreamSpec, rule: Rule, *, seed: int = 0
                 rep: int = 0, registry: RegistryBaseline | None = None,
                 on_look: Callable[[Look], None] | None = None) -> Outcome:
     """Simulate one rollout until promotion, rollback or the stream's horizon."""
+    if stream.horizon_intervals < 1:
+        raise ValueError("the stream needs a horizon (evaluation intervals) of at least 1")
     spec = AggregateSpec.from_policy(policy)
     gen = StreamGenerator(stream, spec)
     interval_s = policy.evaluation.interval

@@ -11,6 +11,7 @@ A scenario file holds one scenario, or several under ``scenarios:``::
       segments: {eu: 0.5, us: 0.3, apac: 0.2}   # traffic shares
       label_delay: 0s                 # labels arrive this long after the prediction
       horizon: 48                     # evaluation intervals before the run stops
+                                      # (default: enough for every stage's max_duration)
     baseline:                         # the serving model's truth
       recall: 0.876
       precision: 0.918

@@ -61,7 +61,7 @@ class StreamSpec:
     segments: Mapping[str, float] = field(
         default_factory=lambda: {"eu": 0.5, "us": 0.3, "apac": 0.2})
     label_delay_s: float = 0.0
-    horizon_intervals: int = 48
+    horizon_intervals: int = 0  # 0: not set (the caller picks one from the policy)
     baseline: RoleModel = field(default_factory=RoleModel)
     candidate: RoleModel = field(default_factory=RoleModel)
     # Linear change of the candidate's recall from the first to the last interval.

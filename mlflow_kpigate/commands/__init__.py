@@ -1,0 +1,1 @@
+"""Implementations of the ``kpigate`` subcommands (registered on the group in ``cli``)."""
