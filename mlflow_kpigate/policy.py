@@ -594,6 +594,13 @@ def _validate_kpi(p: _Problems, path: str, raw: Any) -> KpiSpec | None:
             log = False
         if "log" not in k:
             log = source == LATENCY
+        elif isinstance(log, bool) and log != (source == LATENCY) and source is not None:
+            if source == LATENCY:
+                p.add(_join(path, "log"), "latency means are compared on the log scale "
+                      "(heavy tails); remove 'log: false' or use a quantile KPI")
+            else:
+                p.add(_join(path, "log"), "only latency is compared on the log scale; "
+                      "logged values are compared as plain means: remove 'log'")
         if source == LATENCY:
             default_direction = Direction.LOWER
     elif kind is KpiKind.QUANTILE:

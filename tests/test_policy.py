@@ -734,11 +734,23 @@ def test_log_mean_needs_relative_margin(extra: dict[str, Any]) -> None:
                    "a log-scale mean needs a relative margin such as '10%'")
 
 
-def test_latency_mean_without_log_takes_absolute_margin() -> None:
+def test_latency_mean_is_always_on_the_log_scale() -> None:
     kpi = {"name": "x", "kind": "mean", "source": "latency", "log": False, "margin": 0.01}
-    spec = policy_from_dict(with_kpi(kpi)).kpi("x")
-    assert spec.log is False
-    assert spec.margin == Margin(0.01, relative=False)
+    with pytest.raises(PolicyError) as err:
+        policy_from_dict(with_kpi(kpi))
+    assert any(p.startswith("kpis[2].log: latency means are compared on the log scale")
+               for p in err.value.problems)
+
+
+def test_logged_values_are_not_log_transformed() -> None:
+    kpi = {"name": "x", "kind": "mean", "source": "amount", "direction": "higher",
+           "log": True, "margin": "5%"}
+    with pytest.raises(PolicyError) as err:
+        policy_from_dict(with_kpi(kpi))
+    assert any(p.startswith("kpis[2].log: only latency is compared on the log scale")
+               for p in err.value.problems)
+    plain = {**kpi, "log": False, "margin": 0.5}
+    assert policy_from_dict(with_kpi(plain)).kpi("x").log is False
 
 
 @pytest.mark.parametrize(("kpi", "fragment"), [

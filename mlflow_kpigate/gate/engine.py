@@ -16,8 +16,11 @@ Error budget: rollback fires on *any* of R tests, so ``alpha_rollback`` is split
 segment pairs). Holm's step-down would reject exactly when Bonferroni does for this "any"
 event, so it would buy nothing and would make each KPI's interval depend on the others.
 Promotion needs *all* decisive KPIs (intersection–union), so each uses the full
-``alpha_promote``. A rollback and a promotion can never both be indicated: the promotion
-bound lies below the estimate and the rollback bound above it.
+``alpha_promote``. For a guardrail a rollback and a promotion can never both be indicated
+(the promotion bound lies below the estimate, the rollback bound above it, and both use the
+same threshold); for a critical KPI, or with ``promote_margin_scale`` > 1, the promotion
+threshold is lower than the rollback threshold and both can hold at once: rollback wins,
+because it is checked first.
 """
 
 from __future__ import annotations
