@@ -25,7 +25,7 @@ stamp=.venv/.kpigate-setup
 want="$(cat setup.py scripts/constraints.txt | sha256sum | cut -d' ' -f1)"
 if [ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ]; then
   echo "setup: installing kpigate and its test tools into .venv (first run takes a few minutes)"
-  .venv/bin/python -m pip install --quiet --disable-pip-version-check \
+  .venv/bin/python -m pip install -qq --disable-pip-version-check \
     -c scripts/constraints.txt -e ".[test]"
   echo "$want" > "$stamp"
 fi

@@ -21,15 +21,13 @@ number of (about equal) segments. A bare number is a mean.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from ..datafiles import read_yaml_or_json
 from ..errors import UsageError
 
 _KPI_FIELDS = ("mean", "std", "n", "unit_sd", "rate", "segments")
@@ -124,14 +122,5 @@ class RegistryBaseline:
     @classmethod
     def from_file(cls, path: str | Path) -> RegistryBaseline:
         """Read a YAML or JSON baseline file; raises ``UsageError`` naming the problem."""
-        path = Path(path)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise UsageError(f"{path}: cannot read the baseline file ({exc.strerror})") from None
-        try:
-            data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-        except (json.JSONDecodeError, yaml.YAMLError) as exc:
-            raise UsageError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}"
-                             f" ({str(exc).splitlines()[0]})") from None
+        data = read_yaml_or_json(path, "baseline file")
         return cls.from_dict(data or {}, str(path))

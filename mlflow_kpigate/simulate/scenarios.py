@@ -29,14 +29,12 @@ A scenario file holds one scenario, or several under ``scenarios:``::
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from ..datafiles import read_yaml_or_json
 from ..durations import parse_duration
 from ..errors import UsageError
 from .stream import RoleModel, StreamSpec
@@ -181,15 +179,7 @@ def builtin(name: str, stream: Mapping[str, Any] | None = None) -> StreamSpec:
 
 def load_scenarios(path: str | Path) -> list[StreamSpec]:
     """Read a scenario file (one scenario, or several under ``scenarios:``)."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise UsageError(f"{path}: cannot read the scenario file ({exc.strerror})") from None
-    try:
-        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        raise UsageError(f"{path}: not valid YAML/JSON ({str(exc).splitlines()[0]})") from None
+    data = read_yaml_or_json(path, "scenario file")
     if isinstance(data, Mapping) and "scenarios" in data:
         items = data["scenarios"]
         if not isinstance(items, list) or not items:
