@@ -1,0 +1,114 @@
+"""The rollout's persisted state: phase, stage, applied traffic weights, and the deployment.
+
+Phases follow the design's state machine::
+
+    pending → shadow? → canary (stage i …) → promoted
+                 ↘ holding (inside a stage) ↗
+    any non-terminal phase → rolled_back | aborted
+
+``approved_stage_index`` is the highest stage the gate (or an operator) approved; traffic
+is never raised past it, whatever happens to the controller process.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field, fields, replace
+from enum import Enum
+from typing import Any
+
+
+class Phase(str, Enum):
+    """Where the rollout is; the value is what the ``kpigate.status`` tag shows."""
+
+    PENDING = "pending"
+    SHADOW = "shadow"
+    CANARY = "canary"
+    HOLDING = "holding"
+    PROMOTED = "promoted"
+    ROLLED_BACK = "rolled_back"
+    ABORTED = "aborted"
+
+    @property
+    def terminal(self) -> bool:
+        """No further evaluations happen in a terminal phase."""
+        return self in (Phase.PROMOTED, Phase.ROLLED_BACK, Phase.ABORTED)
+
+
+@dataclass(frozen=True)
+class Weights:
+    """What the router does with traffic.
+
+    ``candidate_percent`` of live requests go to the candidate (0 in shadow); with
+    ``shadow`` the candidate also scores a mirrored copy of every request off the response
+    path; ``candidate_attached`` is False once the candidate is detached (after a rollback
+    or delete), so the router neither serves nor mirrors to it.
+    """
+
+    candidate_percent: float = 0.0
+    shadow: bool = False
+    candidate_attached: bool = True
+
+    @classmethod
+    def baseline_only(cls) -> Weights:
+        """All traffic to the baseline, candidate detached."""
+        return cls(0.0, False, False)
+
+    def describe(self) -> str:
+        """Human summary, e.g. ``candidate 25%`` or ``shadow``."""
+        if not self.candidate_attached:
+            return "baseline 100% (candidate detached)"
+        if self.shadow:
+            return "baseline 100%, candidate shadow"
+        return f"baseline {100 - self.candidate_percent:g}%, candidate {self.candidate_percent:g}%"
+
+
+@dataclass(frozen=True)
+class RolloutState:
+    """Everything needed to resume a rollout after any crash."""
+
+    name: str
+    model_name: str
+    candidate_version: str
+    baseline_version: str
+    candidate_uri: str
+    baseline_uri: str
+    policy_file: str
+    tracking_uri: str
+    port: int
+    stage_index: int = 0
+    approved_stage_index: int = 0
+    stage_started_at: float = field(default_factory=time.time)
+    phase: Phase = Phase.PENDING
+    paused: bool = False
+    weights: Weights = field(default_factory=Weights)
+    evaluations: int = 0
+    last_decision: dict[str, Any] | None = None
+    reason: str = ""
+    rollout_run_id: str | None = None
+    routing_key: str | None = None
+    promote_alias: str = "champion"
+    created_at: float = field(default_factory=time.time)
+    updated_at: float = field(default_factory=time.time)
+    alert_keys: tuple[str, ...] = ()
+
+    def evolve(self, **changes: Any) -> RolloutState:
+        """A copy with ``changes`` and a fresh ``updated_at``."""
+        return replace(self, updated_at=time.time(), **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready mapping."""
+        d = asdict(self)
+        d["phase"] = self.phase.value
+        d["alert_keys"] = list(self.alert_keys)
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RolloutState:
+        """Inverse of :meth:`to_dict` (unknown keys from newer versions are ignored)."""
+        known = {f.name for f in fields(cls)}
+        kwargs = {k: v for k, v in data.items() if k in known}
+        kwargs["phase"] = Phase(kwargs.get("phase", "pending"))
+        kwargs["weights"] = Weights(**kwargs.get("weights", {}))
+        kwargs["alert_keys"] = tuple(kwargs.get("alert_keys", ()))
+        return cls(**kwargs)

@@ -1,0 +1,179 @@
+"""Durable rollout state and its append-only audit log, in a deployment's directory.
+
+Layout of ``<state_dir>/<name>/``::
+
+    state.db        SQLite (WAL): the current RolloutState and every audit event
+    audit.jsonl     the audit events as JSON lines, for people and log shippers
+    policy.yaml     the policy the rollout was started with (a copy)
+    predictions.db  the collector's prediction log (see metrics/collector.py)
+
+A state change and the audit event that explains it are written in **one** SQLite
+transaction, so after a crash at any instant the state and its history agree. The JSON
+lines file is a mirror written after the commit; :meth:`RolloutStore.sync_audit_file`
+(run whenever a store is opened) appends whatever a crash kept out of it, so no event is
+ever lost from either.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from .errors import UsageError
+from .rollout.state import RolloutState
+
+DEFAULT_STATE_DIR = Path(os.environ.get("KPIGATE_STATE_DIR", "~/.kpigate")).expanduser()
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS state (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    body TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    ts REAL NOT NULL,
+    kind TEXT NOT NULL,
+    body TEXT NOT NULL
+);
+"""
+
+
+def state_dir(path: str | Path | None = None) -> Path:
+    """The state directory (``-C state_dir``, ``$KPIGATE_STATE_DIR``, or ``~/.kpigate``)."""
+    return Path(path).expanduser() if path else DEFAULT_STATE_DIR
+
+
+def deployment_dir(name: str, root: str | Path | None = None) -> Path:
+    """Directory of deployment ``name`` under the state directory."""
+    return state_dir(root) / name
+
+
+class RolloutStore:
+    """The state and audit log of one deployment."""
+
+    def __init__(self, directory: str | Path) -> None:
+        self.dir = Path(directory)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.db_path = self.dir / "state.db"
+        self.audit_path = self.dir / "audit.jsonl"
+        with self._connect() as db:
+            db.executescript(_SCHEMA)
+        self.sync_audit_file()
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        db = sqlite3.connect(self.db_path, timeout=30, isolation_level=None)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            yield db
+        finally:
+            db.close()
+
+    # -- state ------------------------------------------------------------------------------
+    def exists(self) -> bool:
+        """Whether a state has been saved."""
+        return self.load() is not None
+
+    def load(self) -> RolloutState | None:
+        """The last saved state, or ``None``."""
+        with self._connect() as db:
+            row = db.execute("SELECT body FROM state WHERE id = 1").fetchone()
+        return RolloutState.from_dict(json.loads(row[0])) if row else None
+
+    def require(self) -> RolloutState:
+        """The saved state; ``UsageError`` naming the deployment if there is none."""
+        state = self.load()
+        if state is None:
+            raise UsageError(f"deployment {self.dir.name!r} has no saved state in {self.dir}")
+        return state
+
+    def save(self, state: RolloutState, kind: str | None = None,
+             event: dict[str, Any] | None = None) -> int | None:
+        """Persist ``state`` and, atomically with it, an audit event. Returns its sequence."""
+        body = json.dumps(state.to_dict(), allow_nan=False)
+        with self._connect() as db:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.execute("INSERT INTO state (id, body) VALUES (1, ?) "
+                           "ON CONFLICT(id) DO UPDATE SET body = excluded.body", (body,))
+                seq = None
+                if kind is not None:
+                    seq = self._insert_event(db, kind, event or {})
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+        self.sync_audit_file()
+        return seq
+
+    # -- audit ------------------------------------------------------------------------------
+    @staticmethod
+    def _insert_event(db: sqlite3.Connection, kind: str, event: dict[str, Any]) -> int:
+        ts = time.time()
+        cur = db.execute("INSERT INTO events (ts, kind, body) VALUES (?, ?, ?)",
+                         (ts, kind, json.dumps(event, allow_nan=False, default=str)))
+        return int(cur.lastrowid or 0)
+
+    def append_event(self, kind: str, event: dict[str, Any] | None = None) -> int:
+        """Record an audit event that changes no state (an alert sent, a label batch…)."""
+        with self._connect() as db:
+            seq = self._insert_event(db, kind, event or {})
+        self.sync_audit_file()
+        return seq
+
+    def events(self, since: int = 0) -> list[dict[str, Any]]:
+        """Audit events with sequence number > ``since``, oldest first."""
+        with self._connect() as db:
+            rows = db.execute("SELECT seq, ts, kind, body FROM events WHERE seq > ? "
+                              "ORDER BY seq", (since,)).fetchall()
+        return [{"seq": s, "ts": ts, "kind": k, **json.loads(b)} for s, ts, k, b in rows]
+
+    def _last_mirrored(self) -> int:
+        if not self.audit_path.exists():
+            return 0
+        last = 0
+        with self.audit_path.open("rb") as fh:
+            for line in fh:
+                try:
+                    last = int(json.loads(line)["seq"])
+                except (ValueError, KeyError, json.JSONDecodeError):
+                    continue  # a torn last line from a crash mid-write
+        return last
+
+    def sync_audit_file(self) -> None:
+        """Append to ``audit.jsonl`` every committed event it does not have yet.
+
+        Serialised across processes with a lock file, so two writers (the controller and
+        an operator's command) never mirror the same event twice.
+        """
+        with (self.dir / ".audit.lock").open("a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                self._sync_locked()
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def _sync_locked(self) -> None:
+        missing = self.events(self._last_mirrored())
+        if not missing:
+            return
+        with self.audit_path.open("ab") as fh:
+            data = fh.tell()
+            if data:
+                # Start on a fresh line if a crash left a partial one behind.
+                with self.audit_path.open("rb") as rd:
+                    rd.seek(data - 1)
+                    if rd.read(1) != b"\n":
+                        fh.write(b"\n")
+            for ev in missing:
+                fh.write(json.dumps(ev, allow_nan=False, default=str).encode() + b"\n")
+            fh.flush()
+            os.fsync(fh.fileno())
