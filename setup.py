@@ -19,7 +19,7 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["mlflow_kpigate", "mlflow_kpigate.*"]),
     include_package_data=True,
-    package_data={"mlflow_kpigate": ["py.typed", "simulate/scenarios/*.yaml"]},
+    package_data={"mlflow_kpigate": ["py.typed", "policies/*.yaml"]},
     install_requires=[
         "mlflow>=3.3,<4",
         "numpy>=1.24",

@@ -1,74 +1,205 @@
 """The ``kpigate`` MLflow deployment target (entry point ``mlflow.deployments: kpigate``).
 
-This release ships the decision engine, the policy format and ``kpigate simulate``; the
-embedded router/controller that ``create_deployment`` drives is the next piece of work.
-Until it lands, every deployment operation fails with one clear message instead of
-pretending to deploy, and :func:`target_help` says so.
+A thin adapter: it parses the target URI, turns errors into what each caller expects, and
+delegates to :mod:`mlflow_kpigate.rollout.manager`.
+
+Target URIs: ``kpigate`` and ``kpigate:/local`` (the embedded backend on this machine).
+``kpigate:/seldon/NAMESPACE`` is reserved for the Seldon Core backend, not in this version.
+
+Errors: from the ``mlflow deployments`` CLI a user error is one ``Error: …`` line and exit
+code 2 (the MLflow CLI would otherwise print a traceback); from Python it is an
+``MlflowException`` with ``INVALID_PARAMETER_VALUE``.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
 
+import click
 from mlflow.deployments import BaseDeploymentClient
 from mlflow.exceptions import MlflowException
-from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+from mlflow.protos.databricks_pb2 import INTERNAL_ERROR, INVALID_PARAMETER_VALUE
 
-_NOT_YET = (
-    "the kpigate deployment target cannot deploy yet: this version ships the KPI gate, "
-    "policies and `kpigate simulate` only (try `kpigate simulate POLICY`); the embedded "
-    "router and controller come in the next release"
-)
+from .config import help_lines
+from .errors import KpigateError, UsageError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class _CliError(click.ClickException):
+    """One ``Error: …`` line on stderr, with the exit code of the error."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def _in_mlflow_cli() -> bool:
+    ctx = click.get_current_context(silent=True)
+    if ctx is None:
+        return False
+    root = ctx.find_root()
+    return "deployments" in root.command.commands if isinstance(root.command,
+                                                                  click.Group) else False
+
+
+def _translate(func: F) -> F:
+    """Turn kpigate errors into a one-line CLI error or an MlflowException."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except KpigateError as exc:
+            message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            if _in_mlflow_cli():
+                raise _CliError(message, exc.exit_code) from None
+            code = INVALID_PARAMETER_VALUE if isinstance(exc, UsageError) else INTERNAL_ERROR
+            raise MlflowException(str(exc), error_code=code) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
 
 
 def target_help() -> str:
     """Help text shown by ``mlflow deployments help -t kpigate``."""
-    return (
-        "kpigate: staged rollouts of MLflow model versions decided by KPI evidence.\n\n"
-        "Status: " + _NOT_YET + ".\n\n"
-        "Available now: `kpigate policy validate FILE`, `kpigate plan FILE --baseline-file F`,"
-        " `kpigate simulate FILE --scenario NAME`. See README.md and docs/policy.md."
-    )
+    return "\n".join([
+        "kpigate: staged rollouts of MLflow model versions, decided by KPI evidence.",
+        "",
+        "Target URI: kpigate (or kpigate:/local) - the embedded router and controller on "
+        "this machine.",
+        "",
+        "  mlflow deployments create -t kpigate --name NAME -m models:/MODEL/VERSION "
+        "[-C key=value ...]",
+        "  mlflow deployments update -t kpigate --name NAME -C action=promote|rollback|"
+        "pause|resume",
+        "  mlflow deployments update -t kpigate --name NAME -m models:/MODEL/V2  "
+        "(a new rollout)",
+        "  mlflow deployments get|list|delete|predict -t kpigate ...",
+        "",
+        "Config keys (-C):",
+        *help_lines(),
+        "",
+        "Progress: kpigate status NAME, kpigate watch NAME; model-version tags kpigate.* in "
+        "the MLflow UI. Docs: README.md, docs/deployment.md, docs/policy.md.",
+    ])
 
 
+def _check_target(target_uri: str) -> None:
+    scheme, _, rest = target_uri.partition(":")
+    path = rest.strip("/")
+    if scheme != "kpigate" or path not in ("", "local"):
+        if path.startswith("seldon"):
+            raise UsageError(f"-t {target_uri}: the Seldon Core backend is not available in "
+                             "this version; use -t kpigate")
+        raise UsageError(f"-t {target_uri}: unknown kpigate target; use kpigate or "
+                         "kpigate:/local")
+
+
+@_translate
 def run_local(name: str, model_uri: str, flavor: str | None = None,
               config: dict[str, Any] | None = None) -> None:
-    """``mlflow deployments run-local -t kpigate``: not available in this version."""
-    raise MlflowException(_NOT_YET, error_code=INVALID_PARAMETER_VALUE)
+    """``mlflow deployments run-local -t kpigate``: a rollout that blocks until it ends."""
+    from .rollout import manager
+
+    manager.create(name, model_uri, {**(config or {}), "wait": "true"}, progress=_progress)
 
 
 class KpigateDeploymentClient(BaseDeploymentClient):
-    """Deployment client for ``get_deploy_client("kpigate")``; see the module docstring."""
+    """Deployment client for ``mlflow.deployments.get_deploy_client("kpigate")``."""
 
-    def _unavailable(self) -> MlflowException:
-        return MlflowException(_NOT_YET, error_code=INVALID_PARAMETER_VALUE)
+    @_translate
+    def __init__(self, target_uri: str) -> None:
+        _check_target(target_uri)
+        super().__init__(target_uri)
 
+    @staticmethod
+    def _check_flavor(flavor: str | None) -> None:
+        if flavor not in (None, "python_function"):
+            raise UsageError(f"--flavor {flavor}: kpigate serves python_function models only")
+
+    @_translate
     def create_deployment(self, name: str, model_uri: str, flavor: str | None = None,
-                          config: dict[str, Any] | None = None, endpoint: str | None = None
-                          ) -> dict[str, Any]:
-        """Not available in this version (raises ``MlflowException``)."""
-        raise self._unavailable()
+                          config: dict[str, Any] | None = None,
+                          endpoint: str | None = None) -> dict[str, Any]:
+        """Start a staged rollout of ``model_uri`` (returns once the router serves, or at
+        the end with ``-C wait=true``)."""
+        from .rollout import manager
 
+        self._check_flavor(flavor)
+        return manager.create(name, model_uri, config, progress=_progress)
+
+    @_translate
     def update_deployment(self, name: str, model_uri: str | None = None,
                           flavor: str | None = None, config: dict[str, Any] | None = None,
                           endpoint: str | None = None) -> dict[str, Any]:
-        """Not available in this version (raises ``MlflowException``)."""
-        raise self._unavailable()
+        """Steer the rollout (``-C action=…``) or start a new one with ``model_uri``."""
+        from .config import parse_config
+        from .rollout import manager
 
+        self._check_flavor(flavor)
+        config = dict(config or {})
+        cfg = parse_config(config, allow_action=True)
+        if cfg.action:
+            if model_uri:
+                raise UsageError("give either -m (a new rollout) or -C action=..., not both")
+            info = manager.steer(name, cfg.action, cfg.state_dir)
+        elif model_uri:
+            manager.delete(name, cfg.state_dir)
+            info = manager.create(name, model_uri, config, progress=_progress)
+        else:
+            raise UsageError("nothing to update: give -m models:/NAME/V for a new rollout or "
+                             "-C action=promote|rollback|pause|resume")
+        return {**info, "flavor": "python_function"}
+
+    @_translate
     def delete_deployment(self, name: str, config: dict[str, Any] | None = None,
                           endpoint: str | None = None) -> None:
-        """Not available in this version (raises ``MlflowException``)."""
-        raise self._unavailable()
+        """Stop the router and controller; an unfinished rollout is recorded as aborted."""
+        from .config import parse_config
+        from .rollout import manager
 
+        cfg = parse_config({k: v for k, v in (config or {}).items() if k == "state_dir"})
+        manager.delete(name, cfg.state_dir)
+
+    @_translate
     def list_deployments(self, endpoint: str | None = None) -> list[dict[str, Any]]:
-        """No deployments can exist yet: an empty list."""
-        return []
+        """Every deployment in the state directory."""
+        from .rollout import manager
 
+        return manager.list_all()
+
+    @_translate
     def get_deployment(self, name: str, endpoint: str | None = None) -> dict[str, Any]:
-        """Not available in this version (raises ``MlflowException``)."""
-        raise self._unavailable()
+        """Stage, weights, last decision and endpoint of ``name``."""
+        from .rollout import manager
 
+        return manager.describe(name)
+
+    @_translate
     def predict(self, deployment_name: str | None = None, inputs: Any = None,
                 endpoint: str | None = None) -> Any:
-        """Not available in this version (raises ``MlflowException``)."""
-        raise self._unavailable()
+        """Score ``inputs`` through the deployment's router (baseline/candidate split)."""
+        from .rollout import manager
+
+        if not deployment_name:
+            raise UsageError("--name: the deployment to send the input to")
+        return manager.predict(deployment_name, inputs)
+
+    @_translate
+    def explain(self, deployment_name: str | None = None, df: Any = None,
+                endpoint: str | None = None) -> Any:
+        """Not supported: kpigate routes predictions, it does not explain them."""
+        raise UsageError("explain is not supported by the kpigate target")
+
+    @_translate
+    def create_endpoint(self, name: str, config: dict[str, Any] | None = None) -> Any:
+        """Not supported: kpigate has deployments, not endpoints."""
+        raise UsageError("endpoints are not supported by the kpigate target; use "
+                         "deployments")

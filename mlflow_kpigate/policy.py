@@ -189,6 +189,16 @@ class ControlLimits:
 
 
 @dataclass(frozen=True)
+class AlertsConfig:
+    """Alert channels; secrets come from the named environment variables."""
+
+    slack_webhook_env: str | None = None
+    pagerduty_key_env: str | None = None
+    pagerduty_url: str = "https://events.pagerduty.com/v2/enqueue"
+    min_severity: str = "warning"
+
+
+@dataclass(frozen=True)
 class Policy:
     """A validated rollout policy."""
 
@@ -196,6 +206,7 @@ class Policy:
     kpis: tuple[KpiSpec, ...]
     evaluation: Evaluation = field(default_factory=Evaluation)
     control_limits: ControlLimits = field(default_factory=ControlLimits)
+    alerts: AlertsConfig | None = None
     name: str | None = None
     version: int = 1
     source: str | None = None
@@ -239,7 +250,8 @@ class Policy:
 # Validation
 # --------------------------------------------------------------------------------------
 
-_TOP_KEYS = ("version", "name", "evaluation", "stages", "stage_defaults", "kpis", "control_limits")
+_TOP_KEYS = ("version", "name", "evaluation", "stages", "stage_defaults", "kpis", "control_limits",
+             "alerts")
 _EVAL_KEYS = ("interval", "maturity", "alpha_rollback", "alpha_promote", "power")
 _STAGE_KEYS = (
     "name",
@@ -708,6 +720,55 @@ def _enum_problem(p: _Problems, path: str, value: Any, allowed: list[str]) -> No
     p.add(path, f"must be one of {', '.join(allowed)}; got {value!r}.{extra}")
 
 
+def _env_name(p: _Problems, path: str, value: Any) -> str | None:
+    if not isinstance(value, str) or not value or not all(
+            c.isalnum() or c == "_" for c in value) or value[0].isdigit():
+        p.add(path, "must be the NAME of an environment variable holding the secret "
+              "(e.g. KPIGATE_SLACK_WEBHOOK), not the secret itself")
+        return None
+    return value
+
+
+def _validate_alerts(p: _Problems, raw: Any) -> AlertsConfig | None:
+    cfg = _mapping(p, "alerts", raw)
+    if cfg is None:
+        return None
+    p.unknown_keys("alerts", cfg, ("slack", "pagerduty", "min_severity"))
+    slack_env = pd_env = None
+    pd_url = AlertsConfig.pagerduty_url
+    if "slack" in cfg:
+        slack = _mapping(p, "alerts.slack", cfg["slack"])
+        if slack is not None:
+            p.unknown_keys("alerts.slack", slack, ("webhook_url_env",))
+            if "webhook_url_env" not in slack:
+                p.add("alerts.slack", "needs 'webhook_url_env' (the environment variable "
+                      "holding the incoming-webhook URL)")
+            else:
+                slack_env = _env_name(p, "alerts.slack.webhook_url_env",
+                                      slack["webhook_url_env"])
+    if "pagerduty" in cfg:
+        pd = _mapping(p, "alerts.pagerduty", cfg["pagerduty"])
+        if pd is not None:
+            p.unknown_keys("alerts.pagerduty", pd, ("routing_key_env", "url"))
+            if "routing_key_env" not in pd:
+                p.add("alerts.pagerduty", "needs 'routing_key_env' (the environment variable "
+                      "holding the Events API v2 routing key)")
+            else:
+                pd_env = _env_name(p, "alerts.pagerduty.routing_key_env",
+                                   pd["routing_key_env"])
+            if "url" in pd:
+                url = pd["url"]
+                if not isinstance(url, str) or not url.startswith(("https://", "http://")):
+                    p.add("alerts.pagerduty.url", "must be an http(s) URL")
+                else:
+                    pd_url = url
+    severity = cfg.get("min_severity", "warning")
+    if severity not in ("info", "warning", "critical"):
+        p.add("alerts.min_severity", f"must be info, warning or critical; got {severity!r}")
+        severity = "warning"
+    return AlertsConfig(slack_env, pd_env, pd_url, severity)
+
+
 def policy_from_dict(data: Any, source: str | None = None) -> Policy:
     """Validate a parsed policy document; raise ``PolicyError`` listing every problem."""
     p = _Problems()
@@ -750,6 +811,8 @@ def policy_from_dict(data: Any, source: str | None = None) -> Policy:
                 kk = _number(p, "control_limits.k", kval, lo=0, lo_open=True)
                 control = ControlLimits(kk)
 
+    alerts = None if data.get("alerts") is None else _validate_alerts(p, data["alerts"])
+
     if "stages" not in data:
         p.add("stages", "is required (e.g. 'shadow,5,25,50,100' or a list of stages)")
         stages: tuple[Stage, ...] = ()
@@ -781,6 +844,7 @@ def policy_from_dict(data: Any, source: str | None = None) -> Policy:
         kpis=tuple(kpis),
         evaluation=evaluation,
         control_limits=control,
+        alerts=alerts,
         name=name,
         version=1,
         source=source,

@@ -23,13 +23,18 @@ import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from .errors import UsageError
+from .errors import KpigateError, UsageError
 from .rollout.state import RolloutState
 
 DEFAULT_STATE_DIR = Path(os.environ.get("KPIGATE_STATE_DIR", "~/.kpigate")).expanduser()
+
+class StateConflict(KpigateError):
+    """Another process saved the deployment's state since it was loaded."""
+
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS state (
@@ -96,23 +101,34 @@ class RolloutStore:
         return state
 
     def save(self, state: RolloutState, kind: str | None = None,
-             event: dict[str, Any] | None = None) -> int | None:
-        """Persist ``state`` and, atomically with it, an audit event. Returns its sequence."""
-        body = json.dumps(state.to_dict(), allow_nan=False)
+             event: dict[str, Any] | None = None) -> RolloutState:
+        """Persist ``state`` and, atomically with it, an audit event ``kind``.
+
+        Compare-and-set: ``state.revision`` must equal the stored revision (the state was
+        derived from the latest save), otherwise :class:`StateConflict` is raised and
+        nothing is written. Returns the saved state, with its new revision.
+        """
         with self._connect() as db:
             db.execute("BEGIN IMMEDIATE")
             try:
+                row = db.execute("SELECT body FROM state WHERE id = 1").fetchone()
+                current = json.loads(row[0]).get("revision", 0) if row else 0
+                if row is not None and current != state.revision:
+                    raise StateConflict(
+                        f"deployment {self.dir.name!r} changed meanwhile (revision {current}, "
+                        f"expected {state.revision}); reload and retry")
+                state = replace(state, revision=current + 1 if row else 1)
+                body = json.dumps(state.to_dict(), allow_nan=False)
                 db.execute("INSERT INTO state (id, body) VALUES (1, ?) "
                            "ON CONFLICT(id) DO UPDATE SET body = excluded.body", (body,))
-                seq = None
                 if kind is not None:
-                    seq = self._insert_event(db, kind, event or {})
+                    self._insert_event(db, kind, {"revision": state.revision, **(event or {})})
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
         self.sync_audit_file()
-        return seq
+        return state
 
     # -- audit ------------------------------------------------------------------------------
     @staticmethod

@@ -87,10 +87,14 @@ class RolloutState:
     reason: str = ""
     rollout_run_id: str | None = None
     routing_key: str | None = None
+    threshold: float = 0.5  # score at or above which the router counts a positive
     promote_alias: str = "champion"
     created_at: float = field(default_factory=time.time)
     updated_at: float = field(default_factory=time.time)
     alert_keys: tuple[str, ...] = ()
+    revision: int = 0  # bumped by every save; guards against lost concurrent updates
+    # True from the save of a transition until its side effects (tags, alias, alerts) ran.
+    effects_pending: bool = False
 
     def evolve(self, **changes: Any) -> RolloutState:
         """A copy with ``changes`` and a fresh ``updated_at``."""

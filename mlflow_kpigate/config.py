@@ -1,0 +1,153 @@
+"""Deployment configuration: the ``-C key=value`` options of ``mlflow deployments``.
+
+Values arrive as strings from the MLflow CLI (and as any type from the Python API); each
+is parsed and validated here, and every problem is a :class:`UsageError` naming the key
+and what would fix it.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .durations import parse_duration
+from .errors import UsageError
+
+#: Every key, with the one-line help shown by ``target_help`` and the docs.
+KEYS: dict[str, str] = {
+    "baseline": "models:/NAME/V or models:/NAME@ALIAS serving the rest of the traffic "
+                "(default: the registered model's champion alias)",
+    "policy": "path of the rollout policy YAML (default: a label-free policy on error rate "
+              "and p95 latency; see docs/policy.md)",
+    "stages": "stage shortcut replacing the policy's stages, e.g. shadow,5,25,50,100",
+    "wait": "true: block until the rollout is promoted, rolled back or aborted "
+            "(default false: return once the router serves)",
+    "wait_timeout": "with wait=true, give up waiting after this long (e.g. 2h; default none)",
+    "promote_alias": "alias moved to the candidate on promotion (default champion)",
+    "port": "router port on 127.0.0.1 (default: a free port)",
+    "routing_key": "sticky routing key: header:NAME or column:NAME "
+                   "(default header:X-Kpigate-Routing-Key)",
+    "state_dir": "directory for rollout state, prediction log and audit log "
+                 "(default $KPIGATE_STATE_DIR or ~/.kpigate)",
+    "threshold": "score at or above which a prediction counts as positive (default 0.5)",
+    "action": "update only: promote | rollback | pause | resume the running rollout",
+}
+
+ACTIONS = ("promote", "rollback", "pause", "resume")
+_TRUE = {"true", "1", "yes", "on"}
+_FALSE = {"false", "0", "no", "off"}
+
+
+@dataclass(frozen=True)
+class DeploymentConfig:
+    """Validated ``-C`` options."""
+
+    baseline: str | None = None
+    policy: Path | None = None
+    stages: str | None = None
+    wait: bool = False
+    wait_timeout: float | None = None
+    promote_alias: str = "champion"
+    port: int | None = None
+    routing_key: str = "header:X-Kpigate-Routing-Key"
+    state_dir: Path | None = None
+    threshold: float = 0.5
+    action: str | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+def _bool(key: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise UsageError(f"-C {key}={value}: must be true or false")
+
+
+def parse_config(raw: Mapping[str, Any] | None, *, allow_action: bool = False
+                 ) -> DeploymentConfig:
+    """Validate ``-C`` options; raises ``UsageError`` for the first bad key or value."""
+    raw = dict(raw or {})
+    for key in raw:
+        if key not in KEYS:
+            hint = difflib.get_close_matches(key, KEYS, n=1)
+            fix = f"did you mean {hint[0]!r}?" if hint else f"known keys: {', '.join(KEYS)}"
+            raise UsageError(f"-C {key}: unknown config key; {fix}")
+    values: dict[str, Any] = {}
+    if "baseline" in raw:
+        uri = str(raw["baseline"]).strip()
+        if not uri.startswith("models:/"):
+            raise UsageError(f"-C baseline={uri}: must be models:/NAME/VERSION or "
+                             "models:/NAME@ALIAS")
+        values["baseline"] = uri
+    if "policy" in raw:
+        path = Path(str(raw["policy"])).expanduser()
+        if not path.is_file():
+            raise UsageError(f"-C policy={raw['policy']}: file not found; give the path of "
+                             "a rollout policy YAML (see docs/policy.md)")
+        values["policy"] = path.resolve()
+    if "stages" in raw:
+        from .policy import parse_stage_shortcut
+
+        try:
+            parse_stage_shortcut(str(raw["stages"]))
+        except ValueError as exc:
+            raise UsageError(f"-C stages={raw['stages']}: {exc}") from None
+        values["stages"] = str(raw["stages"])
+    if "wait" in raw:
+        values["wait"] = _bool("wait", raw["wait"])
+    if "wait_timeout" in raw:
+        try:
+            values["wait_timeout"] = parse_duration(str(raw["wait_timeout"]))
+        except ValueError as exc:
+            raise UsageError(f"-C wait_timeout={raw['wait_timeout']}: {exc}") from None
+    if "promote_alias" in raw:
+        alias = str(raw["promote_alias"]).strip()
+        if not alias or not all(c.isalnum() or c in "_-" for c in alias) or alias.isdigit():
+            raise UsageError(f"-C promote_alias={raw['promote_alias']}: use letters, digits, "
+                             "'_' or '-' (not only digits), e.g. champion")
+        values["promote_alias"] = alias
+    if "port" in raw:
+        try:
+            port = int(str(raw["port"]))
+        except ValueError:
+            raise UsageError(f"-C port={raw['port']}: must be a whole number") from None
+        if not 1024 <= port <= 65535:
+            raise UsageError(f"-C port={port}: must be between 1024 and 65535")
+        values["port"] = port
+    if "routing_key" in raw:
+        key = str(raw["routing_key"]).strip()
+        kind, _, name = key.partition(":")
+        if kind not in ("header", "column") or not name:
+            raise UsageError(f"-C routing_key={key}: use header:NAME or column:NAME")
+        values["routing_key"] = key
+    if "state_dir" in raw:
+        values["state_dir"] = Path(str(raw["state_dir"])).expanduser().resolve()
+    if "threshold" in raw:
+        try:
+            threshold = float(str(raw["threshold"]))
+        except ValueError:
+            raise UsageError(f"-C threshold={raw['threshold']}: must be a number") from None
+        if not 0 < threshold < 1:
+            raise UsageError(f"-C threshold={threshold}: must be between 0 and 1")
+        values["threshold"] = threshold
+    if "action" in raw:
+        if not allow_action:
+            raise UsageError("-C action: only for update (mlflow deployments update -C "
+                             "action=promote|rollback|pause|resume)")
+        action = str(raw["action"]).strip().lower()
+        if action not in ACTIONS:
+            raise UsageError(f"-C action={raw['action']}: must be one of {', '.join(ACTIONS)}")
+        values["action"] = action
+    return DeploymentConfig(**values)
+
+
+def help_lines() -> list[str]:
+    """``key: help`` lines for target_help and docs."""
+    return [f"  {key}: {text}" for key, text in KEYS.items()]

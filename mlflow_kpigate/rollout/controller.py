@@ -1,0 +1,168 @@
+"""The rollback controller: evaluate every interval, persist the decision, act on it.
+
+One evaluation (:meth:`Controller.step`)::
+
+    state = store.load()                      # the committed truth
+    samples = collector.stage_samples(now)    # matured KPI aggregates per stage
+    decision = gate.evaluate(...)             # pure
+    new = transitions.after_decision(...)     # pure: weights follow from the stage
+    store.save(new, event)                    # ONE transaction: state + audit event
+    effects.apply(new)                        # router reload, MLflow, alerts (repeatable)
+
+The router reads its weights from the committed state, so a controller killed with
+SIGKILL at any instant leaves either the old state (nothing happened) or the new one
+(the router follows it); on restart :meth:`Controller.resume` redoes side effects that
+were pending. Traffic is never raised past the stage the committed state approves.
+
+Run as a process: ``python -m mlflow_kpigate.rollout.controller DEPLOYMENT_DIR``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ..gate import Decision, RegistryBaseline, evaluate
+from ..gate.baseline import BaselineKpi
+from ..kpis import AggregateSpec
+from ..metrics.collector import Collector
+from ..policy import Policy, load_policy
+from ..store import RolloutStore, StateConflict
+from . import transitions
+from .effects import Effects, Notifier
+from .state import RolloutState
+
+log = logging.getLogger("kpigate.controller")
+
+BASELINE_FILE = "baseline_kpis.json"
+
+
+def save_registry_baseline(directory: Path, baseline: RegistryBaseline | None) -> None:
+    """Keep the registry baseline beside the state, so restarts decide on the same figures."""
+    data: dict[str, Any] = {"kpis": {}}
+    if baseline is not None:
+        data = {"prevalence": baseline.prevalence, "label_coverage": baseline.label_coverage,
+                "kpis": {k: {"mean": v.mean, "std": v.std, "n": v.n}
+                         for k, v in baseline.kpis.items()}}
+    (directory / BASELINE_FILE).write_text(json.dumps(data, indent=2))
+
+
+def load_registry_baseline(directory: Path) -> RegistryBaseline | None:
+    """The registry baseline saved by :func:`save_registry_baseline` (None if empty)."""
+    path = directory / BASELINE_FILE
+    if not path.exists():
+        return None
+    data = json.loads(path.read_text())
+    kpis = {k: BaselineKpi(v["mean"], v.get("std"), int(v.get("n", 1)))
+            for k, v in data.get("kpis", {}).items()}
+    if not kpis:
+        return None
+    return RegistryBaseline(kpis, data.get("prevalence"), data.get("label_coverage") or 1.0,
+                            source=str(path))
+
+
+class Controller:
+    """Drives one deployment's rollout from its directory."""
+
+    def __init__(self, directory: str | Path, *, registry: Any | None = None,
+                 notifier: Notifier | None = None, clock: Callable[[], float] = time.time,
+                 on_terminal: Callable[[RolloutState], None] | None = None) -> None:
+        self.dir = Path(directory)
+        self.store = RolloutStore(self.dir)
+        state = self.store.require()
+        self.policy: Policy = load_policy(state.policy_file)
+        self.collector = Collector(self.dir / "predictions.db",
+                                   AggregateSpec.from_policy(self.policy))
+        self.registry_baseline = load_registry_baseline(self.dir)
+        self.clock = clock
+        self.effects = Effects(self.store, self.policy, registry=registry, notifier=notifier,
+                               on_terminal=on_terminal)
+
+    def resume(self) -> RolloutState:
+        """Finish side effects a previous controller committed but did not complete."""
+        state = self.store.require()
+        if state.effects_pending:
+            decision = Decision.from_dict(state.last_decision) if state.last_decision else None
+            self.store.append_event("resumed", {"redo_effects_for": state.revision})
+            state = self.effects.apply(state, decision, "resume")
+        return state
+
+    def step(self) -> Decision | None:
+        """One evaluation; returns the decision, or None if nothing was evaluated."""
+        state = self.store.require()
+        if state.phase.terminal or state.paused:
+            return None
+        if state.effects_pending:
+            state = self.resume()
+        now = self.clock()
+        self.collector.flush()
+        samples = self.collector.stage_samples(now, self.policy.evaluation.maturity)
+        decision = evaluate(self.policy, state.stage_index, now - state.stage_started_at,
+                            samples, self.registry_baseline)
+        new, kind = transitions.after_decision(state, self.policy, decision, now)
+        new = new.evolve(effects_pending=True)
+        event = {"stage_index": state.stage_index,
+                 "stage": self.policy.stages[state.stage_index].describe(),
+                 "action": decision.action.value, "reason": decision.reason,
+                 "weights": new.weights.describe(),
+                 "weights_percent": 0.0 if new.weights.shadow or not new.weights.candidate_attached
+                 else new.weights.candidate_percent,
+                 "decision": decision.to_dict()}
+        try:
+            saved = self.store.save(new, kind, event)
+        except StateConflict:
+            # An operator changed the rollout meanwhile; their change stands and the next
+            # evaluation starts from it.
+            log.info("state changed during evaluation; re-evaluating next interval")
+            return None
+        self.effects.apply(saved, decision, kind)
+        return decision
+
+    def run(self, stop: threading.Event | None = None) -> RolloutState:
+        """Evaluate every policy interval until the rollout ends or ``stop`` is set."""
+        stop = stop or threading.Event()
+        state = self.resume()
+        interval = self.policy.evaluation.interval
+        while not stop.is_set():
+            state = self.store.require()
+            if state.phase.terminal:
+                if state.effects_pending:
+                    state = self.resume()
+                return state
+            if stop.wait(interval):
+                break
+            try:
+                self.step()
+            except StateConflict:
+                continue
+        return self.store.require()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Process entry point used by the supervisor."""
+    parser = argparse.ArgumentParser(prog="kpigate-controller")
+    parser.add_argument("directory")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    from .wiring import controller_for  # heavy imports (MLflow) only in the process
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    controller = controller_for(Path(args.directory))
+    state = controller.run(stop)
+    log.info("controller stopping: rollout %s (%s)", state.phase.value, state.reason)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,86 @@
+"""Pure state transitions of a rollout: what a decision or an operator's action does.
+
+Kept free of I/O so the controller, the operator commands and the tests share one
+definition of "promote", "rollback", "pause" and "resume". Weights always follow from the
+stage, so the traffic a state implies can never exceed its approved stage.
+"""
+
+from __future__ import annotations
+
+from ..gate import Action, Decision
+from ..policy import Policy, Stage
+from .state import Phase, RolloutState, Weights
+
+
+def stage_weights(stage: Stage) -> Weights:
+    """Router weights of a stage: shadow mirrors, canary splits, the final stage is 100%."""
+    if stage.shadow:
+        return Weights(0.0, shadow=True, candidate_attached=True)
+    return Weights(stage.traffic, shadow=False, candidate_attached=True)
+
+
+def stage_phase(stage: Stage) -> Phase:
+    """The phase that a stage starts in."""
+    if stage.is_final:
+        return Phase.PROMOTED
+    return Phase.SHADOW if stage.shadow else Phase.CANARY
+
+
+def initial(state: RolloutState, policy: Policy, now: float) -> RolloutState:
+    """The state a new rollout starts in: its first stage, approved by creating it."""
+    first = policy.stages[0]
+    return state.evolve(stage_index=0, approved_stage_index=0, stage_started_at=now,
+                        phase=stage_phase(first), weights=stage_weights(first),
+                        reason=f"rollout started at {first.describe()}")
+
+
+def promote(state: RolloutState, policy: Policy, now: float, reason: str) -> RolloutState:
+    """Advance one stage (to ``promoted`` when the next stage is the final 100%)."""
+    nxt = state.stage_index + 1
+    stage = policy.stages[nxt]
+    return state.evolve(stage_index=nxt, approved_stage_index=max(state.approved_stage_index,
+                                                                   nxt),
+                        stage_started_at=now, phase=stage_phase(stage),
+                        weights=stage_weights(stage), reason=reason)
+
+
+def rollback(state: RolloutState, reason: str, phase: Phase = Phase.ROLLED_BACK
+             ) -> RolloutState:
+    """All traffic back to the baseline and the candidate detached."""
+    return state.evolve(phase=phase, weights=Weights.baseline_only(), reason=reason)
+
+
+def after_decision(state: RolloutState, policy: Policy, decision: Decision, now: float
+                   ) -> tuple[RolloutState, str]:
+    """The state after the gate's ``decision``, and the audit event kind."""
+    state = state.evolve(evaluations=state.evaluations + 1,
+                         last_decision=decision.to_dict())
+    if decision.action is Action.ROLLBACK:
+        return rollback(state, decision.reason), "rollback"
+    if decision.action is Action.PROMOTE:
+        return promote(state, policy, now, decision.reason), "promote"
+    stage = policy.stages[state.stage_index]
+    phase = Phase.HOLDING if decision.timed_out else stage_phase(stage)
+    return state.evolve(phase=phase, reason=decision.reason), "hold"
+
+
+def operator_action(state: RolloutState, policy: Policy, action: str, now: float,
+                    who: str = "operator") -> RolloutState:
+    """An operator's promote / rollback / pause / resume (``ValueError`` if not possible)."""
+    if state.phase.terminal:
+        raise ValueError(f"the rollout is already {state.phase.value}; nothing to {action}")
+    if action == "promote":
+        target = policy.stages[state.stage_index + 1].describe()
+        return promote(state, policy, now, f"{who} promoted the rollout to {target}")
+    if action == "rollback":
+        return rollback(state, f"{who} rolled the rollout back")
+    if action == "pause":
+        if state.paused:
+            raise ValueError("the rollout is already paused")
+        return state.evolve(paused=True, reason=f"{who} paused the rollout: evaluations "
+                            f"stop, traffic stays at {state.weights.describe()}")
+    if action == "resume":
+        if not state.paused:
+            raise ValueError("the rollout is not paused")
+        return state.evolve(paused=False, reason=f"{who} resumed the rollout")
+    raise ValueError(f"unknown action {action!r}")

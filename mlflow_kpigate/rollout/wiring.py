@@ -1,0 +1,57 @@
+"""Builds a :class:`Controller` with its real collaborators from a deployment directory.
+
+Kept apart from the controller so that the controller itself can be tested with
+in-memory collaborators, and so that MLflow is imported only where it is used.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from ..gate import Decision
+from ..notify import notifier_from_policy
+from ..policy import load_policy
+from ..store import RolloutStore
+from .controller import Controller, load_registry_baseline
+from .state import RolloutState
+
+log = logging.getLogger("kpigate.controller")
+
+
+def finish_rollout(directory: Path, state: RolloutState, registry: object | None) -> Path:
+    """Write the report for a finished rollout and close its MLflow run; returns the dir."""
+    from ..report import build_report
+
+    store = RolloutStore(directory)
+    policy = load_policy(state.policy_file)
+    decisions: list[Decision] = []
+    stamps: list[float] = []
+    weights: list[tuple[float, float]] = []
+    for ev in store.events():
+        if "weights_percent" in ev:
+            weights.append((ev["ts"], float(ev["weights_percent"])))
+        if isinstance(ev.get("decision"), dict):
+            decisions.append(Decision.from_dict(ev["decision"]))
+            stamps.append(ev["ts"])
+    out = directory / "report"
+    build_report(out, state=state, decisions=decisions, timestamps=stamps,
+                 weights_history=weights, policy=policy,
+                 registry_baseline=load_registry_baseline(directory),
+                 control_k=policy.control_limits.k)
+    if registry is not None and state.rollout_run_id:
+        registry.finish_rollout_run(state.rollout_run_id, outcome=state.phase.value,
+                                    report_dir=out)
+    store.append_event("report_written", {"path": str(out)})
+    return out
+
+
+def controller_for(directory: Path) -> Controller:
+    """The controller of the deployment in ``directory``, wired to MLflow and alerts."""
+    from ..registry import Registry
+
+    state = RolloutStore(directory).require()
+    registry = Registry(state.tracking_uri)
+    policy = load_policy(state.policy_file)
+    return Controller(directory, registry=registry, notifier=notifier_from_policy(policy),
+                      on_terminal=lambda s: finish_rollout(directory, s, registry) and None)
