@@ -29,6 +29,14 @@ from typing import Any, NoReturn, TypeVar
 import click
 
 from . import __version__
+from .commands.operate import (
+    feedback_command,
+    report_command,
+    serve_command,
+    status_command,
+    steer_commands,
+    watch_command,
+)
 from .commands.plan import plan_command
 from .commands.simulate import simulate_command
 from .durations import format_duration
@@ -128,6 +136,9 @@ def validate(files: tuple[str, ...], quiet: bool) -> None:
 
 main.add_command(plan_command)
 main.add_command(simulate_command)
+for _command in (status_command, watch_command, report_command, feedback_command,
+                 serve_command, *steer_commands):
+    main.add_command(_command)
 
 
 # --------------------------------------------------------------------------------------

@@ -10,10 +10,11 @@ import click
 
 from ..durations import format_duration
 from ..errors import UsageError
-from ..gate import Decision, Verdict
+from ..gate import Verdict
 from ..policy import Policy, load_policy
 from ..simulate import BUILTIN, RULES, Look, registry_from_stream, resolve, run_rollout
 from ..simulate.stream import StreamSpec
+from .tables import evidence_table
 
 # One character per KPI verdict in the progress lines.
 SYMBOLS = {
@@ -52,26 +53,6 @@ def _progress(policy: Policy, look: Look, width: int) -> str:
     if look.decision is not None:
         verdicts = "  ".join(f"{e.kpi} {SYMBOLS[e.verdict]}" for e in look.decision.evidence)
     return f"{t:>6}  [{bar}] {stage:<7} {look.action.value:<8} {verdicts}"[:width]
-
-
-def _evidence_table(decision: Decision) -> list[str]:
-    rows = [("KPI", "role", "baseline", "candidate", "delta", "bounds [promote, rollback]",
-             "threshold", "samples", "verdict")]
-    for e in decision.evidence:
-        bounds = "" if math.isnan(e.lower) else f"[{e.lower:+.4f}, {e.upper:+.4f}]"
-        thr = "" if math.isnan(e.promote_threshold) else (
-            f"{e.promote_threshold:+.4f} / {e.rollback_threshold:+.4f}")
-        need = f"/{e.samples_needed:,}" if e.samples_needed else ""
-        rows.append((e.kpi, e.role, _num(e.baseline_value), _num(e.candidate_value),
-                     "" if math.isnan(e.delta) else f"{e.delta:+.4f}", bounds, thr,
-                     f"{e.samples:,}{need}", e.verdict.value))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return ["  " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
-            for r in rows]
-
-
-def _num(x: float) -> str:
-    return "" if math.isnan(x) else f"{x:.4g}"
 
 
 def _describe_stream(stream: StreamSpec, policy: Policy) -> str:
@@ -178,6 +159,6 @@ def _simulate_one(policy: Policy, policy_file: str, stream: StreamSpec, seed: in
     if last_with_evidence is not None:
         click.echo(f"evidence at the last evaluation ({last_with_evidence.stage_name}; bounds "
                    "are anytime-valid, positive = candidate better):")
-        for line in _evidence_table(last_with_evidence):
+        for line in evidence_table(last_with_evidence):
             click.echo(line)
     return summary

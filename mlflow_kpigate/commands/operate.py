@@ -1,0 +1,234 @@
+"""Operators' commands for running rollouts: status, watch, report, steer, feedback, serve."""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..config import parse_config
+from ..errors import KpigateError, UsageError
+from ..store import RolloutStore, deployment_dir
+from .tables import evidence_table
+
+STATE_DIR = click.option("--state-dir", type=click.Path(file_okay=False),
+                         help="State directory (default $KPIGATE_STATE_DIR or ~/.kpigate).")
+
+
+def _root(state_dir: str | None) -> Path | None:
+    return Path(state_dir).expanduser() if state_dir else None
+
+
+def _status_lines(name: str, root: Path | None) -> list[str]:
+    from ..rollout import manager
+
+    info = manager.describe(name, root)
+    lines = [
+        f"{info['name']}: {info['status']}{' (paused)' if info['paused'] else ''} at "
+        f"{info['stage']} — {info['weights']}",
+        f"  candidate {info['candidate']}  baseline {info['baseline']}",
+        f"  endpoint {info['endpoint']} ({'running' if info['running'] else 'not running'}), "
+        f"{info['evaluations']} evaluations, rollout run {info['rollout_run_id']}",
+        f"  last: {info['reason']}",
+    ]
+    decision = manager.last_decision(name, root)
+    if decision is not None:
+        lines.append("  evidence (anytime-valid bounds, positive = candidate better):")
+        lines += ["  " + row for row in evidence_table(decision)]
+    return lines
+
+
+@click.command("status")
+@click.argument("name")
+@STATE_DIR
+@click.option("--json", "as_json", is_flag=True, help="Print the deployment as JSON.")
+def status_command(name: str, state_dir: str | None, as_json: bool) -> None:
+    """Stage, weights, per-KPI evidence and the last decision of rollout NAME."""
+    from ..rollout import manager
+
+    if as_json:
+        info = manager.describe(name, _root(state_dir))
+        decision = manager.last_decision(name, _root(state_dir))
+        info["last_decision"] = decision.to_dict() if decision else None
+        click.echo(json.dumps(info, indent=2))
+        return
+    for line in _status_lines(name, _root(state_dir)):
+        click.echo(line)
+
+
+@click.command("watch")
+@click.argument("name")
+@STATE_DIR
+@click.option("--timeout", type=float, default=None, help="Stop watching after SECONDS.")
+def watch_command(name: str, state_dir: str | None, timeout: float | None) -> None:
+    """Follow rollout NAME through its stages until it ends (Ctrl-C stops watching only)."""
+    root = _root(state_dir)
+    store = RolloutStore(deployment_dir(name, root))
+    store.require()
+    deadline = None if timeout is None else time.monotonic() + timeout
+    seen = 0
+    try:
+        while True:
+            for ev in store.events(seen):
+                seen = ev["seq"]
+                stamp = time.strftime("%H:%M:%S", time.localtime(ev["ts"]))
+                what = ev.get("reason") or ev.get("weights") or ""
+                click.echo(f"{stamp} {ev['kind']:<18} {ev.get('stage', ''):<7} {what}"[:240])
+            state = store.require()
+            if state.phase.terminal and not state.effects_pending:
+                click.echo(f"{name}: {state.phase.value} — {state.reason}")
+                return
+            if deadline is not None and time.monotonic() > deadline:
+                click.echo(f"{name}: still {state.phase.value} (stopped watching)")
+                return
+            time.sleep(1.0)
+    except KeyboardInterrupt:
+        click.echo("stopped watching; the rollout goes on")
+
+
+@click.command("report")
+@click.argument("name")
+@STATE_DIR
+def report_command(name: str, state_dir: str | None) -> None:
+    """Write rollout NAME's report (markdown, HTML, charts) and print where it is."""
+    from ..rollout.wiring import finish_rollout
+
+    directory = deployment_dir(name, _root(state_dir))
+    state = RolloutStore(directory).require()
+    out = finish_rollout(directory, state, None)
+    click.echo(f"{out / 'report.md'}")
+    click.echo(f"{out / 'report.html'}")
+
+
+def _steer(action: str) -> click.Command:
+    @click.command(action, help=f"{action.capitalize()} the running rollout NAME now "
+                               "(recorded in the audit log as an operator action).")
+    @click.argument("name")
+    @STATE_DIR
+    def command(name: str, state_dir: str | None) -> None:
+        from ..rollout import manager
+
+        info = manager.steer(name, action, _root(state_dir))
+        click.echo(f"{name}: {info['status']} at {info['stage']} — {info['weights']}")
+
+    return command
+
+
+steer_commands = [_steer(a) for a in ("promote", "rollback", "pause", "resume")]
+
+
+def _read_labels(path: Path) -> list[dict[str, Any]]:
+    """Labels from CSV (header with request_id,label[,values...]) or JSON lines."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read the labels file ({exc.strerror})") from None
+    labels: list[dict[str, Any]] = []
+    if path.suffix in (".jsonl", ".ndjson", ".json"):
+        for i, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                item = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise UsageError(f"{path}:{i}: not JSON ({exc.msg})") from None
+            labels.append(_check_label(path, i, item))
+        return labels
+    reader = csv.DictReader(text.splitlines())
+    if not reader.fieldnames or not {"request_id", "label"} <= set(reader.fieldnames):
+        raise UsageError(f"{path}: the CSV needs a header with request_id and label columns")
+    for i, row in enumerate(reader, 2):
+        values = {k: v for k, v in row.items() if k not in ("request_id", "label") and v != ""}
+        try:
+            parsed = {k: float(v) for k, v in values.items()}
+        except ValueError:
+            raise UsageError(f"{path}:{i}: value columns must be numbers") from None
+        item: dict[str, Any] = {"request_id": row["request_id"], "label": row["label"]}
+        if parsed:
+            item["values"] = parsed
+        labels.append(_check_label(path, i, item))
+    return labels
+
+
+def _check_label(path: Path, line: int, item: Any) -> dict[str, Any]:
+    if not isinstance(item, dict) or not item.get("request_id"):
+        raise UsageError(f"{path}:{line}: needs a request_id")
+    label = str(item.get("label")).strip().lower()
+    mapping = {"1": 1, "0": 0, "true": 1, "false": 0, "1.0": 1, "0.0": 0}
+    if label not in mapping:
+        raise UsageError(f"{path}:{line}: label must be 0 or 1, got {item.get('label')!r}")
+    out = {"request_id": str(item["request_id"]), "label": mapping[label]}
+    if item.get("values"):
+        out["values"] = item["values"]
+    return out
+
+
+@click.command("feedback")
+@click.argument("name")
+@click.option("--file", "path", required=True, type=click.Path(dir_okay=False),
+              help="labels.csv (request_id,label[,value columns]) or labels.jsonl")
+@STATE_DIR
+def feedback_command(name: str, path: str, state_dir: str | None) -> None:
+    """Send late-arriving labels for rollout NAME's predictions, matched by request id."""
+    from ..rollout import manager
+
+    labels = _read_labels(Path(path))
+    info = manager.describe(name, _root(state_dir))
+    matched = duplicates = 0
+    unknown: list[str] = []
+    for start in range(0, len(labels), 1000):
+        body = json.dumps({"labels": labels[start:start + 1000]}).encode()
+        req = urllib.request.Request(f"{info['endpoint']}/feedback", data=body, method="POST",
+                                     headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=60) as resp:
+                result = json.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            raise UsageError(f"{path}: the router rejected batch {start // 1000 + 1} "
+                             f"(HTTP {exc.code}: {exc.read().decode(errors='replace')[:200]}); "
+                             f"{matched} labels before it were recorded") from None
+        except OSError as exc:
+            raise KpigateError(f"{name}: the router at {info['endpoint']} is not reachable "
+                               f"({exc}); {matched} labels were recorded") from None
+        matched += int(result.get("matched", 0))
+        duplicates += int(result.get("duplicates", 0))
+        unknown += list(result.get("unknown", []))
+    click.echo(f"{len(labels)} labels: {matched} matched, {len(unknown)} unknown request ids,"
+               f" {duplicates} duplicates")
+    if unknown:
+        click.echo("unknown: " + ", ".join(unknown[:20]) + (" …" if len(unknown) > 20 else ""))
+
+
+@click.command("serve")
+@click.option("--name", required=True, help="Deployment name.")
+@click.option("-m", "--model-uri", required=True, help="Candidate models:/NAME/V or @ALIAS.")
+@click.option("-C", "--config", "pairs", multiple=True, metavar="KEY=VALUE",
+              help="Deployment config, as for mlflow deployments -C.")
+def serve_command(name: str, model_uri: str, pairs: tuple[str, ...]) -> None:
+    """Run a rollout in the foreground until it ends, then keep serving until Ctrl-C."""
+    from ..rollout import manager
+
+    config: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise UsageError(f"-C {pair}: write KEY=VALUE")
+        config[key] = value
+    root = parse_config(config).state_dir
+    manager.create(name, model_uri, {**config, "wait": "false"},
+                   progress=lambda m: click.echo(m, err=True))
+    try:
+        state = manager.wait(name, root, None, lambda m: click.echo(m, err=True))
+        click.echo(f"{name}: {state.phase.value} — {state.reason}")
+        click.echo("serving on; Ctrl-C stops the deployment")
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        manager.delete(name, root)
+        click.echo(f"{name}: stopped")
