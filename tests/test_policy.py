@@ -1021,3 +1021,33 @@ def test_policy_is_frozen() -> None:
     with pytest.raises(AttributeError):
         policy.stages[0].traffic = 50  # type: ignore[misc]
     assert copy.deepcopy(policy) == policy
+
+
+def test_alerts_section_parses_env_names() -> None:
+    doc = base()
+    doc["alerts"] = {"slack": {"webhook_url_env": "KPIGATE_SLACK"},
+                     "pagerduty": {"routing_key_env": "PD_KEY", "url": "http://127.0.0.1:9/x"},
+                     "min_severity": "critical"}
+    alerts = policy_from_dict(doc).alerts
+    assert alerts is not None
+    assert (alerts.slack_webhook_env, alerts.pagerduty_key_env) == ("KPIGATE_SLACK", "PD_KEY")
+    assert alerts.pagerduty_url == "http://127.0.0.1:9/x"
+    assert alerts.min_severity == "critical"
+    assert policy_from_dict(base()).alerts is None
+
+
+@pytest.mark.parametrize(("alerts", "path", "fragment"), [
+    ({"slack": {"webhook_url_env": "https://hooks.example/x"}}, "alerts.slack.webhook_url_env",
+     "NAME of an environment variable"),
+    ({"slack": {}}, "alerts.slack", "needs 'webhook_url_env'"),
+    ({"pagerduty": {"routing_key_env": "K", "url": "ftp://x"}}, "alerts.pagerduty.url",
+     "must be an http(s) URL"),
+    ({"pagerduty": {"url": "https://x"}}, "alerts.pagerduty", "needs 'routing_key_env'"),
+    ({"min_severity": "loud"}, "alerts.min_severity", "must be info, warning or critical"),
+    ({"email": {}}, "alerts.email", "unknown field"),
+    ("slack", "alerts", "must be a mapping"),
+])
+def test_alerts_errors(alerts: Any, path: str, fragment: str) -> None:
+    doc = base()
+    doc["alerts"] = alerts
+    assert_problem(doc, path, fragment)
