@@ -1,0 +1,261 @@
+"""The rollback controller on a real collector and store: decisions, effects, crashes."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mlflow_kpigate.gate import Action
+from mlflow_kpigate.kpis import AggregateSpec
+from mlflow_kpigate.metrics.collector import Collector, Label, Prediction
+from mlflow_kpigate.policy import load_policy
+from mlflow_kpigate.rollout import transitions
+from mlflow_kpigate.rollout.controller import Controller
+from mlflow_kpigate.rollout.state import Phase, RolloutState, Weights
+from mlflow_kpigate.store import RolloutStore
+
+POLICY = """
+evaluation: {interval: 1s, maturity: 0s}
+stage_defaults:
+  min_samples: {requests: 300, labelled: 300}
+  min_dwell: 0s
+  max_duration: 60s
+stages:
+  - {traffic: 5, promote_margin_scale: 3}
+  - {traffic: 50}
+  - 100
+kpis:
+  - {name: error_rate, kind: proportion, metric: error_rate, role: critical, margin: 0.02}
+  - {name: accuracy, kind: proportion, metric: accuracy, role: guardrail, margin: 0.1}
+"""
+
+
+class Clock:
+    def __init__(self, start=1_000_000.0):
+        self.now = start
+
+    def __call__(self):
+        return self.now
+
+
+def make_deployment(tmp_path: Path, policy_text: str = POLICY, clock: Clock | None = None):
+    directory = tmp_path / "dep"
+    directory.mkdir()
+    (directory / "policy.yaml").write_text(policy_text)
+    policy = load_policy(directory / "policy.yaml")
+    store = RolloutStore(directory)
+    clock = clock or Clock()
+    state = RolloutState(name="dep", model_name="m", candidate_version="2",
+                         baseline_version="1", candidate_uri="models:/m/2",
+                         baseline_uri="models:/m/1", policy_file=str(directory / "policy.yaml"),
+                         tracking_uri="unused", port=1)
+    store.save(transitions.initial(state, policy, clock()), "created", {})
+    return directory, store, policy, clock
+
+
+def feed(directory: Path, policy, stage_index: int, *, n=2000, cand_error=0.0, cand_acc=0.9,
+         ts=1_000_000.0, labels=True, seed=0):
+    """Serve n requests at the stage's split; label them (accuracy as given)."""
+    rng = np.random.default_rng(seed + 97 * stage_index)
+    coll = Collector(directory / "predictions.db", AggregateSpec.from_policy(policy))
+    share = policy.stages[stage_index].traffic / 100
+    preds, labs = [], []
+    for i in range(n):
+        cand = rng.random() < share
+        role = "candidate" if cand else "baseline"
+        err = cand and rng.random() < cand_error
+        rid = f"s{stage_index}-{seed}-{i}"
+        y = int(rng.random() < 0.3)
+        correct = rng.random() < (cand_acc if cand else 0.9)
+        pred = None if err else (y if correct else 1 - y)
+        preds.append(Prediction(rid, ts, role, "2" if cand else "1", stage_index, False,
+                                0.01 + rng.random() * 0.01, err, None, pred))
+        if labels:
+            labs.append(Label(rid, y))
+    coll.log(preds)
+    coll.flush()
+    if labs:
+        coll.add_labels(labs)
+    coll.close()
+
+
+def test_equal_candidate_is_promoted_stage_by_stage(tmp_path):
+    directory, store, policy, clock = make_deployment(tmp_path)
+    ctl = Controller(directory, clock=clock)
+    feed(directory, policy, 0, n=6000)
+    clock.now += 5
+    decision = ctl.step()
+    assert decision.action is Action.PROMOTE, decision.reason
+    state = store.require()
+    assert (state.stage_index, state.weights) == (1, Weights(50.0, False, True))
+    feed(directory, policy, 1, n=4000, ts=clock.now)
+    clock.now += 5
+    assert ctl.step().action is Action.PROMOTE
+    state = store.require()
+    assert state.phase is Phase.PROMOTED
+    assert state.weights.candidate_percent == 100
+    assert ctl.step() is None  # nothing more to evaluate
+    kinds = [e["kind"] for e in store.events()]
+    assert kinds == ["created", "promote", "promote"]
+    assert not state.effects_pending
+
+
+def test_erroring_candidate_is_rolled_back_and_detached(tmp_path):
+    directory, store, policy, clock = make_deployment(tmp_path)
+    ctl = Controller(directory, clock=clock)
+    feed(directory, policy, 0, n=20_000, cand_error=0.3)
+    clock.now += 5
+    decision = ctl.step()
+    assert decision.action is Action.ROLLBACK
+    assert "error_rate" in decision.reason
+    state = store.require()
+    assert state.phase is Phase.ROLLED_BACK
+    assert state.weights == Weights.baseline_only()
+    event = store.events()[-1]
+    assert event["kind"] == "rollback"
+    assert event["decision"]["action"] == "rollback"
+
+
+def test_missing_labels_hold_and_never_promote(tmp_path):
+    directory, store, policy, clock = make_deployment(tmp_path)
+    ctl = Controller(directory, clock=clock)
+    feed(directory, policy, 0, n=6000, labels=False)
+    for _ in range(3):
+        clock.now += 5
+        decision = ctl.step()
+        assert decision.action is Action.HOLD
+        assert decision.evidence_for("accuracy").verdict.value == "insufficient_data"
+    clock.now += 120  # past max_duration: hold and alert
+    decision = ctl.step()
+    assert decision.action is Action.HOLD
+    assert decision.timed_out
+    assert store.require().phase is Phase.HOLDING
+    assert store.require().stage_index == 0
+
+
+def test_operator_actions_and_pause(tmp_path):
+    directory, store, policy, clock = make_deployment(tmp_path)
+    ctl = Controller(directory, clock=clock)
+    state = store.require()
+    paused = store.save(transitions.operator_action(state, policy, "pause", clock()),
+                        "operator_pause", {})
+    feed(directory, policy, 0, n=6000)
+    assert ctl.step() is None  # paused: no evaluation
+    store.save(transitions.operator_action(paused, policy, "resume", clock()),
+               "operator_resume", {})
+    state = store.require()
+    promoted = transitions.operator_action(state, policy, "promote", clock())
+    assert promoted.stage_index == 1
+    assert promoted.approved_stage_index == 1
+    rolled = transitions.operator_action(promoted, policy, "rollback", clock())
+    assert rolled.weights == Weights.baseline_only()
+    with pytest.raises(ValueError, match="already rolled_back"):
+        transitions.operator_action(rolled, policy, "promote", clock())
+    with pytest.raises(ValueError, match="not paused"):
+        transitions.operator_action(state, policy, "resume", clock())
+
+
+def test_concurrent_operator_change_wins_over_a_stale_evaluation(tmp_path):
+    _directory, store, policy, clock = make_deployment(tmp_path)
+    stale = store.require()
+    store.save(transitions.operator_action(stale, policy, "rollback", clock()),
+               "operator_rollback", {})
+    from mlflow_kpigate.store import StateConflict
+
+    with pytest.raises(StateConflict):
+        store.save(stale.evolve(stage_index=1), "promote", {})
+    assert store.require().phase is Phase.ROLLED_BACK
+
+
+class FlakyRegistry:
+    """An in-memory registry port that fails its first call (MLflow briefly down)."""
+
+    def __init__(self):
+        self.calls = 0
+        self.tags = {}
+        self.logged = []
+
+    def resolve(self, uri):
+        self.calls += 1
+        if self.calls == 1:
+            raise ConnectionError("tracking server unreachable")
+        return uri
+
+    def status_tags(self, ref, **tags):
+        self.tags[ref] = tags
+
+    def log_evaluation(self, run_id, step, decision, weights_percent, timestamp_ms=None):
+        self.logged.append(step)
+
+
+def test_failed_side_effects_stay_pending_and_are_redone(tmp_path):
+    directory, store, policy, clock = make_deployment(tmp_path)
+    registry = FlakyRegistry()
+    ctl = Controller(directory, clock=clock, registry=registry)
+    feed(directory, policy, 0, n=1000, labels=False)
+    clock.now += 1
+    ctl.step()
+    state = store.require()
+    assert state.effects_pending
+    assert store.events()[-1]["kind"] == "effect_error"
+    assert "tracking server unreachable" in store.events()[-1]["errors"][0]
+    # A restarted controller first finishes what the last one left pending.
+    Controller(directory, clock=clock, registry=registry).resume()
+    state = store.require()
+    assert not state.effects_pending
+    assert registry.tags["models:/m/2"]["status"] == "canary"
+
+
+CRASH_SCRIPT = textwrap.dedent("""
+    import sys, time
+    from mlflow_kpigate.rollout.controller import Controller
+    ctl = Controller(sys.argv[1])
+    while True:
+        ctl.step()
+        time.sleep(0.01)
+""")
+
+
+def _check_invariants(store, policy):
+    state = store.require()
+    events = store.events()
+    seqs = [e["seq"] for e in events]
+    assert seqs == list(range(1, len(seqs) + 1)), "audit log has a gap"
+    assert state.stage_index <= state.approved_stage_index
+    expected = (Weights.baseline_only() if state.phase in (Phase.ROLLED_BACK, Phase.ABORTED)
+                else transitions.stage_weights(policy.stages[state.stage_index]))
+    assert state.weights == expected, "weights disagree with the saved stage"
+    revisions = [e["revision"] for e in events if "revision" in e]
+    assert revisions == sorted(revisions)
+    mirrored = [json.loads(line)["seq"] for line in
+                store.audit_path.read_text().splitlines() if line.strip()]
+    assert mirrored == seqs, "audit.jsonl differs from the committed events"
+
+
+def test_sigkill_at_random_points_never_loses_state_or_events(tmp_path):
+    policy_text = POLICY.replace(
+        "min_samples: {requests: 300, labelled: 300}",
+        "min_samples: {requests: 100000000, labelled: 100000000}")  # hold forever
+    directory, store, policy, _clock = make_deployment(tmp_path, policy_text)
+    feed(directory, policy, 0, n=3000, ts=time.time())
+    script = tmp_path / "crash.py"
+    script.write_text(CRASH_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": str(Path.cwd())}
+    rng = np.random.default_rng(7)
+    before = len(store.events())
+    for _ in range(8):
+        proc = subprocess.Popen([sys.executable, str(script), str(directory)], env=env)
+        time.sleep(0.6 + rng.random() * 0.8)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        RolloutStore(directory)  # what a restarted controller opens first
+        _check_invariants(store, policy)
+    assert len(store.events()) > before  # evaluations happened between the kills
+    assert store.require().stage_index == 0  # never raised past the approved stage
