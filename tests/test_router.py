@@ -95,6 +95,17 @@ class Raising:
         raise RuntimeError("candidate exploded")
 
 
+class RejectingInput:
+    """A candidate whose signature needs a column the callers do not send yet."""
+
+    def predict(self, frame: pd.DataFrame) -> Any:
+        from mlflow.exceptions import MlflowException
+
+        raise MlflowException.invalid_parameter_value(
+            "Failed to enforce schema of data ... Error: Model is missing inputs ['device'].",
+            error_class="SCHEMA_ENFORCEMENT_FAILED")
+
+
 class Hanging:
     """Answers only once ``release`` is set."""
 
@@ -231,7 +242,7 @@ def test_bad_payloads_are_rejected_with_one_line(tmp_path: Path, models: Models)
          "list of records"),
         (json.dumps({"dataframe_records": []}).encode(), "application/json", 400, "no rows"),
         (json.dumps({"dataframe_records": [{"amount": 1.0}]}).encode(), "application/json",
-         400, "model failed to predict"),
+         400, "does not match the model's signature: Model is missing inputs"),
         (b"\xff\xfe", "application/json", 400, "UTF-8"),
         (b"", "text/csv", 400, "empty"),
         (b"amount\n1", "text/plain", 415, "unsupported content type"),
@@ -247,9 +258,11 @@ def test_bad_payloads_are_rejected_with_one_line(tmp_path: Path, models: Models)
         bad_id = invoke(live.url, frame, **{"X-Kpigate-Request-Id": "a/b"})
         assert bad_id.status_code == 400
         assert "X-Kpigate-Request-Id" in bad_id.json()["message"]
-        # Only the request that reached the model was logged (a baseline error).
+        # None counts as a model error: the signature mismatch is the client's mistake.
         live.collector.flush()
-        assert live.collector.stats()["predictions"] == 1
+        assert live.collector.stats()["predictions"] == 0
+        metrics = requests.get(f"{live.url}/metrics", timeout=30).text
+        assert 'kpigate_invalid_requests_total{deployment="fraud"} 1.0' in metrics
 
 
 def test_concurrent_clients_every_response_is_logged(tmp_path: Path, models: Models):
@@ -316,10 +329,12 @@ def test_routing_by_input_column(tmp_path: Path, models: Models):
             assert roles == {expected}
 
 
-def test_candidate_failure_in_canary_is_answered_by_the_baseline(tmp_path: Path,
-                                                                 models: Models):
+@pytest.mark.parametrize("candidate", [Raising(), RejectingInput()],
+                         ids=["raises", "rejects-input"])
+def test_candidate_failure_in_canary_is_answered_by_the_baseline(tmp_path: Path, models: Models,
+                                                                 candidate: Any):
     frame = make_frame(3, seed=6)
-    with router(tmp_path, models, Switch(Weights(100.0), stage=3), candidate=Raising()) as live:
+    with router(tmp_path, models, Switch(Weights(100.0), stage=3), candidate=candidate) as live:
         for _ in range(4):
             response = invoke(live.url, frame)
             np.testing.assert_allclose(probabilities(response), models.baseline.predict(frame))

@@ -72,6 +72,7 @@ PREDICTIONS_DB = "predictions.db"
 REQUEST_ID_HEADER = "X-Kpigate-Request-Id"
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 UNKNOWN_SEGMENT = "unknown"
+_SCHEMA_FAILURE = "SCHEMA_ENFORCEMENT_FAILED"  # MlflowException.error_class of pyfunc
 # Model latencies are milliseconds to seconds; the default buckets are too coarse below 5 ms.
 _DURATION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5,
                      1.0, 2.5, 5.0, 10.0)
@@ -170,6 +171,7 @@ class _Attempt:
     error: str | None
     latency_s: float
     output: ModelOutput
+    invalid_input: bool = False  # MLflow rejected the input against the model's signature
 
 
 @dataclass(frozen=True)
@@ -220,6 +222,9 @@ class _Metrics:
             "kpigate_shadow_requests", "Mirrored requests scored by the candidate, by "
             "outcome (ok|error|timeout|skipped).", ["deployment", "version", "outcome"],
             registry=r)
+        self.invalid = Counter(
+            "kpigate_invalid_requests", "Requests whose input the baseline model's signature "
+            "rejected (not counted as model errors).", ["deployment"], registry=r)
         self.collector_errors = Counter(
             "kpigate_collector_errors", "Prediction batches the collector refused.",
             ["deployment"], registry=r)
@@ -344,8 +349,14 @@ class _Router:
                 raw = model.predict(frame)
         except Exception as exc:  # any model failure is an error outcome
             latency = max(time.perf_counter() - start, 1e-9)
-            return _Attempt(role, version, None, _describe(exc), latency,
-                            ModelOutput([None] * n, [None] * n, False))
+            invalid = getattr(exc, "error_class", None) == _SCHEMA_FAILURE
+            message = _describe(exc)
+            if invalid:
+                # MLflow's message embeds the whole input; its cause is the last part.
+                cause = str(getattr(exc, "message", exc)).rpartition("Error: ")[2]
+                message = f"input does not match the model's signature: {cause.strip()}"
+            return _Attempt(role, version, None, message, latency,
+                            ModelOutput([None] * n, [None] * n, False), invalid)
         latency = max(time.perf_counter() - start, 1e-9)
         return _Attempt(role, version, raw, None, latency,
                         interpret_output(raw, n, cfg.threshold))
@@ -400,25 +411,29 @@ class _Router:
             ts=ts, stage_index=stage, segments=self._segments(frame),
             features=frame.to_dict(orient="records") if self.config.store_features else None,
         )
-        rows: list[Prediction] = []
-        served: _Attempt | None = None
+        attempts: list[_Attempt] = []
         if role == "candidate":
-            attempt = self.predict("candidate", payload)
-            self.metrics.observe(attempt)
-            rows += self.rows(attempt, info, shadow=False)
-            if attempt.error is None:
-                served = attempt
-            else:
+            attempts.append(self.predict("candidate", payload))
+            if attempts[0].error is not None:
                 out_headers["X-Kpigate-Fallback"] = "candidate-error"
                 logger.warning("candidate failed on request %s, baseline answers: %s",
-                               request_id, attempt.error)
-        if served is None:
-            served = self.predict("baseline", payload)
-            self.metrics.observe(served)
-            rows += self.rows(served, info, shadow=False)
-        self.log(rows)
+                               request_id, attempts[0].error)
+        if not attempts or attempts[0].error is not None:
+            attempts.append(self.predict("baseline", payload))
+        served = attempts[-1]
         out_headers["X-Kpigate-Role"] = served.role
         out_headers["X-Kpigate-Version"] = served.version
+        if served.role == "baseline" and served.invalid_input:
+            # The serving model's signature rejects the input: the client's mistake, so it
+            # is counted apart and logged for neither model (it would otherwise raise both
+            # error rates, the baseline's twice when the request fell back).
+            self.metrics.invalid.labels(self.config.deployment).inc()
+            return _Served(_error_response(400, served.error or "invalid input", out_headers))
+        rows: list[Prediction] = []
+        for attempt in attempts:
+            self.metrics.observe(attempt)
+            rows += self.rows(attempt, info, shadow=False)
+        self.log(rows)
         if served.error is not None:
             # As MLflow's scoring server: a model that cannot score the input is a 400.
             return _Served(_error_response(400, f"model failed to predict: {served.error}",
