@@ -29,10 +29,13 @@ setup(
         "prometheus-client>=0.17",
     ],
     extras_require={
+        "examples": ["xgboost>=2", "lightgbm>=4"],
         "test": [
             "pytest>=8",
             "scikit-learn>=1.3",
             "ruff>=0.5",
+            "xgboost>=2",
+            "lightgbm>=4",
         ],
     },
     entry_points={
