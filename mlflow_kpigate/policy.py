@@ -381,6 +381,17 @@ def _name(p: _Problems, path: str, value: Any) -> str | None:
     return value
 
 
+def direction_is_higher(raw: Mapping[str, Any], kind: KpiKind, metric: Any) -> bool:
+    """Whether a KPI being validated is higher-is-better (explicit or by default)."""
+    if raw.get("direction") in ("higher", "lower"):
+        return raw["direction"] == "higher"
+    if kind in (KpiKind.AUC, KpiKind.FAIRNESS):
+        return True
+    if kind is KpiKind.PROPORTION and isinstance(metric, str) and metric in PROPORTION_METRICS:
+        return PROPORTION_METRICS[metric] is Direction.HIGHER
+    return False
+
+
 def parse_margin(value: Any) -> Margin:
     """Parse ``0.02`` (absolute) or ``"10%"`` (relative). Raises ``ValueError``."""
     if isinstance(value, bool):
@@ -394,8 +405,9 @@ def parse_margin(value: Any) -> Margin:
             pct = float(value.strip()[:-1])
         except ValueError:
             raise ValueError(f"{value!r} is not a percentage such as '10%'") from None
-        if not math.isfinite(pct) or pct <= 0 or pct >= 100:
-            raise ValueError(f"a relative margin must be between 0% and 100%, got {value!r}")
+        if not math.isfinite(pct) or pct <= 0 or pct > 1000:
+            raise ValueError(f"a relative margin must be above 0% and at most 1000%, "
+                             f"got {value!r}")
         return Margin(pct / 100.0, relative=True)
     raise ValueError("must be a number (absolute) or a percentage such as '10%'")
 
@@ -668,6 +680,10 @@ def _validate_kpi(p: _Problems, path: str, raw: Any) -> KpiSpec | None:
         except ValueError as exc:
             p.add(_join(path, "margin"), str(exc))
         else:
+            if margin.relative and margin.value >= 1 and (
+                    kind is KpiKind.FAIRNESS or direction_is_higher(k, kind, metric)):
+                p.add(_join(path, "margin"), f"{margin} would allow the KPI to drop to zero "
+                      "or below; a higher-is-better KPI needs a relative margin under 100%")
             needs_relative = kind is KpiKind.FAIRNESS or (kind is KpiKind.MEAN and log)
             if needs_relative and not margin.relative:
                 what = "a fairness ratio" if kind is KpiKind.FAIRNESS else "a log-scale mean"

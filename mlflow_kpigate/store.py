@@ -30,7 +30,7 @@ from typing import Any
 from .errors import KpigateError, UsageError
 from .rollout.state import RolloutState
 
-DEFAULT_STATE_DIR = Path(os.environ.get("KPIGATE_STATE_DIR", "~/.kpigate")).expanduser()
+DEFAULT_STATE_DIR = "~/.kpigate"
 
 class StateConflict(KpigateError):
     """Another process saved the deployment's state since it was loaded."""
@@ -52,7 +52,8 @@ CREATE TABLE IF NOT EXISTS events (
 
 def state_dir(path: str | Path | None = None) -> Path:
     """The state directory (``-C state_dir``, ``$KPIGATE_STATE_DIR``, or ``~/.kpigate``)."""
-    return Path(path).expanduser() if path else DEFAULT_STATE_DIR
+    chosen = path or os.environ.get("KPIGATE_STATE_DIR") or DEFAULT_STATE_DIR
+    return Path(chosen).expanduser()
 
 
 def deployment_dir(name: str, root: str | Path | None = None) -> Path:

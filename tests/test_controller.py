@@ -259,3 +259,39 @@ def test_sigkill_at_random_points_never_loses_state_or_events(tmp_path):
         _check_invariants(store, policy)
     assert len(store.events()) > before  # evaluations happened between the kills
     assert store.require().stage_index == 0  # never raised past the approved stage
+
+
+def test_a_terminal_state_revealed_while_resuming_is_not_overwritten(tmp_path):
+    """An operator's rollback that lands while the controller finishes pending effects
+    must stand: the controller may not evaluate (and so revive) a finished rollout."""
+    directory, store, policy, clock = make_deployment(tmp_path)
+    feed(directory, policy, 0, n=1000, labels=False)
+
+    class RollbackDuringEffects:
+        """A registry port whose first call coincides with an operator's rollback."""
+
+        def __init__(self):
+            self.done = False
+
+        def resolve(self, uri):
+            if not self.done:
+                self.done = True
+                current = store.require()
+                store.save(transitions.operator_action(current, policy, "rollback",
+                                                       clock()), "operator_rollback", {})
+            return uri
+
+        def status_tags(self, ref, **tags):
+            pass
+
+        def log_evaluation(self, *args, **kwargs):
+            pass
+
+    state = store.require()
+    store.save(state.evolve(effects_pending=True))
+    ctl = Controller(directory, clock=clock, registry=RollbackDuringEffects())
+    clock.now += 1
+    assert ctl.step() is None
+    assert store.require().phase is Phase.ROLLED_BACK
+    with pytest.raises(ValueError, match="takes no further decisions"):
+        transitions.after_decision(store.require(), policy, None, clock())  # type: ignore[arg-type]

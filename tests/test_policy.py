@@ -695,9 +695,9 @@ def test_reporting_kpi_needs_no_margin(role: str) -> None:
     ("0.02", "must be a number (absolute) or a percentage such as '10%'"),
     ([1], "must be a number (absolute) or a percentage"),
     ("abc%", "'abc%' is not a percentage such as '10%'"),
-    ("0%", "a relative margin must be between 0% and 100%, got '0%'"),
-    ("100%", "a relative margin must be between 0% and 100%"),
-    ("-5%", "a relative margin must be between 0% and 100%"),
+    ("0%", "a relative margin must be above 0% and at most 1000%, got '0%'"),
+    ("1001%", "a relative margin must be above 0% and at most 1000%"),
+    ("-5%", "a relative margin must be above 0% and at most 1000%"),
 ])
 def test_margin_values(margin: Any, fragment: str) -> None:
     kpi = {"name": "x", "kind": "mean", "source": "rows", "direction": "higher",
@@ -1051,3 +1051,13 @@ def test_alerts_errors(alerts: Any, path: str, fragment: str) -> None:
     doc = base()
     doc["alerts"] = alerts
     assert_problem(doc, path, fragment)
+
+
+def test_large_relative_margins_only_for_lower_is_better() -> None:
+    slow = {"name": "p95", "kind": "quantile", "q": 0.95, "margin": "150%"}
+    assert policy_from_dict(with_kpi(slow)).kpi("p95").margin == Margin(1.5, relative=True)
+    recall = {"name": "r", "kind": "proportion", "metric": "recall", "margin": "100%"}
+    assert_problem(with_kpi(recall), "kpis[2].margin", "needs a relative margin under 100%")
+    fair = {"name": "f", "kind": "fairness", "metric": "recall", "segment_by": "s",
+            "margin": "120%"}
+    assert_problem(with_kpi(fair), "kpis[2].margin", "needs a relative margin under 100%")

@@ -101,7 +101,10 @@ class Controller:
         if state.phase.terminal or state.paused:
             return None
         if state.effects_pending:
+            # Finishing them may reveal a newer state (an operator's rollback, say).
             state = self.resume()
+            if state.phase.terminal or state.paused:
+                return None
         now = self.clock()
         self.collector.flush()
         samples = self.collector.stage_samples(now, self.policy.evaluation.maturity)

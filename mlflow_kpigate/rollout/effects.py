@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 from ..gate import Decision
 from ..policy import Policy
-from ..store import RolloutStore
+from ..store import RolloutStore, StateConflict
 from .state import Phase, RolloutState
 
 log = logging.getLogger(__name__)
@@ -90,10 +90,20 @@ class Effects:
             self.store.append_event("effect_error", {"errors": errors,
                                                      "revision": state.revision})
             if alert_keys != list(state.alert_keys):
-                state = self.store.save(state.evolve(alert_keys=tuple(alert_keys)))
+                return self._save(state.evolve(alert_keys=tuple(alert_keys)))
             return state
-        return self.store.save(state.evolve(effects_pending=False,
-                                            alert_keys=tuple(alert_keys)))
+        return self._save(state.evolve(effects_pending=False, alert_keys=tuple(alert_keys)))
+
+    def _save(self, state: RolloutState) -> RolloutState:
+        """Record the effects' outcome unless someone saved a newer state meanwhile.
+
+        A newer state was saved with its own ``effects_pending``, and its writer runs its
+        effects (which include everything done here), so nothing is lost by yielding.
+        """
+        try:
+            return self.store.save(state)
+        except StateConflict:
+            return self.store.require()
 
     # -- MLflow ------------------------------------------------------------------------------
     def _registry(self, state: RolloutState, decision: Decision | None, kind: str) -> None:

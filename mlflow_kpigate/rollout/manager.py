@@ -29,7 +29,7 @@ from ..config import DeploymentConfig, parse_config
 from ..errors import KpigateError, UsageError
 from ..gate import Decision
 from ..policy import Policy, load_policy
-from ..store import RolloutStore, deployment_dir, state_dir
+from ..store import RolloutStore, StateConflict, deployment_dir, state_dir
 from . import transitions
 from .controller import save_registry_baseline
 from .effects import Effects
@@ -302,18 +302,27 @@ def steer(name: str, action: str, root: Path | None = None, who: str = "operator
     """promote / rollback / pause / resume the running rollout of ``name``."""
     directory = deployment_dir(name, root)
     store = RolloutStore(directory)
-    state = store.require()
-    policy = load_policy(state.policy_file)
-    try:
-        new = transitions.operator_action(state, policy, action, time.time(), who)
-    except ValueError as exc:
-        raise UsageError(f"{name}: {exc}") from None
-    new = new.evolve(effects_pending=True)
-    saved = store.save(new, f"operator_{action}", {
-        "action": action, "by": who, "reason": new.reason, "weights": new.weights.describe(),
-        "weights_percent": 0.0 if new.weights.shadow or not new.weights.candidate_attached
-        else new.weights.candidate_percent,
-        "stage": policy.stages[new.stage_index].describe()})
+    for attempt in range(10):
+        state = store.require()
+        policy = load_policy(state.policy_file)
+        try:
+            new = transitions.operator_action(state, policy, action, time.time(), who)
+        except ValueError as exc:
+            raise UsageError(f"{name}: {exc}") from None
+        new = new.evolve(effects_pending=True)
+        try:
+            saved = store.save(new, f"operator_{action}", {
+                "action": action, "by": who, "reason": new.reason,
+                "weights": new.weights.describe(),
+                "weights_percent": 0.0 if new.weights.shadow
+                or not new.weights.candidate_attached else new.weights.candidate_percent,
+                "stage": policy.stages[new.stage_index].describe()})
+            break
+        except StateConflict:
+            # The controller saved an evaluation meanwhile: apply the action to that.
+            time.sleep(0.05 * (attempt + 1))
+    else:
+        raise KpigateError(f"{name}: the rollout kept changing; try `{action}` again")
     from .wiring import finish_rollout
 
     registry = _registry(state.tracking_uri)

@@ -53,6 +53,8 @@ def rollback(state: RolloutState, reason: str, phase: Phase = Phase.ROLLED_BACK
 def after_decision(state: RolloutState, policy: Policy, decision: Decision, now: float
                    ) -> tuple[RolloutState, str]:
     """The state after the gate's ``decision``, and the audit event kind."""
+    if state.phase.terminal:
+        raise ValueError(f"a {state.phase.value} rollout takes no further decisions")
     state = state.evolve(evaluations=state.evaluations + 1,
                          last_decision=decision.to_dict())
     if decision.action is Action.ROLLBACK:

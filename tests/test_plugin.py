@@ -1,0 +1,260 @@
+"""The kpigate MLflow target end to end: the real `mlflow deployments` CLI and Python API,
+a real MLflow tracking server, real models, the real router, controller and supervisor."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.linear_model import LogisticRegression
+
+from mlflow_kpigate.store import RolloutStore
+
+COLUMNS = list("abcd")
+
+FAST = """
+evaluation: {interval: 1s, maturity: 0s}
+stage_defaults: {min_samples: {requests: 80, labelled: 40}, min_dwell: 1s, max_duration: 10m}
+stages: [{traffic: 20, promote_margin_scale: 3}, 50, 100]
+kpis:
+  - {name: error_rate, kind: proportion, metric: error_rate, role: critical, margin: 0.05}
+  - {name: accuracy, kind: proportion, metric: accuracy, role: guardrail, margin: 0.2}
+"""
+
+BROKEN_MODEL = '''
+import mlflow
+
+
+class Broken(mlflow.pyfunc.PythonModel):
+    def predict(self, context, model_input, params=None):
+        raise RuntimeError("candidate model is broken")
+
+
+mlflow.models.set_model(Broken())
+'''
+
+
+@pytest.fixture(scope="module")
+def env(mlflow_server, tmp_path_factory):
+    """Tracking server, a registered model with 3 versions, a state dir and policies."""
+    root = tmp_path_factory.mktemp("plugin")
+    mlflow.set_tracking_uri(mlflow_server.uri)
+    rng = np.random.default_rng(0)
+    x = pd.DataFrame(rng.normal(size=(2000, 4)), columns=COLUMNS)
+    y = (x.a + rng.normal(size=2000) > 1).astype(int)
+    name = "plugin-model"
+    for c in (0.5, 1.0):
+        with mlflow.start_run():
+            mlflow.sklearn.log_model(LogisticRegression(C=c).fit(x, y), name="model",
+                                     registered_model_name=name, input_example=x.head(2),
+                                     pyfunc_predict_fn="predict_proba")
+    broken = root / "broken_model.py"
+    broken.write_text(BROKEN_MODEL)
+    with mlflow.start_run():
+        mlflow.pyfunc.log_model(name="model", python_model=str(broken),
+                                registered_model_name=name)
+    mlflow.MlflowClient().set_registered_model_alias(name, "champion", "1")
+    (root / "fast.yaml").write_text(FAST)
+    (root / "bad.yaml").write_text(FAST.replace("margin: 0.2", "margin: -1"))
+    environ = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_server.uri,
+               "KPIGATE_STATE_DIR": str(root / "state"), "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}
+    yield {"root": root, "name": name, "env": environ, "x": x, "y": y}
+    # Stop anything a failed test left running.
+    for d in (root / "state").glob("*"):
+        if (d / "pids.json").exists():
+            from mlflow_kpigate.rollout.manager import stop_processes
+
+            stop_processes(d)
+
+
+def mlflow_cli(env, *args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "mlflow", "deployments", *args, "-t", "kpigate"],
+                          capture_output=True, text=True, env=env["env"], timeout=timeout)
+
+
+def endpoint(env, name):
+    state = RolloutStore(Path(env["env"]["KPIGATE_STATE_DIR"]) / name).require()
+    return f"http://127.0.0.1:{state.port}"
+
+
+def send(env, name, n, *, labels=True, seed=1):
+    """n single-row requests, each followed by its label; returns the roles served."""
+    url = endpoint(env, name)
+    rng = np.random.default_rng(seed)
+    roles = []
+    for _ in range(n):
+        row = rng.normal(size=4)
+        truth = int(row[0] + rng.normal() > 1)
+        body = json.dumps({"dataframe_split": {"columns": COLUMNS,
+                                               "data": [row.tolist()]}}).encode()
+        req = urllib.request.Request(f"{url}/invocations", data=body,
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            assert resp.status == 200
+            rid = resp.headers["X-Kpigate-Request-Id"]
+            roles.append(resp.headers["X-Kpigate-Role"])
+            resp.read()
+        if labels:
+            fb = urllib.request.Request(f"{url}/feedback", data=json.dumps(
+                {"request_id": rid, "label": truth}).encode(),
+                headers={"Content-Type": "application/json"})
+            urllib.request.urlopen(fb, timeout=30).read()
+    return roles
+
+
+def wait_phase(env, name, phases, timeout=120):
+    store = RolloutStore(Path(env["env"]["KPIGATE_STATE_DIR"]) / name)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = store.require()
+        if state.phase.value in phases and not state.effects_pending:
+            return state
+        time.sleep(0.3)
+    raise AssertionError(f"{name} stayed {store.require().phase.value}: "
+                         f"{store.require().reason}")
+
+
+@pytest.mark.parametrize(("args", "needle"), [
+    (["--name", "x", "-m", "models:/plugin-model/2", "-C", "colour=red"],
+     "-C colour: unknown config key"),
+    (["--name", "x", "-m", "models:/plugin-model/2", "-C", "port=80"],
+     "-C port=80: must be between 1024 and 65535"),
+    (["--name", "x", "-m", "models:/plugin-model/2", "-C", "wait=maybe"],
+     "-C wait=maybe: must be true or false"),
+    (["--name", "x", "-m", "models:/plugin-model"], "LoggedModel"),
+    (["--name", "x", "-m", "models:/nope/1"], "nope"),
+    (["--name", "x", "-m", "runs:/abc/model"], "models:/"),
+    (["--name", "x", "-m", "models:/plugin-model/2", "-C", "policy=/no/such.yaml"],
+     "-C policy=/no/such.yaml: file not found"),
+    (["--name", "x", "-m", "models:/plugin-model/2", "-C", "stages=5,fifty"],
+     "-C stages=5,fifty"),
+])
+def test_bad_input_is_one_line_exit_2_and_starts_nothing(env, args, needle):
+    r = mlflow_cli(env, "create", *args)
+    assert r.returncode == 2, r.stderr
+    assert needle in r.stderr
+    assert "Traceback" not in r.stderr
+    assert not (Path(env["env"]["KPIGATE_STATE_DIR"]) / "x").exists()
+
+
+def test_invalid_policy_names_the_field(env):
+    r = mlflow_cli(env, "create", "--name", "x", "-m", f"models:/{env['name']}/2", "-C",
+                   f"policy={env['root'] / 'bad.yaml'}")
+    assert r.returncode == 2
+    assert "kpis[1].margin: must be > 0" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_cli_lifecycle_promotes_and_moves_the_alias(env):
+    name = env["name"]
+    r = mlflow_cli(env, "create", "--name", "good", "-m", f"models:/{name}/2", "-C",
+                   f"policy={env['root'] / 'fast.yaml'}", "-C", "promote_alias=live")
+    assert r.returncode == 0, r.stderr
+    assert "deployment good is created" in r.stdout
+    got = mlflow_cli(env, "get", "--name", "good")
+    assert got.returncode == 0
+    assert "canary" in got.stdout
+    listed = mlflow_cli(env, "list")
+    assert "good" in listed.stdout
+    # predict through the CLI: its -I file is read with pandas.read_json (records)
+    inp = env["root"] / "input.json"
+    inp.write_text(json.dumps([dict(zip(COLUMNS, [0.1, 0.2, 0.3, 0.4], strict=True))]))
+    pred = mlflow_cli(env, "predict", "--name", "good", "-I", str(inp))
+    assert pred.returncode == 0, pred.stderr
+    assert "predictions" in pred.stdout
+    roles = send(env, "good", 200)
+    assert set(roles) == {"baseline", "candidate"}
+    store = RolloutStore(Path(env["env"]["KPIGATE_STATE_DIR"]) / "good")
+    for seed in range(2, 40):  # bounded: at most ~7,600 more requests
+        if store.require().phase.value == "promoted":
+            break
+        send(env, "good", 200, seed=seed)
+        time.sleep(1.5)  # let the controller evaluate
+    state = wait_phase(env, "good", {"promoted"}, timeout=60)
+    client = mlflow.MlflowClient()
+    tags = client.get_model_version(name, "2").tags
+    assert tags["kpigate.status"] == "promoted"
+    assert tags["kpigate.rollout_run_id"] == state.rollout_run_id
+    assert str(client.get_registered_model(name).aliases.get("live")) == "2"
+    history = client.get_metric_history(state.rollout_run_id, "candidate.accuracy")
+    assert [m.step for m in history] == sorted(m.step for m in history)
+    assert len(history) >= 2
+    report = Path(env["env"]["KPIGATE_STATE_DIR"]) / "good" / "report" / "report.md"
+    assert report.exists()
+    assert mlflow_cli(env, "delete", "--name", "good").returncode == 0
+    assert "good" not in mlflow_cli(env, "list").stdout
+
+
+def test_python_api_steering_and_sigkill_of_the_controller(env, monkeypatch):
+    from mlflow.deployments import get_deploy_client
+
+    monkeypatch.setenv("KPIGATE_STATE_DIR", env["env"]["KPIGATE_STATE_DIR"])
+
+    client = get_deploy_client("kpigate")
+    name = env["name"]
+    policy = env["root"] / "hold.yaml"
+    policy.write_text(FAST.replace("requests: 80, labelled: 40",
+                                   "requests: 100000, labelled: 100000"))
+    dep = client.create_deployment("steer", f"models:/{name}/2", config={"policy": str(policy)})
+    assert dep["flavor"] == "python_function"
+    assert client.get_deployment("steer")["stage"] == "20%"
+    out = client.predict("steer", env["x"].head(3))
+    assert len(out.get_predictions()) == 3
+    directory = Path(env["env"]["KPIGATE_STATE_DIR"]) / "steer"
+    store = RolloutStore(directory)
+    send(env, "steer", 60)
+    # SIGKILL the controller twice: the supervisor restarts it at the same stage.
+    for _ in range(2):
+        pid = json.loads((directory / "pids.json").read_text())["controller"]
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            pids = json.loads((directory / "pids.json").read_text())
+            if pids.get("controller") not in (None, pid):
+                break
+            time.sleep(0.2)
+        else:
+            raise AssertionError("the controller was not restarted")
+    time.sleep(3)
+    kinds = [e["kind"] for e in store.events()]
+    assert kinds.count("controller_restarted") == 2
+    assert store.require().stage_index == 0
+    assert store.require().phase.value == "canary"
+    # operator steering through update -C action=...
+    client.update_deployment("steer", config={"action": "pause"})
+    assert client.get_deployment("steer")["paused"] is True
+    client.update_deployment("steer", config={"action": "resume"})
+    client.update_deployment("steer", config={"action": "promote"})
+    assert client.get_deployment("steer")["stage"] == "50%"
+    client.update_deployment("steer", config={"action": "rollback"})
+    info = client.get_deployment("steer")
+    history = [(e["kind"], e.get("revision"), e.get("stage"), e.get("action"))
+               for e in store.events()]
+    assert info["status"] == "rolled_back", history[-8:]
+    assert set(send(env, "steer", 20, labels=False)) == {"baseline"}
+    tags = mlflow.MlflowClient().get_model_version(name, "2").tags
+    assert tags["kpigate.status"] == "rolled_back"
+    client.delete_deployment("steer")
+
+
+def test_erroring_candidate_is_rolled_back_while_callers_get_the_baseline(env):
+    name = env["name"]
+    r = mlflow_cli(env, "create", "--name", "broken", "-m", f"models:/{name}/3", "-C",
+                   f"policy={env['root'] / 'fast.yaml'}")
+    assert r.returncode == 0, r.stderr
+    roles = send(env, "broken", 300)  # every call answered (200) by the baseline
+    assert set(roles) == {"baseline"}
+    state = wait_phase(env, "broken", {"rolled_back"}, timeout=90)
+    assert "error_rate" in state.reason
+    tags = mlflow.MlflowClient().get_model_version(name, "3").tags
+    assert tags["kpigate.status"] == "rolled_back"
+    assert tags["kpigate.decision"] == "rollback"
+    assert mlflow_cli(env, "delete", "--name", "broken").returncode == 0
