@@ -80,6 +80,11 @@ def mlflow_cli(env, *args, timeout=300):
                           capture_output=True, text=True, env=env["env"], timeout=timeout)
 
 
+def kpigate(env, *args):
+    return subprocess.run([sys.executable, "-m", "mlflow_kpigate.cli", *args],
+                          capture_output=True, text=True, env=env["env"], timeout=120)
+
+
 def endpoint(env, name):
     state = RolloutStore(Path(env["env"]["KPIGATE_STATE_DIR"]) / name).require()
     return f"http://127.0.0.1:{state.port}"
@@ -189,6 +194,25 @@ def test_cli_lifecycle_promotes_and_moves_the_alias(env):
     assert len(history) >= 2
     report = Path(env["env"]["KPIGATE_STATE_DIR"]) / "good" / "report" / "report.md"
     assert report.exists()
+    # the operators' commands on the same deployment
+    status = kpigate(env, "status", "good")
+    assert status.returncode == 0, status.stderr
+    assert "good: promoted at 100%" in status.stdout
+    assert "accuracy" in status.stdout
+    watch = kpigate(env, "watch", "good", "--timeout", "2")
+    assert "good: promoted" in watch.stdout
+    labels = env["root"] / "labels.csv"
+    labels.write_text("request_id,label\nno-such-id,1\n")
+    fb = kpigate(env, "feedback", "good", "--file", str(labels))
+    assert fb.returncode == 0, fb.stderr
+    assert "1 unknown request ids" in fb.stdout
+    labels.write_text("request_id,label\nx,maybe\n")
+    fb = kpigate(env, "feedback", "good", "--file", str(labels))
+    assert fb.returncode == 2
+    assert "label must be 0 or 1" in fb.stderr
+    rep = kpigate(env, "report", "good")
+    assert rep.returncode == 0
+    assert rep.stdout.strip().endswith("report.html")
     assert mlflow_cli(env, "delete", "--name", "good").returncode == 0
     assert "good" not in mlflow_cli(env, "list").stdout
 

@@ -56,6 +56,7 @@ import numpy as np
 
 from ..gate.estimators import StageSample
 from ..kpis import AggregateSpec, CoMoments, Confusion, LatencyHistogram, RoleAggregate
+from ..kpis.moments import _chan
 
 __all__ = [
     "ROLES",
@@ -801,14 +802,3 @@ class Collector:
         return f"Collector({str(self.db_path)!r})"
 
 
-def _chan(
-    n_a: int, mean_a: float, m2_a: float, n_b: int, mean_b: float, m2_b: float
-) -> tuple[int, float, float]:
-    """Merge two (count, mean, centred sum of squares) summaries (Chan et al.)."""
-    if n_b == 0:
-        return n_a, mean_a, m2_a
-    if n_a == 0:
-        return n_b, mean_b, m2_b
-    n = n_a + n_b
-    delta = mean_b - mean_a
-    return n, mean_a + delta * n_b / n, m2_a + m2_b + delta * delta * n_a * n_b / n
