@@ -173,7 +173,7 @@ def test_loaded_versions_score_probabilities_with_expected_recall(registered):
         assert np.all((scores >= 0.0) & (scores <= 1.0))
         kpis = train.kpi_metrics(fresh["label"].to_numpy(), scores, fresh["region"].to_numpy())
         recall[v.role] = kpis["recall"]
-        assert kpis["auc"] > 0.93
+        assert kpis["auc"] > (0.85 if v.role == "degraded" else 0.93)
         assert kpis["precision"] > 0.5
     assert 0.80 <= recall["baseline"] <= 0.95
     assert abs(recall["candidate"] - recall["baseline"]) <= 0.04

@@ -71,7 +71,7 @@ N_FOLDS = 5
 MIN_N = 5000
 ROLE_ALIASES = {"baseline": "champion", "candidate": "challenger", "degraded": "degraded"}
 #: Features the degraded candidate is trained without.
-DEGRADED_DROPS: tuple[str, ...] = ("spend_deviation", "hour")
+DEGRADED_DROPS: tuple[str, ...] = ("spend_deviation", "hour", "velocity_1h")
 
 
 @dataclass(frozen=True)
