@@ -174,7 +174,7 @@ def test_loaded_versions_score_probabilities_with_expected_recall(registered):
         kpis = train.kpi_metrics(fresh["label"].to_numpy(), scores, fresh["region"].to_numpy())
         recall[v.role] = kpis["recall"]
         assert kpis["auc"] > (0.85 if v.role == "degraded" else 0.93)
-        assert kpis["precision"] > 0.5
+        assert kpis["precision"] > (0.2 if v.role == "degraded" else 0.5)
     assert 0.80 <= recall["baseline"] <= 0.95
     assert abs(recall["candidate"] - recall["baseline"]) <= 0.04
     assert recall["baseline"] - recall["degraded"] >= 0.04
