@@ -136,7 +136,10 @@ def main(argv: list[str] | None = None) -> int:
 
     work = Path(tempfile.mkdtemp(prefix="kpigate-bench-"))
     tracking = f"sqlite:///{work}/mlflow.db"
-    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking, "KPIGATE_STATE_DIR": str(work / "st")}
+    # `mlflow models serve` runs `uvicorn` from PATH: make it this interpreter's.
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking, "KPIGATE_STATE_DIR": str(work / "st"),
+           "PATH": path}
     os.environ.update({"MLFLOW_TRACKING_URI": tracking, "KPIGATE_STATE_DIR": str(work / "st")})
     baseline, candidate = _register_model(tracking)
     row = {"dataframe_split": {"columns": [f"f{i}" for i in range(8)],
