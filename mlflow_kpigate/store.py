@@ -154,16 +154,27 @@ class RolloutStore:
         return [{"seq": s, "ts": ts, "kind": k, **json.loads(b)} for s, ts, k, b in rows]
 
     def _last_mirrored(self) -> int:
+        """Sequence number of the last complete line of ``audit.jsonl`` (0 if none).
+
+        Reads only the file's tail, so a save stays cheap however long the log grows.
+        """
         if not self.audit_path.exists():
             return 0
-        last = 0
         with self.audit_path.open("rb") as fh:
-            for line in fh:
-                try:
-                    last = int(json.loads(line)["seq"])
-                except (ValueError, KeyError, json.JSONDecodeError):
-                    continue  # a torn last line from a crash mid-write
-        return last
+            size = fh.seek(0, os.SEEK_END)
+            chunk = 1 << 16
+            while True:
+                start = max(0, size - chunk)
+                fh.seek(start)
+                lines = fh.read(size - start).split(b"\n")
+                for line in reversed(lines[1:] if start else lines):
+                    try:
+                        return int(json.loads(line)["seq"])
+                    except (ValueError, KeyError, TypeError, json.JSONDecodeError):
+                        continue  # blank, or a torn last line from a crash mid-write
+                if start == 0:
+                    return 0
+                chunk *= 4
 
     def sync_audit_file(self) -> None:
         """Append to ``audit.jsonl`` every committed event it does not have yet.
