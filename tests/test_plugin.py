@@ -282,3 +282,25 @@ def test_erroring_candidate_is_rolled_back_while_callers_get_the_baseline(env):
     assert tags["kpigate.status"] == "rolled_back"
     assert tags["kpigate.decision"] == "rollback"
     assert mlflow_cli(env, "delete", "--name", "broken").returncode == 0
+
+
+def test_update_with_a_new_model_starts_a_new_rollout(env):
+    name = env["name"]
+    policy = f"policy={env['root'] / 'fast.yaml'}"
+    r = mlflow_cli(env, "create", "--name", "upd", "-m", f"models:/{name}/3", "-C", policy)
+    assert r.returncode == 0, r.stderr
+    r = mlflow_cli(env, "update", "--name", "upd", "-m", f"models:/{name}/2", "-C", policy)
+    assert r.returncode == 0, r.stderr
+    assert "python_function" in r.stdout
+    got = mlflow_cli(env, "get", "--name", "upd")
+    assert f"models:/{name}/2" in got.stdout
+    state_dir = Path(env["env"]["KPIGATE_STATE_DIR"])
+    archived = list((state_dir / ".history").glob("upd-*"))
+    assert len(archived) == 1
+    old = RolloutStore(archived[0]).require()
+    assert (old.candidate_version, old.phase.value) == ("3", "aborted")
+    both = mlflow_cli(env, "update", "--name", "upd", "-m", f"models:/{name}/2", "-C",
+                      "action=promote")
+    assert both.returncode == 2
+    assert "not both" in both.stderr
+    assert mlflow_cli(env, "delete", "--name", "upd").returncode == 0

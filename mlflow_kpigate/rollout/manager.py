@@ -340,6 +340,7 @@ def delete(name: str, root: Path | None = None) -> None:
     if state is None:
         raise UsageError(f"no deployment named {name!r} in {state_dir(root)}")
     stop_processes(directory)
+    state = store.require()  # the controller may have saved until it was stopped
     if not state.phase.terminal:
         saved = store.save(transitions.rollback(state, "deployment deleted", Phase.ABORTED)  # type: ignore[union-attr]
                            .evolve(effects_pending=True), "aborted", {"reason": "deleted"})
