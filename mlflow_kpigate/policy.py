@@ -745,6 +745,15 @@ def _env_name(p: _Problems, path: str, value: Any) -> str | None:
     return value
 
 
+def _secret_env(p: _Problems, path: str, section: Mapping[str, Any], key: str,
+                what: str) -> str | None:
+    """The environment-variable name under ``section[key]`` (required)."""
+    if key not in section:
+        p.add(path, f"needs '{key}' (the environment variable holding {what})")
+        return None
+    return _env_name(p, f"{path}.{key}", section[key])
+
+
 def _validate_alerts(p: _Problems, raw: Any) -> AlertsConfig | None:
     cfg = _mapping(p, "alerts", raw)
     if cfg is None:
@@ -756,22 +765,14 @@ def _validate_alerts(p: _Problems, raw: Any) -> AlertsConfig | None:
         slack = _mapping(p, "alerts.slack", cfg["slack"])
         if slack is not None:
             p.unknown_keys("alerts.slack", slack, ("webhook_url_env",))
-            if "webhook_url_env" not in slack:
-                p.add("alerts.slack", "needs 'webhook_url_env' (the environment variable "
-                      "holding the incoming-webhook URL)")
-            else:
-                slack_env = _env_name(p, "alerts.slack.webhook_url_env",
-                                      slack["webhook_url_env"])
+            slack_env = _secret_env(p, "alerts.slack", slack, "webhook_url_env",
+                                    "the incoming-webhook URL")
     if "pagerduty" in cfg:
         pd = _mapping(p, "alerts.pagerduty", cfg["pagerduty"])
         if pd is not None:
             p.unknown_keys("alerts.pagerduty", pd, ("routing_key_env", "url"))
-            if "routing_key_env" not in pd:
-                p.add("alerts.pagerduty", "needs 'routing_key_env' (the environment variable "
-                      "holding the Events API v2 routing key)")
-            else:
-                pd_env = _env_name(p, "alerts.pagerduty.routing_key_env",
-                                   pd["routing_key_env"])
+            pd_env = _secret_env(p, "alerts.pagerduty", pd, "routing_key_env",
+                                 "the Events API v2 routing key")
             if "url" in pd:
                 url = pd["url"]
                 if not isinstance(url, str) or not url.startswith(("https://", "http://")):
