@@ -27,6 +27,9 @@ setup(
         "pyyaml>=6",
         "click>=8.1",
         "prometheus-client>=0.17",
+        "prometheus-api-client>=0.5",
+        "kubernetes>=28",
+        "jsonschema>=4",
     ],
     extras_require={
         "examples": ["xgboost>=2", "lightgbm>=4"],
@@ -36,6 +39,8 @@ setup(
             "ruff>=0.5",
             "xgboost>=2",
             "lightgbm>=4",
+            "pytest-httpserver>=1",
+            "check-jsonschema>=0.28",
         ],
     },
     entry_points={

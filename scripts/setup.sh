@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Prepare a fresh machine for kpigate: a .venv with the package and its test tools.
 # Idempotent and quick when nothing changed (a stamp records what was installed).
-# Needs only Python >= 3.10 and the package registries. (Debian packages such as
-# prometheus are added here when a feature needs them.)
+# Needs only Python >= 3.10 and the package registries; Debian's prometheus package
+# (prometheus + promtool, used by the tests) is installed with apt-get when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,6 +14,23 @@ fi
 if ! "$PYTHON" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else 1)'; then
   echo "setup: $("$PYTHON" --version 2>&1) is too old; kpigate needs Python >= 3.10" >&2
   exit 2
+fi
+
+if ! command -v prometheus >/dev/null 2>&1 || ! command -v promtool >/dev/null 2>&1; then
+  if command -v apt-get >/dev/null 2>&1; then
+    echo "setup: installing Debian's prometheus package (prometheus, promtool)"
+    sudo_cmd=""
+    if [ "$(id -u)" != 0 ]; then sudo_cmd="sudo"; fi
+    # The package's postinst starts a system service on :9090 where systemd runs; the
+    # tests start their own Prometheus on a free loopback port, so either way is fine.
+    $sudo_cmd env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null \
+      || { $sudo_cmd apt-get update -qq && \
+           $sudo_cmd env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null; }
+  else
+    echo "setup: prometheus and promtool are needed by the tests; install Prometheus" \
+         "(Debian/Ubuntu: apt-get install prometheus) and re-run" >&2
+    exit 2
+  fi
 fi
 
 if [ ! -x .venv/bin/python ]; then
