@@ -34,7 +34,28 @@ KEYS: dict[str, str] = {
                  "(default $KPIGATE_STATE_DIR or ~/.kpigate)",
     "threshold": "score at or above which a prediction counts as positive (default 0.5)",
     "action": "update only: promote | rollback | pause | resume the running rollout",
+    # Seldon Core on Kubernetes (targets kpigate:/seldon/NAMESPACE)
+    "seldon_version": "kpigate:/seldon only: 1 (SeldonDeployment, default) or 2 "
+                      "(Model + Experiment)",
+    "env_secret": "kpigate:/seldon only: Secret with storage credentials for the model "
+                  "servers (envSecretRefName)",
+    "collector_url": "kpigate:/seldon only: URL of the in-cluster kpigate collector "
+                     "(request logger, labels, stage notices), e.g. "
+                     "http://kpigate-collector.NS.svc:8080",
+    "gateway_url": "kpigate:/seldon only: ingress/gateway base URL used by predict",
+    "prometheus_url": "kpigate:/seldon only: Prometheus base URL the gate reads KPIs from "
+                      "(default: the policy's metrics.prometheus.url)",
+    "kubeconfig": "kpigate:/seldon only: kubeconfig file (default: in-cluster config, else "
+                  "$KUBECONFIG or ~/.kube/config)",
+    "kube_context": "kpigate:/seldon only: kubeconfig context to use",
+    "replicas": "kpigate:/seldon only: replicas per predictor (default 1)",
+    "dry_run": "kpigate:/seldon only: true prints the manifests and patches instead of "
+               "applying them",
 }
+
+#: Keys that only apply to the Seldon target.
+SELDON_KEYS = ("seldon_version", "env_secret", "collector_url", "gateway_url",
+               "prometheus_url", "kubeconfig", "kube_context", "replicas", "dry_run")
 
 ACTIONS = ("promote", "rollback", "pause", "resume")
 _TRUE = {"true", "1", "yes", "on"}
@@ -56,6 +77,15 @@ class DeploymentConfig:
     state_dir: Path | None = None
     threshold: float = 0.5
     action: str | None = None
+    seldon_version: int = 1
+    env_secret: str | None = None
+    collector_url: str | None = None
+    gateway_url: str | None = None
+    prometheus_url: str | None = None
+    kubeconfig: Path | None = None
+    kube_context: str | None = None
+    replicas: int = 1
+    dry_run: bool = False
     extra: Mapping[str, Any] = field(default_factory=dict)
 
 
@@ -145,7 +175,63 @@ def parse_config(raw: Mapping[str, Any] | None, *, allow_action: bool = False
         if action not in ACTIONS:
             raise UsageError(f"-C action={raw['action']}: must be one of {', '.join(ACTIONS)}")
         values["action"] = action
+    values.update(_seldon_values(raw))
     return DeploymentConfig(**values)
+
+
+def _url(key: str, value: Any) -> str:
+    from urllib.parse import urlparse
+
+    text = str(value).strip().rstrip("/")
+    parsed = urlparse(text)
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        raise UsageError(f"-C {key}={value}: must be an http:// or https:// URL")
+    return text
+
+
+def _dns_label(key: str, value: Any) -> str:
+    import re
+
+    text = str(value).strip()
+    if not re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", text):
+        raise UsageError(f"-C {key}={value}: must be a Kubernetes name (lower-case letters, "
+                         "digits and '-', at most 63 characters)")
+    return text
+
+
+def _seldon_values(raw: Mapping[str, Any]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    if "seldon_version" in raw:
+        if str(raw["seldon_version"]).strip() not in ("1", "2"):
+            raise UsageError(f"-C seldon_version={raw['seldon_version']}: must be 1 or 2")
+        values["seldon_version"] = int(str(raw["seldon_version"]).strip())
+    if "env_secret" in raw:
+        values["env_secret"] = _dns_label("env_secret", raw["env_secret"])
+    for key in ("collector_url", "gateway_url", "prometheus_url"):
+        if key in raw:
+            values[key] = _url(key, raw[key])
+    if "kubeconfig" in raw:
+        path = Path(str(raw["kubeconfig"])).expanduser()
+        if not path.is_file():
+            raise UsageError(f"-C kubeconfig={raw['kubeconfig']}: file not found; give the "
+                             "path of a kubeconfig file")
+        values["kubeconfig"] = path.resolve()
+    if "kube_context" in raw:
+        context = str(raw["kube_context"]).strip()
+        if not context:
+            raise UsageError("-C kube_context: must not be empty")
+        values["kube_context"] = context
+    if "replicas" in raw:
+        try:
+            replicas = int(str(raw["replicas"]))
+        except ValueError:
+            raise UsageError(f"-C replicas={raw['replicas']}: must be a whole number") from None
+        if not 1 <= replicas <= 100:
+            raise UsageError(f"-C replicas={replicas}: must be between 1 and 100")
+        values["replicas"] = replicas
+    if "dry_run" in raw:
+        values["dry_run"] = _bool("dry_run", raw["dry_run"])
+    return values
 
 
 def help_lines() -> list[str]:
