@@ -31,3 +31,11 @@ class PolicyError(UsageError):
                 f"  {p}" for p in self.problems
             )
         super().__init__(message)
+
+
+class MetricsUnavailable(KpigateError):
+    """A metrics source could not deliver the data an evaluation needs.
+
+    The controller turns it into a *hold* (never a promotion) and says why; the message
+    names what was missing (a query, a series, an unreachable server).
+    """

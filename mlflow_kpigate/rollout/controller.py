@@ -30,15 +30,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..gate import Decision, RegistryBaseline, evaluate
+from ..backends.traffic import LocalRouterTraffic, TrafficBackend
+from ..errors import MetricsUnavailable
+from ..gate import Action, Decision, RegistryBaseline, evaluate
 from ..gate.baseline import BaselineKpi
 from ..kpis import AggregateSpec
+from ..metrics import SampleSource
 from ..metrics.collector import Collector
 from ..policy import Policy, load_policy
 from ..store import RolloutStore, StateConflict
 from . import transitions
 from .effects import Effects, Notifier
-from .state import RolloutState
+from .state import Phase, RolloutState
 
 log = logging.getLogger("kpigate.controller")
 
@@ -69,22 +72,47 @@ def load_registry_baseline(directory: Path) -> RegistryBaseline | None:
                             source=str(path))
 
 
+def readiness_policy(policy: Policy) -> tuple[float, str]:
+    """(timeout in seconds, ``hold`` | ``abort``) of the policy's ``readiness`` section."""
+    section = getattr(policy, "readiness", None)
+    if section is None:
+        return 600.0, "hold"
+    return float(section.timeout), str(section.on_timeout)
+
+
 class Controller:
     """Drives one deployment's rollout from its directory."""
 
     def __init__(self, directory: str | Path, *, registry: Any | None = None,
                  notifier: Notifier | None = None, clock: Callable[[], float] = time.time,
-                 on_terminal: Callable[[RolloutState], None] | None = None) -> None:
+                 on_terminal: Callable[[RolloutState], None] | None = None,
+                 store: Any | None = None, source: SampleSource | None = None,
+                 traffic: TrafficBackend | None = None,
+                 observer: Callable[[RolloutState, Decision | None], None] | None = None
+                 ) -> None:
+        """Wire the controller; the embedded backend's parts are the defaults.
+
+        ``store`` (a RolloutStore or anything with its methods, e.g. the Seldon backend's
+        ConfigMap store), ``source`` (where KPI samples come from) and ``traffic`` (the
+        router) are injected for other backends; ``observer`` sees every saved state and
+        decision (the cluster controller's Prometheus exposition uses it).
+        """
         self.dir = Path(directory)
-        self.store = RolloutStore(self.dir)
+        self.store = store if store is not None else RolloutStore(self.dir)
         state = self.store.require()
         self.policy: Policy = load_policy(state.policy_file)
-        self.collector = Collector(self.dir / "predictions.db",
-                                   AggregateSpec.from_policy(self.policy))
+        self.collector: Collector | None = None
+        if source is None:
+            self.collector = Collector(self.dir / "predictions.db",
+                                       AggregateSpec.from_policy(self.policy))
+            source = self.collector
+        self.source: SampleSource = source
+        self.traffic: TrafficBackend = traffic if traffic is not None else LocalRouterTraffic()
         self.registry_baseline = load_registry_baseline(self.dir)
         self.clock = clock
+        self.observer = observer
         self.effects = Effects(self.store, self.policy, registry=registry, notifier=notifier,
-                               on_terminal=on_terminal)
+                               on_terminal=on_terminal, traffic=self.traffic)
 
     def resume(self) -> RolloutState:
         """Finish side effects a previous controller committed but did not complete."""
@@ -106,10 +134,21 @@ class Controller:
             if state.phase.terminal or state.paused:
                 return None
         now = self.clock()
-        self.collector.flush()
-        samples = self.collector.stage_samples(now, self.policy.evaluation.maturity)
-        decision = evaluate(self.policy, state.stage_index, now - state.stage_started_at,
-                            samples, self.registry_baseline)
+        if self.traffic.needs_readiness and state.stage_ready_at is None:
+            state = self._await_readiness(state, now)
+            if state is None or state.stage_ready_at is None:
+                return None
+        started = state.stage_ready_at if state.stage_ready_at is not None \
+            else state.stage_started_at
+        if self.collector is not None:
+            self.collector.flush()
+        try:
+            samples = self.source.stage_samples(now, self.policy.evaluation.maturity)
+        except MetricsUnavailable as exc:
+            decision = self._hold_without_data(state, str(exc))
+        else:
+            decision = evaluate(self.policy, state.stage_index, now - started, samples,
+                                self.registry_baseline)
         new, kind = transitions.after_decision(state, self.policy, decision, now)
         new = new.evolve(effects_pending=True)
         event = {"stage_index": state.stage_index,
@@ -126,8 +165,56 @@ class Controller:
             # evaluation starts from it.
             log.info("state changed during evaluation; re-evaluating next interval")
             return None
-        self.effects.apply(saved, decision, kind)
+        applied = self.effects.apply(saved, decision, kind)
+        if self.observer is not None:
+            self.observer(applied, decision)
         return decision
+
+    def _hold_without_data(self, state: RolloutState, why: str) -> Decision:
+        """A hold that says the metrics were missing: never promote on missing data."""
+        stage = self.policy.stages[state.stage_index]
+        return Decision(action=Action.HOLD, stage_index=state.stage_index,
+                        stage_name=stage.describe(),
+                        reason=f"holding at {stage.describe()}: metrics unavailable ({why}); "
+                               "no decision is taken without data",
+                        alert=True, meta={"metrics_unavailable": why})
+
+    def _await_readiness(self, state: RolloutState, now: float) -> RolloutState | None:
+        """Record when the stage's traffic is served; act on a readiness timeout.
+
+        Returns the (possibly updated) state, or None when an operator's concurrent
+        change won the save (the next interval starts from it).
+        """
+        ready = self.traffic.readiness(state)
+        try:
+            if ready.ready:
+                return self.store.save(state.evolve(stage_ready_at=now), "stage_ready", {
+                    "stage_index": state.stage_index,
+                    "stage": self.policy.stages[state.stage_index].describe(),
+                    "waited_s": round(now - state.stage_started_at, 3),
+                    "reason": ready.reason})
+            timeout, on_timeout = readiness_policy(self.policy)
+            waited = now - state.stage_started_at
+            if not ready.failed and waited <= timeout:
+                return state
+            why = (f"{self.policy.stages[state.stage_index].describe()} traffic "
+                   f"{'failed' if ready.failed else 'not ready'} after {waited:.0f} s: "
+                   f"{ready.reason}")
+            if on_timeout == "abort":
+                new = transitions.rollback(state.evolve(effects_pending=True),
+                                           f"aborted: {why}", phase=Phase.ABORTED)
+                saved = self.store.save(new, "readiness_abort", {"reason": why})
+                self.effects.apply(saved, None, "readiness_abort")
+                return None
+            if state.phase is not Phase.HOLDING:
+                held = state.evolve(phase=Phase.HOLDING, reason=f"holding: {why}",
+                                    effects_pending=True)
+                saved = self.store.save(held, "readiness_timeout", {"reason": why,
+                                                                    "alert": True})
+                self.effects.apply(saved, None, "readiness_timeout")
+            return None
+        except StateConflict:
+            return None
 
     def run(self, stop: threading.Event | None = None) -> RolloutState:
         """Evaluate every policy interval until the rollout ends or ``stop`` is set."""

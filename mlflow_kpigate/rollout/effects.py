@@ -1,4 +1,4 @@
-"""Side effects of a saved rollout state: router reload, MLflow tags/run/alias, alerts.
+"""Side effects of a saved rollout state: traffic, MLflow tags/run/alias, alerts.
 
 They run *after* the state is committed and are all safe to repeat, so a controller that
 dies between the commit and the effects simply redoes them when it restarts (the state's
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -50,17 +49,7 @@ class Effects:
     registry: Any | None = None  # mlflow_kpigate.registry.Registry
     notifier: Notifier | None = None
     on_terminal: Callable[[RolloutState], None] | None = None
-
-    def reload_router(self, state: RolloutState) -> None:
-        """Ask the router to pick up new weights now (it also polls the store)."""
-        req = urllib.request.Request(f"http://127.0.0.1:{state.port}/admin/reload",
-                                     data=b"{}", method="POST",
-                                     headers={"Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(req, timeout=2):
-                pass
-        except OSError as exc:  # the router polls the store anyway
-            log.debug("router reload failed: %s", exc)
+    traffic: Any | None = None  # backends.traffic.TrafficBackend; default: embedded router
 
     def apply(self, state: RolloutState, decision: Decision | None, kind: str) -> RolloutState:
         """Run the effects of ``state`` (saved with ``effects_pending``) and clear the flag.
@@ -68,9 +57,14 @@ class Effects:
         On any failure the flag stays set, the error is audited, and the next call (the
         next evaluation, or a restarted controller) tries again.
         """
-        self.reload_router(state)
         errors: list[str] = []
         alert_keys = list(state.alert_keys)
+        try:
+            self._traffic().apply(state)
+        except Exception as exc:  # recorded and retried; nothing else moves before traffic
+            self.store.append_event("effect_error", {"errors": [f"traffic: {exc}"],
+                                                     "revision": state.revision})
+            return state
         if self.registry is not None:
             try:
                 self._registry(state, decision, kind)
@@ -93,6 +87,13 @@ class Effects:
                 return self._save(state.evolve(alert_keys=tuple(alert_keys)))
             return state
         return self._save(state.evolve(effects_pending=False, alert_keys=tuple(alert_keys)))
+
+    def _traffic(self) -> Any:
+        if self.traffic is None:
+            from ..backends.traffic import LocalRouterTraffic
+
+            self.traffic = LocalRouterTraffic()
+        return self.traffic
 
     def _save(self, state: RolloutState) -> RolloutState:
         """Record the effects' outcome unless someone saved a newer state meanwhile.
@@ -132,11 +133,12 @@ class Effects:
         return f"kpigate/{state.name}/{state.candidate_version}/{kind}/{state.stage_index}"
 
     def _alerting(self, state: RolloutState, decision: Decision | None, kind: str) -> bool:
-        wants = kind in ("rollback", "operator_rollback") or bool(decision and decision.alert)
+        wants = kind in ("rollback", "operator_rollback", "readiness_timeout",
+                         "readiness_abort") or bool(decision and decision.alert)
         return wants and self._dedup_key(state, kind) not in state.alert_keys
 
     def _notify(self, state: RolloutState, decision: Decision | None, kind: str) -> str:
-        severity = "critical" if "rollback" in kind else "warning"
+        severity = "critical" if "rollback" in kind or "abort" in kind else "warning"
         summary = (f"kpigate {state.name}: {state.model_name} v{state.candidate_version} "
                    f"{kind.replace('_', ' ')} — {state.reason}")
         details = {"deployment": state.name, "model": state.model_name,

@@ -79,6 +79,10 @@ class RolloutState:
     stage_index: int = 0
     approved_stage_index: int = 0
     stage_started_at: float = field(default_factory=time.time)
+    # When the stage's traffic was first seen served (backends that need a readiness wait,
+    # e.g. Seldon); samples and the stage's minimum duration count from then. None: not
+    # yet ready, or a backend that applies weights at once (then stage_started_at counts).
+    stage_ready_at: float | None = None
     phase: Phase = Phase.PENDING
     paused: bool = False
     weights: Weights = field(default_factory=Weights)

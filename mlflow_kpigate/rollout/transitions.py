@@ -30,7 +30,7 @@ def initial(state: RolloutState, policy: Policy, now: float) -> RolloutState:
     """The state a new rollout starts in: its first stage, approved by creating it."""
     first = policy.stages[0]
     return state.evolve(stage_index=0, approved_stage_index=0, stage_started_at=now,
-                        phase=stage_phase(first), weights=stage_weights(first),
+                        stage_ready_at=None, phase=stage_phase(first), weights=stage_weights(first),
                         reason=f"rollout started at {first.describe()}")
 
 
@@ -40,7 +40,7 @@ def promote(state: RolloutState, policy: Policy, now: float, reason: str) -> Rol
     stage = policy.stages[nxt]
     return state.evolve(stage_index=nxt, approved_stage_index=max(state.approved_stage_index,
                                                                    nxt),
-                        stage_started_at=now, phase=stage_phase(stage),
+                        stage_started_at=now, stage_ready_at=None, phase=stage_phase(stage),
                         weights=stage_weights(stage), reason=reason)
 
 
