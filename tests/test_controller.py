@@ -295,3 +295,163 @@ def test_a_terminal_state_revealed_while_resuming_is_not_overwritten(tmp_path):
     assert store.require().phase is Phase.ROLLED_BACK
     with pytest.raises(ValueError, match="takes no further decisions"):
         transitions.after_decision(store.require(), policy, None, clock())  # type: ignore[arg-type]
+
+
+class SwitchableTraffic:
+    """A router whose readiness the test controls; records what it was asked to apply."""
+
+    needs_readiness = True
+
+    def __init__(self):
+        from mlflow_kpigate.backends.traffic import Readiness
+
+        self.Readiness = Readiness
+        self.ready = False
+        self.failed = False
+        self.applied = []
+        self.fail_apply = False
+
+    def apply(self, state):
+        if self.fail_apply:
+            raise ConnectionError("cluster unreachable")
+        self.applied.append(state.weights)
+
+    def readiness(self, state):
+        return self.Readiness(self.ready, "test router", self.failed)
+
+
+class UnavailableSource:
+    def __init__(self, inner):
+        self.inner = inner
+        self.down = True
+
+    def stage_samples(self, now, maturity_s):
+        from mlflow_kpigate.errors import MetricsUnavailable
+
+        if self.down:
+            raise MetricsUnavailable("query 'kpigate_stage_requests_total': connection refused")
+        return self.inner.stage_samples(now, maturity_s)
+
+
+READY_POLICY = POLICY + "readiness: {timeout: 30s, on_timeout: %s}\n"
+
+
+def test_samples_count_only_once_the_stage_is_ready(tmp_path):
+    directory, store, policy, clock = make_deployment(tmp_path, READY_POLICY % "hold")
+    traffic = SwitchableTraffic()
+    ctl = Controller(directory, clock=clock, traffic=traffic)
+    feed(directory, policy, 0, n=6000)
+    clock.now += 5
+    assert ctl.step() is None  # not ready: no evaluation at all
+    assert store.require().stage_ready_at is None
+    traffic.ready = True
+    clock.now += 5
+    assert ctl.step().action is Action.PROMOTE
+    kinds = [e["kind"] for e in store.events()]
+    assert kinds == ["created", "stage_ready", "promote"]
+    state = store.require()
+    assert state.stage_ready_at is None  # a new stage waits for its own readiness
+    assert traffic.applied[-1] == Weights(50.0, False, True)
+
+
+@pytest.mark.parametrize("on_timeout", ["hold", "abort"])
+def test_readiness_timeout_holds_with_an_alert_or_aborts(tmp_path, on_timeout):
+    directory, store, policy, clock = make_deployment(tmp_path, READY_POLICY % on_timeout)
+
+    class Alerts:
+        sent = []
+
+        def alert(self, **kw):
+            self.sent.append(kw)
+
+    traffic = SwitchableTraffic()
+    alerts = Alerts()
+    ctl = Controller(directory, clock=clock, traffic=traffic, notifier=alerts)
+    clock.now += 31
+    assert ctl.step() is None
+    state = store.require()
+    if on_timeout == "hold":
+        assert state.phase is Phase.HOLDING
+        assert "not ready after 31 s" in state.reason
+        assert alerts.sent[0]["severity"] == "warning"
+        clock.now += 10
+        ctl.step()  # still not ready: no second alert, no new event
+        assert len(alerts.sent) == 1
+        assert [e["kind"] for e in store.events()] == ["created", "readiness_timeout"]
+    else:
+        assert state.phase is Phase.ABORTED
+        assert state.weights == Weights.baseline_only()
+        assert traffic.applied[-1] == Weights.baseline_only()
+        assert alerts.sent[0]["severity"] == "critical"
+
+
+def test_failed_traffic_change_stays_pending_and_nothing_else_moves(tmp_path):
+    directory, store, policy, clock = make_deployment(tmp_path)
+    traffic = SwitchableTraffic()
+    traffic.ready = True
+    ctl = Controller(directory, clock=clock, traffic=traffic)
+    feed(directory, policy, 0, n=6000)
+    clock.now += 5
+    traffic.fail_apply = True
+    ctl.step()  # stage_ready is saved; the evaluation promotes; applying it fails
+    state = store.require()
+    assert state.stage_index == 1 and state.effects_pending
+    assert store.events()[-1]["kind"] == "effect_error"
+    assert "cluster unreachable" in store.events()[-1]["errors"][0]
+    traffic.fail_apply = False
+    ctl.resume()
+    assert not store.require().effects_pending
+    assert traffic.applied[-1] == Weights(50.0, False, True)
+
+
+def test_missing_metrics_hold_and_say_why(tmp_path):
+    directory, store, policy, clock = make_deployment(tmp_path)
+    inner = Collector(directory / "predictions.db", AggregateSpec.from_policy(policy))
+    source = UnavailableSource(inner)
+    ctl = Controller(directory, clock=clock, source=source)
+    feed(directory, policy, 0, n=6000)
+    for _ in range(3):
+        clock.now += 5
+        decision = ctl.step()
+        assert decision.action is Action.HOLD
+        assert "metrics unavailable" in decision.reason and "connection refused" in decision.reason
+    assert store.require().stage_index == 0
+    source.down = False
+    clock.now += 5
+    assert ctl.step().action is Action.PROMOTE
+
+
+def test_decision_metrics_are_served_for_prometheus(tmp_path):
+    import socket
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from mlflow_kpigate.rollout.exposition import DecisionMetrics
+
+    directory, store, policy, clock = make_deployment(tmp_path)
+    metrics = DecisionMetrics("dep")
+    ctl = Controller(directory, clock=clock, observer=metrics.observe)
+    feed(directory, policy, 0, n=6000)
+    clock.now += 5
+    ctl.step()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    stop = metrics.serve("127.0.0.1", port)
+    try:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
+    finally:
+        stop()
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for fam in text_string_to_metric_families(text.decode()) for s in fam.samples}
+    dep = (("deployment", "dep"),)
+    assert samples[("kpigate_rollout_stage", dep)] == 1
+    assert samples[("kpigate_decisions_total", (("action", "promote"), *dep))] == 1
+    assert samples[("kpigate_decisions_total", (("action", "rollback"), *dep))] == 0
+    assert samples[("kpigate_traffic_weight", (*dep, ("role", "candidate")))] == 0.5
+    assert samples[("kpigate_rollout_phase", (*dep, ("phase", "canary")))] == 1
+    assert samples[("kpigate_kpi_samples", (*dep, ("kpi", "error_rate")))] > 0
+    lower = samples[("kpigate_kpi_interval_lower", (*dep, ("kpi", "error_rate")))]
+    upper = samples[("kpigate_kpi_interval_upper", (*dep, ("kpi", "error_rate")))]
+    assert lower < upper

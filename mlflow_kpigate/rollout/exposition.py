@@ -1,0 +1,114 @@
+"""Prometheus exposition of the controller's decisions (stage, phase, KPI intervals).
+
+The cluster controller serves these on ``/metrics`` (port 9102 in examples/k8s), so the
+Grafana dashboard and the alert rules in ``examples/`` can show what the gate saw and did.
+Names follow the design: prefix ``kpigate_``, base units, ``_total`` counters.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+
+from ..gate import Decision
+from .state import Phase, RolloutState
+
+
+class DecisionMetrics:
+    """Gauges and counters that follow one rollout's saved states and decisions."""
+
+    def __init__(self, deployment: str, registry: CollectorRegistry | None = None) -> None:
+        self.deployment = deployment
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.info = Gauge("kpigate_rollout_info", "The rollout's model and versions (=1).",
+                          ["deployment", "model", "candidate_version", "baseline_version"],
+                          registry=r)
+        self.stage = Gauge("kpigate_rollout_stage", "Index of the rollout's current stage.",
+                           ["deployment"], registry=r)
+        self.phase = Gauge("kpigate_rollout_phase", "1 for the rollout's current phase.",
+                           ["deployment", "phase"], registry=r)
+        self.weight = Gauge("kpigate_traffic_weight",
+                            "Share of live traffic served by each role (0-1).",
+                            ["deployment", "role"], registry=r)
+        self.estimate = Gauge("kpigate_kpi_estimate", "Each role's KPI estimate.",
+                              ["deployment", "kpi", "role"], registry=r)
+        self.difference = Gauge("kpigate_kpi_difference",
+                                "Candidate vs baseline on the tested scale "
+                                "(positive = candidate better).", ["deployment", "kpi"],
+                                registry=r)
+        self.lower = Gauge("kpigate_kpi_interval_lower",
+                           "Lower end of the anytime-valid interval of the difference.",
+                           ["deployment", "kpi"], registry=r)
+        self.upper = Gauge("kpigate_kpi_interval_upper",
+                           "Upper end of the anytime-valid interval of the difference.",
+                           ["deployment", "kpi"], registry=r)
+        self.samples = Gauge("kpigate_kpi_samples", "Samples behind each KPI's evidence.",
+                             ["deployment", "kpi"], registry=r)
+        self.decisions = Counter("kpigate_decisions", "Gate decisions by action.",
+                                 ["deployment", "action"], registry=r)
+        self.evaluations = Counter("kpigate_evaluations", "Evaluations run.", ["deployment"],
+                                   registry=r)
+        self.last_eval = Gauge("kpigate_last_evaluation_timestamp_seconds",
+                               "Unix time of the last evaluation.", ["deployment"], registry=r)
+        self.unavailable = Gauge("kpigate_metrics_unavailable",
+                                 "1 when the last evaluation held for missing metrics.",
+                                 ["deployment"], registry=r)
+        self.waiting = Gauge("kpigate_readiness_waiting_seconds",
+                             "How long the current stage's traffic has waited to be served "
+                             "(0 once ready).", ["deployment"], registry=r)
+        for action in ("promote", "hold", "rollback"):
+            self.decisions.labels(deployment, action)  # export zeros from the start
+        self.evaluations.labels(deployment)
+
+    def observe(self, state: RolloutState, decision: Decision | None,
+                now: Callable[[], float] = time.time) -> None:
+        """Update every series from a saved state and (if any) the decision behind it."""
+        d = self.deployment
+        self.info.labels(d, state.model_name, state.candidate_version,
+                         state.baseline_version).set(1)
+        self.stage.labels(d).set(state.stage_index)
+        for phase in Phase:
+            self.phase.labels(d, phase.value).set(1 if phase is state.phase else 0)
+        w = state.weights
+        cand = 0.0 if (w.shadow or not w.candidate_attached) else w.candidate_percent / 100
+        self.weight.labels(d, "candidate").set(cand)
+        self.weight.labels(d, "baseline").set(1 - cand)
+        self.waiting.labels(d).set(0 if state.stage_ready_at is not None or
+                                   state.phase.terminal else now() - state.stage_started_at)
+        if decision is None:
+            return
+        self.decisions.labels(d, decision.action.value).inc()
+        self.evaluations.labels(d).inc()
+        self.last_eval.labels(d).set(now())
+        self.unavailable.labels(d).set(1 if decision.meta.get("metrics_unavailable") else 0)
+        for ev in decision.evidence:
+            for role, value in (("baseline", ev.baseline_value),
+                                ("candidate", ev.candidate_value)):
+                _set(self.estimate.labels(d, ev.kpi, role), value)
+            _set(self.difference.labels(d, ev.kpi), ev.delta)
+            _set(self.lower.labels(d, ev.kpi), ev.lower)
+            _set(self.upper.labels(d, ev.kpi), ev.upper)
+            self.samples.labels(d, ev.kpi).set(ev.samples)
+
+    def serve(self, host: str, port: int) -> Callable[[], None]:
+        """Serve ``/metrics`` on ``host:port`` in a thread; returns a function that stops it."""
+        server, thread = start_http_server(port, addr=host, registry=self.registry)
+
+        def stop() -> None:
+            server.shutdown()
+            server.server_close()
+            thread.join(timeout=5)
+
+        return stop
+
+
+def _set(gauge: Gauge, value: float) -> None:
+    # An infinite interval end is honest ("no bound yet") and Prometheus stores ±Inf;
+    # NaN (no estimate yet) is left out rather than plotted as a value.
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return
+    gauge.set(value)
