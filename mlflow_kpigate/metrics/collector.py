@@ -36,6 +36,15 @@ Decisions worth knowing:
   :class:`~mlflow_kpigate.kpis.RoleAggregate` fed row by row, up to float rounding.
 * Durability: WAL with ``synchronous=NORMAL``: committed rows survive a crash of either
   process; the last commits may be lost on power loss, an accepted trade for a log.
+* **Latency may be unknown** (``latency_s=None``): the in-cluster collector service learns
+  of predictions from Seldon's request logger, which carries no model latency. Such rows
+  count as requests (and errors) but stay out of the latency histogram, so latency KPIs
+  are "missing" rather than made up. They are stored with the bucket ``-1`` (real buckets
+  are ``>= 0``), which keeps the table's ``NOT NULL`` columns and so files written by
+  earlier versions.
+* :meth:`Collector.log_atomically` writes predictions synchronously in one transaction
+  with a caller's own statements on the same file (the collector service's pending
+  CloudEvent halves), so neither can be committed without the other.
 """
 
 from __future__ import annotations
@@ -46,7 +55,7 @@ import sqlite3
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,6 +82,8 @@ ROLES: tuple[str, str] = ("baseline", "candidate")
 _ROLE_CODE = {role: code for code, role in enumerate(ROLES)}
 UNKNOWN_SEGMENT = "unknown"
 _SCHEMA_VERSION = 1
+# Bucket of rows whose latency is unknown (real buckets are 0..len(edges)).
+_UNKNOWN_LATENCY_BIN = -1
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS predictions (
@@ -124,7 +135,9 @@ class Prediction:
     """One logged prediction: a served (or shadow-scored) input row.
 
     ``score``/``predicted`` are ``None`` when the model failed or its output carries no
-    usable score or 0/1 prediction. ``segments`` holds the values of the policy's segment
+    usable score or 0/1 prediction; ``latency_s`` is ``None`` when the source does not
+    know the model's latency (the row then counts as a request but not in the latency
+    histogram). ``segments`` holds the values of the policy's segment
     fields (others are not stored); ``features`` is stored only with ``store_features``.
     """
 
@@ -134,7 +147,7 @@ class Prediction:
     version: str
     stage_index: int
     shadow: bool
-    latency_s: float
+    latency_s: float | None
     error: bool
     score: float | None
     predicted: int | None
@@ -156,10 +169,11 @@ class Prediction:
             or self.stage_index < 0
         ):
             raise ValueError(f"stage_index must be an integer >= 0, got {self.stage_index!r}")
-        if not _is_number(self.latency_s) or not (
+        if self.latency_s is not None and (not _is_number(self.latency_s) or not (
             math.isfinite(self.latency_s) and self.latency_s > 0
-        ):
-            raise ValueError(f"latency_s must be a finite number > 0, got {self.latency_s!r}")
+        )):
+            raise ValueError(f"latency_s must be a finite number > 0 or None (unknown), "
+                             f"got {self.latency_s!r}")
         if self.score is not None and (not _is_number(self.score) or math.isnan(self.score)):
             raise ValueError(f"score must be a number or None, got {self.score!r}")
         if self.predicted is not None and (
@@ -442,10 +456,16 @@ class Collector:
                 self._cond.notify_all()
 
     def _rows(self, batch: Sequence[Prediction]) -> list[tuple[Any, ...]]:
-        latency = np.fromiter((p.latency_s for p in batch), dtype=np.float64, count=len(batch))
-        log_latency = np.log(latency)
+        known = np.fromiter((p.latency_s is not None for p in batch), dtype=bool,
+                            count=len(batch))
+        # Unknown latencies are stored as 0 s in bucket -1, which every reader skips.
+        latency = np.fromiter((p.latency_s or 0.0 for p in batch), dtype=np.float64,
+                              count=len(batch))
+        log_latency = np.zeros(len(batch))
+        np.log(latency, out=log_latency, where=known)
         # Bucket i is [edges[i-1], edges[i]): exactly the histogram's own layout.
         latency_bin = np.searchsorted(self._latency_layout.edges, latency, side="right")
+        latency_bin[~known] = _UNKNOWN_LATENCY_BIN
         score_bin: list[int | None] = [None] * len(batch)
         scored = [i for i, p in enumerate(batch) if p.score is not None]
         if scored:
@@ -471,6 +491,11 @@ class Collector:
         return rows
 
     def _write(self, conn: sqlite3.Connection, batch: Sequence[Prediction]) -> None:
+        with self._transaction(conn):
+            self._insert(conn, batch)
+
+    def _insert(self, conn: sqlite3.Connection, batch: Sequence[Prediction]) -> None:
+        """Insert ``batch`` inside the caller's transaction."""
         rows = self._rows(batch)
         columns = (*_BASE_COLUMNS, *self._segment_cols.values())
         insert = (
@@ -485,11 +510,35 @@ class Collector:
             "WHERE p.id > ? AND p.label IS NULL AND EXISTS (SELECT 1 FROM predictions AS s "
             " WHERE s.request_id = p.request_id AND s.label IS NOT NULL)"
         )
+        (before,) = conn.execute("SELECT COALESCE(MAX(id), 0) FROM predictions").fetchone()
+        conn.executemany(insert, rows)
+        # Rows whose request was labelled before they were logged (a late shadow copy).
+        conn.execute(propagate, (before,))
+
+    def log_atomically(
+        self, decide: Callable[[sqlite3.Connection], Sequence[Prediction]]
+    ) -> int:
+        """Write the predictions ``decide`` returns in one transaction with its own SQL.
+
+        ``decide(conn)`` runs inside an immediate (write-locked) transaction on this
+        thread's connection to the collector's file; it may read and write tables of its
+        own there and returns the predictions to insert. Both commit together or, if
+        anything raises, neither does. Unlike :meth:`log` this writes synchronously and
+        bypasses the queue (predictions queued earlier by :meth:`log` may commit after).
+        Returns the number of predictions written.
+        """
+        with self._cond:
+            self._check_usable()
+        conn = self._conn()
         with self._transaction(conn):
-            (before,) = conn.execute("SELECT COALESCE(MAX(id), 0) FROM predictions").fetchone()
-            conn.executemany(insert, rows)
-            # Rows whose request was labelled before they were logged (a late shadow copy).
-            conn.execute(propagate, (before,))
+            items = list(decide(conn))
+            for i, item in enumerate(items):
+                if not isinstance(item, Prediction):
+                    raise ValueError(f"predictions[{i}] must be a Prediction, not "
+                                     f"{type(item).__name__}")
+            if items:
+                self._insert(conn, items)
+        return len(items)
 
     # -- labels -------------------------------------------------------------------------
 
@@ -636,6 +685,10 @@ class Collector:
             n, mean, m2, total, errors = 0, 0.0, 0.0, 0.0, 0
             low, high = math.inf, -math.inf
             for bucket, count, err, seconds, s1, s2, lo, hi in buckets:
+                if bucket == _UNKNOWN_LATENCY_BIN:
+                    target.requests += count
+                    target.errors += err
+                    continue
                 counts["index"].append(bucket)
                 counts["count"].append(count)
                 errors += err
@@ -647,6 +700,8 @@ class Collector:
                 b_mean = s1 / count
                 b_m2 = max(s2 - s1 * b_mean, 0.0)
                 n, mean, m2 = _chan(n, mean, m2, count, ref + b_mean, b_m2)
+            if n == 0:
+                continue
             layout = self._latency_layout
             hist = LatencyHistogram.from_dict({
                 "low": layout.low, "high": layout.high, "growth": layout.growth,
