@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
@@ -198,6 +199,81 @@ class AlertsConfig:
     min_severity: str = "warning"
 
 
+class RequestsFrom(str, Enum):
+    """Which Prometheus series give a cluster rollout's requests, errors and latency."""
+
+    SELDON = "seldon"  # Seldon's own executor / model-server metrics
+    KPIGATE = "kpigate"  # the in-cluster kpigate collector's kpigate_stage_* series
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class ReadinessAction(str, Enum):
+    """What happens when a stage's traffic is not ready within ``readiness.timeout``."""
+
+    HOLD = "hold"  # alert and keep waiting
+    ABORT = "abort"  # send all traffic to the baseline and end the rollout
+
+    def __str__(self) -> str:
+        # The controller reads it with str(); Python 3.11 would otherwise give the member name.
+        return self.value
+
+
+#: Placeholders a custom PromQL template may use (see :data:`QUERY_PLACEHOLDER`).
+QUERY_PLACEHOLDERS: tuple[str, ...] = (
+    "deployment", "namespace", "role", "stage", "window", "start", "end",
+)
+#: ``{name}`` in a template. PromQL's own braces always hold ``label="value"`` matchers,
+#: never a bare word, so they need no escaping.
+QUERY_PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+@dataclass(frozen=True)
+class PrometheusSettings:
+    """Where a cluster rollout reads its metrics and how patiently (``metrics.prometheus``)."""
+
+    url: str | None = None
+    timeout: float = 10.0
+    retries: int = 3
+    max_wait: float = 60.0
+    requests_from: RequestsFrom | None = None  # None: seldon for Seldon v1, else kpigate
+
+
+@dataclass(frozen=True)
+class KpiQuery:
+    """Custom PromQL feeding one KPI's values (``metrics.queries.<kpi>``).
+
+    ``count`` counts the units (sessions, orders …) of one role in one stage, ``sum`` adds
+    the KPI's value over them and ``sum_squares`` its squares.
+    """
+
+    kpi: str
+    count: str
+    sum: str
+    sum_squares: str | None = None
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    """The ``metrics`` section: the Prometheus connection and custom KPI queries."""
+
+    prometheus: PrometheusSettings = field(default_factory=PrometheusSettings)
+    queries: tuple[KpiQuery, ...] = ()
+
+    def query(self, kpi_name: str) -> KpiQuery | None:
+        """The custom query of the KPI called ``kpi_name``, if it has one."""
+        return next((q for q in self.queries if q.kpi == kpi_name), None)
+
+
+@dataclass(frozen=True)
+class Readiness:
+    """How long a stage's traffic may take to become ready (``readiness``)."""
+
+    timeout: float = 600.0
+    on_timeout: ReadinessAction = ReadinessAction.HOLD
+
+
 @dataclass(frozen=True)
 class Policy:
     """A validated rollout policy."""
@@ -210,6 +286,8 @@ class Policy:
     name: str | None = None
     version: int = 1
     source: str | None = None
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    readiness: Readiness = field(default_factory=Readiness)
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -251,7 +329,7 @@ class Policy:
 # --------------------------------------------------------------------------------------
 
 _TOP_KEYS = ("version", "name", "evaluation", "stages", "stage_defaults", "kpis", "control_limits",
-             "alerts")
+             "alerts", "metrics", "readiness")
 _EVAL_KEYS = ("interval", "maturity", "alpha_rollback", "alpha_promote", "power")
 _STAGE_KEYS = (
     "name",
@@ -786,6 +864,211 @@ def _validate_alerts(p: _Problems, raw: Any) -> AlertsConfig | None:
     return AlertsConfig(slack_env, pd_env, pd_url, severity)
 
 
+def _validate_readiness(p: _Problems, raw: Any) -> Readiness:
+    cfg = _mapping(p, "readiness", raw)
+    if cfg is None:
+        return Readiness()
+    p.unknown_keys("readiness", cfg, ("timeout", "on_timeout"))
+    timeout = _duration(p, "readiness.timeout", cfg.get("timeout", Readiness.timeout))
+    if timeout is not None and timeout <= 0:
+        p.add("readiness.timeout", "must be > 0, e.g. 10m")
+        timeout = None
+    action = _enum(p, "readiness.on_timeout", cfg.get("on_timeout", ReadinessAction.HOLD.value),
+                   ReadinessAction)
+    if timeout is None or action is None:
+        return Readiness()
+    return Readiness(timeout, action)
+
+
+def _http_url(p: _Problems, path: str, value: Any, example: str) -> str | None:
+    if isinstance(value, str):
+        scheme, _, rest = value.partition("://")
+        host = rest.split("/", 1)[0]
+        if scheme in ("http", "https") and host and not any(c.isspace() for c in value):
+            return value.rstrip("/")
+    p.add(path, f"must be an http(s) URL such as {example}")
+    return None
+
+
+def _validate_prometheus(p: _Problems, raw: Any) -> PrometheusSettings:
+    path = "metrics.prometheus"
+    cfg = _mapping(p, path, raw)
+    if cfg is None:
+        return PrometheusSettings()
+    p.unknown_keys(path, cfg, ("url", "timeout", "retries", "max_wait", "requests_from"))
+    default = PrometheusSettings()
+    url = None
+    if cfg.get("url") is not None:
+        url = _http_url(p, f"{path}.url", cfg["url"],
+                        "http://prometheus-operated.monitoring.svc:9090")
+    timeout = _duration(p, f"{path}.timeout", cfg.get("timeout", default.timeout))
+    if timeout is not None and timeout <= 0:
+        p.add(f"{path}.timeout", "must be > 0, e.g. 10s")
+        timeout = None
+    retries = _number(p, f"{path}.retries", cfg.get("retries", default.retries), lo=0, hi=10,
+                      integer=True)
+    max_wait = _duration(p, f"{path}.max_wait", cfg.get("max_wait", default.max_wait))
+    if max_wait is not None and timeout is not None and max_wait < timeout:
+        p.add(f"{path}.max_wait", f"({format_duration(max_wait)}) is shorter than timeout "
+              f"({format_duration(timeout)}), the time one query may take; raise max_wait "
+              "or lower timeout")
+        max_wait = None
+    requests_from = None
+    if cfg.get("requests_from") is not None:
+        requests_from = _enum(p, f"{path}.requests_from", cfg["requests_from"], RequestsFrom)
+    if None in (timeout, retries, max_wait) or (
+            cfg.get("requests_from") is not None and requests_from is None):
+        return default
+    return PrometheusSettings(url, timeout, int(retries), max_wait,  # type: ignore[arg-type]
+                              requests_from)
+
+
+def _query_template(p: _Problems, path: str, value: Any) -> str | None:
+    if not isinstance(value, str) or not value.strip():
+        p.add(path, "must be a PromQL query (text)")
+        return None
+    used = QUERY_PLACEHOLDER.findall(value)
+    known = ", ".join(f"{{{n}}}" for n in QUERY_PLACEHOLDERS)
+    unknown = [n for n in used if n not in QUERY_PLACEHOLDERS]
+    ok = True
+    for name in dict.fromkeys(unknown):
+        hint = difflib.get_close_matches(name, QUERY_PLACEHOLDERS, n=1)
+        extra = f"did you mean {{{hint[0]}}}? " if hint else ""
+        p.add(path, f"unknown placeholder {{{name}}}; {extra}the placeholders are {known}")
+        ok = False
+    if "role" not in used:
+        p.add(path, "must select one role's series with {role} (baseline or candidate)")
+        ok = False
+    if not {"stage", "window", "start", "end"} & set(used):
+        p.add(path, "must limit the query to one stage with {window} (e.g. "
+              "increase(orders_total[{window}])), {stage}, {start} or {end}; otherwise every "
+              "stage would count the same data")
+        ok = False
+    return value if ok else None
+
+
+def _query_fit(kpi: KpiSpec) -> tuple[bool, str | None]:
+    """(whether a query feeding ``kpi`` needs ``sum_squares``, why no query can feed it)."""
+    if kpi.kind is KpiKind.PROPORTION and kpi.metric == "custom":
+        return False, None
+    if kpi.kind is KpiKind.MEAN and kpi.source not in (None, LATENCY):
+        return True, None
+    if kpi.kind is KpiKind.BUSINESS and kpi.denominator == COUNT:
+        return True, None
+    if kpi.kind is KpiKind.BUSINESS:
+        return False, (f"is a business KPI per {kpi.denominator!r}, whose variance needs the "
+                       "covariance of two values, which per-unit sums cannot give; use "
+                       "'denominator: count' with the query counting the units")
+    what = kpi.kind.value + (f" ({kpi.metric})" if kpi.metric else "") + (
+        f" of {kpi.source}" if kpi.source else "")
+    return False, (f"is a {what} KPI; custom queries feed only custom proportions "
+                   "('metric: custom'), means of a logged value and business KPIs with "
+                   "'denominator: count'")
+
+
+def _validate_metrics(p: _Problems, raw: Any, kpis: list[KpiSpec],
+                      raw_names: set[str]) -> MetricsConfig:
+    cfg = _mapping(p, "metrics", raw)
+    if cfg is None:
+        return MetricsConfig()
+    p.unknown_keys("metrics", cfg, ("prometheus", "queries"))
+    prometheus = PrometheusSettings()
+    if cfg.get("prometheus") is not None:
+        prometheus = _validate_prometheus(p, cfg["prometheus"])
+    queries: tuple[KpiQuery, ...] = ()
+    if cfg.get("queries") is not None:
+        queries = _validate_queries(p, cfg["queries"], kpis, raw_names)
+    return MetricsConfig(prometheus, queries)
+
+
+def _validate_queries(p: _Problems, raw: Any, kpis: list[KpiSpec],
+                      raw_names: set[str]) -> tuple[KpiQuery, ...]:
+    path = "metrics.queries"
+    cfg = _mapping(p, path, raw)
+    if cfg is None:
+        return ()
+    by_name = {k.name: k for k in kpis}
+    out: list[KpiQuery] = []
+    for name, entry in cfg.items():
+        where = f"{path}.{name}"
+        kpi = by_name.get(str(name))
+        if kpi is None:
+            if name not in raw_names:  # an invalid KPI reports its own problems
+                hint = difflib.get_close_matches(str(name), list(by_name), n=1)
+                extra = f"did you mean {hint[0]!r}?" if hint else \
+                    f"the KPIs are {', '.join(by_name) or 'none'}"
+                p.add(where, f"is not the name of a KPI in 'kpis'; {extra}")
+            continue
+        q = _mapping(p, where, entry)
+        if q is None:
+            continue
+        p.unknown_keys(where, q, ("count", "sum", "sum_squares"))
+        before = len(p.items)
+        needs_squares, why = _query_fit(kpi)
+        if why is not None:
+            p.add(where, f"KPI {kpi.name!r} {why}")
+            continue
+        templates: dict[str, str | None] = {}
+        for key in ("count", "sum"):
+            if key not in q:
+                p.add(where, f"needs '{key}' (a PromQL query: "
+                      + ("the number of units of one role in one stage)" if key == "count"
+                         else "the sum of the KPI's value over those units)"))
+            else:
+                templates[key] = _query_template(p, f"{where}.{key}", q[key])
+        squares = None
+        if "sum_squares" in q:
+            if not needs_squares:
+                p.add(f"{where}.sum_squares", "does not apply to a proportion, whose variance "
+                      "follows from its counts; remove it")
+            else:
+                squares = _query_template(p, f"{where}.sum_squares", q["sum_squares"])
+        elif needs_squares:
+            p.add(where, "needs 'sum_squares' (the sum of the squared values): a mean's "
+                  "confidence interval needs the values' spread")
+        if len(p.items) == before:
+            out.append(KpiQuery(kpi.name, str(templates["count"]), str(templates["sum"]),
+                                squares))
+    if out and len(out) == len(cfg):
+        _check_query_units(p, out, kpis)
+    return tuple(out)
+
+
+def _squash(promql: str) -> str:
+    """The query without whitespace outside quoted label values (for comparing queries)."""
+    parts = re.split(r'("(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\')', promql)
+    return "".join(part if i % 2 else "".join(part.split()) for i, part in enumerate(parts))
+
+
+def _check_query_units(p: _Problems, queries: list[KpiQuery], kpis: list[KpiSpec]) -> None:
+    """One unit count per role for all values: the constraint of the gate's co-moments."""
+    path = "metrics.queries"
+    first = queries[0]
+    for q in queries[1:]:
+        if _squash(q.count) != _squash(first.count):
+            p.add(f"{path}.{q.kpi}.count", f"differs from {path}.{first.kpi}.count; the gate "
+                  "keeps one unit count per role for all values, so every query must count "
+                  "the same units (write the same count query)")
+    fed = {q.kpi for q in queries}
+    uses: dict[str, list[tuple[str, str]]] = {}
+    for kpi in kpis:
+        names = [(n, "value") for n in (kpi.numerator, kpi.source) if n and n != LATENCY]
+        if kpi.denominator and kpi.denominator != COUNT:
+            unit = kpi.kind is KpiKind.PROPORTION and kpi.name in fed
+            names.append((kpi.denominator, "unit" if unit else "value"))
+        if names and kpi.name not in fed:
+            p.add(path, f"KPI {kpi.name!r} uses the logged value {names[0][0]!r} but has no "
+                  "query; once custom queries are used every KPI of logged values needs one, "
+                  "because the gate keeps one unit count per role for all values")
+        for name, use in names:
+            uses.setdefault(name, []).append((kpi.name, use))
+    for name, users in uses.items():
+        values = [k for k, use in users if use == "value"]
+        if len(values) > 1 or (values and len(users) > 1):
+            p.add(path, f"the value {name!r} is used by KPIs {', '.join(k for k, _ in users)}; "
+                  "each query feeds its own KPI's value, so give each KPI its own value name")
+
+
 def policy_from_dict(data: Any, source: str | None = None) -> Policy:
     """Validate a parsed policy document; raise ``PolicyError`` listing every problem."""
     p = _Problems()
@@ -854,6 +1137,14 @@ def policy_from_dict(data: Any, source: str | None = None) -> Policy:
         if kpis and len(kpis) == len(raw_kpis) and not any(k.decides for k in kpis):
             p.add("kpis", "at least one KPI must have role critical or guardrail, or "
                   "nothing could ever justify a promotion")
+    metrics = MetricsConfig()
+    if data.get("metrics") is not None:
+        raw_names = {k.get("name") for k in raw_kpis if isinstance(k, Mapping)} \
+            if isinstance(raw_kpis, list) else set()
+        metrics = _validate_metrics(p, data["metrics"], kpis, raw_names)
+    readiness = Readiness()
+    if data.get("readiness") is not None:
+        readiness = _validate_readiness(p, data["readiness"])
     if p.items:
         raise PolicyError(p.items, source)
     return Policy(
@@ -865,6 +1156,8 @@ def policy_from_dict(data: Any, source: str | None = None) -> Policy:
         name=name,
         version=1,
         source=source,
+        metrics=metrics,
+        readiness=readiness,
         raw=dict(data),
     )
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -12,8 +13,14 @@ from mlflow_kpigate.errors import USAGE_EXIT_CODE, PolicyError, UsageError
 from mlflow_kpigate.policy import (
     Direction,
     KpiKind,
+    KpiQuery,
     Margin,
+    MetricsConfig,
     OnTimeout,
+    PrometheusSettings,
+    Readiness,
+    ReadinessAction,
+    RequestsFrom,
     Role,
     load_policy,
     parse_margin,
@@ -1061,3 +1068,193 @@ def test_large_relative_margins_only_for_lower_is_better() -> None:
     fair = {"name": "f", "kind": "fairness", "metric": "recall", "segment_by": "s",
             "margin": "120%"}
     assert_problem(with_kpi(fair), "kpis[2].margin", "needs a relative margin under 100%")
+
+
+# --------------------------------------------------------------------------------------
+# metrics and readiness sections (cluster rollouts)
+# --------------------------------------------------------------------------------------
+
+SESSIONS = 'sum(increase(shop_sessions_total{predictor="{role}"}[{window}]))'
+CONVERSIONS = 'sum(increase(shop_conversions_total{predictor="{role}"}[{window}]))'
+REVENUE = 'sum(increase(shop_revenue_sum{predictor="{role}"}[{window}]))'
+REVENUE_SQ = 'sum(increase(shop_revenue_squares{predictor="{role}"}[{window}]))'
+
+
+def with_query_kpis() -> dict[str, Any]:
+    """``base()`` plus a custom proportion and a business KPI fed by custom queries."""
+    doc = base()
+    doc["kpis"] += [
+        {"name": "conversion_rate", "kind": "proportion", "metric": "custom",
+         "numerator": "conversions", "denominator": "sessions", "direction": "higher",
+         "margin": "5%"},
+        {"name": "revenue_per_session", "kind": "business", "numerator": "revenue",
+         "denominator": "count", "direction": "higher", "margin": "5%"},
+    ]
+    doc["metrics"] = {
+        "prometheus": {"url": "http://prometheus-operated.monitoring.svc:9090/",
+                       "timeout": "5s", "retries": 2, "max_wait": "30s",
+                       "requests_from": "kpigate"},
+        "queries": {
+            "conversion_rate": {"count": SESSIONS, "sum": CONVERSIONS},
+            "revenue_per_session": {"count": SESSIONS, "sum": REVENUE,
+                                    "sum_squares": REVENUE_SQ},
+        },
+    }
+    doc["readiness"] = {"timeout": "5m", "on_timeout": "abort"}
+    return doc
+
+
+def test_metrics_and_readiness_default_when_absent() -> None:
+    policy = policy_from_dict(base())
+    assert policy.metrics == MetricsConfig()
+    prom = policy.metrics.prometheus
+    assert (prom.url, prom.timeout, prom.retries, prom.max_wait, prom.requests_from) == (
+        None, 10.0, 3, 60.0, None)
+    assert policy.metrics.queries == ()
+    assert policy.readiness == Readiness(600.0, ReadinessAction.HOLD)
+    assert str(policy.readiness.on_timeout) == "hold"
+
+
+def test_metrics_and_readiness_sections_parse() -> None:
+    policy = policy_from_dict(with_query_kpis())
+    prom = policy.metrics.prometheus
+    assert prom == PrometheusSettings("http://prometheus-operated.monitoring.svc:9090", 5.0, 2,
+                                      30.0, RequestsFrom.KPIGATE)
+    assert policy.metrics.query("conversion_rate") == KpiQuery(
+        "conversion_rate", SESSIONS, CONVERSIONS, None)
+    assert policy.metrics.query("revenue_per_session").sum_squares == REVENUE_SQ
+    assert policy.metrics.query("precision") is None
+    assert policy.readiness == Readiness(300.0, ReadinessAction.ABORT)
+    assert str(policy.readiness.on_timeout) == "abort"
+
+
+def test_new_sections_survive_the_frozen_copy(tmp_path: Path) -> None:
+    """The rollout freezes ``policy.raw`` as YAML; reloading it gives the same policy."""
+    import yaml
+
+    policy = policy_from_dict(with_query_kpis())
+    frozen = tmp_path / "policy.yaml"
+    frozen.write_text(yaml.safe_dump(dict(policy.raw), sort_keys=False))
+    again = load_policy(frozen)
+    assert again == replace(policy, source=str(frozen))
+    assert again.metrics == policy.metrics
+    assert again.readiness == policy.readiness
+
+
+@pytest.mark.parametrize(("section", "path", "fragment"), [
+    ({"prometheus": {"urll": "http://x"}}, "metrics.prometheus.urll", "did you mean 'url'"),
+    ({"prometheus": {"url": "prometheus:9090"}}, "metrics.prometheus.url",
+     "must be an http(s) URL"),
+    ({"prometheus": {"url": "http://"}}, "metrics.prometheus.url", "must be an http(s) URL"),
+    ({"prometheus": {"timeout": 0}}, "metrics.prometheus.timeout", "must be > 0"),
+    ({"prometheus": {"timeout": "soon"}}, "metrics.prometheus.timeout", "is not a duration"),
+    ({"prometheus": {"retries": -1}}, "metrics.prometheus.retries", "must be >= 0"),
+    ({"prometheus": {"retries": 1.5}}, "metrics.prometheus.retries", "whole number"),
+    ({"prometheus": {"retries": 11}}, "metrics.prometheus.retries", "must be <= 10"),
+    ({"prometheus": {"timeout": "30s", "max_wait": "10s"}}, "metrics.prometheus.max_wait",
+     "shorter than timeout"),
+    ({"prometheus": {"requests_from": "seldom"}}, "metrics.prometheus.requests_from",
+     "did you mean 'seldon'"),
+    ({"prometheus": "http://x"}, "metrics.prometheus", "must be a mapping"),
+    ({"promethus": {}}, "metrics.promethus", "did you mean 'prometheus'"),
+    ("yes", "metrics", "must be a mapping"),
+])
+def test_metrics_prometheus_errors(section: Any, path: str, fragment: str) -> None:
+    doc = base()
+    doc["metrics"] = section
+    assert_problem(doc, path, fragment)
+
+
+@pytest.mark.parametrize(("section", "path", "fragment"), [
+    ({"timeout": 0}, "readiness.timeout", "must be > 0"),
+    ({"timeout": "ten minutes"}, "readiness.timeout", "is not a duration"),
+    ({"on_timeout": "rollback"}, "readiness.on_timeout", "must be one of hold, abort"),
+    ({"on_timeout": "abrt"}, "readiness.on_timeout", "did you mean 'abort'"),
+    ({"timeout": "1m", "wait": "1m"}, "readiness.wait", "unknown field"),
+    ("10m", "readiness", "must be a mapping"),
+])
+def test_readiness_errors(section: Any, path: str, fragment: str) -> None:
+    doc = base()
+    doc["readiness"] = section
+    assert_problem(doc, path, fragment)
+
+
+def queries_doc(**queries: Any) -> dict[str, Any]:
+    doc = with_query_kpis()
+    doc["metrics"]["queries"].update(queries)
+    return doc
+
+
+@pytest.mark.parametrize(("entry", "path", "fragment"), [
+    ({"count": SESSIONS, "sum": 'sum(x{r="{rol}"}[{window}])'},
+     "metrics.queries.conversion_rate.sum", "unknown placeholder {rol}; did you mean {role}?"),
+    ({"count": SESSIONS, "sum": "sum(increase(shop_conversions_total[{window}]))"},
+     "metrics.queries.conversion_rate.sum", "must select one role's series with {role}"),
+    ({"count": SESSIONS, "sum": 'sum(shop_conversions_total{predictor="{role}"})'},
+     "metrics.queries.conversion_rate.sum", "must limit the query to one stage"),
+    ({"sum": CONVERSIONS}, "metrics.queries.conversion_rate", "needs 'count'"),
+    ({"count": SESSIONS, "sum": 42}, "metrics.queries.conversion_rate.sum",
+     "must be a PromQL query"),
+    ({"count": SESSIONS, "sum": CONVERSIONS, "sum_squares": CONVERSIONS},
+     "metrics.queries.conversion_rate.sum_squares", "does not apply to a proportion"),
+    ({"count": SESSIONS, "sum": CONVERSIONS, "avg": CONVERSIONS},
+     "metrics.queries.conversion_rate.avg", "unknown field"),
+    ("sum(x)", "metrics.queries.conversion_rate", "must be a mapping"),
+])
+def test_query_template_errors(entry: Any, path: str, fragment: str) -> None:
+    assert_problem(queries_doc(conversion_rate=entry), path, fragment)
+
+
+def test_query_errors_name_the_kpi_and_the_fix() -> None:
+    ok = {"count": SESSIONS, "sum": REVENUE, "sum_squares": REVENUE_SQ}
+    assert_problem(queries_doc(revenue_per_sesion=ok), "metrics.queries.revenue_per_sesion",
+                   "is not the name of a KPI in 'kpis'; did you mean 'revenue_per_session'?")
+    assert_problem(queries_doc(precision=ok), "metrics.queries.precision",
+                   "custom queries feed only custom proportions")
+    assert_problem(queries_doc(revenue_per_session={"count": SESSIONS, "sum": REVENUE}),
+                   "metrics.queries.revenue_per_session", "needs 'sum_squares'")
+    other_units = 'sum(increase(shop_visits_total{predictor="{role}"}[{window}]))'
+    assert_problem(queries_doc(revenue_per_session={**ok, "count": other_units}),
+                   "metrics.queries.revenue_per_session.count",
+                   "differs from metrics.queries.conversion_rate.count")
+    # whitespace outside label values does not make a count query different
+    spaced = SESSIONS.replace("(", "( ", 1).replace("[", " [ ")
+    assert policy_from_dict(queries_doc(revenue_per_session={**ok, "count": spaced}))
+
+
+def test_queries_and_logged_values_must_share_one_unit_count() -> None:
+    doc = with_query_kpis()
+    doc["kpis"].append({"name": "basket", "kind": "mean", "source": "basket_size",
+                        "direction": "higher", "role": "info"})
+    assert_problem(doc, "metrics.queries", "KPI 'basket' uses the logged value 'basket_size' "
+                   "but has no query")
+    doc = with_query_kpis()
+    doc["kpis"].append({"name": "revenue_info", "kind": "mean", "source": "revenue",
+                        "direction": "higher", "role": "info"})
+    doc["metrics"]["queries"]["revenue_info"] = {"count": SESSIONS, "sum": REVENUE,
+                                                 "sum_squares": REVENUE_SQ}
+    assert_problem(doc, "metrics.queries", "the value 'revenue' is used by KPIs")
+    doc = with_query_kpis()
+    doc["kpis"].append({"name": "margin_rate", "kind": "business", "numerator": "profit",
+                        "denominator": "revenue_total", "direction": "higher", "margin": "5%"})
+    doc["metrics"]["queries"]["margin_rate"] = {"count": SESSIONS, "sum": REVENUE,
+                                                "sum_squares": REVENUE_SQ}
+    assert_problem(doc, "metrics.queries.margin_rate", "use 'denominator: count'")
+
+
+def test_two_custom_proportions_may_share_their_unit() -> None:
+    doc = with_query_kpis()
+    doc["kpis"].append({"name": "signup_rate", "kind": "proportion", "metric": "custom",
+                        "numerator": "signups", "denominator": "sessions",
+                        "direction": "higher", "role": "info"})
+    doc["metrics"]["queries"]["signup_rate"] = {
+        "count": SESSIONS, "sum": 'sum(increase(signups_total{predictor="{role}"}[{window}]))'}
+    assert len(policy_from_dict(doc).metrics.queries) == 3
+
+
+def test_an_invalid_kpi_is_not_reported_again_under_queries() -> None:
+    doc = with_query_kpis()
+    doc["kpis"][2]["margin"] = 0  # conversion_rate is now invalid
+    found = problems(doc)
+    assert any(p.startswith("kpis[2].margin") for p in found), found
+    assert not any(p.startswith("metrics.queries.conversion_rate") for p in found), found
