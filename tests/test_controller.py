@@ -377,7 +377,8 @@ def test_readiness_timeout_holds_with_an_alert_or_aborts(tmp_path, on_timeout):
         clock.now += 10
         ctl.step()  # still not ready: no second alert, no new event
         assert len(alerts.sent) == 1
-        assert [e["kind"] for e in store.events()] == ["created", "readiness_timeout"]
+        assert [e["kind"] for e in store.events()] == ["created", "readiness_timeout",
+                                                       "alert_sent"]
     else:
         assert state.phase is Phase.ABORTED
         assert state.weights == Weights.baseline_only()
