@@ -527,6 +527,17 @@ def test_github_4xx_is_not_retried(github, bridge_at):
     assert len(dispatches(github)) == 1
 
 
+def test_redirects_are_not_followed_with_the_token(github, bridge_at):
+    github.expect_request(DISPATCH_PATH, method="POST").respond_with_data(
+        "", status=302, headers={"Location": github.url_for("/elsewhere")})
+    url, _ = bridge_at()
+    body = version_created()
+    status, reply = post(f"{url}/webhook", body, signed_headers(body))
+    assert status == 502
+    assert "HTTP 302, a redirect, which is not followed" in reply["reason"]
+    assert [req.path for req, _ in github.log] == [DISPATCH_PATH]
+
+
 def test_enterprise_server_base_url_is_honoured(github, bridge_at):
     ghes_path = f"/api/v3{DISPATCH_PATH}"
     github.expect_request(ghes_path, method="POST").respond_with_data("", status=204)
@@ -549,6 +560,10 @@ def test_http_level_refusals(github, bridge_at):
     with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
         conn.sendall(b"POST /webhook HTTP/1.0\r\nHost: x\r\n\r\n")
         assert conn.makefile("rb").readline().startswith(b"HTTP/1.0 411")
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+        conn.sendall(b"POST /webhook HTTP/1.0\r\nContent-Length: 50\r\n\r\n{}")
+        conn.shutdown(socket.SHUT_WR)  # hang up mid-body
+        assert conn.makefile("rb").read() == b""
     assert github.log == []
     assert bridge.counts()["rejected"] == 2
 

@@ -27,6 +27,7 @@ import heapq
 import json
 import logging
 import re
+import sys
 import threading
 import time
 import urllib.error
@@ -157,8 +158,6 @@ def _text(data: Mapping[str, Any], key: str, where: str, *, required: bool) -> s
     value = data.get(key)
     if value is None and not required:
         return None
-    if isinstance(value, int) and not isinstance(value, bool) and key == "version":
-        return str(value)
     if not isinstance(value, str) or not value:
         raise Rejected(400, f"{where}.{key}: missing or not a string; MLflow sends it for "
                             "this event")
@@ -318,11 +317,19 @@ class Dispatcher(Protocol):
         ...
 
 
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    # urllib would follow a 301/302 with the Authorization header to wherever it points,
+    # possibly another host; a redirect is reported instead (as an HTTPError).
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
 class GitHubDispatcher:
     """``POST /repos/{owner}/{repo}/dispatches``; retries 5xx, 429 and connection errors.
 
     Retries back off exponentially (``backoff``, 2×, 4× …). A 4xx other than 429 is not
-    retried: a wrong token or repository does not fix itself.
+    retried: a wrong token or repository does not fix itself. Redirects are not followed,
+    so the token only ever goes to ``GITHUB_API_URL``.
     """
 
     def __init__(self, config: BridgeConfig, *,
@@ -333,6 +340,7 @@ class GitHubDispatcher:
         self._backoff = config.retry_backoff
         self._timeout = config.request_timeout
         self._sleep = sleep
+        self._opener = urllib.request.build_opener(_NoRedirects)
 
     def _request(self, body: bytes) -> urllib.request.Request:
         return urllib.request.Request(self._url, data=body, method="POST", headers={
@@ -350,10 +358,15 @@ class GitHubDispatcher:
         last = ""
         for attempt in range(self._attempts):
             try:
-                with urllib.request.urlopen(self._request(body), timeout=self._timeout):
+                with self._opener.open(self._request(body), timeout=self._timeout):
                     return
             except urllib.error.HTTPError as exc:
                 last = f"HTTP {exc.code}"
+                if 300 <= exc.code < 400:
+                    raise DispatchError(
+                        f"GitHub answered {last}, a redirect, which is not followed so that "
+                        "the token goes nowhere else; check --repo (renamed or moved?) and "
+                        "GITHUB_API_URL") from None
                 if exc.code != 429 and exc.code < 500:
                     raise DispatchError(
                         f"GitHub refused the dispatch ({last}): check --repo and that the "
@@ -484,6 +497,11 @@ class _Handler(BaseHTTPRequestHandler):
             self._refuse(413, f"body: {length} bytes is over the {limit}-byte limit")
             return
         body = self.rfile.read(length)
+        if len(body) < length:  # the client hung up mid-body: nobody to answer
+            logger.warning("request from %s ended after %d of %d body bytes",
+                           self.client_address[0], len(body), length)
+            self.close_connection = True
+            return
         reply = self.server.bridge.handle(dict(self.headers.items()), body)
         self._reply(reply.status, reply.body)
 
@@ -498,6 +516,13 @@ class _HttpServer(ThreadingHTTPServer):
     def __init__(self, address: tuple[str, int], bridge: Bridge) -> None:
         self.bridge = bridge
         super().__init__(address, _Handler)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that stalls or hangs up mid-request is routine for a public endpoint:
+        # one log line, not the traceback socketserver prints by default.
+        error = sys.exc_info()[1]
+        logger.warning("request from %s failed: %s", client_address[0],
+                       type(error).__name__ if error else "unknown error")
 
 
 class BridgeServer:
