@@ -1,0 +1,65 @@
+"""The Seldon Core backend's pure parts: target settings, manifests, guarded patches, rules.
+
+* :mod:`.target` — :class:`SeldonTarget` (``kpigate:/seldon/NAMESPACE`` + ``-C`` settings);
+* :mod:`.manifests` — the v1 ``SeldonDeployment`` and v2 ``Model``/``Experiment`` builders
+  and the traffic each rollout state implies;
+* :mod:`.patches` — RFC 6902 patches guarded by ``test`` operations, and a small
+  interpreter to apply them;
+* :mod:`.webhook` — Seldon's admission rules as checks that raise :class:`ManifestError`.
+
+Nothing here talks to a cluster; the controller applies what these functions build, and
+``kpigate render`` prints it.
+"""
+
+from .manifests import (
+    BASELINE,
+    CANDIDATE,
+    MANAGED_SPEC_ANNOTATION,
+    ModelRef,
+    RoleTraffic,
+    managed_spec_hash,
+    managed_spec_matches,
+    predictor,
+    role_traffic,
+    seldon_deployment,
+    v2_experiment,
+    v2_model_name,
+    v2_models,
+    whole_percent,
+)
+from .patches import (
+    PatchConflict,
+    apply_json_patch,
+    remove_predictor_patch,
+    v2_experiment_patch,
+    weights_patch,
+)
+from .target import SeldonTarget, parse_target_uri
+from .webhook import ManifestError, check_experiment_rules, check_webhook_rules
+
+__all__ = [
+    "BASELINE",
+    "CANDIDATE",
+    "MANAGED_SPEC_ANNOTATION",
+    "ManifestError",
+    "ModelRef",
+    "PatchConflict",
+    "RoleTraffic",
+    "SeldonTarget",
+    "apply_json_patch",
+    "check_experiment_rules",
+    "check_webhook_rules",
+    "managed_spec_hash",
+    "managed_spec_matches",
+    "parse_target_uri",
+    "predictor",
+    "remove_predictor_patch",
+    "role_traffic",
+    "seldon_deployment",
+    "v2_experiment",
+    "v2_experiment_patch",
+    "v2_model_name",
+    "v2_models",
+    "weights_patch",
+    "whole_percent",
+]
