@@ -487,8 +487,9 @@ def test_v2_experiment_per_state():
 @pytest.mark.parametrize("sequence", list(SEQUENCES), ids=list(SEQUENCES))
 def test_v2_stage_sequence_and_rollback_from_each_stage(sequence):
     stages = SEQUENCES[sequence]
-    live = stored_experiment = copy.deepcopy(v2_experiment(FULL, stages[0]))
-    stored_experiment["metadata"]["resourceVersion"] = "1"
+    live = copy.deepcopy(v2_experiment(FULL, stages[0]))
+    live["metadata"]["resourceVersion"] = "1"
+    check_experiment(live)
     at_stage = [live]
     for weights in stages[1:]:
         ops = v2_experiment_patch(live, weights)
