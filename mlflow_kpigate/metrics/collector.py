@@ -483,7 +483,7 @@ class Collector:
                 segments.append(UNKNOWN_SEGMENT if value is None or value == "" else str(value))
             rows.append((
                 p.request_id, float(p.ts), _ROLE_CODE[p.role], p.version, int(p.stage_index),
-                int(bool(p.shadow)), float(p.latency_s), float(log_latency[i]),
+                int(bool(p.shadow)), float(latency[i]), float(log_latency[i]),
                 int(latency_bin[i]), int(bool(p.error)),
                 None if p.score is None else float(p.score), score_bin[i],
                 None if p.predicted is None else int(p.predicted), features, *segments,

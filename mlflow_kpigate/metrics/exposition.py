@@ -17,8 +17,12 @@ from __future__ import annotations
 import math
 
 __all__ = [
+    "CLOUDEVENTS_EXPIRED",
+    "CLOUDEVENTS_LATE",
+    "CLOUDEVENTS_PENDING",
     "CLOUDEVENTS_TOTAL",
     "CLOUDEVENT_OUTCOMES",
+    "CLOUDEVENT_TYPES",
     "COLLECTOR_STAGE",
     "CONFUSION_OUTCOMES",
     "LABELS_TOTAL",
@@ -79,6 +83,13 @@ CLOUDEVENTS_TOTAL = "kpigate_cloudevents_total"
 """Counter with ``deployment``, ``type``, ``outcome`` in :data:`CLOUDEVENT_OUTCOMES`."""
 LABELS_TOTAL = "kpigate_labels_total"
 """Counter with ``deployment``, ``status`` in :data:`LABEL_STATUSES`."""
+CLOUDEVENTS_PENDING = "kpigate_cloudevents_pending"
+"""Gauge with ``deployment``, ``type``: request/response halves waiting for their partner."""
+CLOUDEVENTS_EXPIRED = "kpigate_cloudevents_expired_total"
+"""Counter with ``deployment``, ``type``: halves whose partner did not come in time."""
+CLOUDEVENTS_LATE = "kpigate_cloudevents_late_total"
+"""Counter with ``deployment``, ``type``: halves that came after their partner expired
+(dropped, since the partner was already counted)."""
 
 # -- label names and values -----------------------------------------------------------------
 LABEL_DEPLOYMENT = "deployment"
@@ -97,6 +108,7 @@ LABEL_STATUS = "status"
 
 CONFUSION_OUTCOMES = ("tp", "fp", "tn", "fn")
 CLOUDEVENT_OUTCOMES = ("accepted", "rejected", "duplicate")
+CLOUDEVENT_TYPES = ("request", "response", "unknown")
 LABEL_STATUSES = ("matched", "unknown", "duplicate")
 
 
