@@ -1,0 +1,63 @@
+"""Reporting rollouts to GitHub: the REST client, the pull request of a workflow run, the
+sticky comment, and the Actions runner's outputs, job summary and workflow commands.
+
+Public API::
+
+    from mlflow_kpigate.github import GitHubClient, render, upsert_comment, resolve
+
+``kpigate github report`` (``mlflow_kpigate/commands/github.py``) wires them together;
+docs/github-action.md describes what users see.
+"""
+
+from .api import GitHubClient, GitHubError, GitHubPermissionError, Response, parse_link_header
+from .comment import (
+    MAX_COMMENT_CHARS,
+    CommentResult,
+    Evaluation,
+    Links,
+    RolloutRecord,
+    find_comment,
+    marker,
+    mlflow_links,
+    render,
+    upsert_comment,
+)
+from .event import PullRequestRef, Resolution, from_payload, head_sha, load_payload, resolve
+from .workflow import (
+    append_summary,
+    escape_data,
+    escape_property,
+    format_outputs,
+    workflow_command,
+    write_outputs,
+)
+
+__all__ = [
+    "MAX_COMMENT_CHARS",
+    "CommentResult",
+    "Evaluation",
+    "GitHubClient",
+    "GitHubError",
+    "GitHubPermissionError",
+    "Links",
+    "PullRequestRef",
+    "Resolution",
+    "Response",
+    "RolloutRecord",
+    "append_summary",
+    "escape_data",
+    "escape_property",
+    "find_comment",
+    "format_outputs",
+    "from_payload",
+    "head_sha",
+    "load_payload",
+    "marker",
+    "mlflow_links",
+    "parse_link_header",
+    "render",
+    "resolve",
+    "upsert_comment",
+    "workflow_command",
+    "write_outputs",
+]

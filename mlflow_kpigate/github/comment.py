@@ -1,0 +1,487 @@
+"""The pull-request report: markdown rendering and the sticky comment.
+
+:func:`render` turns a finished (or still running) rollout into GitHub markdown:
+
+1. the first line: outcome, model, stage and the reason;
+2. a summary table with links to the MLflow rollout run and the model-version pages (only
+   when the tracking URI is http(s)) and to the workflow run;
+3. per stage, the KPI table of the stage's last evaluation (baseline and candidate
+   estimates, Δ, the anytime-valid interval, margin, samples seen / needed, verdict);
+4. the traffic timeline, and Mermaid charts of the candidate's traffic share and of the
+   deciding KPI's Δ with its bounds (GitHub renders Mermaid in comments; the API cannot
+   upload images);
+5. every evaluation in a ``<details>`` block, newest first;
+6. the hidden marker ``<!-- kpigate:MODEL -->`` that makes the comment sticky.
+
+GitHub refuses comments longer than :data:`MAX_COMMENT_CHARS`; when the rendering is
+longer, the ``<details>`` block is cut (oldest evaluations first) and says so, the head
+and the marker are kept.
+
+Everything that comes from models, tags, policies and reasons is data: it is flattened
+to one line, HTML-escaped, its markdown specials are backslash-escaped (``report.md_escape``)
+and ``@`` gets a zero-width space so a reason cannot mention (notify) people or teams.
+
+:func:`upsert_comment` keeps one comment per model and pull request: it pages through the
+pull request's comments (``Link: rel="next"``) for the marker, updates that comment in
+place, or creates it when there is none.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import urllib.parse
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from ..gate.decision import Decision, Evidence, Verdict
+from ..policy import KpiSpec, Policy
+from ..report import fmt_delta, fmt_interval, fmt_value, md_escape
+from ..rollout.state import Phase, RolloutState
+from .api import GitHubClient
+
+#: GitHub's limit for an issue or pull-request comment body.
+MAX_COMMENT_CHARS = 65_536
+#: Most points drawn in a Mermaid chart; longer rollouts are sampled evenly.
+MAX_CHART_POINTS = 60
+#: Longest reason shown in the first line.
+MAX_HEADLINE_REASON = 1_000
+DASH = "—"
+_ZWSP = "\u200b"
+
+_OUTCOME = {
+    Phase.PROMOTED: ("✅", "promoted"),
+    Phase.ROLLED_BACK: ("❌", "rolled back"),
+    Phase.ABORTED: ("⛔", "aborted"),
+    Phase.HOLDING: ("⏸️", "holding"),
+    Phase.CANARY: ("⏳", "still in progress"),
+    Phase.SHADOW: ("⏳", "still in progress (shadow)"),
+    Phase.PENDING: ("⏳", "pending"),
+}
+_MARKER_SAFE = re.compile(r"[^A-Za-z0-9_.\-]")
+
+
+# --------------------------------------------------------------------------------------
+# Values the renderer works from
+# --------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Evaluation:
+    """One gate decision of the rollout, when it was made and the traffic it left."""
+
+    time: float
+    decision: Decision
+    traffic_percent: float | None = None
+
+
+@dataclass(frozen=True)
+class RolloutRecord:
+    """What the report is made of: the state, every evaluation, the traffic changes."""
+
+    state: RolloutState
+    evaluations: tuple[Evaluation, ...]
+    traffic: tuple[tuple[float, float], ...]  # (epoch seconds, candidate percent)
+    final_stage: str
+    policy: Policy | None = None
+    report_path: str | None = None
+
+
+@dataclass(frozen=True)
+class Links:
+    """Where a reader goes next; None when unknown (e.g. a non-http tracking URI)."""
+
+    mlflow_run: str | None = None
+    candidate_version: str | None = None
+    baseline_version: str | None = None
+    workflow_run: str | None = None
+
+
+@dataclass(frozen=True)
+class CommentResult:
+    """What :func:`upsert_comment` did: ``created`` or ``updated`` comment ``id``."""
+
+    action: str
+    id: int
+    url: str | None
+
+
+# --------------------------------------------------------------------------------------
+# Escaping and small formatters
+# --------------------------------------------------------------------------------------
+
+def text(value: object) -> str:
+    """``value`` as inert one-line markdown that mentions nobody."""
+    return md_escape(value).replace("@", "@" + _ZWSP)
+
+
+def marker(model: str) -> str:
+    """The hidden marker of ``model``'s comment.
+
+    The name is percent-encoded outside ``[A-Za-z0-9_.-]`` and every ``-`` next to another
+    ``-`` is encoded too, so no model name can close the HTML comment (``-->``) early or
+    collide with another model's marker.
+    """
+    encoded = _MARKER_SAFE.sub(lambda m: "".join(f"%{b:02X}" for b in m.group().encode()),
+                               model)
+    encoded = re.sub(r"-(?=-)|(?<=-)-", "%2D", encoded)
+    return f"<!-- kpigate:{encoded} -->"
+
+
+def safe_url(url: str) -> str:
+    """``url`` with characters that could end a markdown link percent-encoded."""
+    return urllib.parse.quote(url, safe=":/?#&=%@+,;~._-!$*'")
+
+
+def _link(label: str, url: str | None) -> str | None:
+    return f"[{label}]({safe_url(url)})" if url else None
+
+
+def _time(ts: float) -> str:
+    if not (isinstance(ts, (int, float)) and math.isfinite(ts)):
+        return DASH
+    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _span(seconds: float) -> str:
+    seconds = max(0, round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+def _count(value: float | None) -> str:
+    if value is None or not (isinstance(value, (int, float)) and math.isfinite(value)):
+        return DASH
+    return f"{int(value):,}"
+
+
+def _kpi(policy: Policy | None, name: str) -> KpiSpec | None:
+    if policy is None:
+        return None
+    try:
+        return policy.kpi(name)
+    except KeyError:
+        return None
+
+
+def _reason(decision: Decision) -> str:
+    """The decision's reason, led by its action (the gate's reasons already start so)."""
+    action = decision.action.value
+    reason = decision.reason or "no reason given"
+    return reason if reason.startswith(action) else f"{action}: {reason}"
+
+
+def _verdict(ev: Evidence) -> str:
+    icon = "❌ " if ev.verdict.blocks_rollout else (
+        "✅ " if ev.verdict in (Verdict.NON_INFERIOR, Verdict.BETTER) else "")
+    return icon + ev.verdict.value.replace("_", " ")
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    """A markdown table; cells must already be escaped."""
+    return ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|",
+            *("| " + " | ".join(row) + " |" for row in rows)]
+
+
+def _kpi_table(decision: Decision, policy: Policy | None) -> list[str]:
+    rows = []
+    for ev in decision.evidence:
+        spec = _kpi(policy, ev.kpi)
+        rows.append([text(ev.kpi), text(ev.role), text(fmt_value(ev.baseline_value, spec)),
+                     text(fmt_value(ev.candidate_value, spec)), text(fmt_delta(ev.delta)),
+                     text(fmt_interval(ev.lower, ev.upper)), text(ev.margin or DASH),
+                     f"{_count(ev.samples)} / {_count(ev.samples_needed)}",
+                     text(_verdict(ev))])
+    if not rows:
+        return ["*No KPI evidence in this evaluation.*"]
+    return _table(["KPI", "role", "baseline", "candidate", "Δ", "interval", "margin",
+                   "samples seen / needed", "verdict"], rows)
+
+
+# --------------------------------------------------------------------------------------
+# Sections
+# --------------------------------------------------------------------------------------
+
+def outcome(phase: Phase) -> tuple[str, str]:
+    """(icon, words) for a phase, e.g. ``("❌", "rolled back")``."""
+    return _OUTCOME.get(phase, ("⏳", phase.value))
+
+
+def headline(record: RolloutRecord, model: str) -> str:
+    """The first line: outcome, model, candidate version, stage, and the reason."""
+    state = record.state
+    icon, words = outcome(state.phase)
+    last = record.evaluations[-1].decision if record.evaluations else None
+    reason = state.reason or (last.reason if last else "no evaluation yet")
+    if len(reason) > MAX_HEADLINE_REASON:
+        reason = reason[:MAX_HEADLINE_REASON] + "…"
+    return (f"{icon} **kpigate: {text(model)} version {text(state.candidate_version)} "
+            f"{words}** at {text(record.final_stage)}: {text(reason)}")
+
+
+def _summary(record: RolloutRecord, links: Links) -> list[str]:
+    state = record.state
+    mlflow = [x for x in (_link("rollout run", links.mlflow_run),
+                          _link(f"candidate version {text(state.candidate_version)}",
+                                links.candidate_version),
+                          _link(f"baseline version {text(state.baseline_version)}",
+                                links.baseline_version)) if x]
+    rows = [
+        ["model", f"{text(state.model_name)}: candidate version "
+                  f"{text(state.candidate_version)} against baseline version "
+                  f"{text(state.baseline_version)}"],
+        ["outcome", f"{text(state.phase.value)} at {text(record.final_stage)}; traffic now: "
+                    f"{text(state.weights.describe())}"],
+        ["evaluations", str(len(record.evaluations))],
+        ["deployment", text(state.name)],
+        ["rollout run", text(state.rollout_run_id or DASH)],
+    ]
+    if mlflow:
+        rows.append(["MLflow", " · ".join(mlflow)])
+    workflow = _link("logs and job summary", links.workflow_run)
+    if workflow:
+        rows.append(["workflow run", workflow])
+    return _table(["", ""], rows)
+
+
+def _stage_groups(evaluations: Sequence[Evaluation]) -> list[list[int]]:
+    groups: list[list[int]] = []
+    for i, ev in enumerate(evaluations):
+        prev = evaluations[groups[-1][0]].decision.stage_index if groups else None
+        if prev == ev.decision.stage_index:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    return groups
+
+
+def _stages(record: RolloutRecord) -> list[str]:
+    out = ["#### Stages", ""]
+    if not record.evaluations:
+        return [*out, "*No evaluation has been made yet.*", ""]
+    total = len(record.evaluations)
+    for group in _stage_groups(record.evaluations):
+        ev = record.evaluations[group[-1]]
+        d = ev.decision
+        span = (f"evaluation {group[0] + 1}" if len(group) == 1
+                else f"evaluations {group[0] + 1}–{group[-1] + 1}")
+        out += [f"**Stage {d.stage_index}: {text(d.stage_name)}** ({span} of {total}); "
+                f"last decision: {text(_reason(d))}", ""]
+        out += [*_kpi_table(d, record.policy), ""]
+    return out
+
+
+def _timeline(record: RolloutRecord) -> list[str]:
+    out = ["#### Traffic timeline", ""]
+    if not record.traffic:
+        return [*out, "*No traffic change was recorded.*", ""]
+    t0 = min(t for t, _ in record.traffic)
+    rows = [[_time(t), _span(t - t0), f"{p:g}%"] for t, p in sorted(record.traffic)]
+    return [*out, *_table(["time", "since start", "candidate traffic"], rows), ""]
+
+
+def _sample(n: int) -> list[int]:
+    if n <= MAX_CHART_POINTS:
+        return list(range(n))
+    step = (n - 1) / (MAX_CHART_POINTS - 1)
+    return sorted({round(i * step) for i in range(MAX_CHART_POINTS)})
+
+
+def _labels(numbers: Iterable[int]) -> str:
+    return ", ".join(f'"{n}"' for n in numbers)
+
+
+def _num(value: float) -> str:
+    return f"{value + 0.0:.4g}"  # + 0.0 turns -0.0 into 0
+
+
+def _deciding_kpi(record: RolloutRecord) -> str | None:
+    """The KPI the final decision names in its reason, else the first deciding one."""
+    if not record.evaluations:
+        return None
+    last = record.evaluations[-1].decision
+    evidence = [e for e in last.evidence if e.role in ("critical", "guardrail")]
+    for ev in evidence:
+        if re.search(rf"(?<![\w.]){re.escape(ev.kpi)}(?![\w.])", last.reason):
+            return ev.kpi
+    return evidence[0].kpi if evidence else None
+
+
+def charts(record: RolloutRecord) -> list[str]:
+    """Mermaid ``xychart-beta`` blocks: candidate traffic, and the deciding KPI's Δ."""
+    evals = record.evaluations
+    if not evals:
+        return []
+    out = ["#### Charts", ""]
+    idx = _sample(len(evals))
+    share = []
+    last = 0.0
+    for ev in evals:
+        if ev.traffic_percent is not None and math.isfinite(ev.traffic_percent):
+            last = ev.traffic_percent
+        share.append(last)
+    out += ["```mermaid", "xychart-beta",
+            '    title "Candidate traffic share after each evaluation"',
+            f'    x-axis "evaluation" [{_labels(i + 1 for i in idx)}]',
+            '    y-axis "candidate traffic (%)" 0 --> 100',
+            f"    line [{', '.join(_num(share[i]) for i in idx)}]", "```", ""]
+    name = _deciding_kpi(record)
+    points = []
+    for i, ev in enumerate(evals):
+        try:
+            e = ev.decision.evidence_for(name) if name else None
+        except KeyError:
+            e = None
+        values = (e.delta, e.lower, e.upper, e.rollback_threshold) if e else ()
+        if values and all(math.isfinite(v) for v in values):
+            points.append((i, values))
+    if name and len(points) >= 2:
+        points = [points[j] for j in _sample(len(points))]
+        series = list(zip(*(v for _, v in points), strict=True))
+        # Mermaid titles are quoted strings: keep a KPI name to plain characters.
+        title = re.sub(r"[^A-Za-z0-9_. %-]", "_", name)[:60]
+        out += ["```mermaid", "xychart-beta",
+                f'    title "{title}: Δ (candidate − baseline, + is better) and its bounds"',
+                f'    x-axis "evaluation" [{_labels(i + 1 for i, _ in points)}]',
+                *(f"    line [{', '.join(_num(v) for v in s)}]" for s in series),
+                "```", "",
+                "Lines, in drawing order: Δ, promotion bound (lower), rollback bound (upper), "
+                "rollback threshold. Rollback when the upper bound falls below the threshold.",
+                ""]
+    return out
+
+
+def _details(record: RolloutRecord) -> list[str]:
+    """Every evaluation, newest first (what truncation cuts from the end)."""
+    out: list[str] = []
+    total = len(record.evaluations)
+    for n in range(total, 0, -1):
+        ev = record.evaluations[n - 1]
+        d = ev.decision
+        out += [f"**Evaluation {n}** ({_time(ev.time)}, stage {text(d.stage_name)}): "
+                f"{text(_reason(d))}", ""]
+        out += [*_kpi_table(d, record.policy), ""]
+        if d.checks:
+            rows = [[text(c.name), _count(c.seen), _count(c.needed), "yes" if c.met else "no"]
+                    for c in d.checks]
+            out += [*_table(["stage requirement", "seen", "needed", "met"], rows), ""]
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# The document
+# --------------------------------------------------------------------------------------
+
+def render(record: RolloutRecord, links: Links, *, model: str | None = None,
+           limit: int = MAX_COMMENT_CHARS, with_marker: bool = True) -> str:
+    """The report as GitHub markdown, at most ``limit`` characters.
+
+    ``model`` names the comment's marker (default: the state's model name).
+    """
+    name = model or record.state.model_name
+    head = [headline(record, name), "", *_summary(record, links), "",
+            *_stages(record), *_timeline(record), *charts(record)]
+    tail = ["", marker(name)] if with_marker else []
+    details = _details(record)
+    open_tag = [f"<details><summary>Every evaluation ({len(record.evaluations)}, newest "
+                "first)</summary>", ""]
+    close_tag = ["", "</details>"]
+
+    def size(lines: Sequence[str]) -> int:
+        return len("\n".join(lines)) + 1
+
+    fixed = size([*head, *open_tag, *close_tag, *tail])
+    if fixed > limit:
+        # Pathological (thousands of KPIs): keep the headline, cut the rest.
+        note = "*(report cut: it is longer than a GitHub comment allows)*"
+        budget = limit - size([*tail, "", note]) - 1
+        kept: list[str] = []
+        for line in head:
+            if size([*kept, line]) > budget:
+                break
+            kept.append(line)
+        return "\n".join([*kept, "", note, *tail]) + "\n"
+    if details and fixed + size(details) > limit:
+        omitted_note = ("*(older evaluations cut: the comment would exceed GitHub's "
+                        f"{limit:,}-character limit; the job summary has them all)*")
+        budget = limit - fixed - size(["", omitted_note])
+        kept = []
+        for line in details:
+            if size([*kept, line]) > budget:
+                break
+            kept.append(line)
+        details = [*kept, "", omitted_note]
+    body = [*head, *(open_tag + details + close_tag if details else []), *tail]
+    return "\n".join(body) + "\n"
+
+
+# --------------------------------------------------------------------------------------
+# Links
+# --------------------------------------------------------------------------------------
+
+def http_base(uri: str | None) -> str | None:
+    """The MLflow UI base of an http(s) tracking URI (credentials dropped); else None."""
+    if not uri:
+        return None
+    parts = urllib.parse.urlsplit(uri.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return None
+    host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
+    netloc = host + (f":{parts.port}" if parts.port else "")
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
+
+
+def mlflow_links(tracking_uri: str | None, state: RolloutState,
+                 workflow_run: str | None = None) -> Links:
+    """Links to the rollout run and to both model-version pages in the MLflow UI."""
+    base = http_base(tracking_uri)
+    if base is None:
+        return Links(workflow_run=workflow_run)
+
+    def q(value: str) -> str:
+        return urllib.parse.quote(str(value), safe="")
+
+    run = f"{base}/#/runs/{q(state.rollout_run_id)}" if state.rollout_run_id else None
+    model = f"{base}/#/models/{q(state.model_name)}/versions/"
+    return Links(run, model + q(state.candidate_version), model + q(state.baseline_version),
+                 workflow_run)
+
+
+# --------------------------------------------------------------------------------------
+# The sticky comment
+# --------------------------------------------------------------------------------------
+
+def has_marker(body: object, mark: str) -> bool:
+    """Whether a comment ``body`` carries the marker line ``mark``."""
+    return isinstance(body, str) and any(line.strip() == mark for line in body.splitlines())
+
+
+def find_comment(client: GitHubClient, repo: str, number: int, mark: str) -> dict | None:
+    """The first comment of pull request ``number`` carrying ``mark`` (all pages read)."""
+    for comment in client.paginate(f"/repos/{repo}/issues/{number}/comments"):
+        if isinstance(comment, dict) and has_marker(comment.get("body"), mark):
+            return comment
+    return None
+
+
+def upsert_comment(client: GitHubClient, repo: str, number: int, model: str,
+                   body: str) -> CommentResult:
+    """Update ``model``'s comment on pull request ``number`` in place, or create it."""
+    mark = marker(model)
+    if not has_marker(body, mark):
+        raise ValueError("the comment body lacks the model's marker")
+    existing = find_comment(client, repo, number, mark)
+    if existing is not None:
+        resp = client.request("PATCH", f"/repos/{repo}/issues/comments/{int(existing['id'])}",
+                              {"body": body})
+        action = "updated"
+    else:
+        resp = client.request("POST", f"/repos/{repo}/issues/{number}/comments",
+                              {"body": body})
+        action = "created"
+    data = resp.data if isinstance(resp.data, dict) else {}
+    return CommentResult(action, int(data.get("id") or (existing or {}).get("id") or 0),
+                         data.get("html_url"))
