@@ -29,6 +29,7 @@ from typing import Any, NoReturn, TypeVar
 import click
 
 from . import __version__
+from .commands.collector import collector_command
 from .commands.operate import (
     feedback_command,
     report_command,
@@ -38,7 +39,9 @@ from .commands.operate import (
     watch_command,
 )
 from .commands.plan import plan_command
+from .commands.render import render_command
 from .commands.simulate import simulate_command
+from .commands.webhook_bridge import webhook_bridge_command
 from .durations import format_duration
 from .errors import KpigateError, PolicyError
 from .gate.engine import rollback_checks
@@ -136,6 +139,9 @@ def validate(files: tuple[str, ...], quiet: bool) -> None:
 
 main.add_command(plan_command)
 main.add_command(simulate_command)
+main.add_command(render_command)
+main.add_command(collector_command)
+main.add_command(webhook_bridge_command)
 for _command in (status_command, watch_command, report_command, feedback_command,
                  serve_command, *steer_commands):
     main.add_command(_command)

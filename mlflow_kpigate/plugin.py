@@ -73,7 +73,8 @@ def target_help() -> str:
         "kpigate: staged rollouts of MLflow model versions, decided by KPI evidence.",
         "",
         "Target URI: kpigate (or kpigate:/local) - the embedded router and controller on "
-        "this machine.",
+        "this machine; kpigate:/seldon/NAMESPACE - Seldon Core canaries on Kubernetes, KPIs "
+        "from Prometheus, state in ConfigMaps (docs/kubernetes.md).",
         "",
         "  mlflow deployments create -t kpigate --name NAME -m models:/MODEL/VERSION "
         "[-C key=value ...]",
@@ -91,15 +92,28 @@ def target_help() -> str:
     ])
 
 
-def _check_target(target_uri: str) -> None:
+def _check_target(target_uri: str) -> bool:
+    """Validate ``target_uri``; True for the Seldon backend, False for the embedded one."""
     scheme, _, rest = target_uri.partition(":")
     path = rest.strip("/")
+    if scheme == "kpigate" and path.split("/")[0] == "seldon":
+        from .backends.seldon.target import parse_target_uri
+
+        parse_target_uri(target_uri)
+        return True
     if scheme != "kpigate" or path not in ("", "local"):
-        if path.startswith("seldon"):
-            raise UsageError(f"-t {target_uri}: the Seldon Core backend is not available in "
-                             "this version; use -t kpigate")
-        raise UsageError(f"-t {target_uri}: unknown kpigate target; use kpigate or "
-                         "kpigate:/local")
+        raise UsageError(f"-t {target_uri}: unknown kpigate target; use kpigate, "
+                         "kpigate:/local or kpigate:/seldon/NAMESPACE")
+    return False
+
+
+def _local_only(config: dict[str, Any] | None) -> None:
+    from .config import SELDON_KEYS
+
+    for key in config or {}:
+        if key in SELDON_KEYS:
+            raise UsageError(f"-C {key}: only for -t kpigate:/seldon/NAMESPACE; remove it for "
+                             "the embedded backend")
 
 
 @_translate
@@ -116,7 +130,7 @@ class KpigateDeploymentClient(BaseDeploymentClient):
 
     @_translate
     def __init__(self, target_uri: str) -> None:
-        _check_target(target_uri)
+        self.seldon = _check_target(target_uri)
         super().__init__(target_uri)
 
     @staticmethod
@@ -133,6 +147,12 @@ class KpigateDeploymentClient(BaseDeploymentClient):
         from .rollout import manager
 
         self._check_flavor(flavor)
+        if self.seldon:
+            from .backends.seldon import rollouts
+
+            return rollouts.create(self.target_uri, name, model_uri, config,
+                                   progress=_progress)
+        _local_only(config)
         return manager.create(name, model_uri, config, progress=_progress)
 
     @_translate
@@ -146,6 +166,19 @@ class KpigateDeploymentClient(BaseDeploymentClient):
         self._check_flavor(flavor)
         config = dict(config or {})
         cfg = parse_config(config, allow_action=True)
+        if self.seldon:
+            from .backends.seldon import rollouts
+
+            if cfg.action and model_uri:
+                raise UsageError("give either -m (a new rollout) or -C action=..., not both")
+            if cfg.action:
+                return rollouts.steer(self.target_uri, name, cfg.action, config)
+            if not model_uri:
+                raise UsageError("nothing to update: give -m models:/NAME/V for a new rollout "
+                                 "or -C action=promote|rollback|pause|resume")
+            rest = {k: v for k, v in config.items() if k != "action"}
+            return rollouts.create(self.target_uri, name, model_uri, rest, progress=_progress)
+        _local_only(config)
         if cfg.action:
             if model_uri:
                 raise UsageError("give either -m (a new rollout) or -C action=..., not both")
@@ -165,6 +198,11 @@ class KpigateDeploymentClient(BaseDeploymentClient):
         from .config import parse_config
         from .rollout import manager
 
+        if self.seldon:
+            from .backends.seldon import rollouts
+
+            rollouts.delete(self.target_uri, name, config)
+            return
         cfg = parse_config({k: v for k, v in (config or {}).items() if k == "state_dir"})
         manager.delete(name, cfg.state_dir)
 
@@ -173,6 +211,10 @@ class KpigateDeploymentClient(BaseDeploymentClient):
         """Every deployment in the state directory."""
         from .rollout import manager
 
+        if self.seldon:
+            from .backends.seldon import rollouts
+
+            return rollouts.list_all(self.target_uri)
         return manager.list_all()
 
     @_translate
@@ -180,6 +222,10 @@ class KpigateDeploymentClient(BaseDeploymentClient):
         """Stage, weights, last decision and endpoint of ``name``."""
         from .rollout import manager
 
+        if self.seldon:
+            from .backends.seldon import rollouts
+
+            return rollouts.describe(self.target_uri, name)
         return manager.describe(name)
 
     @_translate
@@ -190,6 +236,10 @@ class KpigateDeploymentClient(BaseDeploymentClient):
 
         if not deployment_name:
             raise UsageError("--name: the deployment to send the input to")
+        if self.seldon:
+            from .backends.seldon import rollouts
+
+            return rollouts.predict(self.target_uri, deployment_name, inputs)
         return manager.predict(deployment_name, inputs)
 
     @_translate

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from ..backends.traffic import LocalRouterTraffic, TrafficBackend
-from ..errors import MetricsUnavailable
+from ..errors import KpigateError, MetricsUnavailable
 from ..gate import Action, Decision, RegistryBaseline, evaluate
 from ..gate.baseline import BaselineKpi
 from ..kpis import AggregateSpec
@@ -88,8 +88,8 @@ class Controller:
                  on_terminal: Callable[[RolloutState], None] | None = None,
                  store: Any | None = None, source: SampleSource | None = None,
                  traffic: TrafficBackend | None = None,
-                 observer: Callable[[RolloutState, Decision | None], None] | None = None
-                 ) -> None:
+                 observer: Callable[[RolloutState, Decision | None], None] | None = None,
+                 policy: Policy | None = None) -> None:
         """Wire the controller; the embedded backend's parts are the defaults.
 
         ``store`` (a RolloutStore or anything with its methods, e.g. the Seldon backend's
@@ -100,7 +100,7 @@ class Controller:
         self.dir = Path(directory)
         self.store = store if store is not None else RolloutStore(self.dir)
         state = self.store.require()
-        self.policy: Policy = load_policy(state.policy_file)
+        self.policy: Policy = policy if policy is not None else load_policy(state.policy_file)
         self.collector: Collector | None = None
         if source is None:
             self.collector = Collector(self.dir / "predictions.db",
@@ -233,6 +233,10 @@ class Controller:
                 self.step()
             except StateConflict:
                 continue
+            except KpigateError as exc:
+                # A cluster API, Prometheus or MLflow hiccup: nothing was committed for
+                # this interval; the next one tries again from the stored state.
+                log.warning("evaluation skipped: %s", exc)
         return self.store.require()
 
 

@@ -19,16 +19,21 @@ from .state import RolloutState
 log = logging.getLogger("kpigate.controller")
 
 
-def finish_rollout(directory: Path, state: RolloutState, registry: object | None) -> Path:
-    """Write the report for a finished rollout and close its MLflow run; returns the dir."""
+def finish_rollout(directory: Path, state: RolloutState, registry: object | None, *,
+                   store: object | None = None, policy: object | None = None) -> Path:
+    """Write the report for a finished rollout and close its MLflow run; returns the dir.
+
+    ``store`` and ``policy`` default to the deployment directory's (embedded backend); the
+    Seldon backend passes its ConfigMap store and the policy it loaded from the cluster.
+    """
     from ..report import build_report
 
-    store = RolloutStore(directory)
-    policy = load_policy(state.policy_file)
+    store = store if store is not None else RolloutStore(directory)
+    policy = policy if policy is not None else load_policy(state.policy_file)
     decisions: list[Decision] = []
     stamps: list[float] = []
     weights: list[tuple[float, float]] = []
-    for ev in store.events():
+    for ev in store.events():  # type: ignore[attr-defined]
         if "weights_percent" in ev:
             weights.append((ev["ts"], float(ev["weights_percent"])))
         if isinstance(ev.get("decision"), dict):
@@ -38,11 +43,11 @@ def finish_rollout(directory: Path, state: RolloutState, registry: object | None
     build_report(out, state=state, decisions=decisions, timestamps=stamps,
                  weights_history=weights, policy=policy,
                  registry_baseline=load_registry_baseline(directory),
-                 control_k=policy.control_limits.k)
+                 control_k=policy.control_limits.k)  # type: ignore[attr-defined]
     if registry is not None and state.rollout_run_id:
         registry.finish_rollout_run(state.rollout_run_id, outcome=state.phase.value,
                                     report_dir=out)
-    store.append_event("report_written", {"path": str(out)})
+    store.append_event("report_written", {"path": str(out)})  # type: ignore[attr-defined]
     return out
 
 

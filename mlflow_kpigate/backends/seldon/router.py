@@ -1,0 +1,191 @@
+"""Seldon Core as the controller's Model Router: weights become guarded JSON patches.
+
+:class:`SeldonTraffic` implements :class:`~mlflow_kpigate.backends.traffic.TrafficBackend`:
+
+* ``apply`` patches the SeldonDeployment (v1) or the Experiment (v2) to the weights of a
+  committed state, then, after a rollback, removes the candidate (and, after a promotion,
+  the baseline) in a second guarded patch, and tells the in-cluster collector which stage
+  new predictions belong to. Each patch is built from the object as read and guarded by
+  its ``resourceVersion`` and predictor names, so it applies entirely or not at all;
+  everything is idempotent, since the controller repeats it after a crash.
+* ``readiness`` says whether Seldon serves those weights: the object routes as the state
+  asks, carries the spec hash kpigate applied, and Seldon reports it Available with every
+  predictor's replicas available (v1 sets no ``observedGeneration``, hence the hash).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from typing import Any
+
+from ...errors import KpigateError
+from ...rollout.state import Phase, RolloutState
+from ..traffic import Readiness
+from .cluster import (
+    SELDON_DEPLOYMENT,
+    SELDON_EXPERIMENT,
+    SELDON_MODEL,
+    Cluster,
+    readiness,
+    readiness_v2,
+)
+from .manifests import (
+    BASELINE,
+    CANDIDATE,
+    ModelRef,
+    managed_spec_hash,
+    managed_view,
+    predictor,
+    role_traffic,
+    v2_model_name,
+    v2_routing,
+)
+from .patches import remove_predictor_patch, v2_experiment_patch, weights_patch
+from .target import SeldonTarget
+
+log = logging.getLogger(__name__)
+
+
+class CollectorUnreachable(KpigateError):
+    """The in-cluster collector did not take a stage notice."""
+
+
+class SeldonTraffic:
+    """Drives one rollout's SeldonDeployment (v1) or Experiment (v2)."""
+
+    needs_readiness = True
+
+    def __init__(self, cluster: Cluster, target: SeldonTarget, baseline: ModelRef,
+                 candidate: ModelRef) -> None:
+        self.cluster = cluster
+        self.target = target
+        self.baseline = baseline
+        self.candidate = candidate
+
+    # -- apply ------------------------------------------------------------------------------
+    def apply(self, state: RolloutState) -> None:
+        """Patch the cluster to ``state.weights``; notify the collector of the stage."""
+        if self.target.seldon_version == 2:
+            self._apply_v2(state)
+        else:
+            self._apply_v1(state)
+        self.notify_collector(state)
+
+    def _apply_v1(self, state: RolloutState) -> None:
+        objects = self.cluster.objects(SELDON_DEPLOYMENT)
+        weights = state.weights
+        share = role_traffic(weights)[CANDIDATE]
+        cand = predictor(self.target, CANDIDATE, self.candidate, share) \
+            if weights.candidate_attached else None
+        objects.patch_guarded(self.target.name,
+                              lambda cur: weights_patch(cur, weights, candidate_predictor=cand))
+        # Seldon's webhook rejects a predictor list whose traffic does not sum to 100, so
+        # the predictor that lost its traffic is removed in a second patch.
+        if not weights.candidate_attached:
+            objects.patch_guarded(self.target.name,
+                                  lambda cur: remove_predictor_patch(cur, CANDIDATE))
+        elif state.phase is Phase.PROMOTED:
+            objects.patch_guarded(self.target.name,
+                                  lambda cur: remove_predictor_patch(cur, BASELINE))
+
+    def _apply_v2(self, state: RolloutState) -> None:
+        weights = state.weights
+        self.cluster.objects(SELDON_EXPERIMENT).patch_guarded(
+            self.target.name, lambda cur: v2_experiment_patch(cur, weights))
+        if not weights.candidate_attached:
+            # The Experiment no longer routes to it; the candidate Model can go.
+            self.cluster.objects(SELDON_MODEL).delete(v2_model_name(self.target.name,
+                                                                    CANDIDATE))
+
+    def notify_collector(self, state: RolloutState) -> None:
+        """Tell the collector the stage new predictions belong to (idempotent).
+
+        A collector that cannot be reached fails a live stage change (it is retried, and
+        samples would otherwise be counted against the wrong stage); once the rollout has
+        ended it is only logged, as nothing is evaluated any more.
+        """
+        base = self.target.collector_base_url
+        if base is None:
+            return
+        w = state.weights
+        body = json.dumps({"deployment": self.target.name, "stage_index": state.stage_index,
+                           "shadow": bool(w.shadow and w.candidate_attached),
+                           "candidate_percent": 0.0 if w.shadow or not w.candidate_attached
+                           else w.candidate_percent,
+                           "revision": state.revision}).encode()
+        req = urllib.request.Request(f"{base}/admin/stage", data=body, method="POST",
+                                     headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=5):
+                pass
+        except (OSError, urllib.error.HTTPError) as exc:
+            if state.phase.terminal:
+                log.warning("collector at %s did not take the final stage notice: %s",
+                            base, exc)
+                return
+            raise CollectorUnreachable(f"collector at {base} did not take the stage notice "
+                                       f"({exc}); check -C collector_url and the collector "
+                                       "Service") from None
+
+    # -- readiness --------------------------------------------------------------------------
+    def readiness(self, state: RolloutState) -> Readiness:
+        """Whether Seldon serves ``state.weights`` now."""
+        if self.target.seldon_version == 2:
+            return self._readiness_v2(state)
+        sdep = self.cluster.objects(SELDON_DEPLOYMENT).get(self.target.name)
+        if sdep is None:
+            return Readiness(False, f"SeldonDeployment {self.target.name} does not exist",
+                             failed=True)
+        mismatch = self._routing_mismatch(sdep, state)
+        if mismatch:
+            return Readiness(False, mismatch)
+        r = readiness(sdep, managed_spec_hash(sdep))
+        return Readiness(r.ready, r.reason, r.failed)
+
+    def _routing_mismatch(self, sdep: Mapping[str, Any], state: RolloutState) -> str | None:
+        wanted = role_traffic(state.weights)
+        seen = {p["name"]: p for p in managed_view(sdep)}
+        for role, share in wanted.items():
+            needed = share.traffic > 0 or share.shadow
+            got = seen.get(role)
+            if got is None:
+                if needed:
+                    return f"predictor {role!r} is not in the SeldonDeployment yet"
+                continue
+            if (got["traffic"], got["shadow"]) != (share.traffic, share.shadow):
+                return (f"predictor {role!r} routes traffic={got['traffic']} "
+                        f"shadow={got['shadow']}, not yet traffic={share.traffic} "
+                        f"shadow={share.shadow}")
+        return None
+
+    def _readiness_v2(self, state: RolloutState) -> Readiness:
+        exp = self.cluster.objects(SELDON_EXPERIMENT).get(self.target.name)
+        if exp is None:
+            return Readiness(False, f"Experiment {self.target.name} does not exist",
+                             failed=True)
+        candidates, mirror = v2_routing(self.target.name, state.weights)
+        spec = exp.get("spec") or {}
+        got = sorted((c.get("name"), c.get("weight")) for c in spec.get("candidates") or ())
+        if got != sorted((c["name"], c["weight"]) for c in candidates) or \
+                (spec.get("mirror") or None) != mirror:
+            return Readiness(False, f"Experiment {self.target.name} does not route as "
+                                    f"{state.weights.describe()} yet")
+        roles = [BASELINE, CANDIDATE] if state.weights.candidate_attached else [BASELINE]
+        models = self.cluster.objects(SELDON_MODEL)
+        objects: list[Mapping[str, Any]] = [exp]
+        for role in roles:
+            name = v2_model_name(self.target.name, role)
+            model = models.get(name)
+            if model is None:
+                return Readiness(False, f"Model {name} does not exist (deleted outside "
+                                        "kpigate?)", failed=True)
+            objects.append(model)
+        for obj in objects:
+            r = readiness_v2(obj)
+            if not r.ready:
+                return Readiness(False, r.reason, r.failed)
+        return Readiness(True, f"Experiment {self.target.name} and its Models are Ready")
