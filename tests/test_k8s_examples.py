@@ -1,0 +1,863 @@
+"""The cluster examples: Kubernetes manifests, the Argo WorkflowTemplate, the Prometheus
+alert rules and the Grafana dashboard.
+
+They cannot be applied here (no cluster), so each is checked by the real tool or model
+that would read it: core Kubernetes objects through the ``kubernetes`` client's strict
+models (unknown or mistyped fields fail), the rules through ``promtool check`` and
+``promtool test rules``, the dashboard's PromQL through promtool's parser, the kustomization
+through ``kubectl kustomize``, the policy through ``load_policy``, the workflow's scripts
+against a real MLflow registry, the Dockerfile's build context through a real wheel build.
+The rest checks that the pieces agree: selectors match labels, ports exist, every metric
+a query names is one kpigate or Seldon exports, the Role grants exactly what the controller
+calls.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import json
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+K8S = ROOT / "examples" / "k8s"
+PROMETHEUS = ROOT / "examples" / "prometheus"
+DASHBOARD = ROOT / "examples" / "grafana" / "kpigate.json"
+DOCKERFILE = ROOT / "Dockerfile"
+_TOOL_LIMIT_S = 120  # a ceiling for a wedged tool, not a performance threshold
+
+# -- the contract ------------------------------------------------------------------------------
+#: Series the rollout controller exports (port 9102).
+CONTROLLER_METRICS = {
+    "kpigate_rollout_info", "kpigate_rollout_stage", "kpigate_rollout_phase",
+    "kpigate_traffic_weight", "kpigate_kpi_estimate", "kpigate_kpi_difference",
+    "kpigate_kpi_interval_lower", "kpigate_kpi_interval_upper", "kpigate_kpi_samples",
+    "kpigate_decisions_total", "kpigate_evaluations_total",
+    "kpigate_last_evaluation_timestamp_seconds", "kpigate_metrics_unavailable",
+    "kpigate_readiness_waiting_seconds",
+}
+#: Series the in-cluster collector exports (histograms by their sample names).
+COLLECTOR_METRICS = {
+    "kpigate_stage_requests_total", "kpigate_stage_errors_total",
+    "kpigate_stage_latency_seconds_bucket", "kpigate_stage_latency_seconds_count",
+    "kpigate_stage_latency_seconds_sum", "kpigate_stage_labelled_total",
+    "kpigate_stage_score_bucket", "kpigate_stage_segment_labelled_total",
+    "kpigate_stage_value_count", "kpigate_stage_value_sum", "kpigate_stage_value_product_sum",
+    "kpigate_collector_stage", "kpigate_cloudevents_total", "kpigate_labels_total",
+}
+#: Seldon Core's executor (v1) and model (v2) series.
+SELDON_METRICS = {
+    "seldon_api_executor_server_requests_seconds_bucket",
+    "seldon_api_executor_server_requests_seconds_count",
+    "seldon_api_executor_server_requests_seconds_sum",
+    "seldon_model_infer_total", "seldon_model_infer_seconds_total",
+}
+KNOWN_METRICS = CONTROLLER_METRICS | COLLECTOR_METRICS | SELDON_METRICS
+
+#: What the controller may do (group, resource, verb): exactly what the Seldon backend calls.
+CONTROLLER_GRANTS = {
+    *(("machinelearning.seldon.io", "seldondeployments", v)
+      for v in ("get", "list", "create", "patch", "delete")),
+    *(("mlops.seldon.io", r, v) for r in ("models", "experiments")
+      for v in ("get", "list", "create", "patch", "delete")),
+    *(("", "configmaps", v) for v in ("get", "list", "create", "update", "delete")),
+}
+
+#: Core kinds and the kubernetes client model that must accept them.
+CORE_MODELS = {
+    "Deployment": "V1Deployment", "Service": "V1Service", "Job": "V1Job", "Role": "V1Role",
+    "RoleBinding": "V1RoleBinding", "ServiceAccount": "V1ServiceAccount",
+    "PersistentVolumeClaim": "V1PersistentVolumeClaim", "ConfigMap": "V1ConfigMap",
+}
+CRD_KINDS = {"ServiceMonitor", "PodMonitor", "WorkflowTemplate"}
+#: Files in examples/k8s that are kustomize's own, not resources.
+KUSTOMIZE_FILES = {"kustomization.yaml"}
+
+
+# -- helpers -----------------------------------------------------------------------------------
+def _docs(path: Path) -> list[Any]:
+    return [d for d in yaml.safe_load_all(path.read_text(encoding="utf-8")) if d is not None]
+
+
+def _kustomization() -> dict[str, Any]:
+    return _docs(K8S / "kustomization.yaml")[0]
+
+
+def _manifest_files() -> list[Path]:
+    config = set(_kustomization().get("configurations", []))
+    return sorted(p for p in K8S.glob("*.yaml")
+                  if p.name not in KUSTOMIZE_FILES and p.name not in config)
+
+
+def _objects() -> list[tuple[str, dict[str, Any]]]:
+    return [(p.name, d) for p in _manifest_files() for d in _docs(p)]
+
+
+def _one(kind: str, name: str | None = None) -> dict[str, Any]:
+    found = [d for _, d in _objects()
+             if d["kind"] == kind and (name is None or d["metadata"]["name"] == name)]
+    assert len(found) == 1, f"expected one {kind} {name or ''}, found {len(found)}"
+    return found[0]
+
+
+def _validate(model_name: str, data: dict[str, Any]) -> Any:
+    import kubernetes
+    from kubernetes import client
+
+    model = getattr(client, model_name)
+    if not hasattr(model, "model_validate"):
+        pytest.fail(f"kubernetes {kubernetes.__version__}: its models do not validate strictly "
+                    "(no model_validate); install the version setup.py pins for tests")
+    return model.model_validate(data)
+
+
+def _walk(node: Any) -> Iterator[tuple[str, Any]]:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield key, value
+            yield from _walk(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from _walk(item)
+
+
+def _promtool() -> str:
+    path = shutil.which("promtool")
+    if path is None:
+        pytest.fail("promtool not found on PATH: run scripts/setup.sh (it installs Debian's "
+                    "prometheus package) or install Prometheus' promtool")
+    return path
+
+
+def _run(cmd: list[str], cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True,
+                          timeout=_TOOL_LIMIT_S, check=False)
+
+
+def _c_options(args: list[str]) -> dict[str, str]:
+    """The ``-C key=value`` options of an ``mlflow deployments`` command line."""
+    out: dict[str, str] = {}
+    for flag, value in itertools.pairwise(args):
+        if flag == "-C":
+            key, _, val = value.partition("=")
+            assert key not in out, f"-C {key} given twice"
+            out[key] = val
+    return out
+
+
+def _flag(args: list[str], flag: str) -> str:
+    return args[args.index(flag) + 1]
+
+
+def _job_container() -> dict[str, Any]:
+    return _one("Job")["spec"]["template"]["spec"]["containers"][0]
+
+
+def _workflow() -> dict[str, Any]:
+    return _one("WorkflowTemplate")
+
+
+def _wf_template(name: str) -> dict[str, Any]:
+    return next(t for t in _workflow()["spec"]["templates"] if t["name"] == name)
+
+
+def _metric_names(expr: str) -> set[str]:
+    return set(re.findall(r"\b(?:kpigate|seldon)_[a-z_]+", expr))
+
+
+def _dashboard() -> dict[str, Any]:
+    return json.loads(DASHBOARD.read_text(encoding="utf-8"))
+
+
+def _panels(panels: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    for panel in panels:
+        yield panel
+        yield from _panels(panel.get("panels", []))
+
+
+def _dashboard_exprs() -> list[str]:
+    d = _dashboard()
+    exprs = [t["expr"] for p in _panels(d["panels"]) for t in p.get("targets", [])]
+    exprs += [a["expr"] for a in d["annotations"]["list"] if "expr" in a]
+    return exprs
+
+
+def _rules() -> list[dict[str, Any]]:
+    return [r for g in _docs(PROMETHEUS / "rules.yml")[0]["groups"] for r in g["rules"]]
+
+
+def _rule(alert: str) -> dict[str, Any]:
+    return next(r for r in _rules() if r.get("alert") == alert)
+
+
+# -- every file parses -------------------------------------------------------------------------
+@pytest.mark.parametrize("path", sorted([*K8S.glob("*.yaml"), *PROMETHEUS.glob("*.yml")]),
+                         ids=lambda p: p.name)
+def test_every_yaml_file_parses_into_mappings(path):
+    docs = _docs(path)
+    assert docs, f"{path.name} is empty"
+    assert all(isinstance(d, dict) for d in docs)
+
+
+def test_every_manifest_has_a_known_kind_and_a_name():
+    kinds = set()
+    for file, obj in _objects():
+        assert obj.get("kind") in set(CORE_MODELS) | CRD_KINDS, f"{file}: kind {obj.get('kind')}"
+        assert obj.get("apiVersion"), f"{file}: {obj['kind']} without apiVersion"
+        assert re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", obj["metadata"]["name"])
+        assert "namespace" not in obj["metadata"], f"{file}: the kustomization sets namespaces"
+        kinds.add(obj["kind"])
+    assert kinds == set(CORE_MODELS) | CRD_KINDS
+
+
+# -- core objects through the kubernetes client's models ---------------------------------------
+_CORE_OBJECTS = [(f, o) for f, o in _objects() if o["kind"] in CORE_MODELS]
+
+
+@pytest.mark.parametrize(("file", "obj"), _CORE_OBJECTS,
+                         ids=[f"{f}:{o['kind']}/{o['metadata']['name']}" for f, o in
+                              _CORE_OBJECTS])
+def test_core_objects_are_valid_kubernetes_objects(file, obj):
+    _validate(CORE_MODELS[obj["kind"]], obj)
+
+
+def test_the_strict_model_check_rejects_a_mistyped_field():
+    from pydantic import ValidationError
+
+    job = json.loads(json.dumps(_one("Job")))
+    job["spec"]["template"]["spec"]["containers"][0]["imagePullPolicyy"] = "Always"
+    with pytest.raises(ValidationError, match="imagePullPolicyy"):
+        _validate("V1Job", job)
+    job = json.loads(json.dumps(_one("Job")))
+    job["spec"]["backoffLimit"] = "six"
+    with pytest.raises(ValidationError, match="backoffLimit"):
+        _validate("V1Job", job)
+
+
+# -- RBAC --------------------------------------------------------------------------------------
+def _grants(role: dict[str, Any]) -> set[tuple[str, str, str]]:
+    return {(group, resource, verb) for rule in role["rules"] for group in rule["apiGroups"]
+            for resource in rule["resources"] for verb in rule["verbs"]}
+
+
+def test_the_role_grants_exactly_what_the_controller_calls():
+    role = _one("Role", "kpigate")
+    assert _grants(role) == CONTROLLER_GRANTS
+    assert "*" not in {x for g in _grants(role) for x in g}
+    assert all(set(rule) == {"apiGroups", "resources", "verbs"} for rule in role["rules"])
+    assert not [d for _, d in _objects() if d["kind"].startswith("Cluster")]
+
+
+def test_the_rolebinding_binds_the_role_to_the_service_account_the_pods_run_as():
+    binding = _one("RoleBinding", "kpigate")
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                                  "name": "kpigate"}
+    assert [(s["kind"], s["name"]) for s in binding["subjects"]] == [("ServiceAccount",
+                                                                     "kpigate")]
+    _one("ServiceAccount", "kpigate")
+    assert _one("Job")["spec"]["template"]["spec"]["serviceAccountName"] == "kpigate"
+    assert _workflow()["spec"]["serviceAccountName"] == "kpigate"
+    collector = _one("Deployment", "kpigate-collector")["spec"]["template"]["spec"]
+    assert "serviceAccountName" not in collector
+    assert collector["automountServiceAccountToken"] is False
+
+
+def test_argo_executor_role_only_reports_step_results():
+    role = _one("Role", "kpigate-argo-executor")
+    assert _grants(role) == {("argoproj.io", "workflowtaskresults", "create"),
+                             ("argoproj.io", "workflowtaskresults", "patch")}
+    binding = _one("RoleBinding", "kpigate-argo-executor")
+    assert binding["roleRef"]["name"] == "kpigate-argo-executor"
+    assert [s["name"] for s in binding["subjects"]] == ["kpigate"]
+
+
+# -- the collector -----------------------------------------------------------------------------
+def _secure(container: dict[str, Any], pod: dict[str, Any]) -> None:
+    ctx = container["securityContext"]
+    assert ctx["readOnlyRootFilesystem"] is True
+    assert ctx["allowPrivilegeEscalation"] is False
+    assert ctx["capabilities"]["drop"] == ["ALL"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] == _dockerfile_uid()
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert "emptyDir" in volumes[mounts["/tmp"]], "a read-only root needs a writable /tmp"
+    assert set(mounts.values()) <= set(volumes)
+    assert {"requests", "limits"} <= set(container["resources"])
+    assert {"cpu", "memory"} <= set(container["resources"]["limits"])
+
+
+def test_collector_runs_one_sqlite_writer_with_its_volume_probes_and_limits():
+    dep = _one("Deployment", "kpigate-collector")
+    spec, pod = dep["spec"], dep["spec"]["template"]["spec"]
+    assert spec["replicas"] == 1
+    assert spec["strategy"] == {"type": "Recreate"}, "two pods must never share the SQLite file"
+    (container,) = pod["containers"]
+    _secure(container, pod)
+    assert container["args"] == ["collector", "--deployment", "fraud", "--policy",
+                                 "/policy/policy.yaml", "--data-dir", "/data", "--host",
+                                 "0.0.0.0", "--port", "8080"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    claim = volumes[mounts["/data"]]["persistentVolumeClaim"]["claimName"]
+    assert _one("PersistentVolumeClaim", claim)["spec"]["accessModes"] == ["ReadWriteOnce"]
+    assert volumes[mounts["/policy"]]["configMap"]["name"] == "kpigate-policy"
+    assert pod["securityContext"]["fsGroup"] == _dockerfile_uid(), "the volume must be writable"
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"http": 8080}
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert container[probe]["httpGet"] == {"path": "/health", "port": "http"}
+    assert set(spec["selector"]["matchLabels"].items()) <= set(
+        dep["spec"]["template"]["metadata"]["labels"].items())
+
+
+def test_collector_service_reaches_the_pods_at_the_url_the_controller_is_given():
+    service = _one("Service", "kpigate-collector")
+    pod_labels = _one("Deployment", "kpigate-collector")["spec"]["template"]["metadata"]["labels"]
+    assert set(service["spec"]["selector"].items()) <= set(pod_labels.items())
+    (port,) = service["spec"]["ports"]
+    assert port["targetPort"] == "http"
+    url = _c_options(_job_container()["args"])["collector_url"]
+    assert url == f"http://{service['metadata']['name']}.$(POD_NAMESPACE).svc:{port['port']}"
+
+
+# -- the rollout Job ---------------------------------------------------------------------------
+def test_rollout_job_retries_from_the_state_and_stops_on_configuration_errors():
+    from mlflow_kpigate.errors import USAGE_EXIT_CODE
+
+    job = _one("Job")
+    spec, pod = job["spec"], job["spec"]["template"]["spec"]
+    assert spec["backoffLimit"] >= 1
+    assert spec["activeDeadlineSeconds"] > 0
+    assert pod["restartPolicy"] == "Never"
+    (fail_rule,) = [r for r in spec["podFailurePolicy"]["rules"] if r["action"] == "FailJob"]
+    assert fail_rule["onExitCodes"]["values"] == [USAGE_EXIT_CODE]
+    assert fail_rule["onExitCodes"]["containerName"] == pod["containers"][0]["name"]
+
+
+def test_rollout_job_runs_the_seldon_target_with_policy_mlflow_env_and_metrics_port():
+    job = _one("Job")
+    pod = job["spec"]["template"]["spec"]
+    container = _job_container()
+    _secure(container, pod)
+    assert container["command"] == ["mlflow"]
+    args = container["args"]
+    assert args[:2] == ["deployments", "create"]
+    assert _flag(args, "-t") == "kpigate:/seldon/$(POD_NAMESPACE)"
+    env = {e["name"]: e for e in container["env"]}
+    assert env["POD_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
+    # Kubernetes leaves a $(VAR) it does not know as it is: every one must be defined.
+    for ref in re.findall(r"\$\((\w+)\)", " ".join(args)):
+        assert ref in env, f"$({ref}) is not defined in the container's env"
+    assert {p["name"]: p["containerPort"] for p in container["ports"]} == {"metrics": 9102}
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes[mounts["/policy"]]["configMap"]["name"] == "kpigate-policy"
+    assert _c_options(args)["policy"] == "/policy/policy.yaml"
+    refs = [(k, v["name"]) for e in container["envFrom"] for k, v in e.items()]
+    assert refs == [("configMapRef", "kpigate-mlflow"),
+                    ("secretRef", "kpigate-mlflow-credentials")]
+    assert "MLFLOW_TRACKING_URI" in _one("ConfigMap", "kpigate-mlflow")["data"]
+
+
+def test_rollout_job_config_keys_pass_kpigates_own_validation(tmp_path):
+    from mlflow_kpigate.config import KEYS, parse_config
+
+    container = _job_container()
+    env = {e["name"]: e.get("value", "models") for e in container["env"]}
+    options = _c_options(container["args"])
+    assert set(options) <= set(KEYS)
+    assert options["wait"] == "true"
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(_policy_text(), encoding="utf-8")
+    resolved = {k: re.sub(r"\$\((\w+)\)", lambda m: env[m.group(1)], v)
+                for k, v in options.items()}
+    resolved["policy"] = str(policy)
+    cfg = parse_config(resolved)
+    assert cfg.wait is True
+    assert cfg.env_secret == "mlflow-storage"
+    assert cfg.collector_url == "http://kpigate-collector.models.svc:8080"
+    assert cfg.baseline == "models:/fraud-detector@champion"
+
+
+# -- the policy --------------------------------------------------------------------------------
+def _policy_text() -> str:
+    return _one("ConfigMap", "kpigate-policy")["data"]["policy.yaml"]
+
+
+def test_policy_configmap_loads_with_its_cluster_sections(tmp_path):
+    from mlflow_kpigate.durations import parse_duration
+    from mlflow_kpigate.policy import load_policy
+
+    path = tmp_path / "policy.yaml"
+    path.write_text(_policy_text(), encoding="utf-8")
+    policy = load_policy(path)
+    assert policy.readiness.timeout == parse_duration("10m")
+    assert policy.readiness.on_timeout.value == "hold"
+    prometheus = policy.metrics.prometheus
+    assert prometheus.url == "http://prometheus-operated.monitoring.svc:9090"
+    assert prometheus.requests_from.value == "seldon"
+    assert _c_options(_job_container()["args"])["prometheus_url"] == "$(PROMETHEUS_URL)"
+    job_env = {e["name"]: e.get("value") for e in _job_container()["env"]}
+    assert job_env["PROMETHEUS_URL"] == prometheus.url
+    # Seldon v1's traffic is a whole number per predictor.
+    assert all(float(s.traffic).is_integer() for s in policy.stages if not s.shadow)
+
+
+def test_alert_timings_match_the_policy(tmp_path):
+    from mlflow_kpigate.policy import load_policy
+
+    path = tmp_path / "policy.yaml"
+    path.write_text(_policy_text(), encoding="utf-8")
+    policy = load_policy(path)
+    not_evaluating = _rule("KpigateControllerNotEvaluating")["expr"]
+    assert re.search(r"> (\d+)\)", not_evaluating).group(1) == str(
+        int(3 * policy.evaluation.interval))
+    waiting = _rule("KpigateReadinessWaitingTooLong")["expr"]
+    assert re.search(r"> (\d+)", waiting).group(1) == str(int(policy.readiness.timeout / 2))
+    # The Job outlives every stage's max_duration together.
+    total = sum(s.max_duration or 0 for s in policy.stages)
+    assert _one("Job")["spec"]["activeDeadlineSeconds"] > total
+
+
+# -- Prometheus Operator monitors --------------------------------------------------------------
+_MONITOR_SPEC = {"selector", "namespaceSelector", "jobLabel", "podTargetLabels",
+                 "targetLabels", "sampleLimit", "endpoints", "podMetricsEndpoints"}
+_ENDPOINT = {"port", "path", "interval", "scrapeTimeout", "scheme", "honorLabels",
+             "relabelings", "metricRelabelings"}
+
+
+@pytest.mark.parametrize("kind", ["ServiceMonitor", "PodMonitor"])
+def test_monitors_use_only_known_fields(kind):
+    for _, obj in _objects():
+        if obj["kind"] != kind:
+            continue
+        assert obj["apiVersion"] == "monitoring.coreos.com/v1"
+        assert set(obj["spec"]) <= _MONITOR_SPEC
+        _validate("V1LabelSelector", obj["spec"]["selector"])
+        endpoints = obj["spec"]["endpoints" if kind == "ServiceMonitor" else
+                                "podMetricsEndpoints"]
+        assert endpoints
+        for endpoint in endpoints:
+            assert set(endpoint) <= _ENDPOINT
+            assert endpoint["path"].startswith("/")
+
+
+def test_servicemonitor_scrapes_the_collector_service():
+    monitor = _one("ServiceMonitor")
+    service = _one("Service", "kpigate-collector")
+    wanted = monitor["spec"]["selector"]["matchLabels"]
+    assert set(wanted.items()) <= set(service["metadata"]["labels"].items())
+    ports = {p["name"] for p in service["spec"]["ports"]}
+    assert [(e["port"], e["path"]) for e in monitor["spec"]["endpoints"]] == [("http",
+                                                                              "/metrics")]
+    assert "http" in ports
+
+
+def test_controller_podmonitor_scrapes_the_job_and_the_workflow_rollout_step():
+    monitor = _one("PodMonitor", "kpigate-controller")
+    wanted = set(monitor["spec"]["selector"]["matchLabels"].items())
+    (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+    assert (endpoint["port"], endpoint["path"]) == ("metrics", "/metrics")
+    job = _one("Job")
+    assert wanted <= set(job["spec"]["template"]["metadata"]["labels"].items())
+    assert "metrics" in {p["name"] for p in _job_container()["ports"]}
+    step = _wf_template("rollout")
+    assert wanted <= set(step["metadata"]["labels"].items())
+    assert "metrics" in {p["name"] for p in step["container"]["ports"]}
+    # The collector's pods must not be scraped twice.
+    collector = _one("Deployment", "kpigate-collector")["spec"]["template"]["metadata"]
+    assert not wanted <= set(collector["labels"].items())
+
+
+def test_seldon_podmonitor_reads_the_executors_metrics_port():
+    monitor = _one("PodMonitor", "kpigate-seldon-executor")
+    assert monitor["spec"]["selector"]["matchLabels"] == {
+        "app.kubernetes.io/managed-by": "seldon-core"}
+    (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+    assert (endpoint["port"], endpoint["path"]) == ("metrics", "/prometheus")
+
+
+# -- Argo WorkflowTemplate ---------------------------------------------------------------------
+def test_workflow_template_is_consistent():
+    wf = _workflow()
+    assert wf["apiVersion"] == "argoproj.io/v1alpha1"
+    spec = wf["spec"]
+    templates = {t["name"]: t for t in spec["templates"]}
+    assert len(templates) == len(spec["templates"]), "template names must be unique"
+    assert spec["entrypoint"] in templates
+    declared = {p["name"] for p in spec["arguments"]["parameters"]}
+    assert {"model", "version", "baseline", "policy"} <= declared
+    volumes = {v["name"] for v in spec["volumes"]}
+    for v in spec["volumes"]:
+        _validate("V1Volume", v)
+    _validate("V1PodSecurityContext", spec["securityContext"])
+    text = json.dumps(spec)
+    for ref in re.findall(r"\{\{workflow\.parameters\.([\w-]+)\}\}", text):
+        assert ref in declared, f"{{{{workflow.parameters.{ref}}}}} is not declared"
+    order = [step["name"] for group in templates[spec["entrypoint"]]["steps"] for step in group]
+    assert order == ["approve", "rollout", "report"]
+    for i, group in enumerate(templates[spec["entrypoint"]]["steps"]):
+        for step in group:
+            target = templates[step["template"]]
+            given = {p["name"] for p in step.get("arguments", {}).get("parameters", [])}
+            needed = {p["name"] for p in target.get("inputs", {}).get("parameters", [])}
+            assert given == needed, f"step {step['name']}: gives {given}, needs {needed}"
+            for earlier in re.findall(r"\{\{steps\.([\w-]+)\.", json.dumps(step)):
+                assert earlier in order[:i], f"step {step['name']} uses later step {earlier}"
+    for name, template in templates.items():
+        inputs = {p["name"] for p in template.get("inputs", {}).get("parameters", [])}
+        for ref in re.findall(r"\{\{inputs\.parameters\.([\w-]+)\}\}", json.dumps(template)):
+            assert ref in inputs, f"template {name}: input {ref} is not declared"
+        body = template.get("container") or template.get("script")
+        if body is None:
+            continue
+        container = {k: v for k, v in body.items() if k != "source"}
+        _validate("V1Container", {"name": "main", **container})
+        _secure(container, {"securityContext": spec["securityContext"],
+                            "volumes": spec["volumes"]})
+        assert {m["name"] for m in container["volumeMounts"]} <= volumes
+        if "script" in template:
+            assert "{{" not in template["script"]["source"], \
+                "parameters reach scripts through env, never spliced into the code"
+
+
+def test_workflow_rollout_step_is_the_jobs_rollout():
+    step = _wf_template("rollout")
+    args = step["container"]["args"]
+    job_args = _job_container()["args"]
+    assert step["container"]["command"] == _job_container()["command"]
+    assert args[:2] == job_args[:2]
+    assert set(_c_options(args)) == set(_c_options(job_args))
+    from mlflow_kpigate.config import KEYS
+
+    assert set(_c_options(args)) <= set(KEYS)
+    assert _flag(args, "-t") == "kpigate:/seldon/{{workflow.namespace}}"
+    retry = step["retryStrategy"]
+    assert int(retry["limit"]) >= 1
+    assert "!= 2" in retry["expression"], "configuration errors (exit 2) are not retried"
+    assert step["activeDeadlineSeconds"] == _one("Job")["spec"]["activeDeadlineSeconds"]
+    policy_keys = set(_one("ConfigMap", "kpigate-policy")["data"])
+    default_policy = next(p["value"] for p in _workflow()["spec"]["arguments"]["parameters"]
+                          if p["name"] == "policy")
+    assert default_policy in policy_keys
+
+
+def _run_script(template: str, env: dict[str, str], monkeypatch, capsys) -> tuple[int, str, str]:
+    source = _wf_template(template)["script"]["source"]
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    code = 0
+    try:
+        exec(compile(source, f"<{template}>", "exec"), {"__name__": "__main__"})
+    except SystemExit as exc:
+        if isinstance(exc.code, str):
+            print(exc.code, file=sys.stderr)
+            code = 1
+        else:
+            code = exc.code or 0
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.fixture
+def registry_model(local_tracking_uri, tmp_path):
+    """A registered model with versions 1 (alias champion) and 2, without artifacts."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    client.create_registered_model("fraud-detector")
+    source = tmp_path / "artifacts"
+    source.mkdir()
+    for _ in range(2):
+        client.create_model_version("fraud-detector", source=str(source))
+    client.set_registered_model_alias("fraud-detector", "champion", "1")
+    return client
+
+
+def test_approval_step_waits_for_the_registry_and_pins_the_baseline(registry_model,
+                                                                      monkeypatch, capsys):
+    env = {"MODEL": "fraud-detector", "VERSION": "2", "BASELINE": "",
+           "APPROVAL_TAG": "approval", "APPROVAL_TIMEOUT_SECONDS": "0"}
+    code, out, err = _run_script("wait-for-approval", env, monkeypatch, capsys)
+    assert code == 1
+    assert "no tag approval=approved within 0 s" in err
+    assert out == ""
+
+    registry_model.set_model_version_tag("fraud-detector", "2", "approval", "rejected")
+    code, out, err = _run_script("wait-for-approval", env, monkeypatch, capsys)
+    assert (code, out) == (1, "")
+    assert "approval=rejected" in err
+
+    registry_model.set_model_version_tag("fraud-detector", "2", "approval", "approved")
+    code, out, _ = _run_script("wait-for-approval", env, monkeypatch, capsys)
+    assert (code, out) == (0, "models:/fraud-detector/1\n")
+    code, out, _ = _run_script("wait-for-approval",
+                               {**env, "BASELINE": "models:/fraud-detector/2"}, monkeypatch,
+                               capsys)
+    assert (code, out) == (0, "models:/fraud-detector/2\n")
+
+
+def test_report_step_succeeds_only_for_a_promoted_candidate(registry_model, monkeypatch,
+                                                            capsys):
+    env = {"MODEL": "fraud-detector", "VERSION": "2", "ROLLOUT_STATUS": "Succeeded"}
+    code, out, _ = _run_script("report", env, monkeypatch, capsys)
+    assert code == 1
+    assert json.loads(out)["status"] == "unknown"
+
+    for key, value in {"kpigate.status": "rolled_back", "kpigate.stage": "canary-5",
+                       "kpigate.reason": "recall confidently below the margin"}.items():
+        registry_model.set_model_version_tag("fraud-detector", "2", key, value)
+    code, out, err = _run_script("report", env, monkeypatch, capsys)
+    assert code == 1
+    outcome = json.loads(out)
+    assert outcome["status"] == "rolled_back"
+    assert outcome["reason"] == "recall confidently below the margin"
+    assert "rolled_back (recall confidently below the margin)" in err
+
+    registry_model.set_model_version_tag("fraud-detector", "2", "kpigate.status", "promoted")
+    code, out, _ = _run_script("report", env, monkeypatch, capsys)
+    assert code == 0
+    assert json.loads(out)["status"] == "promoted"
+
+
+# -- Prometheus rules --------------------------------------------------------------------------
+def test_promtool_accepts_the_rules():
+    result = _run([_promtool(), "check", "rules", str(PROMETHEUS / "rules.yml")])
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_promtool_unit_tests_of_the_rules_pass():
+    result = _run([_promtool(), "test", "rules", "rules_test.yml"], cwd=PROMETHEUS)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS" in result.stdout
+
+
+def test_every_alert_has_a_firing_and_a_quiet_unit_test():
+    cases = [c for t in _docs(PROMETHEUS / "rules_test.yml")[0]["tests"]
+             for c in t["alert_rule_test"]]
+    for rule in _rules():
+        mine = [c for c in cases if c["alertname"] == rule["alert"]]
+        assert any(c["exp_alerts"] for c in mine), f"{rule['alert']} is never shown to fire"
+        assert any(not c["exp_alerts"] for c in mine), f"{rule['alert']} never shown quiet"
+
+
+EXPECTED_SEVERITY = {
+    "KpigateRollback": "critical", "KpigateControllerNotEvaluating": "critical",
+    "KpigateControllerDown": "critical", "KpigateHolding": "warning",
+    "KpigateMetricsUnavailable": "warning", "KpigateReadinessWaitingTooLong": "warning",
+    "KpigateCollectorRejectingEvents": "warning", "KpigateNoLabelsArriving": "warning",
+    "KpigateCollectorDown": "warning", "KpigatePromoted": "info",
+    "KpigateStageAdvanced": "info",
+}
+
+
+def test_every_alert_has_a_severity_summary_and_description():
+    rules = _rules()
+    assert {r["alert"] for r in rules} == set(EXPECTED_SEVERITY)
+    for rule in rules:
+        assert rule["labels"]["severity"] == EXPECTED_SEVERITY[rule["alert"]]
+        assert rule["annotations"]["summary"].strip()
+        assert len(rule["annotations"]["description"]) > len(rule["annotations"]["summary"])
+
+
+def test_rules_and_their_tests_name_only_exported_metrics():
+    for rule in _rules():
+        unknown = _metric_names(rule["expr"]) - KNOWN_METRICS
+        assert not unknown, f"{rule['alert']}: {sorted(unknown)}"
+    for test in _docs(PROMETHEUS / "rules_test.yml")[0]["tests"]:
+        for series in test["input_series"]:
+            name = series["series"].split("{")[0]
+            assert name in KNOWN_METRICS | {"up"}, f"test {test['name']}: {name}"
+
+
+def test_the_metric_list_is_what_kpigate_exports():
+    """The explicit lists above are checked against the code that writes the series."""
+    from mlflow_kpigate.metrics import exposition
+    from mlflow_kpigate.rollout.exposition import DecisionMetrics
+
+    families = DecisionMetrics("fraud").registry.collect()
+    exported = {f.name + ("_total" if f.type == "counter" else "") for f in families}
+    assert exported >= CONTROLLER_METRICS
+    collector = {getattr(exposition, n) for n in exposition.__all__
+                 if isinstance(getattr(exposition, n), str)
+                 and getattr(exposition, n).startswith("kpigate_")}
+    histograms = {exposition.STAGE_LATENCY: ("_bucket", "_count", "_sum"),
+                  exposition.STAGE_SCORE: ("_bucket",)}
+    samples = {n for n in collector if n not in histograms}
+    samples |= {h + s for h, suffixes in histograms.items() for s in suffixes}
+    assert samples >= COLLECTOR_METRICS
+
+
+def test_metric_name_check_catches_a_typo():
+    assert _metric_names('rate(kpigate_decision_total{action="rollback"}[5m])') - \
+        KNOWN_METRICS == {"kpigate_decision_total"}
+
+
+# -- Grafana dashboard -------------------------------------------------------------------------
+def test_dashboard_has_the_variables_and_unique_panel_ids():
+    d = _dashboard()
+    assert d["schemaVersion"] >= 36
+    variables = {v["name"]: v for v in d["templating"]["list"]}
+    assert {"datasource", "namespace", "deployment"} <= set(variables)
+    assert variables["datasource"]["type"] == "datasource"
+    assert variables["datasource"]["query"] == "prometheus"
+    for name in ("namespace", "deployment"):
+        assert variables[name]["type"] == "query"
+        assert variables[name]["datasource"]["uid"] == "${datasource}"
+    ids = [p["id"] for p in _panels(d["panels"])]
+    assert len(ids) == len(set(ids)), "panel ids must be unique"
+    for panel in _panels(d["panels"]):
+        assert {"x", "y", "w", "h"} <= set(panel["gridPos"])
+        if panel["type"] != "row":
+            assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}
+            assert panel["targets"]
+            refs = [t["refId"] for t in panel["targets"]]
+            assert len(refs) == len(set(refs))
+    for var in d["templating"]["list"]:
+        repeated = [p for p in _panels(d["panels"]) if p.get("repeat") == var["name"]]
+        assert not repeated or var.get("multi"), f"{var['name']} repeats but is single-valued"
+
+
+def test_dashboard_queries_select_the_chosen_rollout_and_known_metrics():
+    for expr in _dashboard_exprs():
+        assert 'namespace="$namespace"' in expr, expr
+        assert re.search(r'deployment(_name)?="\$deployment"', expr), expr
+        unknown = _metric_names(expr) - KNOWN_METRICS
+        assert not unknown, f"{expr}: {sorted(unknown)}"
+    d = _dashboard()
+    for var in d["templating"]["list"][1:]:
+        assert not _metric_names(var["definition"]) - KNOWN_METRICS
+
+
+def test_dashboard_shows_what_the_rollout_needs():
+    d = _dashboard()
+    by_metric: dict[str, list[dict[str, Any]]] = {}
+    for panel in _panels(d["panels"]):
+        for target in panel.get("targets", []):
+            for name in _metric_names(target["expr"]):
+                by_metric.setdefault(name, []).append(panel)
+    for name in ("kpigate_traffic_weight", "kpigate_rollout_stage", "kpigate_rollout_phase",
+                 "kpigate_kpi_estimate", "kpigate_kpi_samples", "kpigate_decisions_total",
+                 "kpigate_stage_labelled_total", "kpigate_cloudevents_total",
+                 "seldon_api_executor_server_requests_seconds_count",
+                 "seldon_api_executor_server_requests_seconds_bucket"):
+        assert name in by_metric, f"no panel shows {name}"
+    (band,) = {id(p): p for p in by_metric["kpigate_kpi_interval_upper"]}.values()
+    names = {n for t in band["targets"] for n in _metric_names(t["expr"])}
+    assert {"kpigate_kpi_difference", "kpigate_kpi_interval_lower"} <= names
+    fill = {o["matcher"]["options"]: p["value"] for o in band["fieldConfig"]["overrides"]
+            for p in o["properties"] if p["id"] == "custom.fillBelowTo"}
+    legends = {t["legendFormat"] for t in band["targets"]}
+    assert fill, "the interval is drawn as a band"
+    assert set(fill) | set(fill.values()) <= legends
+    p95 = [t["expr"] for p in by_metric["seldon_api_executor_server_requests_seconds_bucket"]
+           for t in p["targets"]]
+    assert any(e.startswith("histogram_quantile(0.95, sum by (le, predictor_name)")
+               for e in p95)
+
+
+def test_dashboard_queries_are_valid_promql(tmp_path):
+    substitutions = {"$namespace": "models", "$deployment": "fraud", "$kpi": "recall",
+                     "$__rate_interval": "2m"}
+    rules = []
+    for i, expr in enumerate(_dashboard_exprs()):
+        for var, value in substitutions.items():
+            expr = expr.replace(var, value)
+        assert "$" not in expr, expr
+        rules.append({"record": f"dashboard:query_{i}", "expr": expr})
+    path = tmp_path / "dashboard_rules.yml"
+    path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}),
+                    encoding="utf-8")
+    result = _run([_promtool(), "check", "rules", str(path)])
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+# -- kustomize ---------------------------------------------------------------------------------
+def test_kustomization_lists_every_manifest_file():
+    k = _kustomization()
+    listed = k["resources"]
+    assert len(listed) == len(set(listed))
+    assert sorted(listed) == sorted(p.name for p in _manifest_files())
+    for config in k.get("configurations", []):
+        assert (K8S / config).is_file()
+    assert [i["name"] for i in k["images"]] == ["kpigate"]
+    assert k["namespace"]
+
+
+def test_kustomize_build_sets_namespace_and_image_everywhere():
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl is not installed; `kubectl kustomize` cannot be checked here")
+    result = _run([kubectl, "kustomize", str(K8S)])
+    assert result.returncode == 0, result.stderr
+    objects = [d for d in yaml.safe_load_all(io.StringIO(result.stdout)) if d]
+    k = _kustomization()
+    assert len(objects) == len(_objects())
+    image = f"{k['images'][0]['newName']}:{k['images'][0]['newTag']}"
+    images = [v for obj in objects for key, v in _walk(obj) if key == "image"]
+    assert len(images) == 5  # collector, Job, three workflow steps
+    assert set(images) == {image}
+    for obj in objects:
+        assert obj["metadata"]["namespace"] == k["namespace"]
+        assert obj["metadata"]["labels"]["app.kubernetes.io/part-of"] == "kpigate"
+        for subject in obj.get("subjects", []):
+            assert subject["namespace"] == k["namespace"]
+
+
+# -- the image ---------------------------------------------------------------------------------
+def _dockerfile() -> list[str]:
+    lines = DOCKERFILE.read_text(encoding="utf-8").replace("\\\n", " ").splitlines()
+    return [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+
+
+def _dockerfile_uid() -> int:
+    (user,) = [line.split()[1] for line in _dockerfile() if line.startswith("USER ")]
+    return int(user)
+
+
+def test_dockerfile_is_a_slim_non_root_kpigate_image():
+    lines = _dockerfile()
+    assert lines[0] == "FROM python:3.11-slim"
+    assert _dockerfile_uid() != 0
+    assert 'ENTRYPOINT ["kpigate"]' in lines
+    assert any(re.match(r"RUN pip install .* \.( |$)", line) for line in lines)
+
+
+def test_dockerfile_build_context_builds_the_package(tmp_path):
+    """The files the Dockerfile copies are enough to build kpigate with its entry point
+    and package data."""
+    context = tmp_path / "context"
+    for line in _dockerfile():
+        if not line.startswith("COPY "):
+            continue
+        *sources, dest = line.split()[1:]
+        for source in sources:
+            src = ROOT / source
+            assert src.exists(), f"the Dockerfile copies {source}, which does not exist"
+            target = context / (source if dest.endswith("/") or dest == "./" else dest)
+            if src.is_dir():
+                shutil.copytree(src, target, ignore=shutil.ignore_patterns("__pycache__"))
+            else:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy(src, target)
+    # setup.py's own build (not a wheel: this venv's setuptools cannot build wheels
+    # without the `wheel` package, and an isolated build would need the network).
+    build, egg = tmp_path / "build", tmp_path / "egg"
+    egg.mkdir()
+    result = _run([sys.executable, "setup.py", "-q", "egg_info", "--egg-base", str(egg),
+                   "build_py", "--build-lib", str(build)], cwd=context)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (build / "mlflow_kpigate" / "policies" / "default.yaml").is_file()
+    assert (build / "mlflow_kpigate" / "cli.py").is_file()
+    entry_points = (egg / "mlflow_kpigate.egg-info" / "entry_points.txt").read_text()
+    assert "kpigate = mlflow_kpigate.cli:main" in entry_points
