@@ -1130,6 +1130,9 @@ def _verb(method: str, route: dict[str, Any] | None) -> str:
 def _handler_class(fake: FakeKube) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"  # keep-alive, as the kubernetes client's pool expects
+        # Headers and body leave in separate writes; with Nagle on, each response would
+        # wait for the client's delayed ACK (~40 ms).
+        disable_nagle_algorithm = True
 
         def _serve(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
