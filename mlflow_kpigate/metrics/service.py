@@ -392,7 +392,11 @@ class CollectorService:
         config.data_dir.mkdir(parents=True, exist_ok=True)
         self.collector = Collector(config.data_dir / PREDICTIONS_DB, config.spec,
                                    retention_s=config.retention_s)
-        self.collector.log_atomically(self._create_tables)
+        try:
+            self.collector.log_atomically(self._create_tables)
+        except BaseException:
+            self.collector.close()
+            raise
         self._lock = threading.Lock()
         self._counts: dict[tuple[str, ...], int] = {}
         for kind in (REQUEST, RESPONSE):
