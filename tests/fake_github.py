@@ -56,6 +56,7 @@ class _Failure:
     remaining: int | None  # None: forever
     method: str | None
     path_contains: str | None
+    retry_after: str | None
 
 
 @dataclass
@@ -99,9 +100,10 @@ class FakeGitHub:
         self.commit_pulls[sha] = list(numbers)
 
     def fail(self, status: int = 502, times: int | None = None, method: str | None = None,
-             path_contains: str | None = None) -> None:
-        """Answer ``status`` to matching requests, ``times`` times (None: forever)."""
-        self._failures.append(_Failure(status, times, method, path_contains))
+             path_contains: str | None = None, retry_after: str | None = None) -> None:
+        """Answer ``status`` to matching requests, ``times`` times (None: forever),
+        with a ``Retry-After`` header when given (as for GitHub's rate limits)."""
+        self._failures.append(_Failure(status, times, method, path_contains, retry_after))
 
     # -- inspecting -----------------------------------------------------------------------
     def writes(self, method: str | None = None) -> list[Call]:
@@ -136,7 +138,9 @@ class FakeGitHub:
                     (failure.path_contains is None or failure.path_contains in path):
                 if failure.remaining is not None:
                     failure.remaining -= 1
-                return _json({"message": "Server Error"}, failure.status)
+                headers = {"Retry-After": failure.retry_after} if failure.retry_after else {}
+                message = "Server Error" if failure.status >= 500 else "rate limited"
+                return _json({"message": message}, failure.status, headers)
         token = None
         if auth and auth.split(" ", 1)[0] in ("Bearer", "token") and " " in auth:
             token = auth.split(" ", 1)[1]

@@ -632,6 +632,21 @@ def test_client_retries_connection_errors_then_gives_up():
     assert WRITE_TOKEN not in str(info.value)
 
 
+def test_retry_after_is_honoured_when_short(fake):
+    slept: list[float] = []
+    client = GitHubClient(WRITE_TOKEN, fake.url, sleep=slept.append)
+    fake.add_pull(7, HEAD_SHA)
+    fake.fail(429, times=1, retry_after="3")
+    assert client.request("GET", f"/repos/{REPO}/pulls/7").data["head"]["sha"] == HEAD_SHA
+    assert slept == [3.0]
+    # a wait longer than the client will sit through fails at once
+    fake.fail(403, times=1, retry_after="3600")
+    with pytest.raises(GitHubError, match=r"HTTP 403: rate limited"):
+        client.request("GET", f"/repos/{REPO}/pulls/7")
+    assert slept == [3.0]
+    assert len(fake.calls) == 3
+
+
 def test_401_and_403_are_permission_errors_not_retried(fake):
     slept: list[float] = []
     client = GitHubClient("ghs_unknownToken000000000000000000", fake.url, sleep=slept.append)
