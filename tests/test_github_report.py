@@ -388,6 +388,13 @@ def test_issue_comment_on_a_plain_issue_says_why(tmp_path):
     assert found.note == "the comment is on issue #50, which is not a pull request"
 
 
+def test_payload_sha_that_is_not_a_sha_is_ignored():
+    payload = {"pull_request": {"number": 9, "head": {"sha": "../../../user/repos"}}}
+    found = from_payload("pull_request", payload)
+    assert found.pull_request is not None
+    assert (found.pull_request.number, found.pull_request.head_sha) == (9, None)
+
+
 def test_push_resolves_through_the_commit_pulls_api(fake):
     fake.add_pull(45, PUSH_SHA, state="closed")
     fake.add_pull(51, PUSH_SHA, state="open")
@@ -641,8 +648,10 @@ def test_retry_after_is_honoured_when_short(fake):
     assert slept == [3.0]
     # a wait longer than the client will sit through fails at once
     fake.fail(403, times=1, retry_after="3600")
-    with pytest.raises(GitHubError, match=r"HTTP 403: rate limited"):
+    with pytest.raises(GitHubError, match=r"HTTP 403: rate limited") as info:
         client.request("GET", f"/repos/{REPO}/pulls/7")
+    # a rate limit, not a token without rights
+    assert not isinstance(info.value, GitHubPermissionError)
     assert slept == [3.0]
     assert len(fake.calls) == 3
 

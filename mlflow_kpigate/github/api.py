@@ -181,7 +181,8 @@ class GitHubClient:
                     status == 403 and retry_after is not None)
                 if not retryable or (retry_after is not None
                                      and retry_after > MAX_RETRY_AFTER_S):
-                    rate_limited = exc.headers.get("X-RateLimit-Remaining") == "0"
+                    rate_limited = (exc.headers.get("X-RateLimit-Remaining") == "0"
+                                    or retry_after is not None)
                     if rate_limited:
                         last += " (rate limit exhausted)"
                     cls = (GitHubPermissionError

@@ -22,6 +22,7 @@ commit, not on the merge commit a ``pull_request`` run checks out (``GITHUB_SHA`
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,7 @@ from typing import Any
 from ..errors import UsageError
 from .api import GitHubClient, GitHubError
 
+_SHA = re.compile(r"[0-9a-fA-F]{7,64}")
 #: Events whose payload carries the pull request itself.
 PULL_REQUEST_EVENTS = ("pull_request", "pull_request_target", "pull_request_review",
                        "pull_request_review_comment")
@@ -93,7 +95,8 @@ def _dict(value: Any) -> Mapping[str, Any]:
 
 
 def _sha(value: Any) -> str | None:
-    return value if isinstance(value, str) and value else None
+    """A commit SHA from a payload; anything else (it ends up in URL paths) is None."""
+    return value if isinstance(value, str) and _SHA.fullmatch(value) else None
 
 
 def from_payload(event_name: str | None, payload: Mapping[str, Any],
