@@ -30,6 +30,7 @@ import click
 
 from . import __version__
 from .commands.collector import collector_command
+from .commands.github import github_group
 from .commands.operate import (
     feedback_command,
     report_command,
@@ -142,6 +143,7 @@ main.add_command(simulate_command)
 main.add_command(render_command)
 main.add_command(collector_command)
 main.add_command(webhook_bridge_command)
+main.add_command(github_group)
 for _command in (status_command, watch_command, report_command, feedback_command,
                  serve_command, *steer_commands):
     main.add_command(_command)

@@ -1,0 +1,245 @@
+"""End to end on Kubernetes' protocol: `mlflow deployments create -t kpigate:/seldon/NS`.
+
+Real parts: the ``kubernetes`` client against the fake API server (tests/fake_kube.py, real
+HTTP, CRD-validated objects), a real Prometheus scraping a loopback exporter, a real
+``mlflow server`` with registered sklearn models, and the controller as a real process
+started through MLflow's CLI. What stands in for Seldon Core is ``SeldonSim``: it plays
+the operator (status Creating → Available after each spec change) and the executors
+(request counters per predictor, split by the SeldonDeployment's current traffic).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fake_kube import fake_kube  # noqa: F401
+from prometheus_fixture import LoopbackExporter, running_prometheus
+
+NS = "models"
+# The controller runs in another process: it needs the tracking server, not a local file.
+pytestmark = pytest.mark.parametrize("tracking_uri", ["server"], indirect=True)
+
+POLICY = textwrap.dedent("""
+    evaluation: {interval: 1s, maturity: 0s}
+    stage_defaults:
+      min_samples: {requests: 300}
+      min_dwell: 2s
+      max_duration: 120s
+    stages: [5, 50, 100]
+    kpis:
+      - {name: error_rate, kind: proportion, metric: error_rate, role: critical, margin: 0.02}
+    metrics:
+      prometheus: {timeout: 5s, retries: 2, max_wait: 10s, requests_from: seldon}
+    readiness: {timeout: 60s, on_timeout: hold}
+""")
+
+
+class SeldonSim(threading.Thread):
+    """Seldon's operator and executors, as far as kpigate can observe them."""
+
+    def __init__(self, fake, exporter: LoopbackExporter, name: str, cand_error: float):
+        super().__init__(daemon=True)
+        self.fake, self.exporter, self.name = fake, exporter, name
+        self.cand_error = cand_error
+        self.stop = threading.Event()
+        self.rng = np.random.default_rng(7)
+        self.available_after: float | None = None
+        self.seen_spec: str | None = None
+
+    def run(self) -> None:
+        while not self.stop.wait(0.25):
+            sdep = self.fake.get_object("seldondeployments", NS, self.name)
+            if sdep is None:
+                continue
+            spec = (sdep["metadata"].get("annotations") or {}).get("kpigate.io/managed-spec")
+            now = time.monotonic()
+            if spec != self.seen_spec:  # the operator reconciles a new spec
+                self.seen_spec = spec
+                self.fake.set_seldon_state(NS, self.name, "Creating")
+                self.available_after = now + 0.5
+            elif self.available_after is not None and now >= self.available_after:
+                self.fake.set_seldon_state(NS, self.name, "Available")
+                self.available_after = None
+            self.serve(sdep["spec"]["predictors"], 200)
+
+    def serve(self, predictors, n: int) -> None:
+        for pred in predictors:
+            count = n if pred.get("shadow") else round(n * pred.get("traffic", 0) / 100)
+            if count == 0:
+                continue
+            error = self.cand_error if pred["name"] == "candidate" else 0.0
+            failed = int(self.rng.binomial(count, error))
+            self.exporter.add_executor_requests(
+                self.name, pred["name"], self.rng.uniform(0.01, 0.03, count - failed),
+                code="200", namespace=NS)
+            if failed:
+                self.exporter.add_executor_requests(
+                    self.name, pred["name"], self.rng.uniform(0.01, 0.03, failed),
+                    code="500", namespace=NS)
+
+
+@pytest.fixture(scope="module")
+def exporter():
+    with LoopbackExporter() as exp:
+        yield exp
+
+
+@pytest.fixture(scope="module")
+def prometheus(exporter, tmp_path_factory):
+    with running_prometheus([exporter.target], tmp_path_factory.mktemp("prom")) as prom:
+        yield prom
+
+
+@pytest.fixture
+def seldon(fake_kube, exporter):  # noqa: F811
+    sims: list[SeldonSim] = []
+
+    def start(name: str, cand_error: float) -> SeldonSim:
+        sim = SeldonSim(fake_kube, exporter, name, cand_error)
+        sim.start()
+        sims.append(sim)
+        return sim
+
+    yield start
+    for sim in sims:
+        sim.stop.set()
+        sim.join(timeout=10)
+
+
+def _create(model, name, policy, prometheus, fake, tmp_path) -> subprocess.Popen:
+    env = {**os.environ, "MLFLOW_TRACKING_URI": model.tracking_uri,
+           "KPIGATE_STATE_DIR": str(tmp_path / "state")}
+    cmd = [sys.executable, "-m", "mlflow", "deployments", "create",
+           "-t", f"kpigate:/seldon/{NS}", "--name", name, "-m", f"models:/{model.name}/2",
+           "-C", f"baseline=models:/{model.name}/1", "-C", f"policy={policy}",
+           "-C", f"prometheus_url={prometheus.url}", "-C", f"kubeconfig={fake.kubeconfig}",
+           "-C", "wait=true"]
+    log = (tmp_path / f"create-{time.monotonic_ns()}.log").open("wb")
+    return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+
+
+def _store(fake, name):
+    from mlflow_kpigate.backends.seldon.cluster import CONFIG_MAP, Cluster
+    from mlflow_kpigate.backends.seldon.state_store import ClusterStore
+
+    return ClusterStore(Cluster.connect(NS, fake.kubeconfig).objects(CONFIG_MAP), name)
+
+
+def _wait(predicate, what: str, limit: float = 180.0):
+    deadline = time.monotonic() + limit  # a ceiling for a wedged run, not a performance bound
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _logs(tmp_path: Path) -> str:
+    return "\n".join(p.read_text(errors="replace") for p in sorted(tmp_path.glob("create-*")))
+
+
+def _finish(proc: subprocess.Popen, tmp_path: Path) -> None:
+    try:
+        code = proc.wait(timeout=240)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise AssertionError(f"the rollout did not end:\n{_logs(tmp_path)[-3000:]}") from None
+    assert code == 0, _logs(tmp_path)[-3000:]
+
+
+def _predictors(fake, name):
+    sdep = fake.get_object("seldondeployments", NS, name)
+    return {p["name"]: (p.get("traffic", 0), bool(p.get("shadow"))) for p in
+            sdep["spec"]["predictors"]}
+
+
+def test_staged_rollout_survives_a_controller_kill_and_promotes(
+        fake_kube, prometheus, seldon, registered_model, tmp_path):  # noqa: F811
+    from mlflow import MlflowClient
+
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(POLICY)
+    name = "fraud"
+    seldon(name, cand_error=0.0)
+    proc = _create(registered_model, name, policy, prometheus, fake_kube, tmp_path)
+    store = _store(fake_kube, name)
+    try:
+        # Kill the controller once the first promotion was committed.
+        state = _wait(lambda: (s := store.load()) is not None and s.stage_index >= 1 and s,
+                      "the first promotion")
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    killed_at = store.require()
+    # Whatever the controller managed before dying, the cluster never runs ahead of the
+    # committed state.
+    cand_traffic = _predictors(fake_kube, name).get("candidate", (0, False))[0]
+    assert cand_traffic <= max(killed_at.weights.candidate_percent, 5)
+
+    proc = _create(registered_model, name, policy, prometheus, fake_kube, tmp_path)
+    _finish(proc, tmp_path)
+    assert "resuming the rollout" in _logs(tmp_path)
+    state = store.require()
+    assert state.phase.value == "promoted", state.reason
+    assert state.stage_index >= killed_at.stage_index >= 1
+    # Promotion: the candidate serves everything and the baseline predictor is gone.
+    assert _predictors(fake_kube, name) == {"candidate": (100, False)}
+    events = store.events()
+    assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+    kinds = [e["kind"] for e in events]
+    assert kinds.count("stage_ready") >= 2
+    assert kinds.count("promote") >= 2
+    client = MlflowClient(registered_model.tracking_uri)
+    tags = client.get_model_version(registered_model.name, "2").tags
+    assert tags["kpigate.status"] == "promoted"
+    assert client.get_model_version_by_alias(registered_model.name, "champion").version == "2"
+    # Every patch kpigate sent was a guarded JSON patch.
+    patches = [r for r in fake_kube.requests if r.method == "PATCH"
+               and "seldondeployments" in r.path]
+    assert patches
+    assert all(r.content_type == "application/json-patch+json" for r in patches)
+    assert all(any(op["op"] == "test" and op["path"] == "/metadata/resourceVersion"
+                   for op in r.body) for r in patches)
+
+
+def test_failing_candidate_is_rolled_back_and_its_predictor_removed(
+        fake_kube, prometheus, seldon, registered_model, tmp_path):  # noqa: F811
+    from mlflow import MlflowClient
+
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(POLICY)
+    name = "fraud-bad"
+    seldon(name, cand_error=0.3)
+    proc = _create(registered_model, name, policy, prometheus, fake_kube, tmp_path)
+    _finish(proc, tmp_path)
+    state = _store(fake_kube, name).require()
+    assert state.phase.value == "rolled_back", state.reason
+    assert "error_rate" in state.reason
+    assert _predictors(fake_kube, name) == {"baseline": (100, False)}
+    tags = MlflowClient(registered_model.tracking_uri).get_model_version(
+        registered_model.name, "2").tags
+    assert tags["kpigate.status"] == "rolled_back"
+    # Deleting the deployment removes what kpigate created, and nothing else.
+    fake_kube.seed({"apiVersion": "v1", "kind": "ConfigMap",
+                    "metadata": {"name": "someone-elses", "namespace": NS}, "data": {}},
+                   namespace=NS)
+    env = {**os.environ, "MLFLOW_TRACKING_URI": registered_model.tracking_uri,
+           "KUBECONFIG": str(fake_kube.kubeconfig)}
+    subprocess.run([sys.executable, "-m", "mlflow", "deployments", "delete", "-t",
+                    f"kpigate:/seldon/{NS}", "--name", name], env=env, check=True,
+                   capture_output=True, timeout=120)
+    assert fake_kube.get_object("seldondeployments", NS, name) is None
+    left = {cm["metadata"]["name"] for cm in fake_kube.objects("configmaps", NS)}
+    assert "someone-elses" in left
+    assert not any(n.startswith(f"{name}-kpigate") for n in left)
