@@ -6,7 +6,7 @@ that would read it: core Kubernetes objects through the ``kubernetes`` client's 
 models (unknown or mistyped fields fail), the rules through ``promtool check`` and
 ``promtool test rules``, the dashboard's PromQL through promtool's parser, the kustomization
 through ``kubectl kustomize``, the policy through ``load_policy``, the workflow's scripts
-against a real MLflow registry, the Dockerfile's build context through a real wheel build.
+against a real MLflow registry, the Dockerfile's build context through a real package build.
 The rest checks that the pieces agree: selectors match labels, ports exist, every metric
 a query names is one kpigate or Seldon exports, the Role grants exactly what the controller
 calls.
