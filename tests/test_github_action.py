@@ -645,11 +645,18 @@ def test_act_dispatch_rollback_updates_the_sticky_comment_and_fails(act_env, fak
     assert fake_github.statuses == []  # commit-status is off in this workflow
 
 
-def test_act_rejects_a_bad_input_before_anything_runs(act_env, fake_github, tmp_path):
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("fail-on", "sometimes", "fail-on: must be rollback, hold or never (got 'sometimes')"),
+    ("version", "2\npython=/bin/false", "version: must be a single line; remove the line break"),
+    ("pr-number", "7; rm -rf /", "pr-number: must be a pull request number such as 42 "
+                                 "(got '7; rm -rf /')"),
+])
+def test_act_rejects_a_bad_input_before_anything_runs(act_env, fake_github, tmp_path,
+                                                      field, value, message):
     root = act_env["root"]
     event = tmp_path / "bad-event.json"
     payload = json.loads((ACT_DATA / "workflow_dispatch.json").read_text())
-    payload["inputs"]["fail-on"] = "sometimes"
+    payload["inputs"][field] = value
     event.write_text(json.dumps(payload))
     ws = _workspace(root, "dispatch.yml")
     run = _run_act(root, ws, "dispatch.yml", "workflow_dispatch", event,
@@ -657,9 +664,29 @@ def test_act_rejects_a_bad_input_before_anything_runs(act_env, fake_github, tmp_
                    state_dir=act_env["state_dir"])
     assert run.returncode != 0
     errors = [e.get("arg", "") for e in run.commands("error")]
-    assert "fail-on: must be rollback, hold or never (got 'sometimes')" in errors, errors
+    assert message in errors, errors
     assert fake_github.requests == []
     assert not (act_env["state_dir"] / MODEL).exists()
+
+
+def test_act_hostile_input_stays_data(act_env, fake_github, tmp_path):
+    """Shell syntax in an input is passed on as text: nothing runs, the rollout fails."""
+    root = act_env["root"]
+    pwned = tmp_path / "pwned"
+    event = tmp_path / "hostile-event.json"
+    payload = json.loads((ACT_DATA / "workflow_dispatch.json").read_text())
+    payload["inputs"]["version"] = f"2$(touch {pwned}1)`touch {pwned}2`;touch {pwned}3"
+    event.write_text(json.dumps(payload))
+    ws = _workspace(root, "dispatch.yml")
+    run = _run_act(root, ws, "dispatch.yml", "workflow_dispatch", event,
+                   api_url=fake_github.url, tracking_uri=act_env["tracking_uri"],
+                   state_dir=act_env["state_dir"])
+    assert run.returncode != 0
+    assert not list(tmp_path.glob("pwned*"))
+    assert f"models:/{MODEL}@2$(touch {pwned}1)" in run.text  # the URI, verbatim
+    errors = [e.get("arg", "") for e in run.commands("error")]
+    assert any("the rollout did not start" in e for e in errors), errors
+    assert fake_github.requests == []  # no report about an earlier rollout
 
 
 # --------------------------------------------------------------------------------------
