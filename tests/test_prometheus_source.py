@@ -7,8 +7,13 @@ Prometheus starts its own.
 
 from __future__ import annotations
 
+import json
 import math
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import numpy as np
@@ -32,8 +37,6 @@ from mlflow_kpigate.metrics.prometheus import (
     PrometheusSource,
     StageWindow,
     check_policy,
-    latency_from_buckets,
-    latency_layout,
 )
 from mlflow_kpigate.policy import RequestsFrom, policy_from_dict
 
@@ -140,12 +143,12 @@ def test_collector_latency_buckets_map_one_to_one() -> None:
     """Each kpigate_stage_latency bucket is one histogram bucket with the same bounds."""
     rng = np.random.default_rng(3)
     latency = rng.lognormal(math.log(0.05), 0.8, 5000)
-    template = latency_layout(ex.LATENCY_BUCKETS)
+    template = promql.latency_layout(ex.LATENCY_BUCKETS)
     assert template.growth == pytest.approx(1.25)
     np.testing.assert_allclose(template.edges[:-1], ex.LATENCY_BUCKETS[:-1], rtol=1e-8)
     cum = {b: float((latency <= b).sum()) for b in ex.LATENCY_BUCKETS}
     cum[math.inf] = float(latency.size)
-    hist = latency_from_buckets(template, cum, float(latency.sum()))
+    hist = promql.latency_from_buckets(template, cum, float(latency.sum()))
     exact = LatencyHistogram(template.low, template.high, template.growth)
     exact.update(latency)
     np.testing.assert_array_equal(hist.counts, exact.counts)
@@ -503,6 +506,71 @@ def test_stopped_prometheus_holds_after_bounded_retries(exporter, tmp_path, sour
         assert info.value.attempts == 3
         assert fake.sleeps == [0.5, 1.0]  # the 2 s wait would end past 2.5 s
         assert fake.now <= 2.5
+
+
+@contextmanager
+def scripted_prometheus(replies: list[tuple[int, dict[str, Any]]]) -> Iterator[str]:
+    """An HTTP server on 127.0.0.1 answering /api/v1/query with ``replies`` in turn (the
+    last one repeats): Prometheus' own 5xx answers cannot be provoked on demand."""
+    served: list[int] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            status, body = replies[min(len(served), len(replies) - 1)]
+            served.append(status)
+            data = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def test_http_5xx_is_retried_and_then_reported(sources) -> None:
+    unavailable = (503, {"status": "error", "errorType": "unavailable",
+                         "error": "TSDB not ready"})
+    ok = (200, {"status": "success", "data": {"resultType": "vector", "result": [
+        {"metric": {"__name__": ex.COLLECTOR_STAGE, "deployment": "flaky"},
+         "value": [1.0, "0"]},
+        {"metric": {"__name__": ex.STAGE_LABELLED, "deployment": "flaky", "stage": "0",
+                    "role": "candidate", "outcome": "fn"}, "value": [1.0, "4"]}]}})
+    policy = make_policy([ERROR_RATE, ACCURACY])
+    with scripted_prometheus([unavailable, unavailable, ok]) as url:
+        fake = FakeTime()
+        src = sources(url, "flaky", policy, [], retries=3, clock=fake.clock, sleep=fake.sleep)
+        (sample,) = src.stage_samples(time.time(), 0)
+        assert sample.candidate.confusion.fn == 4
+        assert src.attempts == 3
+        assert fake.sleeps == [0.5, 1.0]
+    with scripted_prometheus([unavailable]) as url:
+        src = sources(url, "flaky", policy, [], retries=1, clock=fake.clock, sleep=fake.sleep)
+        with pytest.raises(MetricsUnavailable, match="HTTP 503 from Prometheus: TSDB not "
+                                                     "ready; gave up after 2 attempts") as info:
+            src.stage_samples(time.time(), 0)
+        assert info.value.kind == "http"
+
+
+def test_stage_window_validation() -> None:
+    assert StageWindow(0, 10.0).end is None
+    with pytest.raises(ValueError, match="end must be a finite time >= start"):
+        StageWindow(1, 10.0, 5.0)
+    with pytest.raises(ValueError, match="stage_index must be an integer >= 0"):
+        StageWindow(-1, 10.0)
+    with pytest.raises(ValueError, match="start must be a finite time"):
+        StageWindow(0, math.nan)
 
 
 # --------------------------------------------------------------------------------------

@@ -56,6 +56,7 @@ from ..kpis import AggregateSpec, CoMoments, Confusion, LatencyHistogram, RoleAg
 from ..policy import LATENCY, KpiKind, KpiQuery, KpiSpec, Policy, RequestsFrom
 from . import exposition as ex
 from . import promql
+from .collector import ROLES
 
 __all__ = [
     "EXECUTOR_METRIC",
@@ -65,12 +66,10 @@ __all__ = [
     "PrometheusSource",
     "StageWindow",
     "check_policy",
-    "latency_from_buckets",
-    "latency_layout",
     "requests_source",
 ]
 
-ROLES: tuple[str, str] = ("baseline", "candidate")
+
 
 #: Seldon Core v1's executor histogram (``_bucket``, ``_count``, ``_sum``).
 EXECUTOR_METRIC = "seldon_api_executor_server_requests_seconds"
@@ -79,11 +78,6 @@ V2_INFER_TOTAL = "seldon_model_infer_total"
 V2_INFER_SECONDS = "seldon_model_infer_seconds_total"
 # The executor also times feedback, metadata and health calls; only predictions count.
 _NOT_PREDICTIONS = "(?i).*(feedback|metadata|status|health|ready|live).*"
-# gRPC status codes that blame the caller, like HTTP 4xx.
-_GRPC_CLIENT_CODES = frozenset({
-    "Canceled", "InvalidArgument", "NotFound", "AlreadyExists", "PermissionDenied",
-    "Unauthenticated", "FailedPrecondition", "OutOfRange",
-})
 #: First wait between retries of a failed query (doubled after each retry).
 BACKOFF_S = 0.5
 
@@ -297,95 +291,6 @@ class _Session:
 
 
 # --------------------------------------------------------------------------------------
-# Histograms from Prometheus buckets
-# --------------------------------------------------------------------------------------
-
-def latency_layout(bounds: Sequence[float]) -> LatencyHistogram:
-    """An empty histogram whose buckets are exactly ``bounds`` (geometric), or the default
-    layout when they are not geometric (then counts go to the bucket at each bound)."""
-    low, ratio = bounds[0], bounds[1] / bounds[0]
-    hist = LatencyHistogram(low=low, high=bounds[-1], growth=ratio)
-    # All bounds but the last must be edges; the last may be cut short (60 s, not 70 s).
-    if np.allclose(hist.edges[: len(bounds) - 1], bounds[:-1], rtol=1e-6, atol=0) \
-            and hist.edges.size == len(bounds) and hist.edges[-1] >= bounds[-1]:
-        return hist
-    return LatencyHistogram()
-
-
-def _bucket_index(hist: LatencyHistogram, bound: float) -> int:
-    """The histogram bucket holding values just below ``bound`` (its counts' upper bound).
-
-    Bounds written as ``le`` labels are rounded (9 significant digits by the collector), so
-    a bound within a millionth of an edge is that edge; real bucket edges are percents apart.
-    """
-    return int(np.searchsorted(hist.edges, bound * (1 - 1e-6), side="left"))
-
-
-def latency_from_buckets(template: LatencyHistogram, cumulative: Mapping[float, float],
-                         total_seconds: float) -> LatencyHistogram:
-    """A latency histogram from a Prometheus histogram's cumulative ``le`` buckets.
-
-    Each Prometheus bucket ``(previous bound, bound]`` lands in the bucket of ``template``
-    just below ``bound``: with the collector's layout that is the very same bucket; with a
-    finer layout (Seldon's buckets) the latencies are rounded up to the bucket bound.
-    Requests above the last finite bound are counted at that bound (Prometheus does not say
-    how much slower they were). The log-latency moments assume each latency at the
-    geometric middle of its bucket plus the spread of a uniform log within it (Sheppard's
-    correction); the arithmetic sum is Prometheus' exact ``_sum``.
-    """
-    out = LatencyHistogram(template.low, template.high, template.growth)
-    finite = [b for b in cumulative if math.isfinite(b)]
-    counts = np.zeros(out.counts.size, dtype=np.int64)
-    previous = 0.0
-    for bound in sorted(cumulative):  # +Inf sorts last
-        n = max(round(cumulative[bound] - previous), 0)
-        previous = max(previous, cumulative[bound])
-        if n and finite:
-            counts[_bucket_index(out, bound if math.isfinite(bound) else max(finite))] += n
-    n_total = int(counts.sum())
-    if n_total == 0:
-        return out
-    log_g = math.log(out.growth)
-    lower = np.concatenate(([out.low / out.growth], out.edges))
-    middle = np.log(lower) + log_g / 2
-    mean_log = float(np.dot(counts, middle) / n_total)
-    m2_log = float(np.dot(counts, (middle - mean_log) ** 2)) + n_total * log_g**2 / 12
-    total = total_seconds if total_seconds > 0 else float(np.dot(counts, np.exp(middle)))
-    out.add_binned(counts, mean_log, m2_log, total)
-    return out
-
-
-def _score_counts(cumulative: Mapping[float, float], bins: int) -> np.ndarray:
-    """Per-bin counts of a :class:`ScoreHistogram` with ``bins`` bins over [0, 1] from
-    cumulative ``le`` buckets (:data:`SCORE_BUCKETS`, multiples of 1/bins, and +Inf).
-
-    Bucket ``(b - 1/bins, b]`` is bin ``b * bins - 1``. Prometheus buckets are closed
-    above and the bins below, so a score exactly on a bound sits one bin lower than
-    ``ScoreHistogram.update`` would put it: the order of the bins is the same, and the AUC
-    depends on nothing else. Scores above 1 (the +Inf bucket) are clipped into the last
-    bin, as ``ScoreHistogram.update`` clips them.
-    """
-    counts = np.zeros(bins, dtype=np.int64)
-    previous = 0.0
-    for bound in sorted(cumulative):
-        n = max(round(cumulative[bound] - previous), 0)
-        previous = max(previous, cumulative[bound])
-        if n:
-            index = round(bound * bins) - 1 if math.isfinite(bound) else bins - 1
-            counts[min(max(index, 0), bins - 1)] += n
-    return counts
-
-
-def _code_kind(code: str | None) -> str:
-    """``ok``, ``client`` (4xx: the caller's fault, not the model's) or ``server`` (5xx)."""
-    if code is None or code in ("", "OK"):
-        return "ok"
-    if code.isdigit():
-        return "server" if code.startswith("5") else "client" if code.startswith("4") else "ok"
-    return "client" if code in _GRPC_CLIENT_CODES else "server"
-
-
-# --------------------------------------------------------------------------------------
 # The source
 # --------------------------------------------------------------------------------------
 
@@ -456,7 +361,7 @@ class PrometheusSource:
         self.queries: tuple[KpiQuery, ...] = policy.metrics.queries
         self.uses_collector = self.requests_from is RequestsFrom.KPIGATE or any(
             kpi.needs_labels and policy.metrics.query(kpi.name) is None for kpi in policy.kpis)
-        template = latency_layout(ex.LATENCY_BUCKETS) \
+        template = promql.latency_layout(ex.LATENCY_BUCKETS) \
             if self.requests_from is RequestsFrom.KPIGATE else LatencyHistogram()
         # The collector exports 100 score buckets (0.01 … 1.0). With score_bins=100 bucket
         # k is ScoreHistogram bin k. The default 1000 bins would give the same AUC and
@@ -573,18 +478,18 @@ class PrometheusSource:
             per_role: dict[str, dict[str, Any]] = {
                 r: {"requests": 0.0, "errors": 0.0, "seconds": 0.0, "buckets": {}} for r in ROLES}
             for labels, growth in counts:
-                role, kind = labels.get("predictor_name"), _code_kind(labels.get("code"))
+                role, kind = labels.get("predictor_name"), promql.code_kind(labels.get("code"))
                 if role in per_role and kind != "client":
                     per_role[role]["requests"] += growth
                     if kind == "server":
                         per_role[role]["errors"] += growth
             for labels, growth in sums:
                 role = labels.get("predictor_name")
-                if role in per_role and _code_kind(labels.get("code")) != "client":
+                if role in per_role and promql.code_kind(labels.get("code")) != "client":
                     per_role[role]["seconds"] += growth
             for labels, growth in buckets:
                 role = labels.get("predictor_name")
-                if role in per_role and _code_kind(labels.get("code")) != "client":
+                if role in per_role and promql.code_kind(labels.get("code")) != "client":
                     le = float(labels.get("le", "nan"))
                     per_role[role]["buckets"][le] = per_role[role]["buckets"].get(le, 0) + growth
             for role, data in per_role.items():
@@ -594,7 +499,7 @@ class PrometheusSource:
                 agg = samples.get(stage, role)
                 agg.requests += requests_n
                 agg.errors += round(data["errors"])
-                agg.latency.merge(latency_from_buckets(samples.template, data["buckets"],
+                agg.latency.merge(promql.latency_from_buckets(samples.template, data["buckets"],
                                                        data["seconds"]))
 
     def _window_growth(self, session: _Session, metric: str, sel: Mapping[str, Any],
@@ -643,14 +548,15 @@ class PrometheusSource:
         for stage, start, end in windows:
             totals = {role: [0.0, 0.0, 0.0] for role in ROLES}  # requests, errors, seconds
             for labels, growth in self._window_growth(session, V2_INFER_TOTAL, sel, start, end):
-                role, kind = models.get(labels.get("model", "")), _code_kind(labels.get("code"))
+                role = models.get(labels.get("model", ""))
+                kind = promql.code_kind(labels.get("code"))
                 if role is not None and kind != "client":
                     totals[role][0] += growth
                     totals[role][1] += growth if kind == "server" else 0.0
             for labels, growth in self._window_growth(session, V2_INFER_SECONDS, sel, start,
                                                       end):
                 role = models.get(labels.get("model", ""))
-                if role is not None and _code_kind(labels.get("code")) != "client":
+                if role is not None and promql.code_kind(labels.get("code")) != "client":
                     totals[role][2] += growth
             for role, (n_req, n_err, seconds) in totals.items():
                 n = round(n_req)
@@ -664,7 +570,7 @@ class PrometheusSource:
                     # refused for v2 by check_policy; this serves reports' mean latency).
                     mean = seconds / n
                     counts = np.zeros(agg.latency.counts.size, dtype=np.int64)
-                    counts[_bucket_index(agg.latency, mean) if mean < agg.latency.edges[-1]
+                    counts[promql.bucket_below(agg.latency, mean) if mean < agg.latency.edges[-1]
                            else counts.size - 1] = n
                     agg.latency.add_binned(counts, math.log(mean), 0.0, seconds)
 
@@ -748,7 +654,7 @@ class _CollectorSeries:
                 agg.errors += round(get(ex.STAGE_ERRORS))
                 buckets = self._buckets(rows, f"{ex.STAGE_LATENCY}_bucket")
                 if buckets:
-                    agg.latency.merge(latency_from_buckets(samples.template, buckets,
+                    agg.latency.merge(promql.latency_from_buckets(samples.template, buckets,
                                                            get(f"{ex.STAGE_LATENCY}_sum")))
             cells = {o: 0 for o in ex.CONFUSION_OUTCOMES}
             for key, value in rows:
@@ -756,7 +662,7 @@ class _CollectorSeries:
                     cells[key[3]] += round(value)
             agg.confusion.merge(Confusion(**cells))
             for label, hist in self._score_buckets(rows).items():
-                counts = _score_counts(hist, spec.score_bins)
+                counts = promql.score_counts(hist, spec.score_bins)
                 zeros = np.zeros_like(counts)
                 agg.scores.add_counts(counts if label == "1" else zeros,
                                       zeros if label == "1" else counts)

@@ -1,16 +1,18 @@
-"""PromQL text for the Prometheus metrics source, and the arithmetic of counter windows.
+"""PromQL text for the Prometheus metrics source, and the arithmetic of what comes back.
 
-Everything here is pure: strings in, strings out, numbers in, numbers out. The source
-(:mod:`mlflow_kpigate.metrics.prometheus`) sends the queries and assembles the results.
+Everything here is pure: query strings out; counter samples, ``le`` buckets and status
+codes in, counts and histograms out. The source (:mod:`mlflow_kpigate.metrics.prometheus`)
+sends the queries and assembles the aggregates.
 
 Counting a window from a counter
     Seldon's executor counters have no stage label, so a stage's requests are the counter's
     growth between the stage's start and end. PromQL's ``increase(x[w])`` is the wrong tool
-    for that: it takes the samples inside the window, then *extrapolates* the slope to the
-    window's edges (up to half a sample interval beyond the first and last sample, and not
-    below zero), so it returns fractions of requests, misses the growth between the last
-    sample before the window and the first one inside it, and over- or under-counts short
-    windows by a large share. The gate treats counts as sample sizes, so they must be
+    for that: it takes the growth between the first and the last sample inside the window
+    and *extrapolates* it out to the window's edges (by at most half the average sample
+    interval when an edge is further away, and for counters not below zero). So it returns
+    fractions of requests, ignores the growth between the last sample before the window and
+    the first one inside it (replacing it with a guess), and is off by a large share on
+    short windows. The gate treats counts as sample sizes, so they must be
     exact. Instead the source reads the counter's last raw value at or before each edge
     (``last_over_time(x[lookback] @ t)``) and takes the difference, which partitions the
     growth between consecutive windows with nothing lost or counted twice. A restart
@@ -26,17 +28,25 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 
+import numpy as np
+
+from ..kpis import LatencyHistogram
 from ..policy import QUERY_PLACEHOLDER
 
 __all__ = [
     "LOOKBACK_S",
+    "bucket_below",
+    "code_kind",
     "counter_increase",
     "duration",
     "last_value_at",
+    "latency_from_buckets",
+    "latency_layout",
     "quote",
     "raw_samples",
     "render",
     "resets_in",
+    "score_counts",
     "selector",
 ]
 
@@ -118,3 +128,99 @@ def render(template: str, values: Mapping[str, str]) -> str:
         return values[name]
 
     return QUERY_PLACEHOLDER.sub(substitute, template)
+
+
+# gRPC status codes that blame the caller, like HTTP 4xx.
+_GRPC_CLIENT_CODES = frozenset({
+    "Canceled", "InvalidArgument", "NotFound", "AlreadyExists", "PermissionDenied",
+    "Unauthenticated", "FailedPrecondition", "OutOfRange",
+})
+
+
+# --------------------------------------------------------------------------------------
+# Prometheus histograms and status codes
+# --------------------------------------------------------------------------------------
+
+def latency_layout(bounds: Sequence[float]) -> LatencyHistogram:
+    """An empty histogram whose buckets are exactly ``bounds`` (geometric), or the default
+    layout when they are not geometric (then counts go to the bucket at each bound)."""
+    low, ratio = bounds[0], bounds[1] / bounds[0]
+    hist = LatencyHistogram(low=low, high=bounds[-1], growth=ratio)
+    # All bounds but the last must be edges; the last may be cut short (60 s, not 70 s).
+    if np.allclose(hist.edges[: len(bounds) - 1], bounds[:-1], rtol=1e-6, atol=0) \
+            and hist.edges.size == len(bounds) and hist.edges[-1] >= bounds[-1]:
+        return hist
+    return LatencyHistogram()
+
+
+def bucket_below(hist: LatencyHistogram, bound: float) -> int:
+    """The histogram bucket holding values just below ``bound`` (its counts' upper bound).
+
+    Bounds written as ``le`` labels are rounded (9 significant digits by the collector), so
+    a bound within a millionth of an edge is that edge; real bucket edges are percents apart.
+    """
+    return int(np.searchsorted(hist.edges, bound * (1 - 1e-6), side="left"))
+
+
+def latency_from_buckets(template: LatencyHistogram, cumulative: Mapping[float, float],
+                         total_seconds: float) -> LatencyHistogram:
+    """A latency histogram from a Prometheus histogram's cumulative ``le`` buckets.
+
+    Each Prometheus bucket ``(previous bound, bound]`` lands in the bucket of ``template``
+    just below ``bound``: with the collector's layout that is the very same bucket; with a
+    finer layout (Seldon's buckets) the latencies are rounded up to the bucket bound.
+    Requests above the last finite bound are counted at that bound (Prometheus does not say
+    how much slower they were). The log-latency moments assume each latency at the
+    geometric middle of its bucket plus the spread of a uniform log within it (Sheppard's
+    correction); the arithmetic sum is Prometheus' exact ``_sum``.
+    """
+    out = LatencyHistogram(template.low, template.high, template.growth)
+    finite = [b for b in cumulative if math.isfinite(b)]
+    counts = np.zeros(out.counts.size, dtype=np.int64)
+    previous = 0.0
+    for bound in sorted(cumulative):  # +Inf sorts last
+        n = max(round(cumulative[bound] - previous), 0)
+        previous = max(previous, cumulative[bound])
+        if n and finite:
+            counts[bucket_below(out, bound if math.isfinite(bound) else max(finite))] += n
+    n_total = int(counts.sum())
+    if n_total == 0:
+        return out
+    log_g = math.log(out.growth)
+    lower = np.concatenate(([out.low / out.growth], out.edges))
+    middle = np.log(lower) + log_g / 2
+    mean_log = float(np.dot(counts, middle) / n_total)
+    m2_log = float(np.dot(counts, (middle - mean_log) ** 2)) + n_total * log_g**2 / 12
+    total = total_seconds if total_seconds > 0 else float(np.dot(counts, np.exp(middle)))
+    out.add_binned(counts, mean_log, m2_log, total)
+    return out
+
+
+def score_counts(cumulative: Mapping[float, float], bins: int) -> np.ndarray:
+    """Per-bin counts of a :class:`ScoreHistogram` with ``bins`` bins over [0, 1] from
+    cumulative ``le`` buckets (:data:`SCORE_BUCKETS`, multiples of 1/bins, and +Inf).
+
+    Bucket ``(b - 1/bins, b]`` is bin ``b * bins - 1``. Prometheus buckets are closed
+    above and the bins below, so a score exactly on a bound sits one bin lower than
+    ``ScoreHistogram.update`` would put it: the order of the bins is the same, and the AUC
+    depends on nothing else. Scores above 1 (the +Inf bucket) are clipped into the last
+    bin, as ``ScoreHistogram.update`` clips them.
+    """
+    counts = np.zeros(bins, dtype=np.int64)
+    previous = 0.0
+    for bound in sorted(cumulative):
+        n = max(round(cumulative[bound] - previous), 0)
+        previous = max(previous, cumulative[bound])
+        if n:
+            index = round(bound * bins) - 1 if math.isfinite(bound) else bins - 1
+            counts[min(max(index, 0), bins - 1)] += n
+    return counts
+
+
+def code_kind(code: str | None) -> str:
+    """``ok``, ``client`` (4xx: the caller's fault, not the model's) or ``server`` (5xx)."""
+    if code is None or code in ("", "OK"):
+        return "ok"
+    if code.isdigit():
+        return "server" if code.startswith("5") else "client" if code.startswith("4") else "ok"
+    return "client" if code in _GRPC_CLIENT_CODES else "server"
