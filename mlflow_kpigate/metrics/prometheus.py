@@ -40,8 +40,8 @@ import math
 import re
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
 
 import numpy as np
 import requests
@@ -294,6 +294,40 @@ class _Session:
 # The source
 # --------------------------------------------------------------------------------------
 
+class _Key(NamedTuple):
+    """What identifies one of the collector's series (the labels the source reads)."""
+
+    name: str
+    stage: int
+    role: str
+    outcome: str | None
+    label: str | None
+    le: str | None
+    field: str | None
+    value: str | None
+    value_name: str | None
+    name_a: str | None
+    name_b: str | None
+
+
+@dataclass
+class _Tally:
+    """One role's requests in one stage window, from Seldon's counters."""
+
+    requests: float = 0.0
+    errors: float = 0.0
+    seconds: float = 0.0
+    buckets: dict[float, float] = field(default_factory=dict)  # le -> cumulative count
+
+    def count(self, code: str | None, growth: float) -> None:
+        """Add requests answered with ``code``: 4xx are the caller's, not the model's."""
+        kind = promql.code_kind(code)
+        if kind != "client":
+            self.requests += growth
+            if kind == "server":
+                self.errors += growth
+
+
 class _Samples:
     """The aggregates of one evaluation, created on first use per (stage, role)."""
 
@@ -429,7 +463,7 @@ class PrometheusSource:
         query = promql.selector(
             "", equal={ex.LABEL_DEPLOYMENT: self.deployment},
             regex={"__name__": f"kpigate_stage_.+|{ex.COLLECTOR_STAGE}"})
-        latest: dict[tuple[Any, ...], float] = {}
+        latest: dict[_Key, float] = {}
         seen_collector = False
         keys = (ex.LABEL_OUTCOME, ex.LABEL_TRUE_LABEL, ex.LABEL_LE, ex.LABEL_FIELD,
                 ex.LABEL_VALUE, ex.LABEL_NAME, ex.LABEL_NAME_A, ex.LABEL_NAME_B)
@@ -442,7 +476,7 @@ class PrometheusSource:
             stage_text = labels.get(ex.LABEL_STAGE, "")
             if role not in ROLES or not stage_text.isdigit():
                 continue
-            key = (name, int(stage_text), role, *(labels.get(k) for k in keys))
+            key = _Key(name, int(stage_text), role, *(labels.get(k) for k in keys))
             # Two exporters of one (deployment, stage, role) read the same durable store
             # (e.g. a restarted collector pod); both values are cumulative since the stage
             # began, so the larger is the fresher.
@@ -475,32 +509,27 @@ class PrometheusSource:
             counts = self._window_growth(session, f"{EXECUTOR_METRIC}_count", sel, start, end)
             buckets = self._window_growth(session, f"{EXECUTOR_METRIC}_bucket", sel, start, end)
             sums = self._window_growth(session, f"{EXECUTOR_METRIC}_sum", sel, start, end)
-            per_role: dict[str, dict[str, Any]] = {
-                r: {"requests": 0.0, "errors": 0.0, "seconds": 0.0, "buckets": {}} for r in ROLES}
+            tallies = {role: _Tally() for role in ROLES}
             for labels, growth in counts:
-                role, kind = labels.get("predictor_name"), promql.code_kind(labels.get("code"))
-                if role in per_role and kind != "client":
-                    per_role[role]["requests"] += growth
-                    if kind == "server":
-                        per_role[role]["errors"] += growth
+                tally = tallies.get(labels.get("predictor_name", ""))
+                if tally is not None:
+                    tally.count(labels.get("code"), growth)
             for labels, growth in sums:
-                role = labels.get("predictor_name")
-                if role in per_role and promql.code_kind(labels.get("code")) != "client":
-                    per_role[role]["seconds"] += growth
+                tally = tallies.get(labels.get("predictor_name", ""))
+                if tally is not None and promql.code_kind(labels.get("code")) != "client":
+                    tally.seconds += growth
             for labels, growth in buckets:
-                role = labels.get("predictor_name")
-                if role in per_role and promql.code_kind(labels.get("code")) != "client":
+                tally = tallies.get(labels.get("predictor_name", ""))
+                if tally is not None and promql.code_kind(labels.get("code")) != "client":
                     le = float(labels.get("le", "nan"))
-                    per_role[role]["buckets"][le] = per_role[role]["buckets"].get(le, 0) + growth
-            for role, data in per_role.items():
-                requests_n = round(data["requests"])
-                if requests_n <= 0:
-                    continue
-                agg = samples.get(stage, role)
-                agg.requests += requests_n
-                agg.errors += round(data["errors"])
-                agg.latency.merge(promql.latency_from_buckets(samples.template, data["buckets"],
-                                                       data["seconds"]))
+                    tally.buckets[le] = tally.buckets.get(le, 0.0) + growth
+            for role, tally in tallies.items():
+                if round(tally.requests) > 0:
+                    agg = samples.get(stage, role)
+                    agg.requests += round(tally.requests)
+                    agg.errors += round(tally.errors)
+                    agg.latency.merge(promql.latency_from_buckets(
+                        samples.template, tally.buckets, tally.seconds))
 
     def _window_growth(self, session: _Session, metric: str, sel: Mapping[str, Any],
                        start: float, end: float) -> list[tuple[Labels, float]]:
@@ -546,33 +575,30 @@ class PrometheusSource:
                                      "metrics.prometheus.requests_from: kpigate",
                                      kind="malformed", query=probe, attempts=session.attempts)
         for stage, start, end in windows:
-            totals = {role: [0.0, 0.0, 0.0] for role in ROLES}  # requests, errors, seconds
+            tallies = {role: _Tally() for role in ROLES}
             for labels, growth in self._window_growth(session, V2_INFER_TOTAL, sel, start, end):
-                role = models.get(labels.get("model", ""))
-                kind = promql.code_kind(labels.get("code"))
-                if role is not None and kind != "client":
-                    totals[role][0] += growth
-                    totals[role][1] += growth if kind == "server" else 0.0
+                tally = tallies.get(models.get(labels.get("model", ""), ""))
+                if tally is not None:
+                    tally.count(labels.get("code"), growth)
             for labels, growth in self._window_growth(session, V2_INFER_SECONDS, sel, start,
                                                       end):
-                role = models.get(labels.get("model", ""))
-                if role is not None and promql.code_kind(labels.get("code")) != "client":
-                    totals[role][2] += growth
-            for role, (n_req, n_err, seconds) in totals.items():
-                n = round(n_req)
+                tally = tallies.get(models.get(labels.get("model", ""), ""))
+                if tally is not None and promql.code_kind(labels.get("code")) != "client":
+                    tally.seconds += growth
+            for role, tally in tallies.items():
+                n = round(tally.requests)
                 if n <= 0:
                     continue
                 agg = samples.get(stage, role)
                 agg.requests += n
-                agg.errors += round(n_err)
-                if seconds > 0:
+                agg.errors += round(tally.errors)
+                if tally.seconds > 0:
                     # Only the mean is known: every request is put at it (latency KPIs are
                     # refused for v2 by check_policy; this serves reports' mean latency).
-                    mean = seconds / n
+                    mean = tally.seconds / n
                     counts = np.zeros(agg.latency.counts.size, dtype=np.int64)
-                    counts[promql.bucket_below(agg.latency, mean) if mean < agg.latency.edges[-1]
-                           else counts.size - 1] = n
-                    agg.latency.add_binned(counts, math.log(mean), 0.0, seconds)
+                    counts[promql.bucket_below(agg.latency, mean)] = n
+                    agg.latency.add_binned(counts, math.log(mean), 0.0, tally.seconds)
 
     # -- custom PromQL -------------------------------------------------------------------
 
@@ -627,20 +653,19 @@ class PrometheusSource:
             part = CoMoments.from_dict({"names": list(names), "n": n, "mean": mean.tolist(),
                                         "comoment": comoment.tolist()})
             agg = samples.get(stage, role)
-            assert agg.values is not None  # the policy has value names when it has queries
-            agg.values.merge(part)
+            if agg.values is not None:  # always: queries feed the policy's value names
+                agg.values.merge(part)
 
 
 class _CollectorSeries:
-    """The collector's latest values, keyed (name, stage, role, outcome, label, le, field,
-    value, name, name_a, name_b), turned into aggregates."""
+    """The collector's latest values (one per :class:`_Key`), turned into aggregates."""
 
-    def __init__(self, latest: Mapping[tuple[Any, ...], float], source: PrometheusSource,
+    def __init__(self, latest: Mapping[_Key, float], source: PrometheusSource,
                  session: _Session, query: str) -> None:
         self.source, self.session, self.query = source, session, query
-        self.by_stage: dict[tuple[int, str], list[tuple[tuple[Any, ...], float]]] = {}
+        self.by_stage: dict[tuple[int, str], list[tuple[_Key, float]]] = {}
         for key, value in latest.items():
-            self.by_stage.setdefault((key[1], key[2]), []).append((key, value))
+            self.by_stage.setdefault((key.stage, key.role), []).append((key, value))
 
     def fill(self, samples: _Samples) -> None:
         spec = self.source.spec
@@ -654,12 +679,12 @@ class _CollectorSeries:
                 agg.errors += round(get(ex.STAGE_ERRORS))
                 buckets = self._buckets(rows, f"{ex.STAGE_LATENCY}_bucket")
                 if buckets:
-                    agg.latency.merge(promql.latency_from_buckets(samples.template, buckets,
-                                                           get(f"{ex.STAGE_LATENCY}_sum")))
+                    agg.latency.merge(promql.latency_from_buckets(
+                        samples.template, buckets, get(f"{ex.STAGE_LATENCY}_sum")))
             cells = {o: 0 for o in ex.CONFUSION_OUTCOMES}
             for key, value in rows:
-                if key[0] == ex.STAGE_LABELLED and key[3] in cells:
-                    cells[key[3]] += round(value)
+                if key.name == ex.STAGE_LABELLED and key.outcome in cells:
+                    cells[key.outcome] += round(value)
             agg.confusion.merge(Confusion(**cells))
             for label, hist in self._score_buckets(rows).items():
                 counts = promql.score_counts(hist, spec.score_bins)
@@ -671,42 +696,42 @@ class _CollectorSeries:
                 self._values(rows, agg, stage, role)
 
     @staticmethod
-    def _getter(rows: Sequence[tuple[tuple[Any, ...], float]]) -> Callable[[str], float]:
-        plain = {key[0]: value for key, value in rows}
+    def _getter(rows: Sequence[tuple[_Key, float]]) -> Callable[[str], float]:
+        plain = {key.name: value for key, value in rows}
         return lambda name: plain.get(name, 0.0)
 
     @staticmethod
-    def _buckets(rows: Iterable[tuple[tuple[Any, ...], float]], name: str) -> dict[float, float]:
-        return {float(key[5]): value for key, value in rows if key[0] == name and key[5]}
+    def _buckets(rows: Iterable[tuple[_Key, float]], name: str) -> dict[float, float]:
+        return {float(key.le): value for key, value in rows if key.name == name and key.le}
 
     @staticmethod
-    def _score_buckets(rows: Iterable[tuple[tuple[Any, ...], float]]
+    def _score_buckets(rows: Iterable[tuple[_Key, float]]
                        ) -> dict[str, dict[float, float]]:
         out: dict[str, dict[float, float]] = {}
         for key, value in rows:
-            if key[0] == f"{ex.STAGE_SCORE}_bucket" and key[4] in ("0", "1") and key[5]:
-                out.setdefault(key[4], {})[float(key[5])] = value
+            if key.name == f"{ex.STAGE_SCORE}_bucket" and key.label in ("0", "1") and key.le:
+                out.setdefault(key.label, {})[float(key.le)] = value
         return out
 
-    def _segments(self, rows: Iterable[tuple[tuple[Any, ...], float]],
+    def _segments(self, rows: Iterable[tuple[_Key, float]],
                   agg: RoleAggregate) -> None:
         for key, value in rows:
-            field, seg, outcome = key[6], key[7], key[3]
-            if key[0] != ex.STAGE_SEGMENT_LABELLED or field not in agg.segments \
-                    or outcome not in ex.CONFUSION_OUTCOMES or seg is None:
+            if key.name != ex.STAGE_SEGMENT_LABELLED or key.field not in agg.segments \
+                    or key.outcome not in ex.CONFUSION_OUTCOMES or key.value is None:
                 continue
-            conf = agg.segments[field].setdefault(seg, Confusion())
-            setattr(conf, outcome, getattr(conf, outcome) + round(value))
+            conf = agg.segments[key.field].setdefault(key.value, Confusion())
+            setattr(conf, key.outcome, getattr(conf, key.outcome) + round(value))
 
-    def _values(self, rows: Sequence[tuple[tuple[Any, ...], float]], agg: RoleAggregate,
+    def _values(self, rows: Sequence[tuple[_Key, float]], agg: RoleAggregate,
                 stage: int, role: str) -> None:
         """CoMoments from the raw moments: count, sums and sums of products."""
         names = self.source.spec.value_names
-        n = round(next((v for k, v in rows if k[0] == ex.STAGE_VALUE_COUNT), 0.0))
+        n = round(next((v for k, v in rows if k.name == ex.STAGE_VALUE_COUNT), 0.0))
         if n <= 0:
             return
-        sums = {k[8]: v for k, v in rows if k[0] == ex.STAGE_VALUE_SUM}
-        products = {(k[9], k[10]): v for k, v in rows if k[0] == ex.STAGE_VALUE_PRODUCT_SUM}
+        sums = {k.value_name: v for k, v in rows if k.name == ex.STAGE_VALUE_SUM}
+        products = {(k.name_a, k.name_b): v for k, v in rows
+                    if k.name == ex.STAGE_VALUE_PRODUCT_SUM}
         where = f'{{deployment="{self.source.deployment}",stage="{stage}",role="{role}"}}'
         mean = np.zeros(len(names))
         comoment = np.zeros((len(names), len(names)))
@@ -726,7 +751,7 @@ class _CollectorSeries:
                         f"name_a={pair[0]!r}, name_b={pair[1]!r}")
                 c = products[pair] - sums[a] * sums[b] / n
                 comoment[i, j] = comoment[j, i] = max(c, 0.0) if i == j else c
-        assert agg.values is not None  # the spec has value names
-        agg.values.merge(CoMoments.from_dict({"names": list(names), "n": n,
-                                              "mean": mean.tolist(),
-                                              "comoment": comoment.tolist()}))
+        if agg.values is not None:  # always: the spec has value names
+            agg.values.merge(CoMoments.from_dict({"names": list(names), "n": n,
+                                                  "mean": mean.tolist(),
+                                                  "comoment": comoment.tolist()}))
