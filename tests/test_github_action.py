@@ -24,7 +24,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -32,12 +31,14 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from fake_github import WRITE_TOKEN, FakeGitHub, serve, start_server, stop_server
+from pytest_httpserver import HTTPServer
 
 REPO = Path(__file__).resolve().parents[1]
 ACTION = REPO / "action" / "action.yml"
@@ -52,7 +53,8 @@ NODE = shutil.which("node")
 WORKFLOWS = sorted([*EXAMPLES.glob("*.yml"), *(REPO / ".github" / "workflows").glob("*.yml"),
                     *ACT_DATA.glob("*.yml")])
 MODEL = "act-demo"
-TOKEN = "ghs_kpigateActTestToken0123456789"  # a fake; the fake API checks it arrives
+TOKEN = WRITE_TOKEN  # the fake API answers 401 to any other token
+GITHUB_REPO = "acme/models"
 COLUMNS = list("abcd")
 SHA_PIN = re.compile(r"^[\w.-]+/[\w./-]+@[0-9a-f]{40}$")
 #: Ceilings for wedged processes, not performance thresholds.
@@ -252,100 +254,23 @@ def test_example_promotion_file_names_a_valid_policy():
 
 
 # --------------------------------------------------------------------------------------
-# A fake GitHub REST API on 127.0.0.1
+# The fake GitHub REST API on 127.0.0.1 (tests/fake_github.py)
 # --------------------------------------------------------------------------------------
 
 
-@dataclass
-class FakeGitHub:
-    """Issue comments, commit statuses and pull requests of one repository, in memory."""
-
-    url: str
-    repo: str = "acme/models"
-    comments: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
-    statuses: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
-    requests: list[tuple[str, str, dict[str, Any] | None, str]] = field(default_factory=list)
-    page_size: int = 2
-    next_id: int = 1000
-
-    def seed(self, pr: int, bodies: list[str]) -> list[int]:
-        ids = []
-        for body in bodies:
-            self.next_id += 1
-            self.comments.setdefault(pr, []).append({"id": self.next_id, "body": body})
-            ids.append(self.next_id)
-        return ids
-
-    def handle(self, request: Any) -> Any:
-        from werkzeug import Response
-
-        body = request.get_json(silent=True) if request.data else None
-        self.requests.append((request.method, request.path, body,
-                              request.headers.get("Authorization", "")))
-        if request.headers.get("Authorization") != f"Bearer {TOKEN}":
-            return Response(json.dumps({"message": "Bad credentials"}), 401)
-        prefix = f"/repos/{self.repo}"
-        path = request.path
-        m = re.fullmatch(prefix + r"/issues/(\d+)/comments", path)
-        if m and request.method == "GET":
-            items = self.comments.get(int(m.group(1)), [])
-            page = int(request.args.get("page", "1"))
-            size = min(self.page_size, int(request.args.get("per_page", "30")))
-            chunk = items[(page - 1) * size:page * size]
-            headers = {}
-            if page * size < len(items):
-                headers["Link"] = (f'<{self.url}{path}?per_page={size}&page={page + 1}>; '
-                                   'rel="next"')
-            return Response(json.dumps(chunk), 200, headers=headers,
-                            content_type="application/json")
-        if m and request.method == "POST":
-            self.next_id += 1
-            item = {"id": self.next_id, "body": body["body"]}
-            self.comments.setdefault(int(m.group(1)), []).append(item)
-            return Response(json.dumps(item), 201, content_type="application/json")
-        m = re.fullmatch(prefix + r"/issues/comments/(\d+)", path)
-        if m and request.method == "PATCH":
-            for items in self.comments.values():
-                for item in items:
-                    if item["id"] == int(m.group(1)):
-                        item["body"] = body["body"]
-                        return Response(json.dumps(item), 200,
-                                        content_type="application/json")
-            return Response(json.dumps({"message": "Not Found"}), 404)
-        m = re.fullmatch(prefix + r"/pulls/(\d+)", path)
-        if m and request.method == "GET":
-            pr = {"number": int(m.group(1)), "head": {"sha": "3" * 40}}
-            return Response(json.dumps(pr), 200, content_type="application/json")
-        m = re.fullmatch(prefix + r"/statuses/([0-9a-f]{40})", path)
-        if m and request.method == "POST":
-            self.statuses.append((m.group(1), body))
-            return Response(json.dumps(body), 201, content_type="application/json")
-        return Response(json.dumps({"message": "Not Found"}), 404)
-
-    def writes(self) -> list[tuple[str, str, dict[str, Any] | None, str]]:
-        return [r for r in self.requests if r[0] != "GET"]
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+@pytest.fixture(scope="module")
+def github_server() -> Iterator[HTTPServer]:
+    server = start_server()
+    try:
+        yield server
+    finally:
+        stop_server(server)
 
 
 @pytest.fixture
-def fake_github() -> Iterator[FakeGitHub]:
-    from pytest_httpserver import HTTPServer
-
-    server = HTTPServer(host="127.0.0.1", port=_free_port())
-    server.start()
-    fake = FakeGitHub(url=f"http://127.0.0.1:{server.port}")
-    server.expect_request(re.compile(r"/.*")).respond_with_handler(fake.handle)
-    try:
-        yield fake
-    finally:
-        server.clear()
-        if server.is_running():
-            server.stop()
+def fake_github(github_server: HTTPServer) -> FakeGitHub:
+    """The shared fake GitHub API (tests/fake_github.py), fresh for each test."""
+    return serve(github_server, repo=GITHUB_REPO)
 
 
 # --------------------------------------------------------------------------------------
@@ -578,12 +503,17 @@ def _first_line(body: str) -> str:
     return next(line for line in body.splitlines() if line.strip())
 
 
-def test_act_pull_request_rollout_promotes_and_reports(act_env, fake_github):
+def test_act_pull_request_rollout_promotes_and_reports(act_env, github_server):
+    # The API under GitHub Enterprise Server's path: GITHUB_API_URL=http://host/api/v3
+    fake = serve(github_server, prefix="/api/v3", repo=GITHUB_REPO)
+    event = json.loads((ACT_DATA / "pull_request.json").read_text())
+    head = event["pull_request"]["head"]["sha"]
+    fake.add_pull(7, head)
     root, state_dir = act_env["root"], act_env["state_dir"]
     ws = _workspace(root, "pull-request.yml")
     with Traffic(state_dir, MODEL) as traffic:
         run = _run_act(root, ws, "pull-request.yml", "pull_request",
-                       ACT_DATA / "pull_request.json", api_url=fake_github.url,
+                       ACT_DATA / "pull_request.json", api_url=fake.url,
                        tracking_uri=act_env["tracking_uri"], state_dir=state_dir)
     assert run.returncode == 0, run.text[-6000:]
     assert traffic.sent > 0
@@ -597,52 +527,55 @@ def test_act_pull_request_rollout_promotes_and_reports(act_env, fake_github):
     assert run.outputs["FINAL_STAGE"] == "100%"
     assert run.outputs["ROLLOUT_RUN_ID"] == state.rollout_run_id
     report = Path(run.outputs["REPORT_PATH"])
-    report_md = report / "report.md" if report.is_dir() else report
-    assert report_md.is_file()
-    # the job summary holds the report
+    assert (report / "report.md" if report.is_dir() else report).is_file()
+    # the job summary holds the report, the log a notice (no error or warning)
     summaries = [e["content"] for e in run.commands("summary")]
     assert summaries, "no job summary was written"
     assert any("promoted" in s.lower() and MODEL in s for s in summaries)
+    assert run.commands("error") == []
     # one sticky comment on PR 7, with the decision first and the hidden marker
-    posts = [r for r in fake_github.writes() if r[1].endswith("/issues/7/comments")]
-    assert len(posts) == 1, fake_github.requests
-    body = fake_github.comments[7][0]["body"]
-    assert f"<!-- kpigate:{MODEL} -->" in body
-    assert "promoted" in _first_line(body).lower()
-    assert f"kpigate:{MODEL}" not in _first_line(body)
-    # the commit status on the PR's head commit, and the token only in the header
-    assert len(fake_github.statuses) == 1
-    sha, status = fake_github.statuses[0]
-    assert sha in ("1" * 40, "3" * 40)
-    assert status["state"] == "success"
-    assert status["context"] == f"kpigate/{MODEL}"
-    assert all(auth == f"Bearer {TOKEN}" for *_, auth in fake_github.requests)
+    assert [(c.method, c.path) for c in fake.writes("POST") if "comments" in c.path] == [
+        ("POST", f"/repos/{GITHUB_REPO}/issues/7/comments")]
+    (comment,) = fake.comments[7]
+    assert comment["body"].rstrip().endswith(f"<!-- kpigate:{MODEL} -->")
+    assert "promoted" in _first_line(comment["body"]).lower()
+    # the commit status on the PR's head commit; the token only in the header, never logged
+    (status,) = fake.statuses[head]
+    assert (status["state"], status["context"]) == ("success", f"kpigate/{MODEL}")
+    assert fake.calls
+    assert all(c.authorization in (f"Bearer {TOKEN}", f"token {TOKEN}") for c in fake.calls)
     assert TOKEN not in run.text
 
 
-def test_act_dispatch_rollback_updates_the_sticky_comment_and_fails(act_env, fake_github):
+def test_act_dispatch_rollback_updates_the_sticky_comment_and_fails(act_env, github_server):
+    fake = serve(github_server, repo=GITHUB_REPO, page_size=2)
+    # Six comments, two a page: the kpigate one is on the third page.
+    for body in ("first", "second", "third", "fourth"):
+        fake.add_comment(7, body)
+    sticky = fake.add_comment(7, f"an old report\n\n<!-- kpigate:{MODEL} -->\n",
+                              user="github-actions[bot]")
+    fake.add_comment(7, "after")
     root, state_dir = act_env["root"], act_env["state_dir"]
-    # Five comments on two pages and more: the kpigate one is on the third page.
-    fake_github.seed(7, ["first", "second", "third", "fourth"])
-    (sticky,) = fake_github.seed(7, [f"an old report\n\n<!-- kpigate:{MODEL} -->\n"])
-    fake_github.seed(7, ["after"])
     ws = _workspace(root, "dispatch.yml")
     with Traffic(state_dir, MODEL):
         run = _run_act(root, ws, "dispatch.yml", "workflow_dispatch",
-                       ACT_DATA / "workflow_dispatch.json", api_url=fake_github.url,
+                       ACT_DATA / "workflow_dispatch.json", api_url=fake.url,
                        tracking_uri=act_env["tracking_uri"], state_dir=state_dir)
     assert run.returncode != 0, "fail-on: rollback must fail the job"
     assert run.outputs["DECISION"] == "rolled_back", run.text[-6000:]
-    errors = [e.get("arg", "") for e in run.commands("error")]
-    assert any("error_rate" in e or "roll" in e.lower() for e in errors), errors
+    errors = [f"{e.get('kvPairs', {}).get('title', '')}: {e.get('arg', '')}"
+              for e in run.commands("error")]
+    assert any("rolled back" in e and "error_rate" in e for e in errors), errors
     # the existing comment was found through the Link pages and edited in place
-    writes = fake_github.writes()
-    assert [w[0] for w in writes] == ["PATCH"], writes
-    assert writes[0][1] == f"/repos/acme/models/issues/comments/{sticky}"
-    updated = next(c for c in fake_github.comments[7] if c["id"] == sticky)
+    pages = [c.query.get("page", "1") for c in fake.calls
+             if c.method == "GET" and c.path.endswith("/issues/7/comments")]
+    assert pages[:3] == ["1", "2", "3"]
+    assert [(c.method, c.path) for c in fake.writes()] == [
+        ("PATCH", f"/repos/{GITHUB_REPO}/issues/comments/{sticky}")]
+    updated = next(c for c in fake.comments[7] if c["id"] == sticky)
     assert "rolled back" in _first_line(updated["body"]).lower()
-    assert len(fake_github.comments[7]) == 6
-    assert fake_github.statuses == []  # commit-status is off in this workflow
+    assert len(fake.comments[7]) == 6
+    assert fake.statuses == {}  # commit-status is off in this workflow
 
 
 @pytest.mark.parametrize(("field", "value", "message"), [
@@ -665,7 +598,7 @@ def test_act_rejects_a_bad_input_before_anything_runs(act_env, fake_github, tmp_
     assert run.returncode != 0
     errors = [e.get("arg", "") for e in run.commands("error")]
     assert message in errors, errors
-    assert fake_github.requests == []
+    assert fake_github.calls == []
     assert not (act_env["state_dir"] / MODEL).exists()
 
 
@@ -686,7 +619,7 @@ def test_act_hostile_input_stays_data(act_env, fake_github, tmp_path):
     assert f"models:/{MODEL}@2$(touch {pwned}1)" in run.text  # the URI, verbatim
     errors = [e.get("arg", "") for e in run.commands("error")]
     assert any("the rollout did not start" in e for e in errors), errors
-    assert fake_github.requests == []  # no report about an earlier rollout
+    assert fake_github.calls == []  # no report about an earlier rollout
 
 
 # --------------------------------------------------------------------------------------
@@ -743,4 +676,4 @@ def test_act_gitops_read_job_validates_promotion_files(tmp_path, fake_github):
     errors = [e.get("arg", "") for e in run.commands("error")]
     assert 'candidate: must be a version number such as "7"' in errors, errors
     assert any(e.startswith("policy: ") for e in errors), errors
-    assert fake_github.requests == []
+    assert fake_github.calls == []
