@@ -60,6 +60,9 @@ class DecisionMetrics:
         self.waiting = Gauge("kpigate_readiness_waiting_seconds",
                              "How long the current stage's traffic has waited to be served "
                              "(0 once ready).", ["deployment"], registry=r)
+        self.paused = Gauge("kpigate_rollout_paused",
+                            "1 while an operator has paused the rollout's evaluations.",
+                            ["deployment"], registry=r)
         for action in ("promote", "hold", "rollback"):
             self.decisions.labels(deployment, action)  # export zeros from the start
         self.evaluations.labels(deployment)
@@ -71,6 +74,7 @@ class DecisionMetrics:
         self.info.labels(d, state.model_name, state.candidate_version,
                          state.baseline_version).set(1)
         self.stage.labels(d).set(state.stage_index)
+        self.paused.labels(d).set(1 if state.paused else 0)
         for phase in Phase:
             self.phase.labels(d, phase.value).set(1 if phase is state.phase else 0)
         w = state.weights

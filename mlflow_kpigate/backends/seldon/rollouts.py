@@ -312,8 +312,20 @@ def _start(cluster: Cluster, rollout: ClusterRollout, target: SeldonTarget,
 
 # -- the controller ----------------------------------------------------------------------------
 def _metrics_port() -> int | None:
-    value = os.environ.get("KPIGATE_METRICS_PORT")
-    return int(value) if value else None
+    value = os.environ.get("KPIGATE_METRICS_PORT", "").strip()
+    if not value:
+        return None
+    if not value.isdigit() or not 1 <= int(value) <= 65535:
+        raise UsageError(f"KPIGATE_METRICS_PORT={value}: must be a port number (e.g. 9102)")
+    return int(value)
+
+
+def _metrics_linger() -> float:
+    value = os.environ.get("KPIGATE_METRICS_LINGER", "90").strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        raise UsageError(f"KPIGATE_METRICS_LINGER={value}: must be seconds, e.g. 90") from None
 
 
 def controller_for(namespace: str, name: str, cfg: DeploymentConfig,
@@ -360,9 +372,17 @@ def run_controller(namespace: str, name: str, cfg: DeploymentConfig, *,
 
     controller = controller_for(namespace, name, cfg, observer=observe)
     metrics.observe(controller.store.require(), None)
+    linger = _metrics_linger()
+    # In a pod, Prometheus scrapes the pod IP: all interfaces, as for any exporter.
     stop_serving = metrics.serve("0.0.0.0", metrics_port) if metrics_port else None
     try:
-        return controller.run(stop)
+        state = controller.run(stop)
+        if stop_serving is not None:
+            metrics.observe(state, None)
+            # Stay up a few scrape intervals so the terminal phase reaches Prometheus (the
+            # alert rules rely on seeing it) before the Job's pod goes away.
+            (stop or threading.Event()).wait(linger)
+        return state
     finally:
         if stop_serving is not None:
             stop_serving()

@@ -1,0 +1,197 @@
+"""The ``kpigate:/seldon/NAMESPACE`` MLflow target: usage errors, dry runs, operator actions,
+and the v2 (Model + Experiment) router — through MLflow's CLI and the real kubernetes
+client against the fake API server (tests/fake_kube.py)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import yaml
+from fake_kube import fake_kube  # noqa: F401
+
+from mlflow_kpigate.backends.seldon.cluster import (
+    CONFIG_MAP,
+    SELDON_EXPERIMENT,
+    SELDON_MODEL,
+    Cluster,
+)
+from mlflow_kpigate.backends.seldon.manifests import ModelRef, v2_experiment, v2_models
+from mlflow_kpigate.backends.seldon.router import SeldonTraffic
+from mlflow_kpigate.backends.seldon.state_store import ClusterStore
+from mlflow_kpigate.backends.seldon.target import SeldonTarget
+from mlflow_kpigate.rollout.state import Phase, RolloutState, Weights
+
+NS = "models"
+# The controller runs in other processes: they need the tracking server, not a local file.
+SERVER = pytest.mark.parametrize("tracking_uri", ["server"], indirect=True)
+
+POLICY = textwrap.dedent("""
+    evaluation: {interval: 1s, maturity: 0s}
+    stages: [5, 50, 100]
+    kpis:
+      - {name: error_rate, kind: proportion, metric: error_rate, role: critical, margin: 0.02}
+    metrics:
+      prometheus: {url: "http://127.0.0.1:9", timeout: 1s, retries: 0, max_wait: 2s}
+""")
+
+
+def _mlflow(args, env_extra=None, tmp_path=None, timeout=180):
+    env = {**os.environ, **(env_extra or {})}
+    if tmp_path is not None:
+        env["KPIGATE_STATE_DIR"] = str(tmp_path / "state")
+    return subprocess.run([sys.executable, "-m", "mlflow", "deployments", *args], env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def _error_line(proc) -> str:
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert "Traceback" not in proc.stderr, proc.stderr
+    return lines[-1]
+
+
+@SERVER
+@pytest.mark.parametrize(("target", "extra", "expect"), [
+    ("kpigate:/seldon/Bad_NS", [], "namespace"),
+    ("kpigate:/seldon/", [], "no namespace"),
+    ("kpigate", ["-C", "seldon_version=2"], "only for -t kpigate:/seldon"),
+    ("kpigate:/seldon/models", ["-C", "seldon_version=3"], "seldon_version"),
+    ("kpigate:/seldon/models", ["-C", "collector_url=ftp://x"], "collector_url"),
+    ("kpigate:/seldon/models", ["-C", "stages=shadow,2.5,100"], "whole percent"),
+])
+def test_bad_seldon_input_is_one_line_and_exit_2(registered_model, tmp_path, target, extra,
+                                                 expect):
+    proc = _mlflow(["create", "-t", target, "--name", "fraud", "-m",
+                    f"models:/{registered_model.name}/2", "-C",
+                    f"baseline=models:/{registered_model.name}/1", "-C", "dry_run=true",
+                    *extra], {"MLFLOW_TRACKING_URI": registered_model.tracking_uri}, tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert expect in _error_line(proc)
+
+
+@SERVER
+def test_dry_run_prints_valid_manifests_and_touches_no_cluster(registered_model, tmp_path):
+    from crd_schema import schema_errors  # the CRD validator of the manifest tests
+
+    proc = _mlflow(["create", "-t", f"kpigate:/seldon/{NS}", "--name", "fraud", "-m",
+                    f"models:/{registered_model.name}/2", "-C",
+                    f"baseline=models:/{registered_model.name}/1", "-C", "dry_run=true",
+                    "-C", "kubeconfig=/nonexistent"],
+                   {"MLFLOW_TRACKING_URI": registered_model.tracking_uri}, tmp_path)
+    # A kubeconfig that does not exist is refused up front, even for a dry run.
+    assert proc.returncode == 2
+    assert "kubeconfig" in _error_line(proc)
+    proc = _mlflow(["create", "-t", f"kpigate:/seldon/{NS}", "--name", "fraud", "-m",
+                    f"models:/{registered_model.name}/2", "-C",
+                    f"baseline=models:/{registered_model.name}/1", "-C", "dry_run=true",
+                    "-C", "stages=5,25,100"],
+                   {"MLFLOW_TRACKING_URI": registered_model.tracking_uri,
+                    "KUBECONFIG": "/nonexistent"}, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    manifests = proc.stdout.split("python_function deployment")[0]  # then MLflow's summary
+    docs = [d for d in yaml.safe_load_all(manifests) if d]
+    sdep = docs[0]
+    assert sdep["kind"] == "SeldonDeployment"
+    assert schema_errors(sdep) == []
+    assert {p["name"]: p["traffic"] for p in sdep["spec"]["predictors"]} == \
+        {"baseline": 95, "candidate": 5}
+    assert "dry run" in proc.stderr
+
+
+@SERVER
+def test_operator_rollback_through_mlflow_update(fake_kube, registered_model, tmp_path):  # noqa: F811
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(POLICY)
+    env = {"MLFLOW_TRACKING_URI": registered_model.tracking_uri,
+           "KUBECONFIG": str(fake_kube.kubeconfig)}
+    target = f"kpigate:/seldon/{NS}"
+    proc = _mlflow(["create", "-t", target, "--name", "fraud", "-m",
+                    f"models:/{registered_model.name}/2", "-C",
+                    f"baseline=models:/{registered_model.name}/1", "-C", f"policy={policy}"],
+                   env, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "controller running in the background" in proc.stderr
+    try:
+        sdep = fake_kube.get_object("seldondeployments", NS, "fraud")
+        assert {p["name"]: p["traffic"] for p in sdep["spec"]["predictors"]} == \
+            {"baseline": 95, "candidate": 5}
+        got = _mlflow(["get", "-t", target, "--name", "fraud"], env, tmp_path)
+        assert got.returncode == 0, got.stderr
+        assert "canary" in got.stdout
+        listed = _mlflow(["list", "-t", target], env, tmp_path)
+        assert "fraud" in listed.stdout
+        again = _mlflow(["create", "-t", target, "--name", "fraud", "-m",
+                         f"models:/{registered_model.name}/1", "-C",
+                         f"baseline=models:/{registered_model.name}/2", "-C",
+                         f"policy={policy}"], env, tmp_path)
+        assert again.returncode == 2
+        assert "already runs a rollout" in _error_line(again)
+        upd = _mlflow(["update", "-t", target, "--name", "fraud", "-C", "action=rollback"],
+                      env, tmp_path)
+        assert upd.returncode == 0, upd.stderr
+        store = ClusterStore(Cluster.connect(NS, fake_kube.kubeconfig).objects(CONFIG_MAP),
+                             "fraud")
+        state = store.require()
+        assert state.phase is Phase.ROLLED_BACK
+        assert not state.effects_pending
+        sdep = fake_kube.get_object("seldondeployments", NS, "fraud")
+        assert [(p["name"], p["traffic"]) for p in sdep["spec"]["predictors"]] == \
+            [("baseline", 100)]
+        assert "operator_rollback" in [e["kind"] for e in store.events()]
+    finally:
+        done = _mlflow(["delete", "-t", target, "--name", "fraud"], env, tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert fake_kube.get_object("seldondeployments", NS, "fraud") is None
+    pid_file = tmp_path / "state" / "seldon" / NS / "fraud" / "controller.pid"
+    assert not pid_file.exists()
+
+
+def test_v2_experiment_follows_the_weights_and_readiness(fake_kube, tmp_path):  # noqa: F811
+    cluster = Cluster.connect(NS, fake_kube.kubeconfig)
+    target = SeldonTarget(namespace=NS, name="fraud", seldon_version=2)
+    base = ModelRef("1", "s3://models/fraud/1", "fraud")
+    cand = ModelRef("2", "s3://models/fraud/2", "fraud")
+    for model in v2_models(target, base, cand):
+        cluster.objects(SELDON_MODEL).create(model)
+    shadow = Weights(0.0, True, True)
+    cluster.objects(SELDON_EXPERIMENT).create(v2_experiment(target, shadow))
+    traffic = SeldonTraffic(cluster, target, base, cand)
+    state = RolloutState(name="fraud", model_name="fraud", candidate_version="2",
+                         baseline_version="1", candidate_uri="models:/fraud/2",
+                         baseline_uri="models:/fraud/1", policy_file="-", tracking_uri="-",
+                         port=0, weights=shadow, phase=Phase.SHADOW)
+    r = traffic.readiness(state)
+    assert not r.ready
+    assert not r.failed
+    for plural, name in (("experiments", "fraud"), ("models", "fraud-baseline"),
+                         ("models", "fraud-candidate")):
+        fake_kube.set_ready_v2(plural, NS, name, True)
+    assert traffic.readiness(state).ready
+    canary = state.evolve(weights=Weights(25.0, False, True), phase=Phase.CANARY)
+    assert not traffic.readiness(canary).ready  # the Experiment still mirrors
+    traffic.apply(canary)
+    exp = fake_kube.get_object("experiments", NS, "fraud")
+    assert sorted((c["name"], c["weight"]) for c in exp["spec"]["candidates"]) == \
+        [("fraud-baseline", 75), ("fraud-candidate", 25)]
+    assert "mirror" not in exp["spec"]
+    fake_kube.set_ready_v2("experiments", NS, "fraud", True)
+    assert traffic.readiness(canary).ready
+    patches = [r for r in fake_kube.requests if r.method == "PATCH"]
+    assert patches[-1].content_type == "application/json-patch+json"
+    rolled = canary.evolve(weights=Weights.baseline_only(), phase=Phase.ROLLED_BACK)
+    traffic.apply(rolled)
+    exp = fake_kube.get_object("experiments", NS, "fraud")
+    assert [(c["name"], c["weight"]) for c in exp["spec"]["candidates"]] == \
+        [("fraud-baseline", 100)]
+    assert fake_kube.get_object("models", NS, "fraud-candidate") is None
+    assert fake_kube.get_object("models", NS, "fraud-baseline") is not None
+    traffic.apply(rolled)  # repeated after a crash: harmless
+    fake_kube.set_ready_v2("experiments", NS, "fraud", True)
+    assert traffic.readiness(rolled).ready
+    fake_kube.set_ready_v2("models", NS, "fraud-baseline", False, reason="ModelFailed",
+                           message="load failed")
+    r = traffic.readiness(rolled.evolve(phase=Phase.CANARY))
+    assert r.failed
