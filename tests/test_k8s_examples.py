@@ -39,6 +39,7 @@ _TOOL_LIMIT_S = 120  # a ceiling for a wedged tool, not a performance threshold
 #: Series the rollout controller exports (port 9102).
 CONTROLLER_METRICS = {
     "kpigate_rollout_info", "kpigate_rollout_stage", "kpigate_rollout_phase",
+    "kpigate_rollout_paused",
     "kpigate_traffic_weight", "kpigate_kpi_estimate", "kpigate_kpi_difference",
     "kpigate_kpi_interval_lower", "kpigate_kpi_interval_upper", "kpigate_kpi_samples",
     "kpigate_decisions_total", "kpigate_evaluations_total",
