@@ -243,3 +243,38 @@ def test_failing_candidate_is_rolled_back_and_its_predictor_removed(
     left = {cm["metadata"]["name"] for cm in fake_kube.objects("configmaps", NS)}
     assert "someone-elses" in left
     assert not any(n.startswith(f"{name}-kpigate") for n in left)
+
+
+def test_rollout_holds_while_prometheus_is_down(
+        fake_kube, exporter, seldon, registered_model, tmp_path):  # noqa: F811
+    """Its own Prometheus, stopped mid-rollout: the gate holds and says why; no promotion."""
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(POLICY.replace("min_samples: {requests: 300}",
+                                     "min_samples: {requests: 100000}"))
+    name = "fraud-blind"
+    seldon(name, cand_error=0.0)
+    with running_prometheus([exporter.target], tmp_path / "prom") as prom:
+        proc = _create(registered_model, name, policy, prom, fake_kube, tmp_path)
+        store = _store(fake_kube, name)
+        try:
+            _wait(lambda: any(e["kind"] == "hold" for e in (store.events()
+                                                              if store.exists() else [])),
+                  "a first evaluation with Prometheus up")
+            prom.stop()
+            seen = len(store.events())
+
+            def blind_holds():
+                events = store.events()[seen:]
+                return [e for e in events if e["kind"] == "hold"
+                        and "metrics unavailable" in e["reason"]]
+
+            holds = _wait(lambda: len(blind_holds()) >= 2 and blind_holds(),
+                          "holds while Prometheus is down")
+        finally:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+    assert "Prometheus is unreachable" in holds[0]["reason"]
+    state = store.require()
+    assert state.stage_index == 0
+    assert state.phase.value in ("canary", "holding")
+    assert _predictors(fake_kube, name)["candidate"] == (5, False)

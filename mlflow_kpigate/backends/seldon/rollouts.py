@@ -193,6 +193,9 @@ def create(target_uri: str, name: str, model_uri: str, config: Mapping[str, Any]
     directory.mkdir(parents=True, exist_ok=True)
     policy, policy_file = _effective_policy(cfg, directory)
     _check_stages(policy)
+    from ...metrics.prometheus import check_policy
+
+    check_policy(policy, target.seldon_version)  # a KPI Prometheus cannot measure: exit 2
     first = transitions.stage_weights(policy.stages[0])
     manifests: list[dict[str, Any]]
     if target.seldon_version == 2:
