@@ -356,10 +356,11 @@ def test_samples_count_only_once_the_stage_is_ready(tmp_path):
 
 @pytest.mark.parametrize("on_timeout", ["hold", "abort"])
 def test_readiness_timeout_holds_with_an_alert_or_aborts(tmp_path, on_timeout):
-    directory, store, policy, clock = make_deployment(tmp_path, READY_POLICY % on_timeout)
+    directory, store, _policy, clock = make_deployment(tmp_path, READY_POLICY % on_timeout)
 
     class Alerts:
-        sent = []
+        def __init__(self):
+            self.sent = []
 
         def alert(self, **kw):
             self.sent.append(kw)
@@ -396,7 +397,8 @@ def test_failed_traffic_change_stays_pending_and_nothing_else_moves(tmp_path):
     traffic.fail_apply = True
     ctl.step()  # stage_ready is saved; the evaluation promotes; applying it fails
     state = store.require()
-    assert state.stage_index == 1 and state.effects_pending
+    assert state.stage_index == 1
+    assert state.effects_pending
     assert store.events()[-1]["kind"] == "effect_error"
     assert "cluster unreachable" in store.events()[-1]["errors"][0]
     traffic.fail_apply = False
@@ -415,7 +417,8 @@ def test_missing_metrics_hold_and_say_why(tmp_path):
         clock.now += 5
         decision = ctl.step()
         assert decision.action is Action.HOLD
-        assert "metrics unavailable" in decision.reason and "connection refused" in decision.reason
+        assert "metrics unavailable" in decision.reason
+        assert "connection refused" in decision.reason
     assert store.require().stage_index == 0
     source.down = False
     clock.now += 5
@@ -430,7 +433,7 @@ def test_decision_metrics_are_served_for_prometheus(tmp_path):
 
     from mlflow_kpigate.rollout.exposition import DecisionMetrics
 
-    directory, store, policy, clock = make_deployment(tmp_path)
+    directory, _store, policy, clock = make_deployment(tmp_path)
     metrics = DecisionMetrics("dep")
     ctl = Controller(directory, clock=clock, observer=metrics.observe)
     feed(directory, policy, 0, n=6000)

@@ -141,6 +141,25 @@ def test_operator_rollback_through_mlflow_update(fake_kube, registered_model, tm
         assert [(p["name"], p["traffic"]) for p in sdep["spec"]["predictors"]] == \
             [("baseline", 100)]
         assert "operator_rollback" in [e["kind"] for e in store.events()]
+        # The GitHub Action reports a cluster rollout from its ConfigMaps.
+        out, summary = tmp_path / "gh-output", tmp_path / "gh-summary"
+        gh_env = {**os.environ, **env, "GITHUB_OUTPUT": str(out),
+                  "GITHUB_STEP_SUMMARY": str(summary), "KPIGATE_STATE_DIR":
+                  str(tmp_path / "runner-state")}
+        gh_env.pop("GITHUB_TOKEN", None)
+        report = subprocess.run(
+            [sys.executable, "-m", "mlflow_kpigate.cli", "github", "report", "--deployment",
+             "fraud", "--target", target, "--no-comment", "--fail-on", "rollback"],
+            env=gh_env, capture_output=True, text=True, timeout=120)
+        assert report.returncode == 1, report.stderr  # fail-on rollback
+        assert "decision<<" in out.read_text()
+        assert "rolled_back" in out.read_text()
+        assert "rolled back" in summary.read_text().lower()
+        run_id = subprocess.run(
+            [sys.executable, "-m", "mlflow_kpigate.cli", "github", "run-id", "--deployment",
+             "fraud", "--target", target], env=gh_env, capture_output=True, text=True,
+            timeout=60)
+        assert run_id.stdout.strip() == state.rollout_run_id
     finally:
         done = _mlflow(["delete", "-t", target, "--name", "fraud"], env, tmp_path)
     assert done.returncode == 0, done.stderr

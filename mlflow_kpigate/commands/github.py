@@ -34,6 +34,7 @@ import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -160,17 +161,22 @@ def _policy(directory: Path, policy_file: str) -> Policy | None:
 
 
 def load_record(directory: Path, *, build_missing_report: bool = True,
-                warn: Callable[[str], None] | None = None) -> RolloutRecord:
+                warn: Callable[[str], None] | None = None,
+                store: Any | None = None) -> RolloutRecord:
     """The rollout in ``directory``: state, evaluations, traffic, final stage, report.
 
     When the report has not been written yet (a rollout that has not ended), it is
-    written now, unless ``build_missing_report`` is False.
+    written now, unless ``build_missing_report`` is False. ``store`` replaces the
+    directory's own store (a Seldon rollout's ConfigMap store; ``directory`` then holds
+    the policy copy and the report).
     """
-    if not (directory / "state.db").is_file():
-        raise UsageError(f"--deployment {directory.name}: no deployment in {directory.parent}; "
-                         "give the name used with `mlflow deployments create` and the same "
-                         "--state-dir / KPIGATE_STATE_DIR")
-    store = RolloutStore(directory)
+    if store is None:
+        if not (directory / "state.db").is_file():
+            raise UsageError(f"--deployment {directory.name}: no deployment in "
+                             f"{directory.parent}; give the name used with `mlflow "
+                             "deployments create` and the same --state-dir / "
+                             "KPIGATE_STATE_DIR")
+        store = RolloutStore(directory)
     state = store.require()
     evaluations: list[Evaluation] = []
     traffic: list[tuple[float, float]] = []
@@ -194,7 +200,7 @@ def load_record(directory: Path, *, build_missing_report: bool = True,
         from ..rollout.wiring import finish_rollout
 
         try:
-            finish_rollout(directory, state, None)
+            finish_rollout(directory, state, None, store=store, policy=policy)
         except Exception as exc:  # the outputs and the comment do not need the files
             if warn is not None:
                 warn(f"could not write the rollout report in {report_dir} "
@@ -263,6 +269,32 @@ class ReportOptions:
     commit_status: bool = False
     fail_on: str = "rollback"
     pr_number: str | None = None
+    target: str = "kpigate"
+
+
+def record_for(deployment: str, target: str, state_dir: str | None,
+               warn: Callable[[str], None] | None = None,
+               build_missing_report: bool = True) -> RolloutRecord:
+    """The rollout ``deployment`` of ``target``: the state directory's (embedded backend)
+    or the cluster's ConfigMaps (``kpigate:/seldon/NS``, through $KUBECONFIG or the
+    in-cluster service account)."""
+    root = _root(state_dir)
+    if target.strip().startswith("kpigate:/seldon"):
+        from ..backends.seldon.cluster import Cluster
+        from ..backends.seldon.rollouts import ClusterRollout, workdir
+        from ..backends.seldon.target import parse_target_uri
+
+        namespace = parse_target_uri(target)
+        rollout = ClusterRollout(Cluster.connect(namespace), deployment)
+        directory = workdir(namespace, deployment, root)
+        rollout.materialize(directory)
+        return load_record(directory, warn=warn, store=rollout.store,
+                           build_missing_report=build_missing_report)
+    if target.strip().rstrip("/") not in ("kpigate", "kpigate:/local", "kpigate:"):
+        raise UsageError(f"--target {target}: use kpigate, kpigate:/local or "
+                         "kpigate:/seldon/NAMESPACE")
+    return load_record(deployment_dir(deployment, root), warn=warn,
+                       build_missing_report=build_missing_report)
 
 
 class _Console:
@@ -311,8 +343,7 @@ def run_report(opts: ReportOptions, env: Mapping[str, str], *,
     payload = load_payload(gh.event_path)
     # Checks the payload's numbers now, before anything is written.
     from_payload(gh.event_name, payload, explicit)
-    directory = deployment_dir(opts.deployment, _root(opts.state_dir))
-    record = load_record(directory, warn=console.warn)
+    record = record_for(opts.deployment, opts.target, opts.state_dir, warn=console.warn)
     state = record.state
     model = (opts.model or "").strip() or state.model_name
     links = mlflow_links(gh.tracking_uri or state.tracking_uri, state, gh.workflow_run_url)
@@ -408,6 +439,11 @@ def _commit_status(client: GitHubClient, gh: GitHubEnv, record: RolloutRecord, l
         console.warn(f"commit status not set ({exc})")
 
 
+TARGET = click.option("--target", "-t", default="kpigate", show_default=True,
+                      help="The deployment target: kpigate (this machine's state directory) "
+                           "or kpigate:/seldon/NAMESPACE (the cluster's ConfigMaps).")
+
+
 @click.group("github")
 def github_group() -> None:
     """Report rollouts to GitHub: pull request comment, job summary, outputs, status."""
@@ -429,11 +465,13 @@ def github_group() -> None:
                    "or never.")
 @click.option("--pr-number", default=None,
               help="Pull request number, for events without one (empty: from the event).")
+@TARGET
 def report_command(deployment: str, state_dir: str | None, model: str | None, comment: bool,
-                   commit_status: bool, fail_on: str, pr_number: str | None) -> None:
+                   commit_status: bool, fail_on: str, pr_number: str | None,
+                   target: str) -> None:
     """Outputs, job summary, annotations, PR comment and commit status of a rollout."""
     opts = ReportOptions(deployment, state_dir, model, comment, commit_status,
-                         fail_on.lower(), pr_number)
+                         fail_on.lower(), pr_number, target)
     token = os.environ.get("GITHUB_TOKEN", "").strip() or None
     try:
         code = run_report(opts, os.environ)
@@ -441,6 +479,25 @@ def report_command(deployment: str, state_dir: str | None, model: str | None, co
         _Console(token).err(f"error: {' '.join(str(exc).split())}")
         raise click.exceptions.Exit(exc.exit_code) from None
     raise click.exceptions.Exit(code)
+
+
+
+@github_group.command("run-id")
+@click.option("--deployment", required=True, help="The deployment (rollout) name.")
+@STATE_DIR
+@TARGET
+def run_id_command(deployment: str, state_dir: str | None, target: str) -> None:
+    """Print the rollout run id of DEPLOYMENT's current rollout (empty if there is none).
+
+    The action compares it before and after its rollout step, so that a rollout that
+    failed to start is not reported with an earlier rollout's outcome.
+    """
+    try:
+        record = record_for(deployment, target, state_dir, build_missing_report=False)
+    except KpigateError:
+        click.echo("")
+        return
+    click.echo(record.state.rollout_run_id or "")
 
 
 if __name__ == "__main__":
