@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 
 import pytest
 import yaml
@@ -101,8 +102,52 @@ def test_dry_run_prints_valid_manifests_and_touches_no_cluster(registered_model,
     assert "dry run" in proc.stderr
 
 
+class SeldonGateway:
+    """Seldon's ingress as a client sees it: the v1 prediction path on loopback."""
+
+    def __init__(self):
+        import json
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        received = self.received = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                received.append((self.path, body))
+                rows = body["data"]["ndarray"]
+                reply = json.dumps({"data": {"names": ["score"],
+                                             "ndarray": [0.25] * len(rows)}}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(reply)))
+                self.end_headers()
+                self.wfile.write(reply)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=5)
+
+
+@pytest.fixture
+def gateway():
+    gw = SeldonGateway()
+    yield gw
+    gw.stop()
+
+
 @SERVER
-def test_operator_rollback_through_mlflow_update(fake_kube, registered_model, tmp_path):  # noqa: F811
+def test_operator_rollback_through_mlflow_update(fake_kube, registered_model, tmp_path,  # noqa: F811
+                                                 gateway):
     policy = tmp_path / "policy.yaml"
     policy.write_text(POLICY)
     env = {"MLFLOW_TRACKING_URI": registered_model.tracking_uri,
@@ -110,7 +155,8 @@ def test_operator_rollback_through_mlflow_update(fake_kube, registered_model, tm
     target = f"kpigate:/seldon/{NS}"
     proc = _mlflow(["create", "-t", target, "--name", "fraud", "-m",
                     f"models:/{registered_model.name}/2", "-C",
-                    f"baseline=models:/{registered_model.name}/1", "-C", f"policy={policy}"],
+                    f"baseline=models:/{registered_model.name}/1", "-C", f"policy={policy}",
+                    "-C", f"gateway_url={gateway.url}"],
                    env, tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "controller running in the background" in proc.stderr
@@ -123,6 +169,17 @@ def test_operator_rollback_through_mlflow_update(fake_kube, registered_model, tm
         assert "canary" in got.stdout
         listed = _mlflow(["list", "-t", target], env, tmp_path)
         assert "fraud" in listed.stdout
+        # Predictions go through Seldon's ingress with the v1 protocol.
+        payload = tmp_path / "input.json"
+        # MLflow's CLI reads this file with pandas.read_json: records.
+        payload.write_text('[{"a": 1.0, "b": 2.0}, {"a": 3.0, "b": 4.0}]')
+        pred = _mlflow(["predict", "-t", target, "--name", "fraud", "--input-path",
+                        str(payload)], env, tmp_path)
+        assert pred.returncode == 0, pred.stderr
+        assert "0.25" in pred.stdout
+        assert gateway.received == [(f"/seldon/{NS}/fraud/api/v1.0/predictions",
+                                     {"data": {"names": ["a", "b"],
+                                               "ndarray": [[1.0, 2.0], [3.0, 4.0]]}})]
         again = _mlflow(["create", "-t", target, "--name", "fraud", "-m",
                          f"models:/{registered_model.name}/1", "-C",
                          f"baseline=models:/{registered_model.name}/2", "-C",
