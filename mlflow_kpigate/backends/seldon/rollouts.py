@@ -391,8 +391,19 @@ def run_controller(namespace: str, name: str, cfg: DeploymentConfig, *,
             stop_serving()
 
 
+def _background_alive(directory: Path) -> bool:
+    try:
+        pid = int((directory / "controller.pid").read_text())
+        os.kill(pid, 0)
+    except (OSError, ValueError):
+        return False
+    return True
+
+
 def _spawn_controller(namespace: str, name: str, cfg: DeploymentConfig,
                       directory: Path) -> None:
+    if _background_alive(directory):
+        return  # one controller per rollout and machine; the state's CAS guards the rest
     args = [sys.executable, "-m", "mlflow_kpigate.backends.seldon.rollouts",
             "--namespace", namespace, "--name", name]
     for flag, value in (("--kubeconfig", cfg.kubeconfig), ("--context", cfg.kube_context),
