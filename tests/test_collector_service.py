@@ -709,3 +709,10 @@ def test_the_collector_command_serves_until_sigterm(policy_file: Path, tmp_path:
     rows = stored_rows(data)
     assert [(r[0], r[2]) for r in rows] == [("cli-1", "7")]
     assert not math.isnan(rows[0][6])
+
+
+def test_the_command_offers_exactly_the_services_unanswered_choices():
+    from mlflow_kpigate.commands import collector as command
+    from mlflow_kpigate.metrics import service
+
+    assert command.UNANSWERED == service.UNANSWERED

@@ -14,14 +14,21 @@ import sqlite3
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from ..durations import parse_duration
 from ..errors import KpigateError, UsageError
 from ..kpis import AggregateSpec
-from ..metrics.service import UNANSWERED, CollectorServiceConfig, create_collector_app
 from ..policy import load_policy
+
+if TYPE_CHECKING:
+    from ..metrics.service import CollectorServiceConfig
+
+#: metrics.service.UNANSWERED, repeated so that ``kpigate --help`` does not import the
+#: service (FastAPI) just to list the command; a test keeps the two equal.
+UNANSWERED = ("error", "drop")
 
 __all__ = ["build_config", "collector_command"]
 
@@ -59,6 +66,8 @@ def build_config(
     candidate_version: str | None = None,
 ) -> CollectorServiceConfig:
     """The service configuration from the command's options (``UsageError`` when bad)."""
+    from ..metrics.service import CollectorServiceConfig
+
     policy = load_policy(policy_file)
     maturity_s = _duration("--maturity", maturity)
     ttl = _duration("--pending-ttl", pending_ttl)
@@ -114,6 +123,8 @@ def collector_command(deployment: str, policy_file: str, data_dir: str, host: st
                       candidate_version: str | None) -> None:
     """Collect Seldon request-logger CloudEvents and labels; export KPIs for Prometheus."""
     import uvicorn
+
+    from ..metrics.service import create_collector_app
 
     try:
         config = build_config(
