@@ -35,6 +35,7 @@ from collections.abc import Callable, Iterator
 from contextlib import closing, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -271,3 +272,22 @@ def registered_model(tracking_uri: str) -> RegisteredModel:
             run_ids[version] = run.info.run_id
     client.set_registered_model_alias(name, "champion", "1")
     return RegisteredModel(name, tracking_uri, ("1", "2"), run_ids, TRAINING_METRICS)
+
+
+# -- a real Prometheus scraping a loopback exporter (tests/prometheus_fixture.py) ---------------
+@pytest.fixture(scope="module")
+def exporter() -> Iterator[Any]:
+    """A loopback exporter whose series the test module sets."""
+    from prometheus_fixture import LoopbackExporter
+
+    with LoopbackExporter() as exp:
+        yield exp
+
+
+@pytest.fixture(scope="module")
+def prometheus(exporter: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A real Prometheus (Debian's binary) on 127.0.0.1 scraping ``exporter`` every second."""
+    from prometheus_fixture import running_prometheus
+
+    with running_prometheus([exporter.target], tmp_path_factory.mktemp("prom")) as prom:
+        yield prom

@@ -13,17 +13,8 @@ the test writes: generic ``set`` / ``add``, and helpers shaped like the series k
 generation gauge, and ``PrometheusServer.sync(exporter)`` waits until Prometheus has
 scraped that generation, so a test never races a scrape.
 
-Use in a test module::
-
-    @pytest.fixture(scope="module")
-    def exporter():
-        with LoopbackExporter() as exp:
-            yield exp
-
-    @pytest.fixture(scope="module")
-    def prometheus(exporter, tmp_path_factory):
-        with running_prometheus([exporter.target], tmp_path_factory.mktemp("prom")) as prom:
-            yield prom
+tests/conftest.py turns them into the module-scoped fixtures ``exporter`` and
+``prometheus`` (one Prometheus per test module).
 """
 
 from __future__ import annotations

@@ -43,18 +43,6 @@ from mlflow_kpigate.policy import RequestsFrom, policy_from_dict
 NAMESPACE = "models"
 
 
-@pytest.fixture(scope="module")
-def exporter():
-    with LoopbackExporter() as exp:
-        yield exp
-
-
-@pytest.fixture(scope="module")
-def prometheus(exporter, tmp_path_factory):
-    with running_prometheus([exporter.target], tmp_path_factory.mktemp("prom")) as prom:
-        yield prom
-
-
 @pytest.fixture
 def sources():
     """Opens PrometheusSources and closes them at the end of the test."""

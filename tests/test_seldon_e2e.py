@@ -87,18 +87,6 @@ class SeldonSim(threading.Thread):
                     code="500", namespace=NS)
 
 
-@pytest.fixture(scope="module")
-def exporter():
-    with LoopbackExporter() as exp:
-        yield exp
-
-
-@pytest.fixture(scope="module")
-def prometheus(exporter, tmp_path_factory):
-    with running_prometheus([exporter.target], tmp_path_factory.mktemp("prom")) as prom:
-        yield prom
-
-
 @pytest.fixture
 def seldon(fake_kube, exporter):  # noqa: F811
     sims: list[SeldonSim] = []

@@ -297,35 +297,44 @@ def list_all(root: Path | None = None) -> list[dict[str, Any]]:
     return out
 
 
-def steer(name: str, action: str, root: Path | None = None, who: str = "operator"
-          ) -> dict[str, Any]:
-    """promote / rollback / pause / resume the running rollout of ``name``."""
-    directory = deployment_dir(name, root)
-    store = RolloutStore(directory)
+def commit_operator_action(store: Any, policy: Policy, name: str, action: str,
+                           who: str = "operator") -> RolloutState:
+    """Save an operator's promote / rollback / pause / resume on the latest state.
+
+    ``store`` is a RolloutStore or anything with its methods (the Seldon backend's
+    ConfigMap store). A concurrent controller save is not lost: the action is re-applied
+    to the newer state. The saved state has ``effects_pending`` set; the caller runs them.
+    """
     for attempt in range(10):
         state = store.require()
-        policy = load_policy(state.policy_file)
         try:
             new = transitions.operator_action(state, policy, action, time.time(), who)
         except ValueError as exc:
             raise UsageError(f"{name}: {exc}") from None
         new = new.evolve(effects_pending=True)
         try:
-            saved = store.save(new, f"operator_{action}", {
+            return store.save(new, f"operator_{action}", {
                 "action": action, "by": who, "reason": new.reason,
                 "weights": new.weights.describe(),
                 "weights_percent": 0.0 if new.weights.shadow
                 or not new.weights.candidate_attached else new.weights.candidate_percent,
                 "stage": policy.stages[new.stage_index].describe()})
-            break
         except StateConflict:
             # The controller saved an evaluation meanwhile: apply the action to that.
             time.sleep(0.05 * (attempt + 1))
-    else:
-        raise KpigateError(f"{name}: the rollout kept changing; try `{action}` again")
+    raise KpigateError(f"{name}: the rollout kept changing; try `{action}` again")
+
+
+def steer(name: str, action: str, root: Path | None = None, who: str = "operator"
+          ) -> dict[str, Any]:
+    """promote / rollback / pause / resume the running rollout of ``name``."""
+    directory = deployment_dir(name, root)
+    store = RolloutStore(directory)
+    policy = load_policy(store.require().policy_file)
+    saved = commit_operator_action(store, policy, name, action, who)
     from .wiring import finish_rollout
 
-    registry = _registry(state.tracking_uri)
+    registry = _registry(saved.tracking_uri)
     Effects(store, policy, registry=registry,
             on_terminal=lambda s: finish_rollout(directory, s, registry) and None
             ).apply(saved, None, f"operator_{action}")

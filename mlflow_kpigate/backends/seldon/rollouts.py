@@ -49,7 +49,7 @@ from ...rollout import transitions
 from ...rollout.controller import Controller, load_registry_baseline, save_registry_baseline
 from ...rollout.effects import Effects
 from ...rollout.state import Phase, RolloutState
-from ...store import StateConflict, state_dir
+from ...store import state_dir
 from .cluster import (
     CONFIG_MAP,
     SELDON_DEPLOYMENT,
@@ -440,6 +440,7 @@ def steer(target_uri: str, name: str, action: str, config: Mapping[str, Any] | N
           who: str = "operator") -> dict[str, Any]:
     """promote / rollback / pause / resume a cluster rollout (compare-and-set on its state)."""
     from ...registry import Registry
+    from ...rollout.manager import commit_operator_action
     from ...rollout.wiring import finish_rollout
 
     namespace = parse_target_uri(target_uri)
@@ -448,26 +449,8 @@ def steer(target_uri: str, name: str, action: str, config: Mapping[str, Any] | N
     directory = workdir(namespace, name, cfg.state_dir)
     policy, settings = rollout.materialize(directory)
     store = rollout.store
-    for attempt in range(10):
-        state = store.require()
-        try:
-            new = transitions.operator_action(state, policy, action, time.time(), who)
-        except ValueError as exc:
-            raise UsageError(f"{name}: {exc}") from None
-        new = new.evolve(effects_pending=True)
-        try:
-            saved = store.save(new, f"operator_{action}", {
-                "action": action, "by": who, "reason": new.reason,
-                "weights": new.weights.describe(),
-                "weights_percent": 0.0 if new.weights.shadow
-                or not new.weights.candidate_attached else new.weights.candidate_percent,
-                "stage": policy.stages[new.stage_index].describe()})
-            break
-        except StateConflict:
-            time.sleep(0.05 * (attempt + 1))
-    else:
-        raise KpigateError(f"{name}: the rollout kept changing; try `{action}` again")
-    registry = Registry(state.tracking_uri)
+    saved = commit_operator_action(store, policy, name, action, who)
+    registry = Registry(saved.tracking_uri)
     Effects(store, policy, registry=registry, traffic=rollout.traffic(settings),  # type: ignore[arg-type]
             on_terminal=lambda s: finish_rollout(directory, s, registry, store=store,
                                                  policy=policy) and None
