@@ -168,6 +168,18 @@ def _archive(directory: Path) -> Path:
     return target
 
 
+def resolve_versions(registry: Any, model_uri: str, baseline_uri: str | None
+                     ) -> tuple[Any, Any]:
+    """(candidate, baseline) registry refs; the baseline defaults to the champion alias."""
+    candidate = registry.resolve(model_uri)
+    baseline = (registry.resolve(baseline_uri) if baseline_uri
+                else registry.default_baseline(candidate.name))
+    if (baseline.name, baseline.version) == (candidate.name, candidate.version):
+        raise UsageError(f"{model_uri}: the candidate is the baseline itself "
+                         f"({baseline.uri}); give a different -C baseline")
+    return candidate, baseline
+
+
 def create(name: str, model_uri: str, config: Mapping[str, Any] | None = None,
            progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Start a staged rollout of ``model_uri`` against its baseline; see ``config.KEYS``."""
@@ -183,12 +195,7 @@ def create(name: str, model_uri: str, config: Mapping[str, Any] | None = None,
         _archive(directory)
     tracking_uri = _tracking_uri()
     registry = _registry(tracking_uri)
-    candidate = registry.resolve(model_uri)
-    baseline = (registry.resolve(cfg.baseline) if cfg.baseline
-                else registry.default_baseline(candidate.name))
-    if (baseline.name, baseline.version) == (candidate.name, candidate.version):
-        raise UsageError(f"{model_uri}: the candidate is the baseline itself "
-                         f"({baseline.uri}); give a different -C baseline")
+    candidate, baseline = resolve_versions(registry, model_uri, cfg.baseline)
     port = cfg.port or _free_port()
     if cfg.port and not _port_free(cfg.port):
         raise UsageError(f"-C port={cfg.port}: the port is in use on 127.0.0.1; pick another "

@@ -174,7 +174,7 @@ def create(target_uri: str, name: str, model_uri: str, config: Mapping[str, Any]
            progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Start (or, for the same versions, resume) a staged rollout on Seldon Core."""
     from ...registry import Registry
-    from ...rollout.manager import _effective_policy, _tracking_uri
+    from ...rollout.manager import _effective_policy, _tracking_uri, resolve_versions
 
     say = progress or (lambda _m: None)
     namespace = parse_target_uri(target_uri)
@@ -182,12 +182,7 @@ def create(target_uri: str, name: str, model_uri: str, config: Mapping[str, Any]
     target = _target(namespace, name, cfg)
     tracking_uri = _tracking_uri()
     registry = Registry(tracking_uri)
-    candidate = registry.resolve(model_uri)
-    baseline = (registry.resolve(cfg.baseline) if cfg.baseline
-                else registry.default_baseline(candidate.name))
-    if (baseline.name, baseline.version) == (candidate.name, candidate.version):
-        raise UsageError(f"{model_uri}: the candidate is the baseline itself "
-                         f"({baseline.uri}); give a different -C baseline")
+    candidate, baseline = resolve_versions(registry, model_uri, cfg.baseline)
     base_ref, cand_ref = ModelRef.from_registry(baseline), ModelRef.from_registry(candidate)
     directory = workdir(namespace, name, cfg.state_dir)
     directory.mkdir(parents=True, exist_ok=True)
