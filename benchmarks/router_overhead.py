@@ -10,7 +10,13 @@ driven by the same closed-loop load generator (N client threads with keep-alive
 connections, one single-row `dataframe_split` request at a time each). The generator runs
 in this process, so absolute numbers depend on it; compare the ratio.
 
-    .venv/bin/python benchmarks/router_overhead.py [--clients 8] [--requests 4000] [--json]
+Both servers run for the whole benchmark and are loaded in alternating rounds (A B, B A,
+…), so drift on a shared 2-core machine (other processes, CPU frequency, caches) falls on
+both alike; the table gives the median throughput over rounds and the latency quantiles
+of all rounds pooled, with the range of the per-round p99.
+
+    .venv/bin/python benchmarks/router_overhead.py [--clients 8] [--requests 2000]
+        [--rounds 5] [--json]
 """
 
 from __future__ import annotations
@@ -123,13 +129,26 @@ def _load(port: int, clients: int, total: int, body: bytes) -> dict[str, float]:
     lat = np.array(latencies)
     return {"requests": float(len(lat)), "errors": float(errors), "seconds": wall,
             "throughput_rps": len(lat) / wall, "p50_ms": float(np.percentile(lat, 50) * 1e3),
-            "p99_ms": float(np.percentile(lat, 99) * 1e3)}
+            "p99_ms": float(np.percentile(lat, 99) * 1e3), "latencies": lat}
+
+
+def _summary(rounds: list[dict[str, Any]]) -> dict[str, float]:
+    """Median throughput over rounds; latency quantiles of all rounds pooled."""
+    lat = np.concatenate([r["latencies"] for r in rounds])
+    p99s = [r["p99_ms"] for r in rounds]
+    return {"rounds": float(len(rounds)), "requests": float(lat.size),
+            "errors": float(sum(r["errors"] for r in rounds)),
+            "throughput_rps": float(np.median([r["throughput_rps"] for r in rounds])),
+            "p50_ms": float(np.percentile(lat, 50) * 1e3),
+            "p99_ms": float(np.percentile(lat, 99) * 1e3),
+            "p99_min_ms": float(min(p99s)), "p99_max_ms": float(max(p99s))}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=8)
-    parser.add_argument("--requests", type=int, default=4000)
+    parser.add_argument("--requests", type=int, default=2000, help="per server and round")
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=300)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
@@ -145,41 +164,42 @@ def main(argv: list[str] | None = None) -> int:
     row = {"dataframe_split": {"columns": [f"f{i}" for i in range(8)],
                                "data": [[0.1, -0.2, 0.3, 0.0, 1.0, -1.0, 0.5, 0.2]]}}
     body = json.dumps(row).encode()
-    results: dict[str, Any] = {}
-    serve = None
-    try:
-        port = _free_port()
-        serve = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "models", "serve", "-m", baseline, "-h",
-             "127.0.0.1", "-p", str(port), "--env-manager", "local", "-w", "1"],
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            start_new_session=True)
-        _wait_http(port, "/health")
-        _load(port, args.clients, args.warmup, body)
-        results["mlflow models serve"] = _load(port, args.clients, args.requests, body)
-    finally:
-        if serve is not None:
-            serve.terminate()
-            serve.wait(30)
-
     from mlflow_kpigate.rollout import manager
 
-    port = _free_port()
+    serve = None
+    names = ("mlflow models serve", "kpigate router (split + logging + metrics)")
+    rounds: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
     policy = work / "hold.yaml"
     policy.write_text("stages: [{traffic: 5, min_samples: {requests: 100000000}}, 100]\n"
                       "kpis: [{name: err, kind: proportion, metric: error_rate, "
                       "role: critical, margin: 0.01}]\n")
     try:
-        manager.create("bench", candidate, {"baseline": baseline, "port": str(port),
+        serve_port = _free_port()
+        serve = subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "models", "serve", "-m", baseline, "-h",
+             "127.0.0.1", "-p", str(serve_port), "--env-manager", "local", "-w", "1"],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True)
+        router_port = _free_port()
+        manager.create("bench", candidate, {"baseline": baseline, "port": str(router_port),
                                             "policy": str(policy)})
-        _load(port, args.clients, args.warmup, body)
-        results["kpigate router (split + logging + metrics)"] = _load(
-            port, args.clients, args.requests, body)
+        _wait_http(serve_port, "/health")
+        ports = dict(zip(names, (serve_port, router_port), strict=True))
+        for port in ports.values():
+            _load(port, args.clients, args.warmup, body)
+        for i in range(args.rounds):
+            order = names if i % 2 == 0 else names[::-1]
+            for name in order:
+                rounds[name].append(_load(ports[name], args.clients, args.requests, body))
     finally:
         try:
+            if serve is not None:
+                serve.terminate()
+                serve.wait(30)
             manager.delete("bench")
         finally:
             shutil.rmtree(work, ignore_errors=True)
+    results = {name: _summary(rounds[name]) for name in names}
 
     ref = results["mlflow models serve"]
     for r in results.values():
@@ -189,15 +209,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(results, indent=2))
         return 0
-    print(f"router overhead: {args.requests} single-row requests, {args.clients} clients, "
-          f"1 server worker, loopback")
+    print(f"router overhead: {args.rounds} alternating rounds of {args.requests} single-row "
+          f"requests per server, {args.clients} clients, 1 server worker, loopback")
     header = f"{'server':<44}{'req/s':>9}{'ratio':>8}{'p50 ms':>9}{'p99 ms':>9}" \
-             f"{'+p99 ms':>9}{'errors':>8}"
+             f"{'+p99 ms':>9}{'round p99 range':>18}{'errors':>8}"
     print(header)
     for name, r in results.items():
+        spread = f"{r['p99_min_ms']:.1f}-{r['p99_max_ms']:.1f}"
         print(f"{name:<44}{r['throughput_rps']:>9.0f}{r['throughput_ratio']:>8.2f}"
               f"{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}{r['added_p99_ms']:>9.2f}"
-              f"{r['errors']:>8.0f}")
+              f"{spread:>18}{r['errors']:>8.0f}")
     return 0
 
 
