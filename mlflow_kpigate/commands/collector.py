@@ -7,12 +7,8 @@ uvicorn worker: one process owns the prediction log's writer.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import signal
 import sqlite3
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -22,6 +18,7 @@ from ..durations import parse_duration
 from ..errors import KpigateError, UsageError
 from ..kpis import AggregateSpec
 from ..policy import load_policy
+from ..signals import signals_end_the_server
 
 if TYPE_CHECKING:
     from ..metrics.service import CollectorServiceConfig
@@ -150,26 +147,6 @@ def collector_command(deployment: str, policy_file: str, data_dir: str, host: st
         app, host=host, port=port, workers=1, log_level="warning", access_log=False,
         lifespan="on", timeout_graceful_shutdown=30,
     ))
-    with _signals_end_the_server():
+    with signals_end_the_server():
         server.run()
     click.echo(f"kpigate collector for {deployment} stopped; prediction log closed", err=True)
-
-
-@contextlib.contextmanager
-def _signals_end_the_server() -> Iterator[None]:
-    """Let SIGTERM/SIGINT end ``server.run()`` instead of the process.
-
-    uvicorn shuts down gracefully on them (the app's lifespan closes the prediction log),
-    then re-raises the signal under the handler installed before it; with the default
-    handler that would kill the process with the signal instead of exiting 0.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    signals = (signal.SIGTERM, signal.SIGINT)
-    previous = {sig: signal.signal(sig, lambda *_: None) for sig in signals}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)

@@ -18,13 +18,11 @@ approve. Rows past the collector's retention are purged at start and hourly.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
-import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +31,7 @@ from ...kpis import AggregateSpec
 from ...metrics import Collector
 from ...policy import Policy, load_policy
 from ...rollout.state import RolloutState, Weights
+from ...signals import signals_end_the_server
 from ...store import RolloutStore
 from .app import PREDICTIONS_DB, RouterConfig, create_app
 from .routing import CachedWeights, RoutingKey
@@ -96,26 +95,6 @@ def _purge_loop(collector: Collector, stop: threading.Event) -> None:
             return
 
 
-@contextlib.contextmanager
-def _quiet_signals() -> Iterator[None]:
-    """Make SIGTERM/SIGINT no-ops around uvicorn's own handling.
-
-    After a graceful shutdown uvicorn re-raises the signal it caught under the handler
-    that was installed before it; with the default handler that kills the process before
-    the prediction log is closed. With this one, ``run()`` returns and we close cleanly.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield  # uvicorn does not handle signals outside the main thread either
-        return
-    signals = (signal.SIGTERM, signal.SIGINT)
-    previous = {sig: signal.signal(sig, lambda *_: None) for sig in signals}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
 def serve(directory: Path) -> None:
     """Serve deployment ``directory`` until SIGTERM/SIGINT (blocks; see module doc)."""
     import uvicorn
@@ -156,7 +135,7 @@ def serve(directory: Path) -> None:
         logger.info("router for %s on http://%s:%d (baseline %s, candidate %s)",
                     state.name, HOST, state.port, state.baseline_version,
                     state.candidate_version)
-        with _quiet_signals():
+        with signals_end_the_server():
             server.run()
     finally:
         stop.set()
