@@ -58,7 +58,7 @@ import re
 import sqlite3
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -878,23 +878,22 @@ def create_collector_app(config: CollectorServiceConfig) -> FastAPI:
     app.add_api_route("/cloudevents", cloudevent, methods=["POST"])
     app.add_api_route("/", cloudevent, methods=["POST"])
 
-    @app.post("/feedback")
-    async def feedback(request: Request) -> Response:
-        try:
-            body = await _body(request, limit)
-        except _TooLarge:
-            return _too_large(limit)
-        status, reply = await run_in_threadpool(service.feedback, body)
-        return JSONResponse(reply, status_code=status)
+    def body_route(handle: Callable[[bytes], tuple[int, Any]]
+                   ) -> Callable[[Request], Awaitable[Response]]:
+        """A POST handler: the size-limited body to ``handle``, its reply as JSON."""
 
-    @app.post("/admin/stage")
-    async def stage(request: Request) -> Response:
-        try:
-            body = await _body(request, limit)
-        except _TooLarge:
-            return _too_large(limit)
-        status, reply = await run_in_threadpool(service.set_stage, body)
-        return JSONResponse(reply, status_code=status)
+        async def route(request: Request) -> Response:
+            try:
+                body = await _body(request, limit)
+            except _TooLarge:
+                return _too_large(limit)
+            status, reply = await run_in_threadpool(handle, body)
+            return JSONResponse(reply, status_code=status)
+
+        return route
+
+    app.add_api_route("/feedback", body_route(service.feedback), methods=["POST"])
+    app.add_api_route("/admin/stage", body_route(service.set_stage), methods=["POST"])
 
     @app.get("/metrics")
     async def metrics() -> Response:
