@@ -6,7 +6,6 @@ and loaded back with ``mlflow.pyfunc.load_model``, exactly as the router's serve
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -19,6 +18,7 @@ import numpy as np
 import pandas as pd
 import requests
 import uvicorn
+from processes import free_port
 
 MODEL_NAME = "fraud-test"
 COLUMNS = ["amount", "velocity", "region", "customer_id"]
@@ -85,12 +85,6 @@ def register_models(tmp: Path) -> Registry:
                 pip_requirements=["scikit-learn"],
             )
     return Registry(tracking_uri, f"models:/{MODEL_NAME}/1", f"models:/{MODEL_NAME}/2")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_until_healthy(url: str, timeout: float = 60.0, process: Any = None) -> None:

@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -32,12 +30,13 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import closing, suppress
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
+from processes import free_port, stop_process_group
 
 #: Metrics logged on each version's training run, as values over steps 0, 1, …
 #: (version 1's recall: one value per validation window).
@@ -66,23 +65,7 @@ class MlflowServer:
 
     def stop(self) -> None:
         """Stop the server and the processes it started (its own process group)."""
-        if self.process.poll() is not None:
-            return
-        pgid = os.getpgid(self.process.pid)
-        os.killpg(pgid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(pgid, signal.SIGKILL)
-            self.process.wait(timeout=15)
-        with suppress(ProcessLookupError):  # workers left behind by a killed parent
-            os.killpg(pgid, signal.SIGKILL)
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+        stop_process_group(self.process)
 
 
 def _healthy(uri: str) -> bool:
@@ -96,7 +79,7 @@ def _healthy(uri: str) -> bool:
 def start_mlflow_server(root: Path) -> MlflowServer:
     """Start ``mlflow server`` with its store and artifacts under ``root``; wait until healthy."""
     root.mkdir(parents=True, exist_ok=True)
-    port = _free_port()
+    port = free_port()
     log = root / "server.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"  # no background job workers

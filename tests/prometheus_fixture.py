@@ -20,10 +20,7 @@ tests/conftest.py turns them into the module-scoped fixtures ``exporter`` and
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
-import socket
 import subprocess
 import threading
 import time
@@ -31,13 +28,14 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import closing, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import prometheus_client
+from processes import free_port, stop_process_group
 from prometheus_client.core import Metric
 from prometheus_client.registry import CollectorRegistry
 
@@ -51,13 +49,6 @@ GENERATION = "loopback_generation"
 # Ceilings for a wedged process, not performance thresholds.
 _STARTUP_LIMIT_S = 60.0
 _SCRAPE_LIMIT_S = 30.0
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _le(bound: float) -> str:
@@ -282,14 +273,7 @@ class PrometheusServer:
 
     def stop(self) -> None:
         """SIGTERM, wait, SIGKILL if it does not exit (idempotent)."""
-        if self.process.poll() is not None:
-            return
-        os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=15)
+        stop_process_group(self.process)
 
     def api(self, path: str, **params: str) -> Any:
         """GET ``/api/v1/<path>`` and return its ``data``."""
