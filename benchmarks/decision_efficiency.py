@@ -32,7 +32,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from mlflow_kpigate.errors import KpigateError  # noqa: E402
+from mlflow_kpigate.core.errors import KpigateError  # noqa: E402
 from mlflow_kpigate.gate.planning import wald_asn  # noqa: E402
 from mlflow_kpigate.policy import Policy, load_policy  # noqa: E402
 from mlflow_kpigate.simulate import (  # noqa: E402

@@ -11,10 +11,10 @@ same way::
         policy = load_policy(policy_file)  # a PolicyError becomes exit code 2
         ...
 
-User errors are raised as :class:`~mlflow_kpigate.errors.KpigateError` subclasses
+User errors are raised as :class:`~mlflow_kpigate.core.errors.KpigateError` subclasses
 anywhere below a command. :class:`KpigateGroup` (the class of ``main`` and of every group
 created with ``main.group()``) turns them into a clear message on stderr and the error's
-``exit_code``, without a traceback: a :class:`~mlflow_kpigate.errors.PolicyError` prints
+``exit_code``, without a traceback: a :class:`~mlflow_kpigate.core.errors.PolicyError` prints
 each problem on its own line as ``FILE: path.in.file: message``. Code that runs outside a
 command (a callback, a helper invoked directly) can use the :func:`handle_errors`
 decorator for the same behaviour. Click's own usage errors exit with 2 as well.
@@ -28,10 +28,10 @@ from typing import Any, NoReturn, TypeVar
 
 import click
 
-from . import __version__
-from .commands.collector import collector_command
-from .commands.github import github_group
-from .commands.operate import (
+from mlflow_kpigate import __version__
+from mlflow_kpigate.commands.collector import collector_command
+from mlflow_kpigate.commands.github import github_group
+from mlflow_kpigate.commands.operate import (
     feedback_command,
     report_command,
     serve_command,
@@ -39,14 +39,14 @@ from .commands.operate import (
     steer_commands,
     watch_command,
 )
-from .commands.plan import plan_command
-from .commands.render import render_command
-from .commands.simulate import simulate_command
-from .commands.webhook_bridge import webhook_bridge_command
-from .durations import format_duration
-from .errors import KpigateError, PolicyError
-from .gate.engine import rollback_checks
-from .policy import KpiKind, KpiSpec, Policy, Stage, load_policy
+from mlflow_kpigate.commands.plan import plan_command
+from mlflow_kpigate.commands.render import render_command
+from mlflow_kpigate.commands.simulate import simulate_command
+from mlflow_kpigate.commands.webhook_bridge import webhook_bridge_command
+from mlflow_kpigate.core.durations import format_duration
+from mlflow_kpigate.core.errors import KpigateError, PolicyError
+from mlflow_kpigate.gate.engine import rollback_checks
+from mlflow_kpigate.policy import KpiKind, KpiSpec, Policy, Stage, load_policy
 
 F = TypeVar("F", bound=Callable[..., Any])
 

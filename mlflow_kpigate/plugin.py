@@ -23,8 +23,8 @@ from mlflow.deployments import BaseDeploymentClient
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INTERNAL_ERROR, INVALID_PARAMETER_VALUE
 
-from .config import help_lines
-from .errors import KpigateError, UsageError
+from mlflow_kpigate.core.errors import KpigateError, UsageError
+from mlflow_kpigate.deploy.config import help_lines
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -97,7 +97,7 @@ def _check_target(target_uri: str) -> bool:
     scheme, _, rest = target_uri.partition(":")
     path = rest.strip("/")
     if scheme == "kpigate" and path.split("/")[0] == "seldon":
-        from .backends.seldon.target import parse_target_uri
+        from mlflow_kpigate.backends.seldon.target import parse_target_uri
 
         parse_target_uri(target_uri)
         return True
@@ -108,7 +108,7 @@ def _check_target(target_uri: str) -> bool:
 
 
 def _local_only(config: dict[str, Any] | None) -> None:
-    from .config import SELDON_KEYS
+    from mlflow_kpigate.deploy.config import SELDON_KEYS
 
     for key in config or {}:
         if key in SELDON_KEYS:
@@ -120,7 +120,7 @@ def _local_only(config: dict[str, Any] | None) -> None:
 def run_local(name: str, model_uri: str, flavor: str | None = None,
               config: dict[str, Any] | None = None) -> None:
     """``mlflow deployments run-local -t kpigate``: a rollout that blocks until it ends."""
-    from .rollout import manager
+    from mlflow_kpigate.rollout import manager
 
     manager.create(name, model_uri, {**(config or {}), "wait": "true"}, progress=_progress)
 
@@ -144,11 +144,11 @@ class KpigateDeploymentClient(BaseDeploymentClient):
                           endpoint: str | None = None) -> dict[str, Any]:
         """Start a staged rollout of ``model_uri`` (returns once the router serves, or at
         the end with ``-C wait=true``)."""
-        from .rollout import manager
+        from mlflow_kpigate.rollout import manager
 
         self._check_flavor(flavor)
         if self.seldon:
-            from .backends.seldon import rollouts
+            from mlflow_kpigate.backends.seldon import rollouts
 
             return rollouts.create(self.target_uri, name, model_uri, config,
                                    progress=_progress)
@@ -160,14 +160,14 @@ class KpigateDeploymentClient(BaseDeploymentClient):
                           flavor: str | None = None, config: dict[str, Any] | None = None,
                           endpoint: str | None = None) -> dict[str, Any]:
         """Steer the rollout (``-C action=…``) or start a new one with ``model_uri``."""
-        from .config import parse_config
-        from .rollout import manager
+        from mlflow_kpigate.deploy.config import parse_config
+        from mlflow_kpigate.rollout import manager
 
         self._check_flavor(flavor)
         config = dict(config or {})
         cfg = parse_config(config, allow_action=True)
         if self.seldon:
-            from .backends.seldon import rollouts
+            from mlflow_kpigate.backends.seldon import rollouts
 
             if cfg.action and model_uri:
                 raise UsageError("give either -m (a new rollout) or -C action=..., not both")
@@ -195,11 +195,11 @@ class KpigateDeploymentClient(BaseDeploymentClient):
     def delete_deployment(self, name: str, config: dict[str, Any] | None = None,
                           endpoint: str | None = None) -> None:
         """Stop the router and controller; an unfinished rollout is recorded as aborted."""
-        from .config import parse_config
-        from .rollout import manager
+        from mlflow_kpigate.deploy.config import parse_config
+        from mlflow_kpigate.rollout import manager
 
         if self.seldon:
-            from .backends.seldon import rollouts
+            from mlflow_kpigate.backends.seldon import rollouts
 
             rollouts.delete(self.target_uri, name, config)
             return
@@ -209,10 +209,10 @@ class KpigateDeploymentClient(BaseDeploymentClient):
     @_translate
     def list_deployments(self, endpoint: str | None = None) -> list[dict[str, Any]]:
         """Every deployment in the state directory."""
-        from .rollout import manager
+        from mlflow_kpigate.rollout import manager
 
         if self.seldon:
-            from .backends.seldon import rollouts
+            from mlflow_kpigate.backends.seldon import rollouts
 
             return rollouts.list_all(self.target_uri)
         return manager.list_all()
@@ -220,10 +220,10 @@ class KpigateDeploymentClient(BaseDeploymentClient):
     @_translate
     def get_deployment(self, name: str, endpoint: str | None = None) -> dict[str, Any]:
         """Stage, weights, last decision and endpoint of ``name``."""
-        from .rollout import manager
+        from mlflow_kpigate.rollout import manager
 
         if self.seldon:
-            from .backends.seldon import rollouts
+            from mlflow_kpigate.backends.seldon import rollouts
 
             return rollouts.describe(self.target_uri, name)
         return manager.describe(name)
@@ -232,12 +232,12 @@ class KpigateDeploymentClient(BaseDeploymentClient):
     def predict(self, deployment_name: str | None = None, inputs: Any = None,
                 endpoint: str | None = None) -> Any:
         """Score ``inputs`` through the deployment's router (baseline/candidate split)."""
-        from .rollout import manager
+        from mlflow_kpigate.rollout import manager
 
         if not deployment_name:
             raise UsageError("--name: the deployment to send the input to")
         if self.seldon:
-            from .backends.seldon import rollouts
+            from mlflow_kpigate.backends.seldon import rollouts
 
             return rollouts.predict(self.target_uri, deployment_name, inputs)
         return manager.predict(deployment_name, inputs)

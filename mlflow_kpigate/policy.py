@@ -2,7 +2,7 @@
 
 A policy is written once per model (the counterpart of Argo Rollouts' AnalysisTemplate or
 Flagger's ``analysis`` block). ``load_policy`` turns a YAML file into frozen dataclasses or
-raises :class:`~mlflow_kpigate.errors.PolicyError` listing *every* problem, each as
+raises :class:`~mlflow_kpigate.core.errors.PolicyError` listing *every* problem, each as
 ``path.in.file: what is wrong and how to fix it``. Every field is documented in
 ``docs/policy.md``.
 """
@@ -20,8 +20,8 @@ from typing import Any
 
 import yaml
 
-from .durations import format_duration, parse_duration
-from .errors import PolicyError
+from mlflow_kpigate.core.durations import format_duration, parse_duration
+from mlflow_kpigate.core.errors import PolicyError
 
 
 class Role(str, Enum):

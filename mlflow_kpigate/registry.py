@@ -11,7 +11,7 @@ Model URIs
     :class:`ModelRef` (canonical ``models:/NAME/VERSION``). A bare ``models:/NAME`` is a
     LoggedModel id in MLflow 3, stage URIs (``models:/NAME/Production``) use the deprecated
     stages, and ``models:/NAME/latest`` changes under a running rollout: all three are
-    rejected with a one-line :class:`~mlflow_kpigate.errors.UsageError` saying what to give.
+    rejected with a one-line :class:`~mlflow_kpigate.core.errors.UsageError` saying what to give.
 
 Baseline KPIs (:meth:`Registry.baseline_kpis`)
     Two kinds of values describe the baseline version, and they are not pooled:
@@ -35,7 +35,7 @@ Baseline KPIs (:meth:`Registry.baseline_kpis`)
 Errors
     A registered model, version or alias that does not exist is a ``UsageError`` naming it.
     Any other failure talking to MLflow (server down, database unreadable) is a
-    :class:`~mlflow_kpigate.errors.KpigateError` whose one-line message names the tracking
+    :class:`~mlflow_kpigate.core.errors.KpigateError` whose one-line message names the tracking
     URI and the operation. Retries are MLflow's own: its HTTP client retries failed
     requests with exponential backoff per ``MLFLOW_HTTP_REQUEST_MAX_RETRIES`` (default 7),
     ``MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR`` (2) and ``MLFLOW_HTTP_REQUEST_TIMEOUT`` (120 s),
@@ -52,7 +52,6 @@ import statistics
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TypeVar
@@ -62,10 +61,11 @@ from mlflow.entities import Metric, Param, RunStatus
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from .errors import KpigateError, UsageError
-from .gate.baseline import BaselineKpi, RegistryBaseline
-from .gate.decision import Action, Decision
-from .policy import Policy
+from mlflow_kpigate.core.baseline import BaselineKpi, RegistryBaseline
+from mlflow_kpigate.core.decision import Action, Decision
+from mlflow_kpigate.core.errors import KpigateError, UsageError
+from mlflow_kpigate.core.refs import ModelRef
+from mlflow_kpigate.policy import Policy
 
 #: The experiment that holds one run per rollout.
 ROLLOUT_EXPERIMENT = "kpigate-rollouts"
@@ -88,28 +88,6 @@ _MAX_METRICS_PER_BATCH = 1000  # MLflow's log_batch limit
 _MAX_PARAMS_PER_BATCH = 100
 
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class ModelRef:
-    """A resolved registered model version.
-
-    ``uri`` is the canonical ``models:/NAME/VERSION``; ``source`` the version's source as
-    the registry stores it (``models:/m-…`` in MLflow 3, ``runs:/…`` or a path before);
-    ``storage_uri`` the artifact location the model files really live at.
-    """
-
-    name: str
-    version: str
-    uri: str
-    run_id: str | None
-    source: str
-    storage_uri: str
-
-    @property
-    def label(self) -> str:
-        """``NAME/VERSION``, as written into ``kpigate.superseded_by``."""
-        return f"{self.name}/{self.version}"
 
 
 def _utc_now() -> str:

@@ -35,11 +35,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .durations import format_duration
-from .gate.baseline import BaselineKpi, RegistryBaseline
-from .gate.decision import Decision, Evidence
-from .policy import KpiKind, KpiSpec, Policy
-from .rollout.state import Phase, RolloutState
+from mlflow_kpigate.core.baseline import BaselineKpi, RegistryBaseline
+from mlflow_kpigate.core.decision import Decision, Evidence
+from mlflow_kpigate.core.durations import format_duration
+from mlflow_kpigate.core.state import Phase, RolloutState
+from mlflow_kpigate.policy import KpiKind, KpiSpec, Policy
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes

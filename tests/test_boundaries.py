@@ -14,13 +14,14 @@ import numpy as np
 import pytest
 from scipy.special import ndtr
 
+from mlflow_kpigate.core.samples import StageSample
 from mlflow_kpigate.gate.boundaries import (
     one_sided_radius,
     tau2_for_radius,
     two_sided_radius,
     variance_for_radius,
 )
-from mlflow_kpigate.gate.estimators import StageSample, Strata, measure
+from mlflow_kpigate.gate.estimators import Strata, measure
 from mlflow_kpigate.kpis import AggregateSpec, RoleAggregate
 from mlflow_kpigate.policy import policy_from_dict
 

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from mlflow_kpigate import __version__
 from mlflow_kpigate.cli import KpigateGroup, handle_errors
-from mlflow_kpigate.errors import KpigateError, PolicyError, UsageError
+from mlflow_kpigate.core.errors import KpigateError, PolicyError, UsageError
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "policies"
 

@@ -14,15 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from mlflow_kpigate.core.records import Label, Prediction
 from mlflow_kpigate.gate import StageSample
 from mlflow_kpigate.kpis import AggregateSpec, RoleAggregate
-from mlflow_kpigate.metrics import (
-    Collector,
-    CollectorError,
-    Label,
-    Prediction,
-    SampleSource,
-)
+from mlflow_kpigate.metrics import Collector, CollectorError
+from mlflow_kpigate.rollout.ports import SampleSource
 
 SPEC = AggregateSpec(segment_fields=("region", "channel"), value_names=("loss", "amount"))
 T0 = 1_700_000_000.0

@@ -36,8 +36,9 @@ from click.testing import CliRunner
 from prometheus_client.parser import text_string_to_metric_families
 
 from mlflow_kpigate.commands.collector import collector_command
+from mlflow_kpigate.core.records import Prediction
 from mlflow_kpigate.kpis import AggregateSpec
-from mlflow_kpigate.metrics.collector import Collector, Prediction
+from mlflow_kpigate.metrics.collector import Collector
 from mlflow_kpigate.metrics.exposition import LATENCY_BUCKETS, SCORE_BUCKETS
 from mlflow_kpigate.metrics.service import (
     CollectorServiceConfig,

@@ -12,14 +12,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from mlflow_kpigate.backends.local.state_store import RolloutStore
+from mlflow_kpigate.core.records import Label, Prediction
+from mlflow_kpigate.core.state import Phase, RolloutState, Weights
 from mlflow_kpigate.gate import Action
 from mlflow_kpigate.kpis import AggregateSpec
-from mlflow_kpigate.metrics.collector import Collector, Label, Prediction
+from mlflow_kpigate.metrics.collector import Collector
 from mlflow_kpigate.policy import load_policy
 from mlflow_kpigate.rollout import transitions
 from mlflow_kpigate.rollout.controller import Controller
-from mlflow_kpigate.rollout.state import Phase, RolloutState, Weights
-from mlflow_kpigate.store import RolloutStore
 
 POLICY = """
 evaluation: {interval: 1s, maturity: 0s}
@@ -167,7 +168,7 @@ def test_concurrent_operator_change_wins_over_a_stale_evaluation(tmp_path):
     stale = store.require()
     store.save(transitions.operator_action(stale, policy, "rollback", clock()),
                "operator_rollback", {})
-    from mlflow_kpigate.store import StateConflict
+    from mlflow_kpigate.backends.local.state_store import StateConflict
 
     with pytest.raises(StateConflict):
         store.save(stale.evolve(stage_index=1), "promote", {})
@@ -303,7 +304,7 @@ class SwitchableTraffic:
     needs_readiness = True
 
     def __init__(self):
-        from mlflow_kpigate.backends.traffic import Readiness
+        from mlflow_kpigate.core.state import Readiness
 
         self.Readiness = Readiness
         self.ready = False
@@ -326,7 +327,7 @@ class UnavailableSource:
         self.down = True
 
     def stage_samples(self, now, maturity_s):
-        from mlflow_kpigate.errors import MetricsUnavailable
+        from mlflow_kpigate.core.errors import MetricsUnavailable
 
         if self.down:
             raise MetricsUnavailable("query 'kpigate_stage_requests_total': connection refused")

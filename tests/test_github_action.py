@@ -429,7 +429,7 @@ class Traffic:
         self._thread.join(timeout=60)
 
     def _state(self) -> Any:
-        from mlflow_kpigate.store import RolloutStore
+        from mlflow_kpigate.backends.local.state_store import RolloutStore
 
         if not (self.directory / "state.db").is_file():
             return None
@@ -518,7 +518,7 @@ def test_act_pull_request_rollout_promotes_and_reports(act_env, github_server):
     assert run.returncode == 0, run.text[-6000:]
     assert traffic.sent > 0
 
-    from mlflow_kpigate.store import RolloutStore
+    from mlflow_kpigate.backends.local.state_store import RolloutStore
 
     state = RolloutStore(state_dir / MODEL).require()
     assert state.phase.value == "promoted"

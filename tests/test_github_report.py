@@ -24,8 +24,10 @@ from click.testing import CliRunner
 from fake_github import READ_TOKEN, REPO, WRITE_TOKEN, serve, start_server, stop_server
 from werkzeug import Request, Response
 
+from mlflow_kpigate.backends.local.state_store import RolloutStore
 from mlflow_kpigate.commands.github import ReportOptions, github_group, run_report
-from mlflow_kpigate.errors import UsageError
+from mlflow_kpigate.core.errors import UsageError
+from mlflow_kpigate.core.state import Phase, RolloutState
 from mlflow_kpigate.gate import Decision, StageSample, evaluate
 from mlflow_kpigate.github import (
     MAX_COMMENT_CHARS,
@@ -49,9 +51,7 @@ from mlflow_kpigate.github.comment import has_marker, mlflow_links
 from mlflow_kpigate.kpis import AggregateSpec, RoleAggregate
 from mlflow_kpigate.policy import Policy, policy_from_dict
 from mlflow_kpigate.rollout import transitions
-from mlflow_kpigate.rollout.state import Phase, RolloutState
 from mlflow_kpigate.rollout.wiring import finish_rollout
-from mlflow_kpigate.store import RolloutStore
 
 HEAD_SHA = "a1" * 20
 FORK_SHA = "f0" * 20

@@ -333,7 +333,7 @@ def test_collector_service_reaches_the_pods_at_the_url_the_controller_is_given()
 
 # -- the rollout Job ---------------------------------------------------------------------------
 def test_rollout_job_retries_from_the_state_and_stops_on_configuration_errors():
-    from mlflow_kpigate.errors import USAGE_EXIT_CODE
+    from mlflow_kpigate.core.errors import USAGE_EXIT_CODE
 
     job = _one("Job")
     spec, pod = job["spec"], job["spec"]["template"]["spec"]
@@ -371,7 +371,7 @@ def test_rollout_job_runs_the_seldon_target_with_policy_mlflow_env_and_metrics_p
 
 
 def test_rollout_job_config_keys_pass_kpigates_own_validation(tmp_path):
-    from mlflow_kpigate.config import KEYS, parse_config
+    from mlflow_kpigate.deploy.config import KEYS, parse_config
 
     container = _job_container()
     env = {e["name"]: e.get("value", "models") for e in container["env"]}
@@ -396,7 +396,7 @@ def _policy_text() -> str:
 
 
 def test_policy_configmap_loads_with_its_cluster_sections(tmp_path):
-    from mlflow_kpigate.durations import parse_duration
+    from mlflow_kpigate.core.durations import parse_duration
     from mlflow_kpigate.policy import load_policy
 
     path = tmp_path / "policy.yaml"
@@ -539,7 +539,7 @@ def test_workflow_rollout_step_is_the_jobs_rollout():
     assert step["container"]["command"] == _job_container()["command"]
     assert args[:2] == job_args[:2]
     assert set(_c_options(args)) == set(_c_options(job_args))
-    from mlflow_kpigate.config import KEYS
+    from mlflow_kpigate.deploy.config import KEYS
 
     assert set(_c_options(args)) <= set(KEYS)
     assert _flag(args, "-t") == "kpigate:/seldon/{{workflow.namespace}}"

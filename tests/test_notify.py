@@ -6,7 +6,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from mlflow_kpigate.errors import UsageError
+from mlflow_kpigate.core.errors import UsageError
 from mlflow_kpigate.notify import MultiNotifier, notifier_from_policy
 from mlflow_kpigate.notify.http import NotifyError
 from mlflow_kpigate.notify.pagerduty import PagerDutyNotifier

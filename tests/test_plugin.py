@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 from sklearn.linear_model import LogisticRegression
 
-from mlflow_kpigate.store import RolloutStore
+from mlflow_kpigate.backends.local.state_store import RolloutStore
 
 COLUMNS = list("abcd")
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from mlflow_kpigate.errors import USAGE_EXIT_CODE, PolicyError, UsageError
+from mlflow_kpigate.core.errors import USAGE_EXIT_CODE, PolicyError, UsageError
 from mlflow_kpigate.policy import (
     Direction,
     KpiKind,

@@ -26,12 +26,12 @@ from prometheus_fixture import (
 )
 from sklearn.metrics import roc_auc_score
 
-from mlflow_kpigate.errors import KpigateError, PolicyError
-from mlflow_kpigate.errors import MetricsUnavailable as ControllerMetricsUnavailable
+from mlflow_kpigate.core.errors import KpigateError, PolicyError
+from mlflow_kpigate.core.errors import MetricsUnavailable as ControllerMetricsUnavailable
 from mlflow_kpigate.gate import Action, Verdict, evaluate
 from mlflow_kpigate.kpis import AggregateSpec, LatencyHistogram, RoleAggregate
-from mlflow_kpigate.metrics import SampleSource, promql
 from mlflow_kpigate.metrics import exposition as ex
+from mlflow_kpigate.metrics import promql
 from mlflow_kpigate.metrics.prometheus import (
     MetricsUnavailable,
     PrometheusSource,
@@ -39,6 +39,7 @@ from mlflow_kpigate.metrics.prometheus import (
     check_policy,
 )
 from mlflow_kpigate.policy import RequestsFrom, policy_from_dict
+from mlflow_kpigate.rollout.ports import SampleSource
 
 NAMESPACE = "models"
 

@@ -12,7 +12,7 @@ import mlflow
 import pytest
 from mlflow import MlflowClient
 
-from mlflow_kpigate.errors import KpigateError, UsageError
+from mlflow_kpigate.core.errors import KpigateError, UsageError
 from mlflow_kpigate.gate import Action, Decision, Evidence, Verdict
 from mlflow_kpigate.policy import Policy, policy_from_dict
 from mlflow_kpigate.registry import (

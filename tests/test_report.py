@@ -10,6 +10,7 @@ import matplotlib.image
 import numpy as np
 import pytest
 
+from mlflow_kpigate.core.state import Phase, RolloutState, Weights
 from mlflow_kpigate.gate import (
     Action,
     BaselineKpi,
@@ -30,7 +31,6 @@ from mlflow_kpigate.report import (
     fmt_value,
     md_escape,
 )
-from mlflow_kpigate.rollout.state import Phase, RolloutState, Weights
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 T0 = 1_790_000_000.0

@@ -39,18 +39,17 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from mlflow_kpigate.backends.local import (
     CachedWeights,
-    PayloadError,
     RouterConfig,
     RoutingKey,
     create_app,
-    interpret_output,
-    parse_payload,
     unit_interval,
 )
+from mlflow_kpigate.backends.local.state_store import RolloutStore
+from mlflow_kpigate.core.payloads import PayloadError, interpret_output, parse_payload
+from mlflow_kpigate.core.records import Label
+from mlflow_kpigate.core.state import Phase, RolloutState, Weights
 from mlflow_kpigate.kpis import AggregateSpec
-from mlflow_kpigate.metrics import Collector, Label
-from mlflow_kpigate.rollout.state import Phase, RolloutState, Weights
-from mlflow_kpigate.store import RolloutStore
+from mlflow_kpigate.metrics import Collector
 
 REPO = Path(__file__).resolve().parents[1]
 SPEC = AggregateSpec(segment_fields=("region",))

@@ -16,6 +16,7 @@ from dataclasses import replace
 import pytest
 from fake_kube import fake_kube, fake_kube_factory  # noqa: F401  (fixtures)
 
+from mlflow_kpigate.backends.local.state_store import StateConflict
 from mlflow_kpigate.backends.seldon.cluster import (
     CONFIG_MAP,
     SELDON_DEPLOYMENT,
@@ -42,9 +43,8 @@ from mlflow_kpigate.backends.seldon.state_store import (
     archive_configmap_name,
     state_configmap_name,
 )
-from mlflow_kpigate.errors import UsageError
-from mlflow_kpigate.rollout.state import Phase, RolloutState, Weights
-from mlflow_kpigate.store import StateConflict
+from mlflow_kpigate.core.errors import UsageError
+from mlflow_kpigate.core.state import Phase, RolloutState, Weights
 
 NS = "models"
 JSON_PATCH = "application/json-patch+json"

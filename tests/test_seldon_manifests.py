@@ -43,9 +43,9 @@ from mlflow_kpigate.backends.seldon import (
 )
 from mlflow_kpigate.backends.seldon.manifests import RoleTraffic, check_model_uri_scheme
 from mlflow_kpigate.commands.render import render_command
-from mlflow_kpigate.config import parse_config
-from mlflow_kpigate.errors import UsageError
-from mlflow_kpigate.rollout.state import Weights
+from mlflow_kpigate.core.errors import UsageError
+from mlflow_kpigate.core.state import Weights
+from mlflow_kpigate.deploy.config import parse_config
 
 BASE = ModelRef("1", "s3://models/fraud/1/artifacts", "fraud")
 CAND = ModelRef("2", "s3://models/fraud/2/artifacts", "fraud")

@@ -24,7 +24,7 @@ from mlflow_kpigate.backends.seldon.manifests import ModelRef, v2_experiment, v2
 from mlflow_kpigate.backends.seldon.router import SeldonTraffic
 from mlflow_kpigate.backends.seldon.state_store import ClusterStore
 from mlflow_kpigate.backends.seldon.target import SeldonTarget
-from mlflow_kpigate.rollout.state import Phase, RolloutState, Weights
+from mlflow_kpigate.core.state import Phase, RolloutState, Weights
 
 NS = "models"
 # The controller runs in other processes: they need the tracking server, not a local file.

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from mlflow_kpigate.errors import UsageError
+from mlflow_kpigate.core.errors import UsageError
 from mlflow_kpigate.gate import Action, Verdict
 from mlflow_kpigate.gate.estimators import kpi_value
 from mlflow_kpigate.kpis import AggregateSpec

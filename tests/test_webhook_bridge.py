@@ -35,7 +35,7 @@ from conftest import MlflowServer
 from pytest_httpserver import HTTPServer
 
 from mlflow_kpigate.commands.webhook_bridge import webhook_bridge_command
-from mlflow_kpigate.errors import UsageError
+from mlflow_kpigate.core.errors import UsageError
 from mlflow_kpigate.webhooks import (
     ALIAS_CREATED,
     TAG_SET,

@@ -33,8 +33,8 @@ import mlflow  # noqa: E402
 from traffic import run_traffic  # noqa: E402
 from train import train_and_register  # noqa: E402
 
+from mlflow_kpigate.backends.local.state_store import RolloutStore  # noqa: E402
 from mlflow_kpigate.rollout.manager import stop_processes  # noqa: E402
-from mlflow_kpigate.store import RolloutStore  # noqa: E402
 
 MODEL = "fraud-detector"
 NAME = "fraud"

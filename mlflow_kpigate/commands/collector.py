@@ -14,14 +14,14 @@ from typing import TYPE_CHECKING
 
 import click
 
-from ..durations import parse_duration
-from ..errors import KpigateError, UsageError
-from ..kpis import AggregateSpec
-from ..policy import load_policy
-from ..signals import signals_end_the_server
+from mlflow_kpigate.core.durations import parse_duration
+from mlflow_kpigate.core.errors import KpigateError, UsageError
+from mlflow_kpigate.core.signals import signals_end_the_server
+from mlflow_kpigate.kpis import AggregateSpec
+from mlflow_kpigate.policy import load_policy
 
 if TYPE_CHECKING:
-    from ..metrics.service import CollectorServiceConfig
+    from mlflow_kpigate.metrics.service import CollectorServiceConfig
 
 #: metrics.service.UNANSWERED, repeated so that ``kpigate --help`` does not import the
 #: service (FastAPI) just to list the command; a test keeps the two equal.
@@ -63,7 +63,7 @@ def build_config(
     candidate_version: str | None = None,
 ) -> CollectorServiceConfig:
     """The service configuration from the command's options (``UsageError`` when bad)."""
-    from ..metrics.service import CollectorServiceConfig
+    from mlflow_kpigate.metrics.service import CollectorServiceConfig
 
     policy = load_policy(policy_file)
     maturity_s = _duration("--maturity", maturity)
@@ -121,7 +121,7 @@ def collector_command(deployment: str, policy_file: str, data_dir: str, host: st
     """Collect Seldon request-logger CloudEvents and labels; export KPIs for Prometheus."""
     import uvicorn
 
-    from ..metrics.service import create_collector_app
+    from mlflow_kpigate.metrics.service import create_collector_app
 
     try:
         config = build_config(

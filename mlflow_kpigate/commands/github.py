@@ -38,16 +38,19 @@ from typing import Any
 
 import click
 
-from ..errors import KpigateError, UsageError
-from ..gate.decision import Decision
-from ..github.api import (
+from mlflow_kpigate.backends.local.state_store import RolloutStore, deployment_dir
+from mlflow_kpigate.commands.operate import STATE_DIR, _root
+from mlflow_kpigate.core.decision import Decision
+from mlflow_kpigate.core.errors import KpigateError, UsageError
+from mlflow_kpigate.core.state import Phase
+from mlflow_kpigate.github.api import (
     DEFAULT_API_URL,
     GitHubClient,
     GitHubError,
     GitHubPermissionError,
     check_api_url,
 )
-from ..github.comment import (
+from mlflow_kpigate.github.comment import (
     Evaluation,
     Links,
     RolloutRecord,
@@ -57,7 +60,7 @@ from ..github.comment import (
     render,
     upsert_comment,
 )
-from ..github.event import (
+from mlflow_kpigate.github.event import (
     PullRequestRef,
     Resolution,
     from_payload,
@@ -66,16 +69,13 @@ from ..github.event import (
     parse_pr_number,
     resolve,
 )
-from ..github.workflow import (
+from mlflow_kpigate.github.workflow import (
     SUMMARY_LIMIT_BYTES,
     append_summary,
     workflow_command,
     write_outputs,
 )
-from ..policy import Policy, load_policy
-from ..rollout.state import Phase
-from ..store import RolloutStore, deployment_dir
-from .operate import STATE_DIR, _root
+from mlflow_kpigate.policy import Policy, load_policy
 
 FAIL_ON = ("rollback", "hold", "never")
 #: Phases that fail the step with ``--fail-on rollback`` (and ``hold``).
@@ -197,7 +197,7 @@ def load_record(directory: Path, *, build_missing_report: bool = True,
         final_stage = evaluations[-1].decision.stage_name if evaluations else "—"
     report_dir = directory / "report"
     if not (report_dir / "report.md").is_file() and build_missing_report:
-        from ..rollout.wiring import finish_rollout
+        from mlflow_kpigate.rollout.wiring import finish_rollout
 
         try:
             finish_rollout(directory, state, None, store=store, policy=policy)
@@ -280,9 +280,9 @@ def record_for(deployment: str, target: str, state_dir: str | None,
     in-cluster service account)."""
     root = _root(state_dir)
     if target.strip().startswith("kpigate:/seldon"):
-        from ..backends.seldon.cluster import Cluster
-        from ..backends.seldon.rollouts import ClusterRollout, workdir
-        from ..backends.seldon.target import parse_target_uri
+        from mlflow_kpigate.backends.seldon.cluster import Cluster
+        from mlflow_kpigate.backends.seldon.rollouts import ClusterRollout, workdir
+        from mlflow_kpigate.backends.seldon.target import parse_target_uri
 
         namespace = parse_target_uri(target)
         rollout = ClusterRollout(Cluster.connect(namespace), deployment)

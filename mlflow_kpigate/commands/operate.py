@@ -12,10 +12,10 @@ from typing import Any
 
 import click
 
-from ..config import parse_config
-from ..errors import KpigateError, UsageError
-from ..store import RolloutStore, deployment_dir
-from .tables import evidence_table
+from mlflow_kpigate.backends.local.state_store import RolloutStore, deployment_dir
+from mlflow_kpigate.commands.tables import evidence_table
+from mlflow_kpigate.core.errors import KpigateError, UsageError
+from mlflow_kpigate.deploy.config import parse_config
 
 STATE_DIR = click.option("--state-dir", type=click.Path(file_okay=False),
                          help="State directory (default $KPIGATE_STATE_DIR or ~/.kpigate).")
@@ -26,7 +26,7 @@ def _root(state_dir: str | None) -> Path | None:
 
 
 def _status_lines(name: str, root: Path | None) -> list[str]:
-    from ..rollout import manager
+    from mlflow_kpigate.rollout import manager
 
     info = manager.describe(name, root)
     lines = [
@@ -50,7 +50,7 @@ def _status_lines(name: str, root: Path | None) -> list[str]:
 @click.option("--json", "as_json", is_flag=True, help="Print the deployment as JSON.")
 def status_command(name: str, state_dir: str | None, as_json: bool) -> None:
     """Stage, weights, per-KPI evidence and the last decision of rollout NAME."""
-    from ..rollout import manager
+    from mlflow_kpigate.rollout import manager
 
     if as_json:
         info = manager.describe(name, _root(state_dir))
@@ -97,7 +97,7 @@ def watch_command(name: str, state_dir: str | None, timeout: float | None) -> No
 @STATE_DIR
 def report_command(name: str, state_dir: str | None) -> None:
     """Write rollout NAME's report (markdown, HTML, charts) and print where it is."""
-    from ..rollout.wiring import finish_rollout
+    from mlflow_kpigate.rollout.wiring import finish_rollout
 
     directory = deployment_dir(name, _root(state_dir))
     state = RolloutStore(directory).require()
@@ -112,7 +112,7 @@ def _steer(action: str) -> click.Command:
     @click.argument("name")
     @STATE_DIR
     def command(name: str, state_dir: str | None) -> None:
-        from ..rollout import manager
+        from mlflow_kpigate.rollout import manager
 
         info = manager.steer(name, action, _root(state_dir))
         click.echo(f"{name}: {info['status']} at {info['stage']} — {info['weights']}")
@@ -176,7 +176,7 @@ def _check_label(path: Path, line: int, item: Any) -> dict[str, Any]:
 @STATE_DIR
 def feedback_command(name: str, path: str, state_dir: str | None) -> None:
     """Send late-arriving labels for rollout NAME's predictions, matched by request id."""
-    from ..rollout import manager
+    from mlflow_kpigate.rollout import manager
 
     labels = _read_labels(Path(path))
     info = manager.describe(name, _root(state_dir))
@@ -212,7 +212,7 @@ def feedback_command(name: str, path: str, state_dir: str | None) -> None:
               help="Deployment config, as for mlflow deployments -C.")
 def serve_command(name: str, model_uri: str, pairs: tuple[str, ...]) -> None:
     """Run a rollout in the foreground until it ends, then keep serving until Ctrl-C."""
-    from ..rollout import manager
+    from mlflow_kpigate.rollout import manager
 
     config: dict[str, str] = {}
     for pair in pairs:

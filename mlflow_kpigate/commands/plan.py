@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import click
 
-from ..gate import RegistryBaseline
-from ..gate.planning import plan
-from ..policy import load_policy
+from mlflow_kpigate.gate import RegistryBaseline
+from mlflow_kpigate.gate.planning import plan
+from mlflow_kpigate.policy import load_policy
 
 
 def _n(value: int | None) -> str:

@@ -24,7 +24,7 @@ from typing import Any
 import click
 import yaml
 
-from ..backends.seldon.manifests import (
+from mlflow_kpigate.backends.seldon.manifests import (
     BASELINE,
     CANDIDATE,
     ModelRef,
@@ -35,20 +35,20 @@ from ..backends.seldon.manifests import (
     v2_models,
     whole_percent,
 )
-from ..backends.seldon.patches import (
+from mlflow_kpigate.backends.seldon.patches import (
     Patch,
     apply_json_patch,
     remove_predictor_patch,
     v2_experiment_patch,
     weights_patch,
 )
-from ..backends.seldon.target import SeldonTarget
-from ..backends.seldon.webhook import check_experiment_rules, check_webhook_rules
-from ..config import parse_config
-from ..errors import KpigateError, UsageError
-from ..policy import Policy, Stage, load_policy
-from ..rollout.state import Weights
-from ..rollout.transitions import stage_weights
+from mlflow_kpigate.backends.seldon.target import SeldonTarget
+from mlflow_kpigate.backends.seldon.webhook import check_experiment_rules, check_webhook_rules
+from mlflow_kpigate.core.errors import KpigateError, UsageError
+from mlflow_kpigate.core.state import Weights
+from mlflow_kpigate.deploy.config import parse_config
+from mlflow_kpigate.policy import Policy, Stage, load_policy
+from mlflow_kpigate.rollout.transitions import stage_weights
 
 
 @dataclass(frozen=True)
@@ -201,7 +201,7 @@ def _pairs(pairs: tuple[str, ...]) -> dict[str, str]:
 
 def _policy(policy_file: str | None, cfg_policy: Path | None, stages: tuple[str, ...],
             cfg_stages: str | None) -> Policy:
-    from ..rollout.manager import default_policy_path
+    from mlflow_kpigate.rollout.manager import default_policy_path
 
     if policy_file and cfg_policy:
         raise UsageError("--policy and -C policy: give the policy once")
@@ -234,7 +234,7 @@ def _render(target_uri: str, name: str, model_uri: str, baseline_uri: str | None
     def resolve(uri: str) -> Any:
         nonlocal registry
         if registry is None:
-            from ..registry import Registry
+            from mlflow_kpigate.registry import Registry
 
             registry = Registry(tracking_uri)
         return registry.resolve(uri)
@@ -285,6 +285,6 @@ def render_command(target_uri: str, name: str, model_uri: str, baseline_uri: str
         _render(target_uri, name, model_uri, baseline_uri, stages, policy_file, pairs,
                 tracking_uri, service_account)
     except KpigateError as exc:
-        from ..cli import fail  # imported late: cli imports the commands
+        from mlflow_kpigate.cli import fail  # imported late: cli imports the commands
 
         fail(exc)

@@ -8,13 +8,13 @@ from dataclasses import replace
 
 import click
 
-from ..durations import format_duration
-from ..errors import UsageError
-from ..gate import Verdict
-from ..policy import Policy, load_policy
-from ..simulate import BUILTIN, RULES, Look, registry_from_stream, resolve, run_rollout
-from ..simulate.stream import StreamSpec
-from .tables import evidence_table
+from mlflow_kpigate.commands.tables import evidence_table
+from mlflow_kpigate.core.durations import format_duration
+from mlflow_kpigate.core.errors import UsageError
+from mlflow_kpigate.gate import Verdict
+from mlflow_kpigate.policy import Policy, load_policy
+from mlflow_kpigate.simulate import BUILTIN, RULES, Look, registry_from_stream, resolve, run_rollout
+from mlflow_kpigate.simulate.stream import StreamSpec
 
 # One character per KPI verdict in the progress lines.
 SYMBOLS = {

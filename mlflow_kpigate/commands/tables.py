@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from ..gate import Decision
+from mlflow_kpigate.gate import Decision
 
 
 def evidence_table(decision: Decision) -> list[str]:

@@ -23,9 +23,9 @@ from typing import Any
 
 import click
 
-from ..durations import parse_duration
-from ..errors import USAGE_EXIT_CODE, KpigateError, UsageError
-from ..webhooks.bridge import (
+from mlflow_kpigate.core.durations import parse_duration
+from mlflow_kpigate.core.errors import USAGE_EXIT_CODE, KpigateError, UsageError
+from mlflow_kpigate.webhooks.bridge import (
     FORWARDED_EVENTS,
     WEBHOOK_PATH,
     Bridge,

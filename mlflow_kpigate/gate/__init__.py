@@ -7,10 +7,10 @@ Public API::
 No I/O happens here; the controller (``rollout/``) feeds samples in and acts on the result.
 """
 
-from .baseline import BaselineKpi, RegistryBaseline
-from .decision import Action, Check, Decision, Evidence, Verdict
-from .engine import evaluate
-from .estimators import StageSample
+from mlflow_kpigate.core.baseline import BaselineKpi, RegistryBaseline
+from mlflow_kpigate.core.decision import Action, Check, Decision, Evidence, Verdict
+from mlflow_kpigate.core.samples import StageSample
+from mlflow_kpigate.gate.engine import evaluate
 
 __all__ = [
     "Action",

@@ -29,12 +29,11 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ..durations import format_duration
-from ..policy import KpiKind, KpiSpec, OnTimeout, Policy, Role, Stage
-from .baseline import RegistryBaseline
-from .boundaries import one_sided_radius, tau2_for_radius, variance_for_radius
-from .decision import Action, Check, Decision, Evidence, Verdict
-from .estimators import (
+from mlflow_kpigate.core.baseline import RegistryBaseline
+from mlflow_kpigate.core.decision import Action, Check, Decision, Evidence, Verdict
+from mlflow_kpigate.core.durations import format_duration
+from mlflow_kpigate.gate.boundaries import one_sided_radius, tau2_for_radius, variance_for_radius
+from mlflow_kpigate.gate.estimators import (
     Measurement,
     OwnValue,
     StageSample,
@@ -43,6 +42,7 @@ from .estimators import (
     measure,
     own_value,
 )
+from mlflow_kpigate.policy import KpiKind, KpiSpec, OnTimeout, Policy, Role, Stage
 
 NAN = math.nan
 

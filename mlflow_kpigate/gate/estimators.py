@@ -36,8 +36,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import permutations
 
-from ..kpis import LatencyHistogram, RoleAggregate
-from ..policy import COUNT, LATENCY, Direction, KpiKind, KpiSpec, Margin
+from mlflow_kpigate.core.samples import StageSample
+from mlflow_kpigate.kpis import LatencyHistogram, RoleAggregate
+from mlflow_kpigate.policy import COUNT, LATENCY, Direction, KpiKind, KpiSpec, Margin
 
 NAN = math.nan
 
@@ -79,15 +80,6 @@ class Measurement:
     # False when the margin is built into the tested statistic (quantiles), so that a
     # positive bound shows non-inferiority rather than superiority.
     better_means_superior: bool = True
-
-
-@dataclass(frozen=True)
-class StageSample:
-    """Aggregates of one stage (stratum) for both roles, as the collector reports them."""
-
-    stage_index: int
-    baseline: RoleAggregate
-    candidate: RoleAggregate
 
 
 class Strata:

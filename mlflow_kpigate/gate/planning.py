@@ -24,10 +24,10 @@ from dataclasses import dataclass
 from scipy.optimize import brentq
 from scipy.stats import norm
 
-from ..policy import KpiKind, KpiSpec, Policy, Role, Stage
-from .baseline import BaselineKpi, RegistryBaseline
-from .boundaries import one_sided_radius, tau2_for_radius
-from .engine import rollback_checks
+from mlflow_kpigate.core.baseline import BaselineKpi, RegistryBaseline
+from mlflow_kpigate.gate.boundaries import one_sided_radius, tau2_for_radius
+from mlflow_kpigate.gate.engine import rollback_checks
+from mlflow_kpigate.policy import KpiKind, KpiSpec, Policy, Role, Stage
 
 
 @dataclass(frozen=True)

@@ -9,8 +9,14 @@ Public API::
 docs/github-action.md describes what users see.
 """
 
-from .api import GitHubClient, GitHubError, GitHubPermissionError, Response, parse_link_header
-from .comment import (
+from mlflow_kpigate.github.api import (
+    GitHubClient,
+    GitHubError,
+    GitHubPermissionError,
+    Response,
+    parse_link_header,
+)
+from mlflow_kpigate.github.comment import (
     MAX_COMMENT_CHARS,
     CommentResult,
     Evaluation,
@@ -22,8 +28,15 @@ from .comment import (
     render,
     upsert_comment,
 )
-from .event import PullRequestRef, Resolution, from_payload, head_sha, load_payload, resolve
-from .workflow import (
+from mlflow_kpigate.github.event import (
+    PullRequestRef,
+    Resolution,
+    from_payload,
+    head_sha,
+    load_payload,
+    resolve,
+)
+from mlflow_kpigate.github.workflow import (
     append_summary,
     escape_data,
     escape_property,

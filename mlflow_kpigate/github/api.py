@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from email.message import Message
 from typing import Any
 
-from ..errors import KpigateError, UsageError
+from mlflow_kpigate.core.errors import KpigateError, UsageError
 
 DEFAULT_API_URL = "https://api.github.com"
 API_VERSION = "2022-11-28"

@@ -35,11 +35,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from ..gate.decision import Decision, Evidence, Verdict
-from ..policy import KpiSpec, Policy
-from ..report import fmt_delta, fmt_interval, fmt_value, md_escape
-from ..rollout.state import Phase, RolloutState
-from .api import GitHubClient
+from mlflow_kpigate.core.decision import Decision, Evidence, Verdict
+from mlflow_kpigate.core.state import Phase, RolloutState
+from mlflow_kpigate.github.api import GitHubClient
+from mlflow_kpigate.policy import KpiSpec, Policy
+from mlflow_kpigate.report import fmt_delta, fmt_interval, fmt_value, md_escape
 
 #: GitHub's limit for an issue or pull-request comment body.
 MAX_COMMENT_CHARS = 65_536

@@ -28,8 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import UsageError
-from .api import GitHubClient, GitHubError
+from mlflow_kpigate.core.errors import UsageError
+from mlflow_kpigate.github.api import GitHubClient, GitHubError
 
 _SHA = re.compile(r"[0-9a-fA-F]{7,64}")
 #: Events whose payload carries the pull request itself.

@@ -17,7 +17,7 @@ import secrets
 from collections.abc import Mapping
 from pathlib import Path
 
-from ..errors import UsageError
+from mlflow_kpigate.core.errors import UsageError
 
 #: The runner's limit for one step's summary, less room for what other steps append.
 SUMMARY_LIMIT_BYTES = 1024 * 1024 - 16 * 1024

@@ -5,11 +5,11 @@ merges by addition (so workers, windows and stages combine freely) and round-tri
 ``to_dict`` / ``from_dict`` as plain JSON.
 """
 
-from .aggregate import AggregateSpec, RoleAggregate
-from .confusion import RATE_METRICS, Confusion
-from .latency import LatencyHistogram
-from .moments import CoMoments, Moments
-from .scores import ScoreHistogram
+from mlflow_kpigate.kpis.aggregate import AggregateSpec, RoleAggregate
+from mlflow_kpigate.kpis.confusion import RATE_METRICS, Confusion
+from mlflow_kpigate.kpis.latency import LatencyHistogram
+from mlflow_kpigate.kpis.moments import CoMoments, Moments
+from mlflow_kpigate.kpis.scores import ScoreHistogram
 
 __all__ = [
     "RATE_METRICS",

@@ -18,10 +18,10 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
-from .confusion import Confusion, as_binary_array
-from .latency import LatencyHistogram
-from .moments import CoMoments, _count, as_float_array
-from .scores import ScoreHistogram
+from mlflow_kpigate.kpis.confusion import Confusion, as_binary_array
+from mlflow_kpigate.kpis.latency import LatencyHistogram
+from mlflow_kpigate.kpis.moments import CoMoments, _count, as_float_array
+from mlflow_kpigate.kpis.scores import ScoreHistogram
 
 __all__ = ["AggregateSpec", "RoleAggregate"]
 

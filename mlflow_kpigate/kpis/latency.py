@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
-from .moments import _chan, _count, _number, as_float_array
-from .scores import _dense, _sparse
+from mlflow_kpigate.kpis.moments import _chan, _count, _number, as_float_array
+from mlflow_kpigate.kpis.scores import _dense, _sparse
 
 __all__ = ["LatencyHistogram"]
 

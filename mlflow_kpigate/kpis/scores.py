@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
-from .confusion import as_binary_array
-from .moments import as_float_array
+from mlflow_kpigate.kpis.confusion import as_binary_array
+from mlflow_kpigate.kpis.moments import as_float_array
 
 __all__ = ["ScoreHistogram"]
 

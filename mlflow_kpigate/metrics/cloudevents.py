@@ -36,7 +36,7 @@ Seldon's executor histogram (``seldon_api_executor_server_requests_seconds``).
 Everything the gate needs from a request (row count, the policy's segment fields and
 business values found among its named columns) and from a response (score and 0/1
 prediction per row, read with the embedded router's
-:func:`~mlflow_kpigate.backends.local.payloads.interpret_output`) is extracted into small
+:func:`~mlflow_kpigate.core.payloads.interpret_output`) is extracted into small
 JSON-serialisable halves, so a half waiting for its partner is stored without the
 request's features.
 """
@@ -54,8 +54,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..backends.local.payloads import PayloadError, interpret_output, parse_payload
-from .collector import ROLES, Prediction
+from mlflow_kpigate.core.payloads import PayloadError, interpret_output, parse_payload
+from mlflow_kpigate.core.records import ROLES, Prediction
 
 __all__ = [
     "EVENT_TYPES",

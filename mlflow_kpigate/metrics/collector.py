@@ -57,28 +57,25 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..gate.estimators import StageSample
-from ..kpis import AggregateSpec, CoMoments, Confusion, LatencyHistogram, RoleAggregate
-from ..kpis.moments import _chan
+from mlflow_kpigate.core.records import (
+    ROLES,
+    Label,
+    LabelOutcome,
+    LabelResult,
+    Prediction,
+)
+from mlflow_kpigate.core.records import is_number as _is_number
+from mlflow_kpigate.core.samples import StageSample
+from mlflow_kpigate.kpis import AggregateSpec, CoMoments, Confusion, LatencyHistogram, RoleAggregate
+from mlflow_kpigate.kpis.moments import _chan
 
-__all__ = [
-    "ROLES",
-    "Collector",
-    "CollectorError",
-    "Label",
-    "LabelOutcome",
-    "LabelResult",
-    "Prediction",
-]
+__all__ = ["Collector", "CollectorError"]
 
-#: The two roles a prediction can be logged under.
-ROLES: tuple[str, str] = ("baseline", "candidate")
 _ROLE_CODE = {role: code for code, role in enumerate(ROLES)}
 UNKNOWN_SEGMENT = "unknown"
 _SCHEMA_VERSION = 1
@@ -126,96 +123,7 @@ class CollectorError(RuntimeError):
     """The collector cannot accept or persist data (writer failed, or closed)."""
 
 
-def _is_number(x: Any) -> bool:
-    return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, bool)
 
-
-@dataclass(frozen=True)
-class Prediction:
-    """One logged prediction: a served (or shadow-scored) input row.
-
-    ``score``/``predicted`` are ``None`` when the model failed or its output carries no
-    usable score or 0/1 prediction; ``latency_s`` is ``None`` when the source does not
-    know the model's latency (the row then counts as a request but not in the latency
-    histogram). ``segments`` holds the values of the policy's segment
-    fields (others are not stored); ``features`` is stored only with ``store_features``.
-    """
-
-    request_id: str
-    ts: float
-    role: str
-    version: str
-    stage_index: int
-    shadow: bool
-    latency_s: float | None
-    error: bool
-    score: float | None
-    predicted: int | None
-    segments: Mapping[str, str] = field(default_factory=dict)
-    features: Mapping[str, Any] | None = None
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.request_id, str) or not self.request_id:
-            raise ValueError(f"request_id must be a non-empty string, got {self.request_id!r}")
-        if not _is_number(self.ts) or not math.isfinite(self.ts):
-            raise ValueError(f"ts must be a finite number (epoch seconds), got {self.ts!r}")
-        if self.role not in _ROLE_CODE:
-            raise ValueError(f"role must be 'baseline' or 'candidate', got {self.role!r}")
-        if not isinstance(self.version, str):
-            raise ValueError(f"version must be a string, got {self.version!r}")
-        if (
-            isinstance(self.stage_index, bool)
-            or not isinstance(self.stage_index, (int, np.integer))
-            or self.stage_index < 0
-        ):
-            raise ValueError(f"stage_index must be an integer >= 0, got {self.stage_index!r}")
-        if self.latency_s is not None and (not _is_number(self.latency_s) or not (
-            math.isfinite(self.latency_s) and self.latency_s > 0
-        )):
-            raise ValueError(f"latency_s must be a finite number > 0 or None (unknown), "
-                             f"got {self.latency_s!r}")
-        if self.score is not None and (not _is_number(self.score) or math.isnan(self.score)):
-            raise ValueError(f"score must be a number or None, got {self.score!r}")
-        if self.predicted is not None and (
-            not _is_number(self.predicted) or self.predicted not in (0, 1)
-        ):
-            raise ValueError(f"predicted must be 0, 1 or None, got {self.predicted!r}")
-        if not isinstance(self.segments, Mapping):
-            raise ValueError("segments must be a mapping from segment field to value")
-
-
-@dataclass(frozen=True)
-class Label:
-    """The ground truth for one request id, with the business values arriving with it."""
-
-    request_id: str
-    label: int
-    values: Mapping[str, float] | None = None
-
-
-@dataclass(frozen=True)
-class LabelOutcome:
-    """One logged row that a label just matched (what the router counts as tp/fp/tn/fn)."""
-
-    role: str
-    version: str
-    shadow: bool
-    outcome: str  # "tp" | "fp" | "tn" | "fn"
-
-
-@dataclass(frozen=True)
-class LabelResult:
-    """What :meth:`Collector.add_labels` did.
-
-    ``matched``: labels recorded; ``unknown``: ids with no logged prediction (not stored);
-    ``duplicates``: labels for ids already labelled (ignored: the first label wins);
-    ``outcomes``: the confusion cell of every row the matched labels applied to.
-    """
-
-    matched: int
-    unknown: tuple[str, ...]
-    duplicates: int
-    outcomes: tuple[LabelOutcome, ...] = ()
 
 
 _OUTCOME = {(1, 1): "tp", (0, 1): "fp", (0, 0): "tn", (1, 0): "fn"}

@@ -1,6 +1,6 @@
 """The Prometheus metrics source: a cluster rollout's KPI samples, read back from Prometheus.
 
-:class:`PrometheusSource` implements :class:`~mlflow_kpigate.metrics.SampleSource` for one
+:class:`PrometheusSource` implements :class:`~mlflow_kpigate.rollout.ports.SampleSource` for one
 deployment. Per stage and role it rebuilds the :class:`~mlflow_kpigate.kpis.RoleAggregate`
 the gate consumes from three kinds of series:
 
@@ -49,14 +49,14 @@ from prometheus_api_client import PrometheusConnect
 from prometheus_api_client.exceptions import PrometheusApiClientException
 from urllib3.util.retry import Retry
 
-from .. import errors
-from ..errors import PolicyError, UsageError
-from ..gate.estimators import StageSample
-from ..kpis import AggregateSpec, CoMoments, Confusion, LatencyHistogram, RoleAggregate
-from ..policy import LATENCY, KpiKind, KpiQuery, KpiSpec, Policy, RequestsFrom
-from . import exposition as ex
-from . import promql
-from .collector import ROLES
+from mlflow_kpigate.core import errors
+from mlflow_kpigate.core.errors import PolicyError, UsageError
+from mlflow_kpigate.core.records import ROLES
+from mlflow_kpigate.core.samples import StageSample
+from mlflow_kpigate.kpis import AggregateSpec, CoMoments, Confusion, LatencyHistogram, RoleAggregate
+from mlflow_kpigate.metrics import exposition as ex
+from mlflow_kpigate.metrics import promql
+from mlflow_kpigate.policy import LATENCY, KpiKind, KpiQuery, KpiSpec, Policy, RequestsFrom
 
 __all__ = [
     "EXECUTOR_METRIC",

@@ -30,8 +30,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from ..kpis import LatencyHistogram
-from ..policy import QUERY_PLACEHOLDER
+from mlflow_kpigate.kpis import LatencyHistogram
+from mlflow_kpigate.policy import QUERY_PLACEHOLDER
 
 __all__ = [
     "LOOKBACK_S",

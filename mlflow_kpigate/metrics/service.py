@@ -76,12 +76,12 @@ from prometheus_client.core import (
 )
 from starlette.concurrency import run_in_threadpool
 
-from ..backends.local.app import PREDICTIONS_DB, parse_feedback
-from ..backends.local.payloads import PayloadError
-from ..gate.estimators import StageSample
-from ..kpis import AggregateSpec, LatencyHistogram, ScoreHistogram
-from . import exposition as names
-from .cloudevents import (
+from mlflow_kpigate.core.payloads import PayloadError
+from mlflow_kpigate.core.records import PREDICTIONS_DB, ROLES, Label, Prediction, parse_feedback
+from mlflow_kpigate.core.samples import StageSample
+from mlflow_kpigate.kpis import AggregateSpec, LatencyHistogram, ScoreHistogram
+from mlflow_kpigate.metrics import exposition as names
+from mlflow_kpigate.metrics.cloudevents import (
     REQUEST,
     RESPONSE,
     CloudEvent,
@@ -94,7 +94,7 @@ from .cloudevents import (
     read_response,
     row_ids,
 )
-from .collector import ROLES, Collector, CollectorError, Label, Prediction
+from mlflow_kpigate.metrics.collector import Collector, CollectorError
 
 __all__ = [
     "UNANSWERED",

@@ -9,10 +9,10 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from ..errors import UsageError
-from ..policy import Policy
-from .pagerduty import PagerDutyNotifier
-from .slack import SlackNotifier
+from mlflow_kpigate.core.errors import UsageError
+from mlflow_kpigate.notify.pagerduty import PagerDutyNotifier
+from mlflow_kpigate.notify.slack import SlackNotifier
+from mlflow_kpigate.policy import Policy
 
 SEVERITY_ORDER = {"info": 0, "warning": 1, "critical": 2}
 

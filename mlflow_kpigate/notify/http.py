@@ -8,7 +8,7 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from ..errors import KpigateError
+from mlflow_kpigate.core.errors import KpigateError
 
 
 class NotifyError(KpigateError):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .http import post_json
+from mlflow_kpigate.notify.http import post_json
 
 DEFAULT_URL = "https://events.pagerduty.com/v2/enqueue"
 # PagerDuty's severities; kpigate's "critical" / "warning" / "info" map directly.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .http import post_json
+from mlflow_kpigate.notify.http import post_json
 
 _ICON = {"critical": ":rotating_light:", "warning": ":warning:", "info": ":information_source:"}
 

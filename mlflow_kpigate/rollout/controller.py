@@ -30,18 +30,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..backends.traffic import LocalRouterTraffic, TrafficBackend
-from ..errors import KpigateError, MetricsUnavailable
-from ..gate import Action, Decision, RegistryBaseline, evaluate
-from ..gate.baseline import BaselineKpi
-from ..kpis import AggregateSpec
-from ..metrics import SampleSource
-from ..metrics.collector import Collector
-from ..policy import Policy, load_policy
-from ..store import RolloutStore, StateConflict
-from . import transitions
-from .effects import Effects, Notifier
-from .state import Phase, RolloutState
+from mlflow_kpigate.backends.local.state_store import RolloutStore, StateConflict
+from mlflow_kpigate.backends.local.traffic import LocalRouterTraffic
+from mlflow_kpigate.core.baseline import BaselineKpi
+from mlflow_kpigate.core.errors import KpigateError, MetricsUnavailable
+from mlflow_kpigate.core.state import Phase, RolloutState
+from mlflow_kpigate.gate import Action, Decision, RegistryBaseline, evaluate
+from mlflow_kpigate.kpis import AggregateSpec
+from mlflow_kpigate.metrics.collector import Collector
+from mlflow_kpigate.policy import Policy, load_policy
+from mlflow_kpigate.rollout import transitions
+from mlflow_kpigate.rollout.effects import Effects
+from mlflow_kpigate.rollout.ports import Notifier, SampleSource, TrafficBackend
 
 log = logging.getLogger("kpigate.controller")
 
@@ -247,7 +247,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    from .wiring import controller_for  # heavy imports (MLflow) only in the process
+    from mlflow_kpigate.rollout.wiring import (
+        controller_for,  # heavy imports (MLflow) only in the process
+    )
 
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

@@ -13,31 +13,15 @@ import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
-from ..gate import Decision
-from ..policy import Policy
-from ..store import RolloutStore, StateConflict
-from .state import Phase, RolloutState
+from mlflow_kpigate.backends.local.state_store import RolloutStore, StateConflict
+from mlflow_kpigate.core.state import Phase, RolloutState
+from mlflow_kpigate.gate import Decision
+from mlflow_kpigate.policy import Policy
+from mlflow_kpigate.rollout.ports import Notifier
 
 log = logging.getLogger(__name__)
-
-
-class Notifier(Protocol):
-    """Sends an alert; ``dedup_key`` identifies the incident across repeats."""
-
-    def alert(self, *, severity: str, summary: str, dedup_key: str,
-              details: dict[str, Any]) -> None: ...
-
-
-class RegistryPort(Protocol):
-    """The parts of :class:`mlflow_kpigate.registry.Registry` the controller uses."""
-
-    def status_tags(self, ref: Any, *, status: str, stage: str, decision: str, reason: str,
-                    rollout_run_id: str | None) -> None: ...
-
-    def log_evaluation(self, run_id: str, step: int, decision: Decision,
-                       weights_percent: float, timestamp_ms: int | None = None) -> None: ...
 
 
 @dataclass
@@ -90,7 +74,7 @@ class Effects:
 
     def _traffic(self) -> Any:
         if self.traffic is None:
-            from ..backends.traffic import LocalRouterTraffic
+            from mlflow_kpigate.backends.local.traffic import LocalRouterTraffic
 
             self.traffic = LocalRouterTraffic()
         return self.traffic

@@ -13,8 +13,8 @@ from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
-from ..gate import Decision
-from .state import Phase, RolloutState
+from mlflow_kpigate.core.state import Phase, RolloutState
+from mlflow_kpigate.gate import Decision
 
 
 class DecisionMetrics:

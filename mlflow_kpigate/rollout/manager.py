@@ -1,7 +1,7 @@
 """Deployments on the embedded backend: create, steer, inspect and delete rollouts.
 
 The MLflow plugin and the ``kpigate`` CLI are thin adapters over these functions. A
-deployment is a directory under the state directory (see :mod:`mlflow_kpigate.store`) plus
+deployment is a directory under the state directory (its SQLite state store) plus
 a supervisor process that keeps its router and controller running.
 """
 
@@ -25,15 +25,20 @@ from typing import Any
 
 import yaml
 
-from ..config import DeploymentConfig, parse_config
-from ..errors import KpigateError, UsageError
-from ..gate import Decision
-from ..policy import Policy, load_policy
-from ..store import RolloutStore, StateConflict, deployment_dir, state_dir
-from . import transitions
-from .controller import save_registry_baseline
-from .effects import Effects
-from .state import Phase, RolloutState
+from mlflow_kpigate.backends.local.state_store import (
+    RolloutStore,
+    StateConflict,
+    deployment_dir,
+    state_dir,
+)
+from mlflow_kpigate.core.errors import KpigateError, UsageError
+from mlflow_kpigate.core.state import Phase, RolloutState
+from mlflow_kpigate.deploy.config import DeploymentConfig, parse_config
+from mlflow_kpigate.gate import Decision
+from mlflow_kpigate.policy import Policy, load_policy
+from mlflow_kpigate.rollout import transitions
+from mlflow_kpigate.rollout.controller import save_registry_baseline
+from mlflow_kpigate.rollout.effects import Effects
 
 HEALTH_TIMEOUT_S = float(os.environ.get("KPIGATE_START_TIMEOUT", "180"))
 FLAVOR = "python_function"
@@ -87,7 +92,7 @@ def _tracking_uri() -> str:
 
 
 def _registry(tracking_uri: str) -> Any:
-    from ..registry import Registry
+    from mlflow_kpigate.registry import Registry
 
     return Registry(tracking_uri)
 
@@ -339,7 +344,7 @@ def steer(name: str, action: str, root: Path | None = None, who: str = "operator
     store = RolloutStore(directory)
     policy = load_policy(store.require().policy_file)
     saved = commit_operator_action(store, policy, name, action, who)
-    from .wiring import finish_rollout
+    from mlflow_kpigate.rollout.wiring import finish_rollout
 
     registry = _registry(saved.tracking_uri)
     Effects(store, policy, registry=registry,
@@ -360,7 +365,7 @@ def delete(name: str, root: Path | None = None) -> None:
     if not state.phase.terminal:
         saved = store.save(transitions.rollback(state, "deployment deleted", Phase.ABORTED)  # type: ignore[union-attr]
                            .evolve(effects_pending=True), "aborted", {"reason": "deleted"})
-        from .wiring import finish_rollout
+        from mlflow_kpigate.rollout.wiring import finish_rollout
 
         registry = _registry(state.tracking_uri)
         policy = load_policy(state.policy_file)

@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from ..store import RolloutStore
+from mlflow_kpigate.backends.local.state_store import RolloutStore
 
 GRACE_S = 10.0
 RESTART_BACKOFF_S = 1.0

@@ -7,9 +7,9 @@ stage, so the traffic a state implies can never exceed its approved stage.
 
 from __future__ import annotations
 
-from ..gate import Action, Decision
-from ..policy import Policy, Stage
-from .state import Phase, RolloutState, Weights
+from mlflow_kpigate.core.state import Phase, RolloutState, Weights
+from mlflow_kpigate.gate import Action, Decision
+from mlflow_kpigate.policy import Policy, Stage
 
 
 def stage_weights(stage: Stage) -> Weights:

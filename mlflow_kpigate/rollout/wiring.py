@@ -9,12 +9,12 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from ..gate import Decision
-from ..notify import notifier_from_policy
-from ..policy import load_policy
-from ..store import RolloutStore
-from .controller import Controller, load_registry_baseline
-from .state import RolloutState
+from mlflow_kpigate.backends.local.state_store import RolloutStore
+from mlflow_kpigate.core.state import RolloutState
+from mlflow_kpigate.gate import Decision
+from mlflow_kpigate.notify import notifier_from_policy
+from mlflow_kpigate.policy import load_policy
+from mlflow_kpigate.rollout.controller import Controller, load_registry_baseline
 
 log = logging.getLogger("kpigate.controller")
 
@@ -26,7 +26,7 @@ def finish_rollout(directory: Path, state: RolloutState, registry: object | None
     ``store`` and ``policy`` default to the deployment directory's (embedded backend); the
     Seldon backend passes its ConfigMap store and the policy it loaded from the cluster.
     """
-    from ..report import build_report
+    from mlflow_kpigate.report import build_report
 
     store = store if store is not None else RolloutStore(directory)
     policy = policy if policy is not None else load_policy(state.policy_file)
@@ -53,7 +53,7 @@ def finish_rollout(directory: Path, state: RolloutState, registry: object | None
 
 def controller_for(directory: Path) -> Controller:
     """The controller of the deployment in ``directory``, wired to MLflow and alerts."""
-    from ..registry import Registry
+    from mlflow_kpigate.registry import Registry
 
     state = RolloutStore(directory).require()
     registry = Registry(state.tracking_uri)

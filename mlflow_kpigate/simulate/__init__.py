@@ -3,10 +3,17 @@
 Try a policy before going live: the same gate decides, on a stream whose truth you set.
 """
 
-from .rules import RULES, KpigateRule, PaperRule, Rule, RuleResult, ZTestRule
-from .runner import Look, Outcome, registry_from_stream, run_rollout
-from .scenarios import BUILTIN, GOOD, builtin, load_scenarios, resolve, scenario_from_dict
-from .stream import RoleModel, StreamGenerator, StreamSpec
+from mlflow_kpigate.simulate.rules import RULES, KpigateRule, PaperRule, Rule, RuleResult, ZTestRule
+from mlflow_kpigate.simulate.runner import Look, Outcome, registry_from_stream, run_rollout
+from mlflow_kpigate.simulate.scenarios import (
+    BUILTIN,
+    GOOD,
+    builtin,
+    load_scenarios,
+    resolve,
+    scenario_from_dict,
+)
+from mlflow_kpigate.simulate.stream import RoleModel, StreamGenerator, StreamSpec
 
 __all__ = [
     "BUILTIN",

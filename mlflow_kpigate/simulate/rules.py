@@ -19,10 +19,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from ..gate import Action, RegistryBaseline, StageSample, evaluate
-from ..gate.decision import Decision
-from ..gate.estimators import Strata, kpi_value, measure
-from ..policy import Policy, Role, Stage
+from mlflow_kpigate.core.decision import Decision
+from mlflow_kpigate.gate import Action, RegistryBaseline, StageSample, evaluate
+from mlflow_kpigate.gate.estimators import Strata, kpi_value, measure
+from mlflow_kpigate.policy import Policy, Role, Stage
 
 Z_95 = 1.6448536269514722
 

@@ -16,13 +16,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..gate import Action, BaselineKpi, RegistryBaseline, StageSample
-from ..gate.decision import Decision
-from ..gate.estimators import kpi_value
-from ..kpis import AggregateSpec, RoleAggregate
-from ..policy import Policy
-from .rules import Rule
-from .stream import IntervalData, StreamGenerator, StreamSpec, rng_for
+from mlflow_kpigate.core.decision import Decision
+from mlflow_kpigate.gate import Action, BaselineKpi, RegistryBaseline, StageSample
+from mlflow_kpigate.gate.estimators import kpi_value
+from mlflow_kpigate.kpis import AggregateSpec, RoleAggregate
+from mlflow_kpigate.policy import Policy
+from mlflow_kpigate.simulate.rules import Rule
+from mlflow_kpigate.simulate.stream import IntervalData, StreamGenerator, StreamSpec, rng_for
 
 BASELINE, CANDIDATE = 0, 1
 

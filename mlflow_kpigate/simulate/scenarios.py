@@ -34,10 +34,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from ..datafiles import read_yaml_or_json
-from ..durations import parse_duration
-from ..errors import UsageError
-from .stream import RoleModel, StreamSpec
+from mlflow_kpigate.core.datafiles import read_yaml_or_json
+from mlflow_kpigate.core.durations import parse_duration
+from mlflow_kpigate.core.errors import UsageError
+from mlflow_kpigate.simulate.stream import RoleModel, StreamSpec
 
 _STREAM_KEYS = {"requests_per_interval", "prevalence", "segment_field", "segments",
                 "label_delay", "horizon"}

@@ -26,7 +26,13 @@ from typing import Any
 import numpy as np
 from scipy.stats import norm
 
-from ..kpis import AggregateSpec, Confusion, LatencyHistogram, RoleAggregate, ScoreHistogram
+from mlflow_kpigate.kpis import (
+    AggregateSpec,
+    Confusion,
+    LatencyHistogram,
+    RoleAggregate,
+    ScoreHistogram,
+)
 
 # The latent score is mapped to [0, 1] as Φ((z − c) / SCORE_SPREAD): flagged ⇔ score ≥ 0.5.
 SCORE_SPREAD = 2.0

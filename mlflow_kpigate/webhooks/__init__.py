@@ -4,7 +4,7 @@
 signature helpers in :mod:`.signature` are pure and usable on their own.
 """
 
-from .bridge import (
+from mlflow_kpigate.webhooks.bridge import (
     ALIAS_CREATED,
     FORWARDED_EVENTS,
     TAG_SET,
@@ -24,7 +24,7 @@ from .bridge import (
     pr_number_from,
     route,
 )
-from .signature import (
+from mlflow_kpigate.webhooks.signature import (
     Rejected,
     SignedDelivery,
     check_timestamp,

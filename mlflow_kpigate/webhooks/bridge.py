@@ -38,8 +38,8 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Protocol
 
-from ..errors import UsageError
-from .signature import Rejected, verify_delivery
+from mlflow_kpigate.core.errors import UsageError
+from mlflow_kpigate.webhooks.signature import Rejected, verify_delivery
 
 __all__ = [
     "ALIAS_CREATED",

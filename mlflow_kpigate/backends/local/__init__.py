@@ -8,28 +8,28 @@ Public API::
   :class:`~mlflow_kpigate.metrics.Collector` and a weights source;
 * :func:`serve` (or ``python -m mlflow_kpigate.backends.local.server DIR``) runs it for a
   deployment directory holding a saved rollout state;
-* :mod:`.routing` is the sticky split, :mod:`.payloads` MLflow's scoring protocol.
+* :mod:`.routing` is the sticky split (MLflow's scoring protocol is
+  :mod:`mlflow_kpigate.core.payloads`).
 """
 
 from pathlib import Path
 
-from .app import PREDICTIONS_DB, RouterConfig, create_app, parse_feedback
-from .payloads import PayloadError, format_predictions, interpret_output, parse_payload
-from .routing import DEFAULT_ROUTING_HEADER, CachedWeights, RoutingKey, choose_role, unit_interval
+from mlflow_kpigate.backends.local.app import RouterConfig, create_app
+from mlflow_kpigate.backends.local.routing import (
+    DEFAULT_ROUTING_HEADER,
+    CachedWeights,
+    RoutingKey,
+    choose_role,
+    unit_interval,
+)
 
 __all__ = [
     "DEFAULT_ROUTING_HEADER",
-    "PREDICTIONS_DB",
     "CachedWeights",
-    "PayloadError",
     "RouterConfig",
     "RoutingKey",
     "choose_role",
     "create_app",
-    "format_predictions",
-    "interpret_output",
-    "parse_feedback",
-    "parse_payload",
     "serve",
     "unit_interval",
 ]
@@ -39,6 +39,6 @@ def serve(directory: Path) -> None:
     """Serve a deployment directory until SIGTERM/SIGINT (see :mod:`.server`)."""
     # Imported here so that ``python -m mlflow_kpigate.backends.local.server`` does not
     # find the module already imported by its package (runpy warns about that).
-    from .server import serve as _serve
+    from mlflow_kpigate.backends.local.server import serve as _serve
 
     _serve(directory)

@@ -51,9 +51,8 @@ from prometheus_client import (
 )
 from starlette.concurrency import run_in_threadpool
 
-from ...metrics import Collector, CollectorError, Label, LabelResult, Prediction
-from ...rollout.state import Weights
-from .payloads import (
+from mlflow_kpigate.backends.local.routing import RoutingKey, choose_role, unit_interval
+from mlflow_kpigate.core.payloads import (
     ModelOutput,
     ParsedPayload,
     PayloadError,
@@ -61,14 +60,14 @@ from .payloads import (
     interpret_output,
     parse_payload,
 )
-from .routing import RoutingKey, choose_role, unit_interval
+from mlflow_kpigate.core.records import LabelResult, Prediction, parse_feedback
+from mlflow_kpigate.core.state import Weights
+from mlflow_kpigate.metrics import Collector, CollectorError
 
-__all__ = ["PREDICTIONS_DB", "RouterConfig", "create_app", "parse_feedback"]
+__all__ = ["RouterConfig", "create_app"]
 
 logger = logging.getLogger(__name__)
 
-#: File name of the prediction log inside a deployment directory.
-PREDICTIONS_DB = "predictions.db"
 REQUEST_ID_HEADER = "X-Kpigate-Request-Id"
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 UNKNOWN_SEGMENT = "unknown"
@@ -115,50 +114,6 @@ class RouterConfig:
             raise ValueError(
                 f"shadow_max_inflight must be an integer >= 1, got {self.shadow_max_inflight!r}"
             )
-
-
-def parse_feedback(data: Any) -> list[Label]:
-    """Labels from a ``/feedback`` body: ``{"request_id", "label", "values"?}`` or
-    ``{"labels": [...]}``. ``PayloadError`` naming the offending field."""
-    if not isinstance(data, dict):
-        raise PayloadError(f"body must be a JSON object, got {type(data).__name__}")
-    if "labels" in data:
-        extra = sorted(set(data) - {"labels"})
-        if extra:
-            raise PayloadError(f"unknown field {extra[0]!r} next to 'labels'")
-        items = data["labels"]
-        if not isinstance(items, list):
-            raise PayloadError(f"labels must be a list, got {type(items).__name__}")
-        return [_one_label(item, f"labels[{i}].") for i, item in enumerate(items)]
-    return [_one_label(data, "")]
-
-
-def _one_label(item: Any, where: str) -> Label:
-    if not isinstance(item, dict):
-        raise PayloadError(f"{where or 'body'} must be an object, got {type(item).__name__}")
-    extra = sorted(set(item) - {"request_id", "label", "values"})
-    if extra:
-        raise PayloadError(f"{where}{extra[0]}: unknown field (expected request_id, label, "
-                           "values)")
-    request_id = item.get("request_id")
-    if not isinstance(request_id, str) or not request_id:
-        raise PayloadError(f"{where}request_id: must be a non-empty string, got {request_id!r}")
-    label = item.get("label")
-    if isinstance(label, bool) or not isinstance(label, (int, float)) or label not in (0, 1):
-        raise PayloadError(f"{where}label: must be 0 or 1, got {label!r}")
-    values = item.get("values")
-    if values is not None:
-        if not isinstance(values, dict):
-            raise PayloadError(f"{where}values: must be an object of numbers")
-        for name, value in values.items():
-            if (
-                isinstance(value, bool)
-                or not isinstance(value, (int, float))
-                or not math.isfinite(value)
-            ):
-                raise PayloadError(f"{where}values.{name}: must be a finite number, "
-                                   f"got {value!r}")
-    return Label(request_id, int(label), values)
 
 
 @dataclass(frozen=True)

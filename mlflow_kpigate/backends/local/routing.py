@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ...rollout.state import Weights
+from mlflow_kpigate.core.state import Weights
 
 __all__ = [
     "DEFAULT_ROUTING_HEADER",

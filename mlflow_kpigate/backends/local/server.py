@@ -1,7 +1,7 @@
 """Run the embedded router for one deployment directory.
 
 ``python -m mlflow_kpigate.backends.local.server DEPLOYMENT_DIR`` reads the rollout state
-saved there (:class:`~mlflow_kpigate.store.RolloutStore`), points MLflow at the state's
+saved there (:class:`.state_store.RolloutStore`), points MLflow at the state's
 tracking URI, loads the baseline and candidate with ``mlflow.pyfunc.load_model``, opens the
 prediction log ``DEPLOYMENT_DIR/predictions.db`` and serves on ``127.0.0.1:<port>`` with
 one uvicorn worker (one process owns the prediction log's writer). SIGTERM or SIGINT shut
@@ -26,15 +26,16 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from ...errors import KpigateError, UsageError
-from ...kpis import AggregateSpec
-from ...metrics import Collector
-from ...policy import Policy, load_policy
-from ...rollout.state import RolloutState, Weights
-from ...signals import signals_end_the_server
-from ...store import RolloutStore
-from .app import PREDICTIONS_DB, RouterConfig, create_app
-from .routing import CachedWeights, RoutingKey
+from mlflow_kpigate.backends.local.app import RouterConfig, create_app
+from mlflow_kpigate.backends.local.routing import CachedWeights, RoutingKey
+from mlflow_kpigate.backends.local.state_store import RolloutStore
+from mlflow_kpigate.core.errors import KpigateError, UsageError
+from mlflow_kpigate.core.records import PREDICTIONS_DB
+from mlflow_kpigate.core.signals import signals_end_the_server
+from mlflow_kpigate.core.state import RolloutState, Weights
+from mlflow_kpigate.kpis import AggregateSpec
+from mlflow_kpigate.metrics import Collector
+from mlflow_kpigate.policy import Policy, load_policy
 
 __all__ = ["PREDICTIONS_DB", "load_models", "main", "serve"]
 

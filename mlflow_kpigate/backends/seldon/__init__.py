@@ -11,7 +11,7 @@ Nothing here talks to a cluster; the controller applies what these functions bui
 ``kpigate render`` prints it.
 """
 
-from .manifests import (
+from mlflow_kpigate.backends.seldon.manifests import (
     BASELINE,
     CANDIDATE,
     MANAGED_SPEC_ANNOTATION,
@@ -27,15 +27,19 @@ from .manifests import (
     v2_models,
     whole_percent,
 )
-from .patches import (
+from mlflow_kpigate.backends.seldon.patches import (
     PatchConflict,
     apply_json_patch,
     remove_predictor_patch,
     v2_experiment_patch,
     weights_patch,
 )
-from .target import SeldonTarget, parse_target_uri
-from .webhook import ManifestError, check_experiment_rules, check_webhook_rules
+from mlflow_kpigate.backends.seldon.target import SeldonTarget, parse_target_uri
+from mlflow_kpigate.backends.seldon.webhook import (
+    ManifestError,
+    check_experiment_rules,
+    check_webhook_rules,
+)
 
 __all__ = [
     "BASELINE",

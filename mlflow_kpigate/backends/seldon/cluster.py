@@ -32,7 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ...errors import KpigateError, UsageError
+from mlflow_kpigate.core.errors import KpigateError, UsageError
+from mlflow_kpigate.core.state import Readiness
 
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 MANAGED_BY = "kpigate"
@@ -497,15 +498,6 @@ class Cluster:
 
 
 # -- readiness (pure) -------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Readiness:
-    """Whether Seldon serves what kpigate applied; ``failed`` when it gave up."""
-
-    ready: bool
-    reason: str
-    failed: bool = False
-
-
 def _predictor_deployments(sdep: Mapping[str, Any], predictor: Mapping[str, Any],
                            statuses: Mapping[str, Any]) -> list[str]:
     """Names in ``status.deploymentStatus`` that belong to ``predictor``.

@@ -1,7 +1,7 @@
 """Seldon Core objects for a rollout: the v1 SeldonDeployment, v2 Models and Experiment.
 
 Everything here is a pure function from values (:class:`~.target.SeldonTarget`,
-:class:`ModelRef`, :class:`~mlflow_kpigate.rollout.state.Weights`) to plain dicts ready
+:class:`ModelRef`, :class:`~mlflow_kpigate.core.state.Weights`) to plain dicts ready
 for the Kubernetes API or ``yaml.safe_dump``; applying them is the controller's job.
 
 Traffic per rollout state (Seldon v1; v2 uses the same numbers as Experiment weights):
@@ -37,9 +37,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ...errors import UsageError
-from ...rollout.state import Weights
-from .target import SeldonTarget
+from mlflow_kpigate.backends.seldon.target import SeldonTarget
+from mlflow_kpigate.core.errors import UsageError
+from mlflow_kpigate.core.state import Weights
 
 #: API version and kind of the Seldon Core v1 resource.
 SDEP_API_VERSION = "machinelearning.seldon.io/v1"

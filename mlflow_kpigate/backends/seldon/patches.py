@@ -26,8 +26,7 @@ import copy
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ...rollout.state import Weights
-from .manifests import (
+from mlflow_kpigate.backends.seldon.manifests import (
     BASELINE,
     CANDIDATE,
     MANAGED_SPEC_ANNOTATION,
@@ -37,7 +36,12 @@ from .manifests import (
     v2_model_name,
     v2_routing,
 )
-from .webhook import ManifestError, check_experiment_rules, check_webhook_rules
+from mlflow_kpigate.backends.seldon.webhook import (
+    ManifestError,
+    check_experiment_rules,
+    check_webhook_rules,
+)
+from mlflow_kpigate.core.state import Weights
 
 Patch = list[dict[str, Any]]
 

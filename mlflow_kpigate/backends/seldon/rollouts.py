@@ -42,15 +42,8 @@ from typing import Any
 
 import yaml
 
-from ...config import DeploymentConfig, parse_config
-from ...errors import KpigateError, UsageError
-from ...policy import Policy, load_policy
-from ...rollout import transitions
-from ...rollout.controller import Controller, load_registry_baseline, save_registry_baseline
-from ...rollout.effects import Effects
-from ...rollout.state import Phase, RolloutState
-from ...store import state_dir
-from .cluster import (
+from mlflow_kpigate.backends.local.state_store import state_dir
+from mlflow_kpigate.backends.seldon.cluster import (
     CONFIG_MAP,
     SELDON_DEPLOYMENT,
     SELDON_EXPERIMENT,
@@ -59,7 +52,7 @@ from .cluster import (
     managed_labels,
     owner_reference,
 )
-from .manifests import (
+from mlflow_kpigate.backends.seldon.manifests import (
     ModelRef,
     seldon_deployment,
     v2_experiment,
@@ -67,10 +60,21 @@ from .manifests import (
     v2_models,
     whole_percent,
 )
-from .router import SeldonTraffic
-from .state_store import ClusterStore, state_configmap_name
-from .target import SeldonTarget, parse_target_uri
-from .webhook import check_webhook_rules
+from mlflow_kpigate.backends.seldon.router import SeldonTraffic
+from mlflow_kpigate.backends.seldon.state_store import ClusterStore, state_configmap_name
+from mlflow_kpigate.backends.seldon.target import SeldonTarget, parse_target_uri
+from mlflow_kpigate.backends.seldon.webhook import check_webhook_rules
+from mlflow_kpigate.core.errors import KpigateError, UsageError
+from mlflow_kpigate.core.state import Phase, RolloutState
+from mlflow_kpigate.deploy.config import DeploymentConfig, parse_config
+from mlflow_kpigate.policy import Policy, load_policy
+from mlflow_kpigate.rollout import transitions
+from mlflow_kpigate.rollout.controller import (
+    Controller,
+    load_registry_baseline,
+    save_registry_baseline,
+)
+from mlflow_kpigate.rollout.effects import Effects
 
 log = logging.getLogger("kpigate.seldon")
 
@@ -110,7 +114,7 @@ def _check_stages(policy: Policy) -> None:
 
 def _stage_windows(events: Iterable[Mapping[str, Any]]) -> list[Any]:
     """Each stage's served interval from the audit log: ``stage_ready`` to its end."""
-    from ...metrics.prometheus import StageWindow
+    from mlflow_kpigate.metrics.prometheus import StageWindow
 
     windows: list[StageWindow] = []
     open_stage: tuple[int, float] | None = None
@@ -173,8 +177,8 @@ def _connect(namespace: str, cfg: DeploymentConfig) -> Cluster:
 def create(target_uri: str, name: str, model_uri: str, config: Mapping[str, Any] | None = None,
            progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Start (or, for the same versions, resume) a staged rollout on Seldon Core."""
-    from ...registry import Registry
-    from ...rollout.manager import _effective_policy, _tracking_uri, resolve_versions
+    from mlflow_kpigate.registry import Registry
+    from mlflow_kpigate.rollout.manager import _effective_policy, _tracking_uri, resolve_versions
 
     say = progress or (lambda _m: None)
     namespace = parse_target_uri(target_uri)
@@ -188,7 +192,7 @@ def create(target_uri: str, name: str, model_uri: str, config: Mapping[str, Any]
     directory.mkdir(parents=True, exist_ok=True)
     policy, policy_file = _effective_policy(cfg, directory)
     _check_stages(policy)
-    from ...metrics.prometheus import check_policy
+    from mlflow_kpigate.metrics.prometheus import check_policy
 
     check_policy(policy, target.seldon_version)  # a KPI Prometheus cannot measure: exit 2
     first = transitions.stage_weights(policy.stages[0])
@@ -330,10 +334,10 @@ def controller_for(namespace: str, name: str, cfg: DeploymentConfig,
                    observer: Callable[[RolloutState, Any], None] | None = None,
                    directory: Path | None = None) -> Controller:
     """A controller for a cluster rollout, wired to the cluster, Prometheus and MLflow."""
-    from ...metrics.prometheus import PrometheusSource
-    from ...notify import notifier_from_policy
-    from ...registry import Registry
-    from ...rollout.wiring import finish_rollout
+    from mlflow_kpigate.metrics.prometheus import PrometheusSource
+    from mlflow_kpigate.notify import notifier_from_policy
+    from mlflow_kpigate.registry import Registry
+    from mlflow_kpigate.rollout.wiring import finish_rollout
 
     cluster = _connect(namespace, cfg)
     rollout = ClusterRollout(cluster, name)
@@ -358,7 +362,7 @@ def run_controller(namespace: str, name: str, cfg: DeploymentConfig, *,
                    metrics_port: int | None = None,
                    stop: threading.Event | None = None) -> RolloutState:
     """Drive the rollout until it ends (or ``stop`` is set); serves metrics if asked."""
-    from ...rollout.exposition import DecisionMetrics
+    from mlflow_kpigate.rollout.exposition import DecisionMetrics
 
     metrics = DecisionMetrics(name)
     say = progress or (lambda _m: None)
@@ -434,9 +438,9 @@ def stop_background_controller(namespace: str, name: str, root: Path | None = No
 def steer(target_uri: str, name: str, action: str, config: Mapping[str, Any] | None = None,
           who: str = "operator") -> dict[str, Any]:
     """promote / rollback / pause / resume a cluster rollout (compare-and-set on its state)."""
-    from ...registry import Registry
-    from ...rollout.manager import commit_operator_action
-    from ...rollout.wiring import finish_rollout
+    from mlflow_kpigate.registry import Registry
+    from mlflow_kpigate.rollout.manager import commit_operator_action
+    from mlflow_kpigate.rollout.wiring import finish_rollout
 
     namespace = parse_target_uri(target_uri)
     cfg = parse_config({k: v for k, v in (config or {}).items() if k != "action"})
@@ -514,8 +518,8 @@ def delete(target_uri: str, name: str, config: Mapping[str, Any] | None = None) 
                                              else SELDON_EXPERIMENT).get(name):
         raise UsageError(f"no kpigate rollout named {name!r} in namespace {namespace}")
     if state is not None and not state.phase.terminal:
-        from ...registry import Registry
-        from ...rollout.wiring import finish_rollout
+        from mlflow_kpigate.registry import Registry
+        from mlflow_kpigate.rollout.wiring import finish_rollout
 
         directory = workdir(namespace, name, cfg.state_dir)
         policy, _settings = rollout.materialize(directory)

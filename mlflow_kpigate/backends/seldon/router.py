@@ -1,6 +1,6 @@
 """Seldon Core as the controller's Model Router: weights become guarded JSON patches.
 
-:class:`SeldonTraffic` implements :class:`~mlflow_kpigate.backends.traffic.TrafficBackend`:
+:class:`SeldonTraffic` implements :class:`~mlflow_kpigate.rollout.ports.TrafficBackend`:
 
 * ``apply`` patches the SeldonDeployment (v1) or the Experiment (v2) to the weights of a
   committed state, then, after a rollback, removes the candidate (and, after a promotion,
@@ -22,10 +22,7 @@ import urllib.request
 from collections.abc import Mapping
 from typing import Any
 
-from ...errors import KpigateError
-from ...rollout.state import Phase, RolloutState
-from ..traffic import Readiness
-from .cluster import (
+from mlflow_kpigate.backends.seldon.cluster import (
     SELDON_DEPLOYMENT,
     SELDON_EXPERIMENT,
     SELDON_MODEL,
@@ -33,7 +30,7 @@ from .cluster import (
     readiness,
     readiness_v2,
 )
-from .manifests import (
+from mlflow_kpigate.backends.seldon.manifests import (
     BASELINE,
     CANDIDATE,
     ModelRef,
@@ -44,8 +41,14 @@ from .manifests import (
     v2_model_name,
     v2_routing,
 )
-from .patches import remove_predictor_patch, v2_experiment_patch, weights_patch
-from .target import SeldonTarget
+from mlflow_kpigate.backends.seldon.patches import (
+    remove_predictor_patch,
+    v2_experiment_patch,
+    weights_patch,
+)
+from mlflow_kpigate.backends.seldon.target import SeldonTarget
+from mlflow_kpigate.core.errors import KpigateError
+from mlflow_kpigate.core.state import Phase, Readiness, RolloutState
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +147,7 @@ class SeldonTraffic:
         if mismatch:
             return Readiness(False, mismatch)
         r = readiness(sdep, managed_spec_hash(sdep))
-        return Readiness(r.ready, r.reason, r.failed)
+        return r
 
     def _routing_mismatch(self, sdep: Mapping[str, Any], state: RolloutState) -> str | None:
         wanted = role_traffic(state.weights)

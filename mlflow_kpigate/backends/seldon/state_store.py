@@ -33,10 +33,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from ...errors import UsageError
-from ...rollout.state import RolloutState
-from ...store import StateConflict
-from .cluster import ClusterConflict, KubeObjects, ObjectExists, managed_labels
+from mlflow_kpigate.backends.local.state_store import StateConflict
+from mlflow_kpigate.backends.seldon.cluster import (
+    ClusterConflict,
+    KubeObjects,
+    ObjectExists,
+    managed_labels,
+)
+from mlflow_kpigate.core.errors import UsageError
+from mlflow_kpigate.core.state import RolloutState
 
 STATE_KEY = "state.json"
 EVENTS_KEY = "events.jsonl"
@@ -102,7 +107,7 @@ def _public(event: dict[str, Any]) -> dict[str, Any]:
 class ClusterStore:
     """The state and audit log of one deployment, kept in ConfigMaps.
 
-    Same public methods and semantics as :class:`mlflow_kpigate.store.RolloutStore`:
+    Same public methods and semantics as the embedded backend's SQLite store:
     ``exists``, ``load``, ``require``, ``save`` (compare-and-set on the state's revision,
     :class:`StateConflict` when another writer saved first), ``append_event`` and
     ``events``. ``configmaps`` are the ConfigMap operations of the target namespace

@@ -1,7 +1,7 @@
 """Where a Seldon rollout runs: the ``kpigate:/seldon/NAMESPACE`` target and its settings.
 
 :class:`SeldonTarget` is a validated value; everything that builds manifests takes one.
-Bad values raise :class:`~mlflow_kpigate.errors.UsageError` with a one-line
+Bad values raise :class:`~mlflow_kpigate.core.errors.UsageError` with a one-line
 ``field: problem; fix`` message.
 
 The collector URL is the *base* URL of the in-cluster kpigate collector (the same value as
@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
-from ...errors import UsageError
+from mlflow_kpigate.core.errors import UsageError
 
 if TYPE_CHECKING:
-    from ...config import DeploymentConfig
+    from mlflow_kpigate.deploy.config import DeploymentConfig
 
 #: Path of the collector's CloudEvents endpoint (Seldon's request-logger sink).
 LOGGER_PATH = "/cloudevents"

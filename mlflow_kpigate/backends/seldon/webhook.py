@@ -26,8 +26,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ...errors import KpigateError
-from .target import dns_label_problem
+from mlflow_kpigate.backends.seldon.target import dns_label_problem
+from mlflow_kpigate.core.errors import KpigateError
 
 #: Implementations that are Seldon prepackaged model servers (they need ``modelUri``).
 PREPACKAGED_SERVERS = ("SKLEARN_SERVER", "XGBOOST_SERVER", "TENSORFLOW_SERVER",

@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..datafiles import read_yaml_or_json
-from ..errors import UsageError
+from mlflow_kpigate.core.datafiles import read_yaml_or_json
+from mlflow_kpigate.core.errors import UsageError
 
 _KPI_FIELDS = ("mean", "std", "n", "unit_sd", "rate", "segments")
 

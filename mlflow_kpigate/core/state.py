@@ -64,6 +64,15 @@ class Weights:
 
 
 @dataclass(frozen=True)
+class Readiness:
+    """Whether the traffic a state asks for is being served; ``failed``: it never will be."""
+
+    ready: bool
+    reason: str = ""
+    failed: bool = False
+
+
+@dataclass(frozen=True)
 class RolloutState:
     """Everything needed to resume a rollout after any crash."""
 

@@ -27,14 +27,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from .errors import KpigateError, UsageError
-from .rollout.state import RolloutState
+from mlflow_kpigate.core.errors import StateConflict, UsageError
+from mlflow_kpigate.core.state import RolloutState
 
 DEFAULT_STATE_DIR = "~/.kpigate"
-
-class StateConflict(KpigateError):
-    """Another process saved the deployment's state since it was loaded."""
-
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS state (

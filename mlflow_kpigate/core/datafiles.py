@@ -8,7 +8,7 @@ from typing import Any
 
 import yaml
 
-from .errors import UsageError
+from mlflow_kpigate.core.errors import UsageError
 
 
 def read_yaml_or_json(path: str | Path, what: str) -> Any:

@@ -39,3 +39,7 @@ class MetricsUnavailable(KpigateError):
     The controller turns it into a *hold* (never a promotion) and says why; the message
     names what was missing (a query, a series, an unreachable server).
     """
+
+
+class StateConflict(KpigateError):
+    """Another process saved the rollout's state since it was loaded (compare-and-set)."""

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .durations import parse_duration
-from .errors import UsageError
+from mlflow_kpigate.core.durations import parse_duration
+from mlflow_kpigate.core.errors import UsageError
 
 #: Every key, with the one-line help shown by ``target_help`` and the docs.
 KEYS: dict[str, str] = {
@@ -123,7 +123,7 @@ def parse_config(raw: Mapping[str, Any] | None, *, allow_action: bool = False
                              "a rollout policy YAML (see docs/policy.md)")
         values["policy"] = path.resolve()
     if "stages" in raw:
-        from .policy import parse_stage_shortcut
+        from mlflow_kpigate.policy import parse_stage_shortcut
 
         try:
             parse_stage_shortcut(str(raw["stages"]))

@@ -1,0 +1,116 @@
+"""The Rollback Controller's collaborators, as interfaces: what it needs, not who provides it.
+
+The controller (:mod:`.controller`) and its side effects (:mod:`.effects`) are written
+against these protocols only; a composition root (:mod:`mlflow_kpigate.deploy`) hands
+them concrete parts:
+
+================  ===================================  ===================================
+port              embedded backend                     Seldon Core backend
+================  ===================================  ===================================
+TrafficBackend    ``backends.local.traffic``           ``backends.seldon.traffic``
+SampleSource      ``metrics.collector.Collector``      ``metrics.prometheus.PrometheusSource``
+StateStore        ``backends.local.state_store``       ``backends.seldon.state_store``
+Registry          ``registry.Registry`` (MLflow)       the same
+Notifier          ``notify`` (Slack, PagerDuty)        the same
+================  ===================================  ===================================
+
+:mod:`.memory` ships an in-memory implementation of each, for tests and simulations.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+from mlflow_kpigate.core.baseline import RegistryBaseline
+from mlflow_kpigate.core.decision import Decision
+from mlflow_kpigate.core.refs import ModelRef
+from mlflow_kpigate.core.samples import StageSample
+from mlflow_kpigate.core.state import Readiness, RolloutState
+from mlflow_kpigate.policy import Policy
+
+
+@runtime_checkable
+class TrafficBackend(Protocol):
+    """A Model Router the controller drives."""
+
+    #: False when :meth:`apply` takes effect immediately (no readiness wait needed).
+    needs_readiness: bool
+
+    def apply(self, state: RolloutState) -> None:
+        """Make the router serve ``state.weights``; raise if that could not be done.
+
+        Must be idempotent: it is repeated after crashes and failures.
+        """
+        ...
+
+    def readiness(self, state: RolloutState) -> Readiness:
+        """Whether the weights of ``state`` are being served now."""
+        ...
+
+
+@runtime_checkable
+class SampleSource(Protocol):
+    """What the controller needs from a Metrics Collector: per-stage KPI aggregates."""
+
+    def stage_samples(self, now: float, maturity_s: float) -> list[StageSample]:
+        """One sample per stage seen; labelled KPIs only from labels older than maturity.
+
+        Raises :class:`~mlflow_kpigate.core.errors.MetricsUnavailable` when the data
+        cannot be had (the controller then holds and says why).
+        """
+        ...
+
+
+class Notifier(Protocol):
+    """Sends an alert; ``dedup_key`` identifies the incident across repeats."""
+
+    def alert(self, *, severity: str, summary: str, dedup_key: str,
+              details: dict[str, Any]) -> None:
+        """Deliver one alert (raise if it could not be delivered)."""
+        ...
+
+
+class Registry(Protocol):
+    """The model registry and tracking server (MLflow): versions, tags, aliases, runs."""
+
+    def resolve(self, uri: str) -> ModelRef:
+        """``models:/NAME/VERSION`` or ``models:/NAME@ALIAS`` as a resolved version."""
+        ...
+
+    def default_baseline(self, model_name: str, alias: str = "champion") -> ModelRef:
+        """The version behind ``alias`` (the serving champion by default)."""
+        ...
+
+    def baseline_kpis(self, ref: ModelRef, policy: Policy) -> RegistryBaseline:
+        """μ, σ and n per policy KPI of the baseline version ``ref``."""
+        ...
+
+    def status_tags(self, ref: ModelRef, *, status: str, stage: str, decision: str,
+                    reason: str, rollout_run_id: str | None) -> None:
+        """Write the rollout's ``kpigate.*`` status tags on ``ref``."""
+        ...
+
+    def mark_superseded(self, baseline: ModelRef, by: ModelRef) -> None:
+        """Tag the old baseline as superseded by ``by``."""
+        ...
+
+    def move_alias(self, name: str, alias: str, version: str) -> str | None:
+        """Point ``alias`` at ``version``; the version it pointed at before."""
+        ...
+
+    def start_rollout_run(self, *, deployment: str, candidate: ModelRef, baseline: ModelRef,
+                          policy_file: Path, params: Mapping[str, str]) -> str:
+        """Create the rollout's run (policy attached); its id."""
+        ...
+
+    def log_evaluation(self, run_id: str, step: int, decision: Decision,
+                       weights_percent: float, timestamp_ms: int | None = None) -> None:
+        """Record one evaluation in the rollout run."""
+        ...
+
+    def finish_rollout_run(self, run_id: str, *, outcome: str,
+                           report_dir: Path | None) -> None:
+        """Tag the outcome, attach the report, end the run."""
+        ...
