@@ -164,7 +164,9 @@ def main(argv: list[str] | None = None) -> int:
     row = {"dataframe_split": {"columns": [f"f{i}" for i in range(8)],
                                "data": [[0.1, -0.2, 0.3, 0.0, 1.0, -1.0, 0.5, 0.2]]}}
     body = json.dumps(row).encode()
-    from mlflow_kpigate.rollout import manager
+    from mlflow_kpigate.deploy.local import LocalDeployer
+
+    deployer = LocalDeployer()
 
     serve = None
     names = ("mlflow models serve", "kpigate router (split + logging + metrics)")
@@ -181,8 +183,8 @@ def main(argv: list[str] | None = None) -> int:
             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             start_new_session=True)
         router_port = _free_port()
-        manager.create("bench", candidate, {"baseline": baseline, "port": str(router_port),
-                                            "policy": str(policy)})
+        deployer.create("bench", candidate, {"baseline": baseline, "port": str(router_port),
+                                             "policy": str(policy)})
         _wait_http(serve_port, "/health")
         ports = dict(zip(names, (serve_port, router_port), strict=True))
         for port in ports.values():
@@ -196,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
             if serve is not None:
                 serve.terminate()
                 serve.wait(30)
-            manager.delete("bench")
+            deployer.delete("bench")
         finally:
             shutil.rmtree(work, ignore_errors=True)
     results = {name: _summary(rounds[name]) for name in names}

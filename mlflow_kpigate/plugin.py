@@ -1,10 +1,10 @@
 """The ``kpigate`` MLflow deployment target (entry point ``mlflow.deployments: kpigate``).
 
-A thin adapter: it parses the target URI, turns errors into what each caller expects, and
-delegates to :mod:`mlflow_kpigate.rollout.manager`.
+A thin adapter: it checks what MLflow passes, turns errors into what each caller expects,
+and delegates to the target's :class:`~mlflow_kpigate.deploy.Deployer`.
 
-Target URIs: ``kpigate`` and ``kpigate:/local`` (the embedded backend on this machine).
-``kpigate:/seldon/NAMESPACE`` is reserved for the Seldon Core backend, not in this version.
+Target URIs: ``kpigate`` and ``kpigate:/local`` (the embedded backend on this machine),
+``kpigate:/seldon/NAMESPACE`` (Seldon Core canaries on Kubernetes).
 
 Errors: from the ``mlflow deployments`` CLI a user error is one ``Error: …`` line and exit
 code 2 (the MLflow CLI would otherwise print a traceback); from Python it is an
@@ -24,7 +24,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INTERNAL_ERROR, INVALID_PARAMETER_VALUE
 
 from mlflow_kpigate.core.errors import KpigateError, UsageError
-from mlflow_kpigate.deploy.config import help_lines
+from mlflow_kpigate.deploy.config import SELDON_KEYS, help_lines, parse_config
+from mlflow_kpigate.deploy.deployer import Deployer, deployer_for
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -92,24 +93,11 @@ def target_help() -> str:
     ])
 
 
-def _check_target(target_uri: str) -> bool:
-    """Validate ``target_uri``; True for the Seldon backend, False for the embedded one."""
-    scheme, _, rest = target_uri.partition(":")
-    path = rest.strip("/")
-    if scheme == "kpigate" and path.split("/")[0] == "seldon":
-        from mlflow_kpigate.backends.seldon.target import parse_target_uri
+def _local_only(deployer: Deployer, config: dict[str, Any] | None) -> None:
+    from mlflow_kpigate.deploy.local import LocalDeployer
 
-        parse_target_uri(target_uri)
-        return True
-    if scheme != "kpigate" or path not in ("", "local"):
-        raise UsageError(f"-t {target_uri}: unknown kpigate target; use kpigate, "
-                         "kpigate:/local or kpigate:/seldon/NAMESPACE")
-    return False
-
-
-def _local_only(config: dict[str, Any] | None) -> None:
-    from mlflow_kpigate.deploy.config import SELDON_KEYS
-
+    if not isinstance(deployer, LocalDeployer):
+        return
     for key in config or {}:
         if key in SELDON_KEYS:
             raise UsageError(f"-C {key}: only for -t kpigate:/seldon/NAMESPACE; remove it for "
@@ -120,9 +108,9 @@ def _local_only(config: dict[str, Any] | None) -> None:
 def run_local(name: str, model_uri: str, flavor: str | None = None,
               config: dict[str, Any] | None = None) -> None:
     """``mlflow deployments run-local -t kpigate``: a rollout that blocks until it ends."""
-    from mlflow_kpigate.rollout import manager
-
-    manager.create(name, model_uri, {**(config or {}), "wait": "true"}, progress=_progress)
+    deployer = deployer_for("kpigate")
+    _local_only(deployer, config)
+    deployer.create(name, model_uri, {**(config or {}), "wait": "true"}, progress=_progress)
 
 
 class KpigateDeploymentClient(BaseDeploymentClient):
@@ -130,7 +118,7 @@ class KpigateDeploymentClient(BaseDeploymentClient):
 
     @_translate
     def __init__(self, target_uri: str) -> None:
-        self.seldon = _check_target(target_uri)
+        self.deployer = deployer_for(target_uri)
         super().__init__(target_uri)
 
     @staticmethod
@@ -144,48 +132,25 @@ class KpigateDeploymentClient(BaseDeploymentClient):
                           endpoint: str | None = None) -> dict[str, Any]:
         """Start a staged rollout of ``model_uri`` (returns once the router serves, or at
         the end with ``-C wait=true``)."""
-        from mlflow_kpigate.rollout import manager
-
         self._check_flavor(flavor)
-        if self.seldon:
-            from mlflow_kpigate.backends.seldon import rollouts
-
-            return rollouts.create(self.target_uri, name, model_uri, config,
-                                   progress=_progress)
-        _local_only(config)
-        return manager.create(name, model_uri, config, progress=_progress)
+        _local_only(self.deployer, config)
+        return self.deployer.create(name, model_uri, config, progress=_progress)
 
     @_translate
     def update_deployment(self, name: str, model_uri: str | None = None,
                           flavor: str | None = None, config: dict[str, Any] | None = None,
                           endpoint: str | None = None) -> dict[str, Any]:
         """Steer the rollout (``-C action=…``) or start a new one with ``model_uri``."""
-        from mlflow_kpigate.deploy.config import parse_config
-        from mlflow_kpigate.rollout import manager
-
         self._check_flavor(flavor)
         config = dict(config or {})
         cfg = parse_config(config, allow_action=True)
-        if self.seldon:
-            from mlflow_kpigate.backends.seldon import rollouts
-
-            if cfg.action and model_uri:
-                raise UsageError("give either -m (a new rollout) or -C action=..., not both")
-            if cfg.action:
-                return rollouts.steer(self.target_uri, name, cfg.action, config)
-            if not model_uri:
-                raise UsageError("nothing to update: give -m models:/NAME/V for a new rollout "
-                                 "or -C action=promote|rollback|pause|resume")
-            rest = {k: v for k, v in config.items() if k != "action"}
-            return rollouts.create(self.target_uri, name, model_uri, rest, progress=_progress)
-        _local_only(config)
+        _local_only(self.deployer, config)
+        if cfg.action and model_uri:
+            raise UsageError("give either -m (a new rollout) or -C action=..., not both")
         if cfg.action:
-            if model_uri:
-                raise UsageError("give either -m (a new rollout) or -C action=..., not both")
-            info = manager.steer(name, cfg.action, cfg.state_dir)
+            info = self.deployer.steer(name, cfg.action, config)
         elif model_uri:
-            manager.delete(name, cfg.state_dir)
-            info = manager.create(name, model_uri, config, progress=_progress)
+            info = self.deployer.replace(name, model_uri, config, progress=_progress)
         else:
             raise UsageError("nothing to update: give -m models:/NAME/V for a new rollout or "
                              "-C action=promote|rollback|pause|resume")
@@ -195,52 +160,25 @@ class KpigateDeploymentClient(BaseDeploymentClient):
     def delete_deployment(self, name: str, config: dict[str, Any] | None = None,
                           endpoint: str | None = None) -> None:
         """Stop the router and controller; an unfinished rollout is recorded as aborted."""
-        from mlflow_kpigate.deploy.config import parse_config
-        from mlflow_kpigate.rollout import manager
-
-        if self.seldon:
-            from mlflow_kpigate.backends.seldon import rollouts
-
-            rollouts.delete(self.target_uri, name, config)
-            return
-        cfg = parse_config({k: v for k, v in (config or {}).items() if k == "state_dir"})
-        manager.delete(name, cfg.state_dir)
+        self.deployer.delete(name, config)
 
     @_translate
     def list_deployments(self, endpoint: str | None = None) -> list[dict[str, Any]]:
-        """Every deployment in the state directory."""
-        from mlflow_kpigate.rollout import manager
-
-        if self.seldon:
-            from mlflow_kpigate.backends.seldon import rollouts
-
-            return rollouts.list_all(self.target_uri)
-        return manager.list_all()
+        """Every deployment of the target."""
+        return self.deployer.list_all()
 
     @_translate
     def get_deployment(self, name: str, endpoint: str | None = None) -> dict[str, Any]:
         """Stage, weights, last decision and endpoint of ``name``."""
-        from mlflow_kpigate.rollout import manager
-
-        if self.seldon:
-            from mlflow_kpigate.backends.seldon import rollouts
-
-            return rollouts.describe(self.target_uri, name)
-        return manager.describe(name)
+        return self.deployer.describe(name)
 
     @_translate
     def predict(self, deployment_name: str | None = None, inputs: Any = None,
                 endpoint: str | None = None) -> Any:
         """Score ``inputs`` through the deployment's router (baseline/candidate split)."""
-        from mlflow_kpigate.rollout import manager
-
         if not deployment_name:
             raise UsageError("--name: the deployment to send the input to")
-        if self.seldon:
-            from mlflow_kpigate.backends.seldon import rollouts
-
-            return rollouts.predict(self.target_uri, deployment_name, inputs)
-        return manager.predict(deployment_name, inputs)
+        return self.deployer.predict(deployment_name, inputs)
 
     @_translate
     def explain(self, deployment_name: str | None = None, df: Any = None,

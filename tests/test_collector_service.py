@@ -35,7 +35,7 @@ from _router_fixtures import free_port, running, wait_until_healthy
 from click.testing import CliRunner
 from prometheus_client.parser import text_string_to_metric_families
 
-from mlflow_kpigate.commands.collector import collector_command
+from mlflow_kpigate.cli.collector import collector_command
 from mlflow_kpigate.core.records import Prediction
 from mlflow_kpigate.kpis import AggregateSpec
 from mlflow_kpigate.metrics.collector import Collector
@@ -684,7 +684,7 @@ def test_bad_options_exit_2_with_one_line(policy_file: Path, tmp_path: Path,
 def test_the_collector_command_serves_until_sigterm(policy_file: Path, tmp_path: Path):
     port = free_port()
     data = tmp_path / "data"
-    code = "from mlflow_kpigate.commands.collector import collector_command; collector_command()"
+    code = "from mlflow_kpigate.cli.collector import collector_command; collector_command()"
     process = subprocess.Popen(
         [sys.executable, "-c", code, "--deployment", DEPLOYMENT, "--policy", str(policy_file),
          "--data-dir", str(data), "--host", "127.0.0.1", "--port", str(port),
@@ -713,7 +713,7 @@ def test_the_collector_command_serves_until_sigterm(policy_file: Path, tmp_path:
 
 
 def test_the_command_offers_exactly_the_services_unanswered_choices():
-    from mlflow_kpigate.commands import collector as command
+    from mlflow_kpigate.cli import collector as command
     from mlflow_kpigate.metrics import service
 
     assert command.UNANSWERED == service.UNANSWERED

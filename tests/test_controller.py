@@ -1,4 +1,6 @@
-"""The rollback controller on a real collector and store: decisions, effects, crashes."""
+"""The rollback controller on a real collector and SQLite store: decisions, effects, crashes.
+
+The other ports are the package's in-memory implementations (rollout/memory.py)."""
 
 import json
 import os
@@ -13,14 +15,16 @@ import numpy as np
 import pytest
 
 from mlflow_kpigate.backends.local.state_store import RolloutStore
+from mlflow_kpigate.core.events import Created, OperatorAction
 from mlflow_kpigate.core.records import Label, Prediction
-from mlflow_kpigate.core.state import Phase, RolloutState, Weights
+from mlflow_kpigate.core.state import Phase, Readiness, RolloutState, Weights
 from mlflow_kpigate.gate import Action
 from mlflow_kpigate.kpis import AggregateSpec
 from mlflow_kpigate.metrics.collector import Collector
 from mlflow_kpigate.policy import load_policy
 from mlflow_kpigate.rollout import transitions
 from mlflow_kpigate.rollout.controller import Controller
+from mlflow_kpigate.rollout.memory import InMemoryRegistry, InMemoryTraffic, RecordingNotifier
 
 POLICY = """
 evaluation: {interval: 1s, maturity: 0s}
@@ -57,8 +61,18 @@ def make_deployment(tmp_path: Path, policy_text: str = POLICY, clock: Clock | No
                          baseline_version="1", candidate_uri="models:/m/2",
                          baseline_uri="models:/m/1", policy_file=str(directory / "policy.yaml"),
                          tracking_uri="unused", port=1)
-    store.save(transitions.initial(state, policy, clock()), "created", {})
+    store.save(transitions.initial(state, policy, clock()), Created())
     return directory, store, policy, clock
+
+
+def controller(directory: Path, clock: Clock, **parts):
+    """The deployment's controller: its SQLite store and prediction log, in-memory traffic
+    (unless ``parts`` give other ports)."""
+    policy = load_policy(directory / "policy.yaml")
+    parts.setdefault("source", Collector(directory / "predictions.db",
+                                         AggregateSpec.from_policy(policy)))
+    parts.setdefault("traffic", InMemoryTraffic())
+    return Controller(store=RolloutStore(directory), policy=policy, clock=clock, **parts)
 
 
 def feed(directory: Path, policy, stage_index: int, *, n=2000, cand_error=0.0, cand_acc=0.9,
@@ -89,7 +103,7 @@ def feed(directory: Path, policy, stage_index: int, *, n=2000, cand_error=0.0, c
 
 def test_equal_candidate_is_promoted_stage_by_stage(tmp_path):
     directory, store, policy, clock = make_deployment(tmp_path)
-    ctl = Controller(directory, clock=clock)
+    ctl = controller(directory, clock)
     feed(directory, policy, 0, n=6000)
     clock.now += 5
     decision = ctl.step()
@@ -103,14 +117,14 @@ def test_equal_candidate_is_promoted_stage_by_stage(tmp_path):
     assert state.phase is Phase.PROMOTED
     assert state.weights.candidate_percent == 100
     assert ctl.step() is None  # nothing more to evaluate
-    kinds = [e["kind"] for e in store.events()]
+    kinds = [e.kind for e in store.events()]
     assert kinds == ["created", "promote", "promote"]
     assert not state.effects_pending
 
 
 def test_erroring_candidate_is_rolled_back_and_detached(tmp_path):
     directory, store, policy, clock = make_deployment(tmp_path)
-    ctl = Controller(directory, clock=clock)
+    ctl = controller(directory, clock)
     feed(directory, policy, 0, n=20_000, cand_error=0.3)
     clock.now += 5
     decision = ctl.step()
@@ -120,13 +134,17 @@ def test_erroring_candidate_is_rolled_back_and_detached(tmp_path):
     assert state.phase is Phase.ROLLED_BACK
     assert state.weights == Weights.baseline_only()
     event = store.events()[-1]
-    assert event["kind"] == "rollback"
-    assert event["decision"]["action"] == "rollback"
+    assert event.kind == "rollback"
+    assert event.event.decision.action is Action.ROLLBACK
+    evaluation = event.event.evaluation
+    assert evaluation.samples
+    assert evaluation.samples[0].candidate.requests > 0
+    assert evaluation.replayable
 
 
 def test_missing_labels_hold_and_never_promote(tmp_path):
     directory, store, policy, clock = make_deployment(tmp_path)
-    ctl = Controller(directory, clock=clock)
+    ctl = controller(directory, clock)
     feed(directory, policy, 0, n=6000, labels=False)
     for _ in range(3):
         clock.now += 5
@@ -143,14 +161,14 @@ def test_missing_labels_hold_and_never_promote(tmp_path):
 
 def test_operator_actions_and_pause(tmp_path):
     directory, store, policy, clock = make_deployment(tmp_path)
-    ctl = Controller(directory, clock=clock)
+    ctl = controller(directory, clock)
     state = store.require()
     paused = store.save(transitions.operator_action(state, policy, "pause", clock()),
-                        "operator_pause", {})
+                        OperatorAction(action="pause"))
     feed(directory, policy, 0, n=6000)
     assert ctl.step() is None  # paused: no evaluation
     store.save(transitions.operator_action(paused, policy, "resume", clock()),
-               "operator_resume", {})
+               OperatorAction(action="resume"))
     state = store.require()
     promoted = transitions.operator_action(state, policy, "promote", clock())
     assert promoted.stage_index == 1
@@ -167,57 +185,55 @@ def test_concurrent_operator_change_wins_over_a_stale_evaluation(tmp_path):
     _directory, store, policy, clock = make_deployment(tmp_path)
     stale = store.require()
     store.save(transitions.operator_action(stale, policy, "rollback", clock()),
-               "operator_rollback", {})
-    from mlflow_kpigate.backends.local.state_store import StateConflict
+               OperatorAction(action="rollback"))
+    from mlflow_kpigate.core.errors import StateConflict
 
     with pytest.raises(StateConflict):
-        store.save(stale.evolve(stage_index=1), "promote", {})
+        store.save(stale.evolve(stage_index=1), OperatorAction(action="promote"))
     assert store.require().phase is Phase.ROLLED_BACK
 
 
-class FlakyRegistry:
-    """An in-memory registry port that fails its first call (MLflow briefly down)."""
-
-    def __init__(self):
-        self.calls = 0
-        self.tags = {}
-        self.logged = []
-
-    def resolve(self, uri):
-        self.calls += 1
-        if self.calls == 1:
-            raise ConnectionError("tracking server unreachable")
-        return uri
-
-    def status_tags(self, ref, **tags):
-        self.tags[ref] = tags
-
-    def log_evaluation(self, run_id, step, decision, weights_percent, timestamp_ms=None):
-        self.logged.append(step)
+def registry_with_versions() -> InMemoryRegistry:
+    registry = InMemoryRegistry()
+    registry.register("m", "1", alias="champion")
+    registry.register("m", "2")
+    return registry
 
 
 def test_failed_side_effects_stay_pending_and_are_redone(tmp_path):
     directory, store, policy, clock = make_deployment(tmp_path)
-    registry = FlakyRegistry()
-    ctl = Controller(directory, clock=clock, registry=registry)
+    registry = registry_with_versions()
+    registry.fail = ConnectionError("tracking server unreachable")
+    ctl = controller(directory, clock, registry=registry)
     feed(directory, policy, 0, n=1000, labels=False)
     clock.now += 1
     ctl.step()
     state = store.require()
     assert state.effects_pending
-    assert store.events()[-1]["kind"] == "effect_error"
-    assert "tracking server unreachable" in store.events()[-1]["errors"][0]
-    # A restarted controller first finishes what the last one left pending.
-    Controller(directory, clock=clock, registry=registry).resume()
+    assert store.events()[-1].kind == "effect_error"
+    assert "tracking server unreachable" in store.events()[-1].event.errors[0]
+    # A restarted controller first finishes what the last one left pending, including
+    # the evaluation's record in the rollout run.
+    registry.fail = None
+    controller(directory, clock, registry=registry).resume()
     state = store.require()
     assert not state.effects_pending
-    assert registry.tags["models:/m/2"]["status"] == "canary"
+    assert registry.tags[("m", "2")]["kpigate.status"] == "canary"
 
 
 CRASH_SCRIPT = textwrap.dedent("""
     import sys, time
+    from pathlib import Path
+    from mlflow_kpigate.backends.local.state_store import RolloutStore
+    from mlflow_kpigate.kpis import AggregateSpec
+    from mlflow_kpigate.metrics.collector import Collector
+    from mlflow_kpigate.policy import load_policy
     from mlflow_kpigate.rollout.controller import Controller
-    ctl = Controller(sys.argv[1])
+    from mlflow_kpigate.rollout.memory import InMemoryTraffic
+    d = Path(sys.argv[1])
+    policy = load_policy(d / "policy.yaml")
+    ctl = Controller(store=RolloutStore(d), policy=policy, traffic=InMemoryTraffic(),
+                     source=Collector(d / "predictions.db", AggregateSpec.from_policy(policy)))
     while True:
         ctl.step()
         time.sleep(0.01)
@@ -227,13 +243,13 @@ CRASH_SCRIPT = textwrap.dedent("""
 def _check_invariants(store, policy):
     state = store.require()
     events = store.events()
-    seqs = [e["seq"] for e in events]
+    seqs = [e.seq for e in events]
     assert seqs == list(range(1, len(seqs) + 1)), "audit log has a gap"
     assert state.stage_index <= state.approved_stage_index
     expected = (Weights.baseline_only() if state.phase in (Phase.ROLLED_BACK, Phase.ABORTED)
                 else transitions.stage_weights(policy.stages[state.stage_index]))
     assert state.weights == expected, "weights disagree with the saved stage"
-    revisions = [e["revision"] for e in events if "revision" in e]
+    revisions = [e.revision for e in events if e.revision is not None]
     assert revisions == sorted(revisions)
     mirrored = [json.loads(line)["seq"] for line in
                 store.audit_path.read_text().splitlines() if line.strip()]
@@ -279,46 +295,22 @@ def test_a_terminal_state_revealed_while_resuming_is_not_overwritten(tmp_path):
                 self.done = True
                 current = store.require()
                 store.save(transitions.operator_action(current, policy, "rollback",
-                                                       clock()), "operator_rollback", {})
-            return uri
+                                                       clock()),
+                           OperatorAction(action="rollback"))
+            return registry.resolve(uri)
 
-        def status_tags(self, ref, **tags):
-            pass
+        def __getattr__(self, name):
+            return getattr(registry, name)
 
-        def log_evaluation(self, *args, **kwargs):
-            pass
-
+    registry = registry_with_versions()
     state = store.require()
     store.save(state.evolve(effects_pending=True))
-    ctl = Controller(directory, clock=clock, registry=RollbackDuringEffects())
+    ctl = controller(directory, clock, registry=RollbackDuringEffects())
     clock.now += 1
     assert ctl.step() is None
     assert store.require().phase is Phase.ROLLED_BACK
     with pytest.raises(ValueError, match="takes no further decisions"):
         transitions.after_decision(store.require(), policy, None, clock())  # type: ignore[arg-type]
-
-
-class SwitchableTraffic:
-    """A router whose readiness the test controls; records what it was asked to apply."""
-
-    needs_readiness = True
-
-    def __init__(self):
-        from mlflow_kpigate.core.state import Readiness
-
-        self.Readiness = Readiness
-        self.ready = False
-        self.failed = False
-        self.applied = []
-        self.fail_apply = False
-
-    def apply(self, state):
-        if self.fail_apply:
-            raise ConnectionError("cluster unreachable")
-        self.applied.append(state.weights)
-
-    def readiness(self, state):
-        return self.Readiness(self.ready, "test router", self.failed)
 
 
 class UnavailableSource:
@@ -339,80 +331,73 @@ READY_POLICY = POLICY + "readiness: {timeout: 30s, on_timeout: %s}\n"
 
 def test_samples_count_only_once_the_stage_is_ready(tmp_path):
     directory, store, policy, clock = make_deployment(tmp_path, READY_POLICY % "hold")
-    traffic = SwitchableTraffic()
-    ctl = Controller(directory, clock=clock, traffic=traffic)
+    traffic = InMemoryTraffic(needs_readiness=True, ready=Readiness(False, "test router"))
+    ctl = controller(directory, clock, traffic=traffic)
     feed(directory, policy, 0, n=6000)
     clock.now += 5
     assert ctl.step() is None  # not ready: no evaluation at all
     assert store.require().stage_ready_at is None
-    traffic.ready = True
+    traffic.ready = Readiness(True, "test router")
     clock.now += 5
     assert ctl.step().action is Action.PROMOTE
-    kinds = [e["kind"] for e in store.events()]
+    kinds = [e.kind for e in store.events()]
     assert kinds == ["created", "stage_ready", "promote"]
     state = store.require()
     assert state.stage_ready_at is None  # a new stage waits for its own readiness
-    assert traffic.applied[-1] == Weights(50.0, False, True)
+    assert traffic.applied[-1].weights == Weights(50.0, False, True)
 
 
 @pytest.mark.parametrize("on_timeout", ["hold", "abort"])
 def test_readiness_timeout_holds_with_an_alert_or_aborts(tmp_path, on_timeout):
     directory, store, _policy, clock = make_deployment(tmp_path, READY_POLICY % on_timeout)
 
-    class Alerts:
-        def __init__(self):
-            self.sent = []
-
-        def alert(self, **kw):
-            self.sent.append(kw)
-
-    traffic = SwitchableTraffic()
-    alerts = Alerts()
-    ctl = Controller(directory, clock=clock, traffic=traffic, notifier=alerts)
+    traffic = InMemoryTraffic(needs_readiness=True, ready=Readiness(False, "test router"))
+    alerts = RecordingNotifier()
+    ctl = controller(directory, clock, traffic=traffic, notifier=alerts)
     clock.now += 31
     assert ctl.step() is None
     state = store.require()
     if on_timeout == "hold":
         assert state.phase is Phase.HOLDING
         assert "not ready after 31 s" in state.reason
-        assert alerts.sent[0]["severity"] == "warning"
+        assert alerts.alerts[0].severity == "warning"
         clock.now += 10
         ctl.step()  # still not ready: no second alert, no new event
-        assert len(alerts.sent) == 1
-        assert [e["kind"] for e in store.events()] == ["created", "readiness_timeout",
+        assert len(alerts.alerts) == 1
+        assert [e.kind for e in store.events()] == ["created", "readiness_timeout",
                                                        "alert_sent"]
     else:
         assert state.phase is Phase.ABORTED
         assert state.weights == Weights.baseline_only()
-        assert traffic.applied[-1] == Weights.baseline_only()
-        assert alerts.sent[0]["severity"] == "critical"
+        assert traffic.applied[-1].weights == Weights.baseline_only()
+        assert alerts.alerts[0].severity == "critical"
 
 
 def test_failed_traffic_change_stays_pending_and_nothing_else_moves(tmp_path):
     directory, store, policy, clock = make_deployment(tmp_path)
-    traffic = SwitchableTraffic()
-    traffic.ready = True
-    ctl = Controller(directory, clock=clock, traffic=traffic)
+    traffic = InMemoryTraffic(needs_readiness=True, ready=Readiness(False, "test router"))
+    traffic.ready = Readiness(True, "test router")
+    ctl = controller(directory, clock, traffic=traffic)
     feed(directory, policy, 0, n=6000)
     clock.now += 5
-    traffic.fail_apply = True
+    traffic.fail = ConnectionError("cluster unreachable")
     ctl.step()  # stage_ready is saved; the evaluation promotes; applying it fails
     state = store.require()
     assert state.stage_index == 1
     assert state.effects_pending
-    assert store.events()[-1]["kind"] == "effect_error"
-    assert "cluster unreachable" in store.events()[-1]["errors"][0]
-    traffic.fail_apply = False
+    assert store.events()[-1].kind == "effect_error"
+    assert "cluster unreachable" in store.events()[-1].event.errors[0]
+    traffic.fail = None
     ctl.resume()
     assert not store.require().effects_pending
-    assert traffic.applied[-1] == Weights(50.0, False, True)
+    assert traffic.applied[-1].weights == Weights(50.0, False, True)
 
 
 def test_missing_metrics_hold_and_say_why(tmp_path):
     directory, store, policy, clock = make_deployment(tmp_path)
     inner = Collector(directory / "predictions.db", AggregateSpec.from_policy(policy))
     source = UnavailableSource(inner)
-    ctl = Controller(directory, clock=clock, source=source)
+    ctl = controller(directory, clock, source=source)
     feed(directory, policy, 0, n=6000)
     for _ in range(3):
         clock.now += 5
@@ -436,7 +421,7 @@ def test_decision_metrics_are_served_for_prometheus(tmp_path):
 
     directory, _store, policy, clock = make_deployment(tmp_path)
     metrics = DecisionMetrics("dep")
-    ctl = Controller(directory, clock=clock, observer=metrics.observe)
+    ctl = controller(directory, clock, observer=metrics.observe)
     feed(directory, policy, 0, n=6000)
     clock.now += 5
     ctl.step()

@@ -464,7 +464,7 @@ class Traffic:
 
 def _delete_deployment(state_dir: Path, tracking_uri: str) -> None:
     """Stop what the rollout started (``mlflow deployments delete``); check nothing is left."""
-    from mlflow_kpigate.rollout.manager import stop_processes
+    from mlflow_kpigate.deploy.local_processes import stop_processes
 
     directory = state_dir / MODEL
     pids_file = directory / "pids.json"

@@ -25,13 +25,16 @@ from fake_github import READ_TOKEN, REPO, WRITE_TOKEN, serve, start_server, stop
 from werkzeug import Request, Response
 
 from mlflow_kpigate.backends.local.state_store import RolloutStore
-from mlflow_kpigate.commands.github import ReportOptions, github_group, run_report
+from mlflow_kpigate.cli.github import ReportOptions, github_group, run_report
 from mlflow_kpigate.core.errors import UsageError
+from mlflow_kpigate.core.evaluation import Evaluation
+from mlflow_kpigate.core.events import Aborted, Created, Evaluated, OtherEvent
+from mlflow_kpigate.core.history import History
 from mlflow_kpigate.core.state import Phase, RolloutState
+from mlflow_kpigate.deploy.finish import finish_rollout
 from mlflow_kpigate.gate import Decision, StageSample, evaluate
 from mlflow_kpigate.github import (
     MAX_COMMENT_CHARS,
-    Evaluation,
     GitHubClient,
     GitHubError,
     GitHubPermissionError,
@@ -47,11 +50,11 @@ from mlflow_kpigate.github import (
     upsert_comment,
     workflow_command,
 )
+from mlflow_kpigate.github.comment import Evaluation as CommentEvaluation
 from mlflow_kpigate.github.comment import has_marker, mlflow_links
 from mlflow_kpigate.kpis import AggregateSpec, RoleAggregate
 from mlflow_kpigate.policy import Policy, policy_from_dict
 from mlflow_kpigate.rollout import transitions
-from mlflow_kpigate.rollout.wiring import finish_rollout
 
 HEAD_SHA = "a1" * 20
 FORK_SHA = "f0" * 20
@@ -132,30 +135,25 @@ def build_deployment(root: Path, policy: Policy, name: str, outcome: str, *,
         policy_file=str(directory / "policy.yaml"), tracking_uri=TRACKING, port=0,
         rollout_run_id="0123456789abcdef0123456789abcdef")
     state = transitions.initial(state, policy, time.time())
-    state = store.save(state, "created", {"stage": "5%", "weights": state.weights.describe(),
-                                          "weights_percent": 5.0})
+    state = store.save(state, Created("5%", state.weights.describe(), 5.0))
     plan = PLANS[outcome]
     if evaluations is not None:  # a long rollout: repeat the first (holding) evaluation
         plan = [plan[0]] * (evaluations - len(plan) + 1) + plan[1:]
     for i, (stage, n, recall, elapsed) in enumerate(plan):
         decision = decide(policy, stage, n, recall, elapsed, seed=10 * i)
-        new, kind = transitions.after_decision(state, policy, decision, time.time())
-        state = store.save(new, kind, {
-            "stage_index": state.stage_index, "stage": policy.stages[state.stage_index]
-            .describe(), "action": decision.action.value, "reason": decision.reason,
-            "weights": new.weights.describe(),
-            "weights_percent": 0.0 if not new.weights.candidate_attached
-            else new.weights.candidate_percent,
-            "decision": decision.to_dict()})
+        new, _kind = transitions.after_decision(state, policy, decision, time.time())
+        evaluation = Evaluation(i + 1, time.time(), state.stage_index, elapsed, decision)
+        state = store.save(new, Evaluated.after(
+            evaluation, policy.stages[state.stage_index].describe(), new))
     if outcome == "aborted":
         state = store.save(transitions.rollback(state, "deployment deleted", Phase.ABORTED),
-                           "aborted", {"reason": "deleted", "weights_percent": 0.0})
+                           Aborted(reason="deleted"))
     if reason is not None:
-        state = store.save(state.evolve(reason=reason), "operator_note", {"reason": reason})
+        state = store.save(state.evolve(reason=reason), OtherEvent("note", {"reason": reason}))
     assert state.phase is {"promoted": Phase.PROMOTED, "rolled_back": Phase.ROLLED_BACK,
                            "holding": Phase.HOLDING, "aborted": Phase.ABORTED}[outcome]
     if report:
-        finish_rollout(directory, state, None)
+        finish_rollout(directory, state, None, store=store, policy=policy)
     return directory
 
 
@@ -842,9 +840,8 @@ def test_marker_encoding():
 
 def test_long_rollout_is_cut_in_the_details_not_the_headline(deployments, policy, fake):
     store = RolloutStore(deployments / "rolled-back")
-    events = [e for e in store.events() if isinstance(e.get("decision"), dict)]
-    real = [Evaluation(e["ts"], Decision.from_dict(e["decision"]), e["weights_percent"])
-            for e in events]
+    real = [CommentEvaluation(e.ts, e.evaluation.decision, e.traffic_percent)
+            for e in History.of(store.events()).evaluations()]
     # 250 evaluations: the first (a hold at 5%) repeated, then the real promote + rollback
     evaluations = tuple([real[0]] * 248 + real[1:])
     record = RolloutRecord(store.require(), evaluations, ((time.time(), 5.0),), "25%", policy)
@@ -1002,7 +999,7 @@ def test_report_written_when_missing(tmp_path, policy, capsys):
 def test_as_a_process_outside_actions(deployments, tmp_path):
     """No runner variables: the outcome line, notes on stderr, the exit code."""
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
-    cmd = [sys.executable, "-m", "mlflow_kpigate.commands.github", "report", "--deployment",
+    cmd = [sys.executable, "-m", "mlflow_kpigate.cli.github", "report", "--deployment",
            "rolled-back", "--state-dir", str(deployments)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120,
                           cwd=Path(__file__).resolve().parent.parent)

@@ -70,7 +70,7 @@ def env(mlflow_server, tmp_path_factory):
     # Stop anything a failed test left running.
     for d in (root / "state").glob("*"):
         if (d / "pids.json").exists():
-            from mlflow_kpigate.rollout.manager import stop_processes
+            from mlflow_kpigate.deploy.local_processes import stop_processes
 
             stop_processes(d)
 
@@ -248,7 +248,7 @@ def test_python_api_steering_and_sigkill_of_the_controller(env, monkeypatch):
         else:
             raise AssertionError("the controller was not restarted")
     time.sleep(3)
-    kinds = [e["kind"] for e in store.events()]
+    kinds = [e.kind for e in store.events()]
     assert kinds.count("controller_restarted") == 2
     assert store.require().stage_index == 0
     assert store.require().phase.value == "canary"
@@ -260,8 +260,8 @@ def test_python_api_steering_and_sigkill_of_the_controller(env, monkeypatch):
     assert client.get_deployment("steer")["stage"] == "50%"
     client.update_deployment("steer", config={"action": "rollback"})
     info = client.get_deployment("steer")
-    history = [(e["kind"], e.get("revision"), e.get("stage"), e.get("action"))
-               for e in store.events()]
+    history = [(e.kind, e.revision, e.event.body().get("stage"),
+                e.event.body().get("action")) for e in store.events()]
     assert info["status"] == "rolled_back", history[-8:]
     assert set(send(env, "steer", 20, labels=False)) == {"baseline"}
     tags = mlflow.MlflowClient().get_model_version(name, "2").tags

@@ -45,6 +45,7 @@ from mlflow_kpigate.backends.local import (
     unit_interval,
 )
 from mlflow_kpigate.backends.local.state_store import RolloutStore
+from mlflow_kpigate.core.events import OtherEvent
 from mlflow_kpigate.core.payloads import PayloadError, interpret_output, parse_payload
 from mlflow_kpigate.core.records import Label
 from mlflow_kpigate.core.state import Phase, RolloutState, Weights
@@ -512,7 +513,7 @@ def test_server_end_to_end_in_a_subprocess(tmp_path: Path, models: Models):
         policy_file=str(policy_file), tracking_uri=models.registry.tracking_uri, port=port,
         stage_index=1, approved_stage_index=1, phase=Phase.CANARY, weights=Weights(50.0),
     )
-    state = store.save(state, "started", {"stage": 1})
+    state = store.save(state, OtherEvent("started", {"stage": 1}))
     log = (tmp_path / "server.log").open("w")
     process = subprocess.Popen(
         [sys.executable, "-m", "mlflow_kpigate.backends.local.server", str(directory)],
@@ -532,7 +533,7 @@ def test_server_end_to_end_in_a_subprocess(tmp_path: Path, models: Models):
             assert status["versions"] == {"baseline": "1", "candidate": "2"}
             # The controller rolls back: the router follows once it re-reads the state.
             store.save(state.evolve(weights=Weights.baseline_only(), phase=Phase.ROLLED_BACK),
-                       "rolled_back", {})
+                       OtherEvent("rolled_back", {}))
             session.post(f"{url}/admin/reload", timeout=30)
             for i in range(10):
                 response = invoke(url, make_frame(1, seed=i), session,

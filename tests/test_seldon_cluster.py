@@ -16,7 +16,6 @@ from dataclasses import replace
 import pytest
 from fake_kube import fake_kube, fake_kube_factory  # noqa: F401  (fixtures)
 
-from mlflow_kpigate.backends.local.state_store import StateConflict
 from mlflow_kpigate.backends.seldon.cluster import (
     CONFIG_MAP,
     SELDON_DEPLOYMENT,
@@ -43,7 +42,8 @@ from mlflow_kpigate.backends.seldon.state_store import (
     archive_configmap_name,
     state_configmap_name,
 )
-from mlflow_kpigate.core.errors import UsageError
+from mlflow_kpigate.core.errors import StateConflict, UsageError
+from mlflow_kpigate.core.events import OtherEvent
 from mlflow_kpigate.core.state import Phase, RolloutState, Weights
 
 NS = "models"
@@ -428,6 +428,11 @@ def rollout_state(name: str = "fraud") -> RolloutState:
                         tracking_uri="http://mlflow", port=0)
 
 
+def ev(kind: str, **body: object) -> OtherEvent:
+    """An audit event of any kind: the store keeps kinds it does not model as they are."""
+    return OtherEvent(kind, body)
+
+
 def store(cluster: Cluster, **kwargs) -> ClusterStore:
     return ClusterStore(cluster.objects(CONFIG_MAP), "fraud", **kwargs)
 
@@ -438,21 +443,21 @@ def test_store_save_load_and_events_like_rollout_store(fake_kube, cluster):
     assert s.load() is None
     with pytest.raises(UsageError, match="no saved state in ConfigMap models/fraud-kpigate-state"):
         s.require()
-    assert s.append_event("created", {"by": "test"}) == 1  # events may precede the state
-    first = s.save(rollout_state(), "started", {"stage": 0})
+    assert s.append(ev("note", by="test")) == 1  # events may precede the state
+    first = s.save(rollout_state(), ev("started", stage=0))
     assert first.revision == 1
-    second = s.save(first.evolve(phase=Phase.CANARY, weights=Weights(5.0)), "promote")
+    second = s.save(first.evolve(phase=Phase.CANARY, weights=Weights(5.0)), ev("promote"))
     assert second.revision == 2
     assert s.require() == second
     assert s.save(second.evolve(evaluations=1)).revision == 3  # no event
     events = s.events()
-    assert [(e["seq"], e["kind"]) for e in events] == [(1, "created"), (2, "started"),
+    assert [(e.seq, e.kind) for e in events] == [(1, "note"), (2, "started"),
                                                        (3, "promote")]
-    assert events[1]["revision"] == 1
-    assert events[1]["stage"] == 0
-    assert events[0]["by"] == "test"
-    assert all(isinstance(e["ts"], float) for e in events)
-    assert [e["seq"] for e in s.events(since=2)] == [3]
+    assert events[1].revision == 1
+    assert events[1].event.body()["stage"] == 0
+    assert events[0].event.body()["by"] == "test"
+    assert all(isinstance(e.ts, float) for e in events)
+    assert [e.seq for e in s.events(since=2)] == [3]
     cm = fake_kube.get_object("configmaps", NS, state_configmap_name("fraud"))
     assert cm["metadata"]["labels"] == managed_labels("fraud")
     # a restarted controller (a new store object) sees exactly the same
@@ -463,26 +468,26 @@ def test_store_save_load_and_events_like_rollout_store(fake_kube, cluster):
 
 def test_store_compare_and_set_between_two_stores(cluster):
     a, b = store(cluster), store(cluster)
-    saved = a.save(rollout_state(), "started")
+    saved = a.save(rollout_state(), ev("started"))
     from_b = b.require()
-    a.save(saved.evolve(reason="a wins"), "a")
+    a.save(saved.evolve(reason="a wins"), ev("a"))
     with pytest.raises(StateConflict, match="revision 2, expected 1"):
-        b.save(from_b.evolve(reason="b loses"), "b")
+        b.save(from_b.evolve(reason="b loses"), ev("b"))
     assert a.require().reason == "a wins"
-    assert [e["kind"] for e in b.events()] == ["started", "a"]
+    assert [e.kind for e in b.events()] == ["started", "a"]
     # a stale state never overwrites, even when its write loses a race at the API level
     with pytest.raises(StateConflict):
-        b.save(replace(from_b, revision=0), "stale")
+        b.save(replace(from_b, revision=0), ev("stale"))
 
 
 def test_store_retries_when_only_events_were_appended(fake_kube, cluster):
     s = store(cluster, backoff=0.001)
-    saved = s.save(rollout_state(), "started")
+    saved = s.save(rollout_state(), ev("started"))
     name = state_configmap_name("fraud")
     fake_kube.inject_conflicts(2, verbs=("update",), plural="configmaps")
-    out = s.save(saved.evolve(reason="after conflicts"), "next")
+    out = s.save(saved.evolve(reason="after conflicts"), ev("next"))
     assert out.revision == 2
-    assert [e["seq"] for e in s.events()] == [1, 2]
+    assert [e.seq for e in s.events()] == [1, 2]
     # another writer's event lands between our read and our write (as a ClusterStore
     # writes it): our write is refused, and retried with the next event id
     def append_elsewhere(cm: dict) -> None:
@@ -491,8 +496,8 @@ def test_store_retries_when_only_events_were_appended(fake_kube, cluster):
         cm["data"]["meta.json"] = json.dumps({"last_seq": 3, "archives": []})
 
     fake_kube.inject_concurrent_modification("configmaps", NS, name, append_elsewhere)
-    assert s.save(out.evolve(reason="again"), "third").revision == 3
-    assert [(e["seq"], e["kind"]) for e in s.events()] == [(1, "started"), (2, "next"),
+    assert s.save(out.evolve(reason="again"), ev("third")).revision == 3
+    assert [(e.seq, e.kind) for e in s.events()] == [(1, "started"), (2, "next"),
                                                            (3, "alert_sent"), (4, "third")]
 
 
@@ -507,7 +512,7 @@ def test_concurrent_appends_never_lose_or_duplicate_events(fake_kube, cluster):
             s = store(own, backoff=0.001, attempts=200)
             start.wait()
             for i in range(n):
-                s.append_event("tick", {"writer": tag, "i": i})
+                s.append(ev("tick", writer=tag, i=i))
         except BaseException as exc:  # reported below
             errors.append(exc)
         finally:
@@ -520,18 +525,19 @@ def test_concurrent_appends_never_lose_or_duplicate_events(fake_kube, cluster):
         t.join()
     assert errors == []
     events = store(cluster).events()
-    assert [e["seq"] for e in events] == list(range(1, 2 * n + 1))
+    assert [e.seq for e in events] == list(range(1, 2 * n + 1))
     for tag in ("a", "b"):
-        assert [e["i"] for e in events if e["writer"] == tag] == list(range(n))
+        bodies = [e.event.body() for e in events]
+        assert [b["i"] for b in bodies if b["writer"] == tag] == list(range(n))
 
 
 def test_archive_rotation_keeps_every_event(fake_kube, cluster):
     threshold = 2_000
     s = store(cluster, archive_threshold=threshold)
-    saved = s.save(rollout_state(), "started")
+    saved = s.save(rollout_state(), ev("started"))
     for i in range(60):
-        s.append_event("labels", {"batch": i, "pad": "x" * 40})
-    saved = s.save(saved.evolve(reason="still here"), "evaluated")
+        s.append(ev("labels", batch=i, pad="x" * 40))
+    saved = s.save(saved.evolve(reason="still here"), ev("evaluated"))
     cms = {cm["metadata"]["name"]: cm for cm in fake_kube.objects("configmaps", NS)}
     archives = sorted(n for n in cms if "-kpigate-audit-" in n)
     assert archive_configmap_name("fraud", 1) == "fraud-kpigate-audit-0001"
@@ -545,17 +551,17 @@ def test_archive_rotation_keeps_every_event(fake_kube, cluster):
             state_cm["metadata"]["uid"]
         assert cms[name]["metadata"]["labels"] == managed_labels("fraud")
     events = store(cluster, archive_threshold=threshold).events()
-    assert [e["seq"] for e in events] == list(range(1, 63))
-    assert [e["batch"] for e in events if e["kind"] == "labels"] == list(range(60))
-    assert events[-1]["kind"] == "evaluated"
-    assert [e["seq"] for e in s.events(since=55)] == list(range(56, 63))
+    assert [e.seq for e in events] == list(range(1, 63))
+    assert [e.event.body()["batch"] for e in events if e.kind == "labels"] == list(range(60))
+    assert events[-1].kind == "evaluated"
+    assert [e.seq for e in s.events(since=55)] == list(range(56, 63))
     assert s.require().reason == "still here"
 
 
 def test_rotation_retried_after_a_lost_race_overwrites_its_archive(fake_kube, cluster):
     s = store(cluster, archive_threshold=1_500, backoff=0.001)
     for i in range(5):
-        s.append_event("small", {"i": i})
+        s.append(ev("small", i=i))
     fake_kube.clear_requests()
     # Another writer touches the state ConfigMap after our rotation wrote its archives and
     # before our state write: that write is refused, we rotate again and must rewrite the
@@ -563,7 +569,7 @@ def test_rotation_retried_after_a_lost_race_overwrites_its_archive(fake_kube, cl
     fake_kube.inject_concurrent_modification(
         "configmaps", NS, state_configmap_name("fraud"),
         lambda cm: cm["metadata"].setdefault("annotations", {}).update(touched="1"))
-    s.append_event("big", {"pad": "p" * 1_200})  # passes the threshold: rotation
+    s.append(ev("big", pad="p" * 1_200))  # passes the threshold: rotation
     writes = [(r.verb, r.path.rsplit("/", 1)[-1] if r.verb != "create" else
                r.body["metadata"]["name"], r.status)
               for r in fake_kube.requests if r.verb in ("create", "update")]
@@ -576,21 +582,21 @@ def test_rotation_retried_after_a_lost_race_overwrites_its_archive(fake_kube, cl
         ("update", "fraud-kpigate-state", 200),
     ]
     events = s.events()
-    assert [(e["seq"], e["kind"]) for e in events] == [
+    assert [(e.seq, e.kind) for e in events] == [
         (1, "small"), (2, "small"), (3, "small"), (4, "small"), (5, "small"), (6, "big")]
     names = sorted(cm["metadata"]["name"] for cm in fake_kube.objects("configmaps", NS))
     assert names == ["fraud-kpigate-audit-0001", "fraud-kpigate-audit-0006",
                      "fraud-kpigate-state"]
-    assert s.append_event("after") == 7
+    assert s.append(ev("after")) == 7
 
 
 def test_state_and_archives_go_with_their_owner(fake_kube, cluster):
     sdeps = cluster.objects(SELDON_DEPLOYMENT)
     owner = sdeps.create(sdep(labels=managed_labels("fraud")))
     s = store(cluster, owner=owner_reference(owner), archive_threshold=1_000)
-    s.save(rollout_state(), "started")
+    s.save(rollout_state(), ev("started"))
     for i in range(30):
-        s.append_event("e", {"i": i, "pad": "z" * 30})
+        s.append(ev("e", i=i, pad="z" * 30))
     cm = fake_kube.get_object("configmaps", NS, state_configmap_name("fraud"))
     assert cm["metadata"]["ownerReferences"][0]["uid"] == owner["metadata"]["uid"]
     assert len(fake_kube.objects("configmaps", NS)) > 1  # state + archives
@@ -602,8 +608,8 @@ def test_state_and_archives_go_with_their_owner(fake_kube, cluster):
 def test_missing_archive_is_reported(fake_kube, cluster):
     s = store(cluster, archive_threshold=800)
     for i in range(30):
-        s.append_event("e", {"i": i, "pad": "w" * 30})
+        s.append(ev("e", i=i, pad="w" * 30))
     cluster.objects(CONFIG_MAP).delete("fraud-kpigate-audit-0001")
     with pytest.raises(UsageError, match=r"fraud-kpigate-audit-0001 .* is missing"):
         s.events()
-    assert [e["seq"] for e in s.events(since=29)] == [30]
+    assert [e.seq for e in s.events(since=29)] == [30]

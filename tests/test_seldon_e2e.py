@@ -184,8 +184,8 @@ def test_staged_rollout_survives_a_controller_kill_and_promotes(
     # Promotion: the candidate serves everything and the baseline predictor is gone.
     assert _predictors(fake_kube, name) == {"candidate": (100, False)}
     events = store.events()
-    assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
-    kinds = [e["kind"] for e in events]
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))
+    kinds = [e.kind for e in events]
     assert kinds.count("stage_ready") >= 2
     assert kinds.count("promote") >= 2
     client = MlflowClient(registered_model.tracking_uri)
@@ -245,7 +245,7 @@ def test_rollout_holds_while_prometheus_is_down(
         proc = _create(registered_model, name, policy, prom, fake_kube, tmp_path)
         store = _store(fake_kube, name)
         try:
-            _wait(lambda: any(e["kind"] == "hold" for e in (store.events()
+            _wait(lambda: any(e.kind == "hold" for e in (store.events()
                                                               if store.exists() else [])),
                   "a first evaluation with Prometheus up")
             prom.stop()
@@ -253,15 +253,15 @@ def test_rollout_holds_while_prometheus_is_down(
 
             def blind_holds():
                 events = store.events()[seen:]
-                return [e for e in events if e["kind"] == "hold"
-                        and "metrics unavailable" in e["reason"]]
+                return [e for e in events if e.kind == "hold"
+                        and "metrics unavailable" in e.event.decision.reason]
 
             holds = _wait(lambda: len(blind_holds()) >= 2 and blind_holds(),
                           "holds while Prometheus is down")
         finally:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=30)
-    assert "Prometheus is unreachable" in holds[0]["reason"]
+    assert "Prometheus is unreachable" in holds[0].event.decision.reason
     state = store.require()
     assert state.stage_index == 0
     assert state.phase.value in ("canary", "holding")

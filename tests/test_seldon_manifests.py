@@ -42,7 +42,7 @@ from mlflow_kpigate.backends.seldon import (
     weights_patch,
 )
 from mlflow_kpigate.backends.seldon.manifests import RoleTraffic, check_model_uri_scheme
-from mlflow_kpigate.commands.render import render_command
+from mlflow_kpigate.cli.render import render_command
 from mlflow_kpigate.core.errors import UsageError
 from mlflow_kpigate.core.state import Weights
 from mlflow_kpigate.deploy.config import parse_config

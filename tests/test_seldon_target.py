@@ -197,7 +197,7 @@ def test_operator_rollback_through_mlflow_update(fake_kube, registered_model, tm
         sdep = fake_kube.get_object("seldondeployments", NS, "fraud")
         assert [(p["name"], p["traffic"]) for p in sdep["spec"]["predictors"]] == \
             [("baseline", 100)]
-        assert "operator_rollback" in [e["kind"] for e in store.events()]
+        assert "operator_rollback" in [e.kind for e in store.events()]
         # The GitHub Action reports a cluster rollout from its ConfigMaps.
         out, summary = tmp_path / "gh-output", tmp_path / "gh-summary"
         gh_env = {**os.environ, **env, "GITHUB_OUTPUT": str(out),

@@ -34,7 +34,7 @@ from click.testing import CliRunner
 from conftest import MlflowServer
 from pytest_httpserver import HTTPServer
 
-from mlflow_kpigate.commands.webhook_bridge import webhook_bridge_command
+from mlflow_kpigate.cli.webhook_bridge import webhook_bridge_command
 from mlflow_kpigate.core.errors import UsageError
 from mlflow_kpigate.webhooks import (
     ALIAS_CREATED,
@@ -640,7 +640,7 @@ def test_command_serves_until_sigterm(github, tmp_path):
     github.expect_request(DISPATCH_PATH, method="POST").respond_with_data("", status=204)
     env = {**os.environ, "KPIGATE_TEST_SECRET": SECRET, "GITHUB_TOKEN": TOKEN,
            "GITHUB_API_URL": github.url_for("").rstrip("/")}
-    code = ("from mlflow_kpigate.commands.webhook_bridge import webhook_bridge_command as c; "
+    code = ("from mlflow_kpigate.cli.webhook_bridge import webhook_bridge_command as c; "
             "c(prog_name='kpigate webhook-bridge')")
     log = tmp_path / "bridge.log"
     with log.open("wb") as out:

@@ -34,7 +34,7 @@ from traffic import run_traffic  # noqa: E402
 from train import train_and_register  # noqa: E402
 
 from mlflow_kpigate.backends.local.state_store import RolloutStore  # noqa: E402
-from mlflow_kpigate.rollout.manager import stop_processes  # noqa: E402
+from mlflow_kpigate.deploy.local_processes import stop_processes  # noqa: E402
 
 MODEL = "fraud-detector"
 NAME = "fraud"
@@ -106,15 +106,16 @@ def main(argv: list[str] | None = None) -> int:
     last_line = 0.0
     try:
         while time.monotonic() < deadline:
-            for ev in store.events(seen):
-                seen = ev["seq"]
-                if ev["kind"] in SHOWN:
-                    what = ev.get("reason") or ev.get("weights") or ev.get("path") or ""
-                    _say(f"      +{time.monotonic() - started:5.0f}s {ev['kind']:<12} "
-                         f"{ev.get('stage', ''):<7} {what}"[:220])
+            for rec in store.events(seen):
+                seen = rec.seq
+                if rec.kind in SHOWN:
+                    body = rec.event.body()
+                    what = body.get("reason") or body.get("weights") or body.get("path") or ""
+                    _say(f"      +{time.monotonic() - started:5.0f}s {rec.kind:<12} "
+                         f"{body.get('stage', ''):<7} {what}"[:220])
             state = store.require()
             if state.phase.terminal and not state.effects_pending and any(
-                    e["kind"] == "report_written" for e in store.events()):
+                    e.kind == "report_written" for e in store.events()):
                 break
             if time.monotonic() - last_line > 15:
                 last_line = time.monotonic()

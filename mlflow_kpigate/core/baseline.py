@@ -1,8 +1,10 @@
 """Registry baseline: μ and σ of each KPI for the baseline model version.
 
-The registry layer (a later issue) fills this from the baseline version's MLflow run
-metrics, their history, and earlier kpigate rollouts of that version. Here it is plain
-input, also readable from a YAML/JSON file for ``kpigate plan --baseline-file``::
+The registry (:mod:`mlflow_kpigate.registry`) fills this from the baseline version's
+MLflow run metrics, their history, and earlier kpigate rollouts of that version; a rollout
+keeps the figures it started with (:meth:`RegistryBaseline.to_dict`), so every evaluation
+and its replay judge with the same ones. It is also readable from a YAML/JSON file for
+``kpigate plan --baseline-file``::
 
     prevalence: 0.015          # share of labelled positives among requests
     label_coverage: 1.0        # share of requests that eventually get a label
@@ -66,10 +68,12 @@ class RegistryBaseline:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], source: str | None = None) -> RegistryBaseline:
         """Build from a mapping (see the module docstring); raises ``UsageError``."""
+        if source is None and isinstance(data, Mapping) and isinstance(data.get("source"), str):
+            source = data["source"]
         where = f"{source}: " if source else ""
         if not isinstance(data, Mapping):
             raise UsageError(f"{where}a baseline file must be a mapping with 'kpis:'")
-        unknown = set(data) - {"prevalence", "label_coverage", "kpis"}
+        unknown = set(data) - {"prevalence", "label_coverage", "kpis", "source"}
         if unknown:
             raise UsageError(f"{where}{sorted(unknown)[0]}: unknown field; allowed: "
                              "prevalence, label_coverage, kpis")
@@ -118,6 +122,13 @@ class RegistryBaseline:
                 or not 0 < coverage <= 1:
             raise UsageError(f"{where}label_coverage: must be a fraction in (0, 1]")
         return cls(kpis, prevalence, float(coverage), source)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready mapping; :meth:`from_dict` restores an equal baseline."""
+        kpis = {name: {k: getattr(kpi, k) for k in _KPI_FIELDS if getattr(kpi, k) is not None}
+                for name, kpi in self.kpis.items()}
+        return {"prevalence": self.prevalence, "label_coverage": self.label_coverage,
+                "kpis": kpis, "source": self.source}
 
     @classmethod
     def from_file(cls, path: str | Path) -> RegistryBaseline:

@@ -8,6 +8,7 @@ and what would fix it.
 from __future__ import annotations
 
 import difflib
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,6 +59,7 @@ SELDON_KEYS = ("seldon_version", "env_secret", "collector_url", "gateway_url",
                "prometheus_url", "kubeconfig", "kube_context", "replicas", "dry_run")
 
 ACTIONS = ("promote", "rollback", "pause", "resume")
+DEFAULT_STATE_DIR = "~/.kpigate"
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}
 
@@ -237,3 +239,14 @@ def _seldon_values(raw: Mapping[str, Any]) -> dict[str, Any]:
 def help_lines() -> list[str]:
     """``key: help`` lines for target_help and docs."""
     return [f"  {key}: {text}" for key, text in KEYS.items()]
+
+
+def state_dir(path: str | Path | None = None) -> Path:
+    """The state directory (``-C state_dir``, ``$KPIGATE_STATE_DIR``, or ``~/.kpigate``)."""
+    chosen = path or os.environ.get("KPIGATE_STATE_DIR") or DEFAULT_STATE_DIR
+    return Path(chosen).expanduser()
+
+
+def deployment_dir(name: str, root: str | Path | None = None) -> Path:
+    """Directory of the embedded deployment ``name`` under the state directory."""
+    return state_dir(root) / name

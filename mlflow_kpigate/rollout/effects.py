@@ -1,10 +1,11 @@
-"""Side effects of a saved rollout state: traffic, MLflow tags/run/alias, alerts.
+"""Side effects of a saved rollout state: traffic, MLflow tags/run/alias, alerts, the end.
 
 They run *after* the state is committed and are all safe to repeat, so a controller that
 dies between the commit and the effects simply redoes them when it restarts (the state's
-``effects_revision`` tells it what was done). A failing effect (MLflow unreachable, a
+``effects_pending`` flag says they are owed). A failing effect (MLflow unreachable, a
 webhook down) is recorded in the audit log and retried on the next evaluation; it never
-blocks or reverses a traffic decision.
+blocks or reverses a traffic decision. Traffic comes first: nothing else is announced
+before the router serves what the state says.
 """
 
 from __future__ import annotations
@@ -13,13 +14,14 @@ import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
-from mlflow_kpigate.backends.local.state_store import RolloutStore, StateConflict
+from mlflow_kpigate.core.decision import Decision
+from mlflow_kpigate.core.errors import StateConflict
+from mlflow_kpigate.core.evaluation import Evaluation
+from mlflow_kpigate.core.events import AlertSent, AliasMoved, EffectError
 from mlflow_kpigate.core.state import Phase, RolloutState
-from mlflow_kpigate.gate import Decision
 from mlflow_kpigate.policy import Policy
-from mlflow_kpigate.rollout.ports import Notifier
+from mlflow_kpigate.rollout.ports import Notifier, Registry, StateStore, TrafficBackend
 
 log = logging.getLogger(__name__)
 
@@ -28,15 +30,19 @@ log = logging.getLogger(__name__)
 class Effects:
     """Everything outside the state store that a state change must reach."""
 
-    store: RolloutStore
+    store: StateStore
     policy: Policy
-    registry: Any | None = None  # mlflow_kpigate.registry.Registry
+    traffic: TrafficBackend
+    registry: Registry | None = None
     notifier: Notifier | None = None
     on_terminal: Callable[[RolloutState], None] | None = None
-    traffic: Any | None = None  # backends.traffic.TrafficBackend; default: embedded router
 
-    def apply(self, state: RolloutState, decision: Decision | None, kind: str) -> RolloutState:
+    def apply(self, state: RolloutState, decision: Decision | None, kind: str,
+              evaluation: Evaluation | None = None) -> RolloutState:
         """Run the effects of ``state`` (saved with ``effects_pending``) and clear the flag.
+
+        ``evaluation`` (the record of the evaluation that produced ``state``) is attached
+        to the rollout run, so the run alone can replay the rollout.
 
         On any failure the flag stays set, the error is audited, and the next call (the
         next evaluation, or a restarted controller) tries again.
@@ -44,19 +50,18 @@ class Effects:
         errors: list[str] = []
         alert_keys = list(state.alert_keys)
         try:
-            self._traffic().apply(state)
+            self.traffic.apply(state)
         except Exception as exc:  # recorded and retried; nothing else moves before traffic
-            self.store.append_event("effect_error", {"errors": [f"traffic: {exc}"],
-                                                     "revision": state.revision})
+            self.store.append(EffectError((f"traffic: {exc}",), state.revision))
             return state
         if self.registry is not None:
             try:
-                self._registry(state, decision, kind)
+                self._registry(self.registry, state, decision, kind, evaluation)
             except Exception as exc:  # recorded and retried, never fatal
                 errors.append(f"mlflow: {exc}")
         if self.notifier is not None and self._alerting(state, decision, kind):
             try:
-                alert_keys.append(self._notify(state, decision, kind))
+                alert_keys.append(self._notify(self.notifier, state, decision, kind))
             except Exception as exc:  # recorded and retried
                 errors.append(f"alert: {exc}")
         if state.phase.terminal and self.on_terminal is not None and not errors:
@@ -65,19 +70,11 @@ class Effects:
             except Exception as exc:  # recorded and retried
                 errors.append(f"finish: {exc}")
         if errors:
-            self.store.append_event("effect_error", {"errors": errors,
-                                                     "revision": state.revision})
+            self.store.append(EffectError(tuple(errors), state.revision))
             if alert_keys != list(state.alert_keys):
                 return self._save(state.evolve(alert_keys=tuple(alert_keys)))
             return state
         return self._save(state.evolve(effects_pending=False, alert_keys=tuple(alert_keys)))
-
-    def _traffic(self) -> Any:
-        if self.traffic is None:
-            from mlflow_kpigate.backends.local.traffic import LocalRouterTraffic
-
-            self.traffic = LocalRouterTraffic()
-        return self.traffic
 
     def _save(self, state: RolloutState) -> RolloutState:
         """Record the effects' outcome unless someone saved a newer state meanwhile.
@@ -91,8 +88,8 @@ class Effects:
             return self.store.require()
 
     # -- MLflow ------------------------------------------------------------------------------
-    def _registry(self, state: RolloutState, decision: Decision | None, kind: str) -> None:
-        reg = self.registry
+    def _registry(self, reg: Registry, state: RolloutState, decision: Decision | None,
+                  kind: str, evaluation: Evaluation | None) -> None:
         cand = reg.resolve(state.candidate_uri)
         stage = self.policy.stages[state.stage_index].describe()
         decision_text = decision.action.value if decision else kind
@@ -102,14 +99,15 @@ class Effects:
             reg.log_evaluation(state.rollout_run_id, state.evaluations, decision,
                                state.weights.candidate_percent if not state.weights.shadow
                                else 0.0)
+        if evaluation is not None and state.rollout_run_id:
+            reg.log_evaluation_record(state.rollout_run_id, evaluation)
         if state.phase is Phase.PROMOTED:
             base = reg.resolve(state.baseline_uri)
             previous = reg.move_alias(state.model_name, state.promote_alias,
                                       state.candidate_version)
             reg.mark_superseded(base, cand)
-            self.store.append_event("alias_moved", {
-                "alias": state.promote_alias, "to_version": state.candidate_version,
-                "from_version": previous})
+            self.store.append(AliasMoved(state.promote_alias, state.candidate_version,
+                                         previous))
 
     # -- alerts ------------------------------------------------------------------------------
     @staticmethod
@@ -121,7 +119,8 @@ class Effects:
                          "readiness_abort") or bool(decision and decision.alert)
         return wants and self._dedup_key(state, kind) not in state.alert_keys
 
-    def _notify(self, state: RolloutState, decision: Decision | None, kind: str) -> str:
+    def _notify(self, notifier: Notifier, state: RolloutState, decision: Decision | None,
+                kind: str) -> str:
         severity = "critical" if "rollback" in kind or "abort" in kind else "warning"
         summary = (f"kpigate {state.name}: {state.model_name} v{state.candidate_version} "
                    f"{kind.replace('_', ' ')} — {state.reason}")
@@ -131,7 +130,7 @@ class Effects:
                    "weights": state.weights.describe(),
                    "decision": json.loads(decision.to_json()) if decision else None}
         key = self._dedup_key(state, kind)
-        self.notifier.alert(severity=severity, summary=summary[:1000], dedup_key=key,  # type: ignore[union-attr]
-                            details=details)
-        self.store.append_event("alert_sent", {"severity": severity, "dedup_key": key})
+        notifier.alert(severity=severity, summary=summary[:1000], dedup_key=key,
+                       details=details)
+        self.store.append(AlertSent(severity, key))
         return key

@@ -25,6 +25,8 @@ from typing import Any, Protocol, runtime_checkable
 
 from mlflow_kpigate.core.baseline import RegistryBaseline
 from mlflow_kpigate.core.decision import Decision
+from mlflow_kpigate.core.evaluation import Evaluation
+from mlflow_kpigate.core.events import AuditEvent, Recorded
 from mlflow_kpigate.core.refs import ModelRef
 from mlflow_kpigate.core.samples import StageSample
 from mlflow_kpigate.core.state import Readiness, RolloutState
@@ -60,6 +62,40 @@ class SampleSource(Protocol):
         Raises :class:`~mlflow_kpigate.core.errors.MetricsUnavailable` when the data
         cannot be had (the controller then holds and says why).
         """
+        ...
+
+
+@runtime_checkable
+class StateStore(Protocol):
+    """Durable rollout state and its append-only audit log (the committed truth).
+
+    ``save`` is compare-and-set: ``state.revision`` must equal the stored revision,
+    otherwise :class:`~mlflow_kpigate.core.errors.StateConflict` is raised and nothing is
+    written; the state and its event are written together or not at all.
+    """
+
+    def exists(self) -> bool:
+        """Whether a state has been saved."""
+        ...
+
+    def load(self) -> RolloutState | None:
+        """The last saved state, or ``None``."""
+        ...
+
+    def require(self) -> RolloutState:
+        """The saved state; ``UsageError`` naming the rollout if there is none."""
+        ...
+
+    def save(self, state: RolloutState, event: AuditEvent | None = None) -> RolloutState:
+        """Persist ``state`` with the event that explains it; the saved state (new revision)."""
+        ...
+
+    def append(self, event: AuditEvent) -> int:
+        """Record an event that changes no state; its sequence number."""
+        ...
+
+    def events(self, since: int = 0) -> list[Recorded]:
+        """Events with sequence number > ``since``, oldest first."""
         ...
 
 
@@ -107,7 +143,11 @@ class Registry(Protocol):
 
     def log_evaluation(self, run_id: str, step: int, decision: Decision,
                        weights_percent: float, timestamp_ms: int | None = None) -> None:
-        """Record one evaluation in the rollout run."""
+        """Record one evaluation's evidence in the rollout run."""
+        ...
+
+    def log_evaluation_record(self, run_id: str, evaluation: Evaluation) -> None:
+        """Attach the evaluation with its inputs to the run (for ``kpigate replay``)."""
         ...
 
     def finish_rollout_run(self, run_id: str, *, outcome: str,

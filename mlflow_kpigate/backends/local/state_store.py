@@ -1,4 +1,4 @@
-"""Durable rollout state and its append-only audit log, in a deployment's directory.
+"""The embedded backend's StateStore: rollout state and audit log in a deployment directory.
 
 Layout of ``<state_dir>/<name>/``::
 
@@ -11,7 +11,8 @@ A state change and the audit event that explains it are written in **one** SQLit
 transaction, so after a crash at any instant the state and its history agree. The JSON
 lines file is a mirror written after the commit; :meth:`RolloutStore.sync_audit_file`
 (run whenever a store is opened) appends whatever a crash kept out of it, so no event is
-ever lost from either.
+ever lost from either. Events are typed (:mod:`mlflow_kpigate.core.events`); the file
+holds each as ``{"seq", "ts", "kind", "revision"?, ...body}``.
 """
 
 from __future__ import annotations
@@ -28,9 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from mlflow_kpigate.core.errors import StateConflict, UsageError
+from mlflow_kpigate.core.events import AuditEvent, Recorded
 from mlflow_kpigate.core.state import RolloutState
-
-DEFAULT_STATE_DIR = "~/.kpigate"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS state (
@@ -44,17 +44,6 @@ CREATE TABLE IF NOT EXISTS events (
     body TEXT NOT NULL
 );
 """
-
-
-def state_dir(path: str | Path | None = None) -> Path:
-    """The state directory (``-C state_dir``, ``$KPIGATE_STATE_DIR``, or ``~/.kpigate``)."""
-    chosen = path or os.environ.get("KPIGATE_STATE_DIR") or DEFAULT_STATE_DIR
-    return Path(chosen).expanduser()
-
-
-def deployment_dir(name: str, root: str | Path | None = None) -> Path:
-    """Directory of deployment ``name`` under the state directory."""
-    return state_dir(root) / name
 
 
 class RolloutStore:
@@ -97,9 +86,8 @@ class RolloutStore:
             raise UsageError(f"deployment {self.dir.name!r} has no saved state in {self.dir}")
         return state
 
-    def save(self, state: RolloutState, kind: str | None = None,
-             event: dict[str, Any] | None = None) -> RolloutState:
-        """Persist ``state`` and, atomically with it, an audit event ``kind``.
+    def save(self, state: RolloutState, event: AuditEvent | None = None) -> RolloutState:
+        """Persist ``state`` and, atomically with it, the audit ``event`` that explains it.
 
         Compare-and-set: ``state.revision`` must equal the stored revision (the state was
         derived from the latest save), otherwise :class:`StateConflict` is raised and
@@ -118,8 +106,9 @@ class RolloutStore:
                 body = json.dumps(state.to_dict(), allow_nan=False)
                 db.execute("INSERT INTO state (id, body) VALUES (1, ?) "
                            "ON CONFLICT(id) DO UPDATE SET body = excluded.body", (body,))
-                if kind is not None:
-                    self._insert_event(db, kind, {"revision": state.revision, **(event or {})})
+                if event is not None:
+                    self._insert_event(db, event.kind,
+                                       {"revision": state.revision, **event.body()})
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
@@ -135,19 +124,22 @@ class RolloutStore:
                          (ts, kind, json.dumps(event, allow_nan=False, default=str)))
         return int(cur.lastrowid or 0)
 
-    def append_event(self, kind: str, event: dict[str, Any] | None = None) -> int:
-        """Record an audit event that changes no state (an alert sent, a label batch…)."""
+    def append(self, event: AuditEvent) -> int:
+        """Record an audit event that changes no state (an alert sent, an effect failed…)."""
         with self._connect() as db:
-            seq = self._insert_event(db, kind, event or {})
+            seq = self._insert_event(db, event.kind, event.body())
         self.sync_audit_file()
         return seq
 
-    def events(self, since: int = 0) -> list[dict[str, Any]]:
+    def events(self, since: int = 0) -> list[Recorded]:
         """Audit events with sequence number > ``since``, oldest first."""
+        return [Recorded.from_stored(s, ts, k, body) for s, ts, k, body in self._rows(since)]
+
+    def _rows(self, since: int) -> list[tuple[int, float, str, dict[str, Any]]]:
         with self._connect() as db:
             rows = db.execute("SELECT seq, ts, kind, body FROM events WHERE seq > ? "
                               "ORDER BY seq", (since,)).fetchall()
-        return [{"seq": s, "ts": ts, "kind": k, **json.loads(b)} for s, ts, k, b in rows]
+        return [(int(s), float(ts), str(k), json.loads(b)) for s, ts, k, b in rows]
 
     def _last_mirrored(self) -> int:
         """Sequence number of the last complete line of ``audit.jsonl`` (0 if none).
@@ -186,7 +178,9 @@ class RolloutStore:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
     def _sync_locked(self) -> None:
-        missing = self.events(self._last_mirrored())
+        # The stored rows as they are (not decoded): the file mirrors what was committed.
+        missing = [{"seq": s, "ts": ts, "kind": k, **body}
+                   for s, ts, k, body in self._rows(self._last_mirrored())]
         if not missing:
             return
         with self.audit_path.open("ab") as fh:

@@ -1,4 +1,6 @@
-"""The Seldon Core backend's pure parts: target settings, manifests, guarded patches, rules.
+"""The Seldon Core backend: the Model Router as SeldonDeployment/Experiment canaries.
+
+Pure parts (no cluster access), re-exported here:
 
 * :mod:`.target` — :class:`SeldonTarget` (``kpigate:/seldon/NAMESPACE`` + ``-C`` settings);
 * :mod:`.manifests` — the v1 ``SeldonDeployment`` and v2 ``Model``/``Experiment`` builders
@@ -7,8 +9,11 @@
   interpreter to apply them;
 * :mod:`.webhook` — Seldon's admission rules as checks that raise :class:`ManifestError`.
 
-Nothing here talks to a cluster; the controller applies what these functions build, and
-``kpigate render`` prints it.
+Parts that talk to the cluster through the ``kubernetes`` client: :mod:`.cluster` (one
+namespace's objects, guarded patches, readiness), :mod:`.router` (the TrafficBackend)
+and :mod:`.state_store` (rollout state and audit log in ConfigMaps). Which of them a
+rollout uses is decided in :mod:`mlflow_kpigate.deploy.seldon`; ``kpigate render``
+prints what the pure parts build.
 """
 
 from mlflow_kpigate.backends.seldon.manifests import (

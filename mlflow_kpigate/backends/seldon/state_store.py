@@ -33,14 +33,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from mlflow_kpigate.backends.local.state_store import StateConflict
 from mlflow_kpigate.backends.seldon.cluster import (
     ClusterConflict,
     KubeObjects,
     ObjectExists,
     managed_labels,
 )
-from mlflow_kpigate.core.errors import UsageError
+from mlflow_kpigate.core.errors import StateConflict, UsageError
+from mlflow_kpigate.core.events import AuditEvent, Recorded
 from mlflow_kpigate.core.state import RolloutState
 
 STATE_KEY = "state.json"
@@ -98,10 +98,9 @@ def _parse_events(text: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
-def _public(event: dict[str, Any]) -> dict[str, Any]:
-    """The stored record as ``RolloutStore.events`` shows it: seq, ts, kind, then the body."""
-    return {"seq": event["seq"], "ts": event["ts"], "kind": event["kind"],
-            **event.get("body", {})}
+def _recorded(event: dict[str, Any]) -> Recorded:
+    """A stored line ``{"seq", "ts", "kind", "body"}`` as a typed record."""
+    return Recorded.from_stored(event["seq"], event["ts"], event["kind"], event.get("body", {}))
 
 
 class ClusterStore:
@@ -109,7 +108,7 @@ class ClusterStore:
 
     Same public methods and semantics as the embedded backend's SQLite store:
     ``exists``, ``load``, ``require``, ``save`` (compare-and-set on the state's revision,
-    :class:`StateConflict` when another writer saved first), ``append_event`` and
+    :class:`StateConflict` when another writer saved first), ``append`` and
     ``events``. ``configmaps`` are the ConfigMap operations of the target namespace
     (``Cluster.objects(CONFIG_MAP)``); ``owner`` (apiVersion, kind, name, uid of the
     SeldonDeployment or Experiment) becomes the state ConfigMap's ownerReference.
@@ -164,7 +163,7 @@ class ClusterStore:
                              f"{self.namespace}/{self.configmap_name}")
         return state
 
-    def events(self, since: int = 0) -> list[dict[str, Any]]:
+    def events(self, since: int = 0) -> list[Recorded]:
         """Audit events with sequence number > ``since``, oldest first (archives included)."""
         snap = self._read()
         out: list[dict[str, Any]] = []
@@ -179,12 +178,11 @@ class ClusterStore:
             out.extend(e for e in _parse_events((cm.get("data") or {}).get(EVENTS_KEY, ""))
                        if archive.first <= e["seq"] <= archive.last and e["seq"] > since)
         out.extend(e for e in snap.events if e["seq"] > since)
-        return [_public(e) for e in out]
+        return [_recorded(e) for e in out]
 
     # -- writing --------------------------------------------------------------------------------
-    def save(self, state: RolloutState, kind: str | None = None,
-             event: dict[str, Any] | None = None) -> RolloutState:
-        """Persist ``state`` and, in the same ConfigMap write, an audit event ``kind``.
+    def save(self, state: RolloutState, event: AuditEvent | None = None) -> RolloutState:
+        """Persist ``state`` and, in the same ConfigMap write, the audit ``event``.
 
         Compare-and-set: ``state.revision`` must equal the stored revision, otherwise
         :class:`StateConflict` is raised and nothing is written. Returns the saved state
@@ -200,19 +198,19 @@ class ClusterStore:
                 saved = replace(state, revision=current + 1)
             else:
                 saved = replace(state, revision=1)
-            if kind is None:
+            if event is None:
                 return saved.to_dict(), None
-            return saved.to_dict(), {"kind": kind,
-                                     "body": {"revision": saved.revision, **(event or {})}}
+            return saved.to_dict(), {"kind": event.kind,
+                                     "body": {"revision": saved.revision, **event.body()}}
 
         new_state, _ = self._write(change)
         assert new_state is not None
         return RolloutState.from_dict(new_state)
 
-    def append_event(self, kind: str, event: dict[str, Any] | None = None) -> int:
-        """Record an audit event that changes no state (an alert sent, a label batch…)."""
+    def append(self, event: AuditEvent) -> int:
+        """Record an audit event that changes no state (an alert sent, an effect failed…)."""
         def change(snap: _Snapshot) -> tuple[dict[str, Any] | None, dict[str, Any]]:
-            return snap.state, {"kind": kind, "body": dict(event or {})}
+            return snap.state, {"kind": event.kind, "body": event.body()}
 
         _, seq = self._write(change)
         return seq

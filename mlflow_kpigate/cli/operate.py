@@ -1,34 +1,39 @@
-"""Operators' commands for running rollouts: status, watch, report, steer, feedback, serve."""
+"""Operators' commands for embedded rollouts: status, watch, report, steer, feedback, serve.
+
+Thin: each parses its options and calls :class:`~mlflow_kpigate.deploy.local.LocalDeployer`.
+"""
 
 from __future__ import annotations
 
 import csv
 import json
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import click
+import requests
 
-from mlflow_kpigate.backends.local.state_store import RolloutStore, deployment_dir
-from mlflow_kpigate.commands.tables import evidence_table
+from mlflow_kpigate.cli.tables import evidence_table
 from mlflow_kpigate.core.errors import KpigateError, UsageError
 from mlflow_kpigate.deploy.config import parse_config
+from mlflow_kpigate.deploy.finish import write_report
+from mlflow_kpigate.deploy.local import LocalDeployer
 
 STATE_DIR = click.option("--state-dir", type=click.Path(file_okay=False),
                          help="State directory (default $KPIGATE_STATE_DIR or ~/.kpigate).")
 
 
-def _root(state_dir: str | None) -> Path | None:
-    return Path(state_dir).expanduser() if state_dir else None
+def _config(state_dir: str | None) -> dict[str, str] | None:
+    return {"state_dir": state_dir} if state_dir else None
 
 
-def _status_lines(name: str, root: Path | None) -> list[str]:
-    from mlflow_kpigate.rollout import manager
+def _deployer() -> LocalDeployer:
+    return LocalDeployer()
 
-    info = manager.describe(name, root)
+
+def _status_lines(name: str, state_dir: str | None) -> list[str]:
+    info = _deployer().describe(name, _config(state_dir))
     lines = [
         f"{info['name']}: {info['status']}{' (paused)' if info['paused'] else ''} at "
         f"{info['stage']} — {info['weights']}",
@@ -37,7 +42,7 @@ def _status_lines(name: str, root: Path | None) -> list[str]:
         f"{info['evaluations']} evaluations, rollout run {info['rollout_run_id']}",
         f"  last: {info['reason']}",
     ]
-    decision = manager.last_decision(name, root)
+    decision = _deployer().last_decision(name, _config(state_dir))
     if decision is not None:
         lines.append("  evidence (anytime-valid bounds, positive = candidate better):")
         lines += ["  " + row for row in evidence_table(decision)]
@@ -50,15 +55,13 @@ def _status_lines(name: str, root: Path | None) -> list[str]:
 @click.option("--json", "as_json", is_flag=True, help="Print the deployment as JSON.")
 def status_command(name: str, state_dir: str | None, as_json: bool) -> None:
     """Stage, weights, per-KPI evidence and the last decision of rollout NAME."""
-    from mlflow_kpigate.rollout import manager
-
     if as_json:
-        info = manager.describe(name, _root(state_dir))
-        decision = manager.last_decision(name, _root(state_dir))
+        info = _deployer().describe(name, _config(state_dir))
+        decision = _deployer().last_decision(name, _config(state_dir))
         info["last_decision"] = decision.to_dict() if decision else None
         click.echo(json.dumps(info, indent=2))
         return
-    for line in _status_lines(name, _root(state_dir)):
+    for line in _status_lines(name, state_dir):
         click.echo(line)
 
 
@@ -68,18 +71,17 @@ def status_command(name: str, state_dir: str | None, as_json: bool) -> None:
 @click.option("--timeout", type=float, default=None, help="Stop watching after SECONDS.")
 def watch_command(name: str, state_dir: str | None, timeout: float | None) -> None:
     """Follow rollout NAME through its stages until it ends (Ctrl-C stops watching only)."""
-    root = _root(state_dir)
-    store = RolloutStore(deployment_dir(name, root))
-    store.require()
+    store = _deployer().open(name, _config(state_dir)).store
     deadline = None if timeout is None else time.monotonic() + timeout
     seen = 0
     try:
         while True:
-            for ev in store.events(seen):
-                seen = ev["seq"]
-                stamp = time.strftime("%H:%M:%S", time.localtime(ev["ts"]))
-                what = ev.get("reason") or ev.get("weights") or ""
-                click.echo(f"{stamp} {ev['kind']:<18} {ev.get('stage', ''):<7} {what}"[:240])
+            for rec in store.events(seen):
+                seen = rec.seq
+                stamp = time.strftime("%H:%M:%S", time.localtime(rec.ts))
+                body = rec.event.body()
+                what = body.get("reason") or body.get("weights") or ""
+                click.echo(f"{stamp} {rec.kind:<18} {body.get('stage', ''):<7} {what}"[:240])
             state = store.require()
             if state.phase.terminal and not state.effects_pending:
                 click.echo(f"{name}: {state.phase.value} — {state.reason}")
@@ -97,11 +99,12 @@ def watch_command(name: str, state_dir: str | None, timeout: float | None) -> No
 @STATE_DIR
 def report_command(name: str, state_dir: str | None) -> None:
     """Write rollout NAME's report (markdown, HTML, charts) and print where it is."""
-    from mlflow_kpigate.rollout.wiring import finish_rollout
-
-    directory = deployment_dir(name, _root(state_dir))
-    state = RolloutStore(directory).require()
-    out = finish_rollout(directory, state, None)
+    rollout = _deployer().open(name, _config(state_dir))
+    if rollout.policy is None:
+        raise UsageError(f"{name}: the rollout's policy copy in {rollout.directory} cannot "
+                         "be read; the report needs it")
+    out = write_report(rollout.directory, rollout.store.require(), rollout.store,
+                       rollout.policy)
     click.echo(f"{out / 'report.md'}")
     click.echo(f"{out / 'report.html'}")
 
@@ -112,9 +115,7 @@ def _steer(action: str) -> click.Command:
     @click.argument("name")
     @STATE_DIR
     def command(name: str, state_dir: str | None) -> None:
-        from mlflow_kpigate.rollout import manager
-
-        info = manager.steer(name, action, _root(state_dir))
+        info = _deployer().steer(name, action, _config(state_dir))
         click.echo(f"{name}: {info['status']} at {info['stage']} — {info['weights']}")
 
     return command
@@ -176,26 +177,22 @@ def _check_label(path: Path, line: int, item: Any) -> dict[str, Any]:
 @STATE_DIR
 def feedback_command(name: str, path: str, state_dir: str | None) -> None:
     """Send late-arriving labels for rollout NAME's predictions, matched by request id."""
-    from mlflow_kpigate.rollout import manager
-
     labels = _read_labels(Path(path))
-    info = manager.describe(name, _root(state_dir))
+    info = _deployer().describe(name, _config(state_dir))
     matched = duplicates = 0
     unknown: list[str] = []
     for start in range(0, len(labels), 1000):
-        body = json.dumps({"labels": labels[start:start + 1000]}).encode()
-        req = urllib.request.Request(f"{info['endpoint']}/feedback", data=body, method="POST",
-                                     headers={"Content-Type": "application/json"})
         try:
-            with urllib.request.urlopen(req, timeout=60) as resp:
-                result = json.loads(resp.read())
-        except urllib.error.HTTPError as exc:
-            raise UsageError(f"{path}: the router rejected batch {start // 1000 + 1} "
-                             f"(HTTP {exc.code}: {exc.read().decode(errors='replace')[:200]}); "
-                             f"{matched} labels before it were recorded") from None
-        except OSError as exc:
+            resp = requests.post(f"{info['endpoint']}/feedback",
+                                 json={"labels": labels[start:start + 1000]}, timeout=60)
+        except requests.RequestException as exc:
             raise KpigateError(f"{name}: the router at {info['endpoint']} is not reachable "
                                f"({exc}); {matched} labels were recorded") from None
+        if resp.status_code >= 400:
+            raise UsageError(f"{path}: the router rejected batch {start // 1000 + 1} "
+                             f"(HTTP {resp.status_code}: {resp.text[:200]}); "
+                             f"{matched} labels before it were recorded")
+        result = resp.json()
         matched += int(result.get("matched", 0))
         duplicates += int(result.get("duplicates", 0))
         unknown += list(result.get("unknown", []))
@@ -212,8 +209,7 @@ def feedback_command(name: str, path: str, state_dir: str | None) -> None:
               help="Deployment config, as for mlflow deployments -C.")
 def serve_command(name: str, model_uri: str, pairs: tuple[str, ...]) -> None:
     """Run a rollout in the foreground until it ends, then keep serving until Ctrl-C."""
-    from mlflow_kpigate.rollout import manager
-
+    deployer = _deployer()
     config: dict[str, str] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
@@ -221,14 +217,14 @@ def serve_command(name: str, model_uri: str, pairs: tuple[str, ...]) -> None:
             raise UsageError(f"-C {pair}: write KEY=VALUE")
         config[key] = value
     root = parse_config(config).state_dir
-    manager.create(name, model_uri, {**config, "wait": "false"},
-                   progress=lambda m: click.echo(m, err=True))
+    deployer.create(name, model_uri, {**config, "wait": "false"},
+                    progress=lambda m: click.echo(m, err=True))
     try:
-        state = manager.wait(name, root, None, lambda m: click.echo(m, err=True))
+        state = deployer.wait(name, root, None, lambda m: click.echo(m, err=True))
         click.echo(f"{name}: {state.phase.value} — {state.reason}")
         click.echo("serving on; Ctrl-C stops the deployment")
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
-        manager.delete(name, root)
+        deployer.delete(name, config)
         click.echo(f"{name}: stopped")

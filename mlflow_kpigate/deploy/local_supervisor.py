@@ -1,10 +1,10 @@
 """Keeps a deployment's router and controller processes running.
 
-``python -m mlflow_kpigate.rollout.supervisor DEPLOYMENT_DIR`` starts
+``python -m mlflow_kpigate.deploy.local_supervisor DEPLOYMENT_DIR`` starts
 
 * the router (``mlflow_kpigate.backends.local.server``): serves traffic; restarted if it
   dies, it resumes from the committed weights;
-* the controller (``mlflow_kpigate.rollout.controller``): restarted if it dies before the
+* the controller (``mlflow_kpigate.deploy.local_controller``): restarted if it dies before the
   rollout is over (SIGKILL included); it resumes at the committed stage.
 
 Their process ids are in ``pids.json``; their output in ``router.log`` and
@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from mlflow_kpigate.backends.local.state_store import RolloutStore
+from mlflow_kpigate.core.events import ControllerRestarted, RouterRestarted
 
 GRACE_S = 10.0
 RESTART_BACKOFF_S = 1.0
@@ -69,7 +70,7 @@ def supervise(directory: Path) -> int:
     """Run until SIGTERM/SIGINT; returns the exit code."""
     store = RolloutStore(directory)
     router = _Child("router", "mlflow_kpigate.backends.local.server", directory)
-    controller = _Child("controller", "mlflow_kpigate.rollout.controller", directory)
+    controller = _Child("controller", "mlflow_kpigate.deploy.local_controller", directory)
     stopping = False
 
     def on_signal(*_: object) -> None:
@@ -86,7 +87,7 @@ def supervise(directory: Path) -> int:
         time.sleep(0.2)
         code = router.exit_code()
         if code is not None and not stopping:
-            store.append_event("router_restarted", {"exit_code": code})
+            store.append(RouterRestarted(code))
             time.sleep(RESTART_BACKOFF_S)
             router.restarts += 1
             router.start()
@@ -98,7 +99,7 @@ def supervise(directory: Path) -> int:
                     and not state.effects_pending:
                 controller_done = True  # the rollout is over; the router keeps serving
                 continue
-            store.append_event("controller_restarted", {"exit_code": code})
+            store.append(ControllerRestarted(code))
             time.sleep(RESTART_BACKOFF_S)
             controller.restarts += 1
             controller.start()

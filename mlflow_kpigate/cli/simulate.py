@@ -8,7 +8,7 @@ from dataclasses import replace
 
 import click
 
-from mlflow_kpigate.commands.tables import evidence_table
+from mlflow_kpigate.cli.tables import evidence_table
 from mlflow_kpigate.core.durations import format_duration
 from mlflow_kpigate.core.errors import UsageError
 from mlflow_kpigate.gate import Verdict

@@ -44,6 +44,7 @@ from mlflow_kpigate.backends.seldon.patches import (
 )
 from mlflow_kpigate.backends.seldon.target import SeldonTarget
 from mlflow_kpigate.backends.seldon.webhook import check_experiment_rules, check_webhook_rules
+from mlflow_kpigate.cli.errors import fail
 from mlflow_kpigate.core.errors import KpigateError, UsageError
 from mlflow_kpigate.core.state import Weights
 from mlflow_kpigate.deploy.config import parse_config
@@ -201,7 +202,7 @@ def _pairs(pairs: tuple[str, ...]) -> dict[str, str]:
 
 def _policy(policy_file: str | None, cfg_policy: Path | None, stages: tuple[str, ...],
             cfg_stages: str | None) -> Policy:
-    from mlflow_kpigate.rollout.manager import default_policy_path
+    from mlflow_kpigate.deploy.inputs import default_policy_path
 
     if policy_file and cfg_policy:
         raise UsageError("--policy and -C policy: give the policy once")
@@ -285,6 +286,4 @@ def render_command(target_uri: str, name: str, model_uri: str, baseline_uri: str
         _render(target_uri, name, model_uri, baseline_uri, stages, policy_file, pairs,
                 tracking_uri, service_account)
     except KpigateError as exc:
-        from mlflow_kpigate.cli import fail  # imported late: cli imports the commands
-
         fail(exc)

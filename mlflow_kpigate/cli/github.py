@@ -33,16 +33,17 @@ import re
 import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import click
 
-from mlflow_kpigate.backends.local.state_store import RolloutStore, deployment_dir
-from mlflow_kpigate.commands.operate import STATE_DIR, _root
-from mlflow_kpigate.core.decision import Decision
+from mlflow_kpigate.cli.operate import STATE_DIR
 from mlflow_kpigate.core.errors import KpigateError, UsageError
+from mlflow_kpigate.core.history import History
 from mlflow_kpigate.core.state import Phase
+from mlflow_kpigate.deploy.config import deployment_dir
+from mlflow_kpigate.deploy.deployer import Rollout, deployer_for
+from mlflow_kpigate.deploy.local import LocalDeployer
+from mlflow_kpigate.deploy.finish import write_report
 from mlflow_kpigate.github.api import (
     DEFAULT_API_URL,
     GitHubClient,
@@ -75,7 +76,6 @@ from mlflow_kpigate.github.workflow import (
     workflow_command,
     write_outputs,
 )
-from mlflow_kpigate.policy import Policy, load_policy
 
 FAIL_ON = ("rollback", "hold", "never")
 #: Phases that fail the step with ``--fail-on rollback`` (and ``hold``).
@@ -150,64 +150,35 @@ class GitHubEnv:
 # Reading the deployment
 # --------------------------------------------------------------------------------------
 
-def _policy(directory: Path, policy_file: str) -> Policy | None:
-    for path in (directory / "policy.yaml", Path(policy_file)):
-        if path.is_file():
-            try:
-                return load_policy(path)
-            except KpigateError:
-                continue
-    return None
-
-
-def load_record(directory: Path, *, build_missing_report: bool = True,
-                warn: Callable[[str], None] | None = None,
-                store: Any | None = None) -> RolloutRecord:
-    """The rollout in ``directory``: state, evaluations, traffic, final stage, report.
+def load_record(rollout: Rollout, *, build_missing_report: bool = True,
+                warn: Callable[[str], None] | None = None) -> RolloutRecord:
+    """The rollout's state, evaluations, traffic, final stage and report.
 
     When the report has not been written yet (a rollout that has not ended), it is
-    written now, unless ``build_missing_report`` is False. ``store`` replaces the
-    directory's own store (a Seldon rollout's ConfigMap store; ``directory`` then holds
-    the policy copy and the report).
+    written now into the rollout's directory, unless ``build_missing_report`` is False.
     """
-    if store is None:
-        if not (directory / "state.db").is_file():
-            raise UsageError(f"--deployment {directory.name}: no deployment in "
-                             f"{directory.parent}; give the name used with `mlflow "
-                             "deployments create` and the same --state-dir / "
-                             "KPIGATE_STATE_DIR")
-        store = RolloutStore(directory)
-    state = store.require()
-    evaluations: list[Evaluation] = []
-    traffic: list[tuple[float, float]] = []
-    for ev in store.events():
-        percent = ev.get("weights_percent")
-        percent = float(percent) if isinstance(percent, (int, float)) else None
-        if percent is not None and (not traffic or traffic[-1][1] != percent):
-            traffic.append((float(ev["ts"]), percent))  # changes only, not every hold
-        if isinstance(ev.get("decision"), dict):
-            evaluations.append(Evaluation(float(ev["ts"]), Decision.from_dict(ev["decision"]),
-                                          percent))
-    policy = _policy(directory, state.policy_file)
+    state = rollout.store.require()
+    history = History.of(rollout.store.events())
+    evaluations = tuple(Evaluation(e.ts, e.evaluation.decision, e.traffic_percent)
+                        for e in history.evaluations())
+    policy = rollout.policy
     if policy is not None and 0 <= state.stage_index < len(policy.stages):
         final_stage = policy.stages[state.stage_index].describe()
     elif state.phase is Phase.PROMOTED:
         final_stage = "100%"
     else:
         final_stage = evaluations[-1].decision.stage_name if evaluations else "—"
-    report_dir = directory / "report"
-    if not (report_dir / "report.md").is_file() and build_missing_report:
-        from mlflow_kpigate.rollout.wiring import finish_rollout
-
+    report_dir = rollout.directory / "report"
+    if not (report_dir / "report.md").is_file() and build_missing_report and policy:
         try:
-            finish_rollout(directory, state, None, store=store, policy=policy)
+            write_report(rollout.directory, state, rollout.store, policy)
         except Exception as exc:  # the outputs and the comment do not need the files
             if warn is not None:
                 warn(f"could not write the rollout report in {report_dir} "
                      f"({type(exc).__name__}: {exc})")
     report_path = str(report_dir) if (report_dir / "report.md").is_file() else None
-    return RolloutRecord(state, tuple(evaluations), tuple(traffic), final_stage, policy,
-                         report_path)
+    return RolloutRecord(state, evaluations, tuple(history.traffic(changes_only=True)),
+                         final_stage, policy, report_path)
 
 
 # --------------------------------------------------------------------------------------
@@ -278,22 +249,21 @@ def record_for(deployment: str, target: str, state_dir: str | None,
     """The rollout ``deployment`` of ``target``: the state directory's (embedded backend)
     or the cluster's ConfigMaps (``kpigate:/seldon/NS``, through $KUBECONFIG or the
     in-cluster service account)."""
-    root = _root(state_dir)
-    if target.strip().startswith("kpigate:/seldon"):
-        from mlflow_kpigate.backends.seldon.cluster import Cluster
-        from mlflow_kpigate.backends.seldon.rollouts import ClusterRollout, workdir
-        from mlflow_kpigate.backends.seldon.target import parse_target_uri
-
-        namespace = parse_target_uri(target)
-        rollout = ClusterRollout(Cluster.connect(namespace), deployment)
-        directory = workdir(namespace, deployment, root)
-        rollout.materialize(directory)
-        return load_record(directory, warn=warn, store=rollout.store,
-                           build_missing_report=build_missing_report)
-    if target.strip().rstrip("/") not in ("kpigate", "kpigate:/local", "kpigate:"):
+    if target.strip().rstrip("/") == "kpigate:":
+        target = "kpigate"
+    try:
+        deployer = deployer_for(target)
+    except UsageError:
         raise UsageError(f"--target {target}: use kpigate, kpigate:/local or "
-                         "kpigate:/seldon/NAMESPACE")
-    return load_record(deployment_dir(deployment, root), warn=warn,
+                         "kpigate:/seldon/NAMESPACE") from None
+    config = {"state_dir": state_dir} if state_dir else None
+    if isinstance(deployer, LocalDeployer):
+        directory = deployment_dir(deployment, state_dir)
+        if not (directory / "state.db").is_file():
+            raise UsageError(f"--deployment {deployment}: no deployment in {directory.parent}"
+                             "; give the name used with `mlflow deployments create` and the "
+                             "same --state-dir / KPIGATE_STATE_DIR")
+    return load_record(deployer.open(deployment, config), warn=warn,
                        build_missing_report=build_missing_report)
 
 

@@ -1,1 +1,0 @@
-"""Implementations of the ``kpigate`` subcommands (registered on the group in ``cli``)."""

@@ -1,0 +1,84 @@
+"""What every rollout starts from, whatever its backend: the versions, the policy, the baseline.
+
+* :func:`resolve_versions`: the candidate and the baseline as registry refs (the baseline
+  defaults to the champion alias);
+* :func:`freeze_policy`: the user's policy with ``-C stages`` applied, copied into the
+  rollout's directory so that every later decision (and its replay) uses the same one;
+* :func:`save_registry_baseline` / :func:`load_registry_baseline`: the registry baseline
+  KPIs read at creation, kept beside the state so restarts decide on the same figures.
+"""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mlflow_kpigate.core.baseline import RegistryBaseline
+from mlflow_kpigate.core.errors import UsageError
+from mlflow_kpigate.core.refs import ModelRef
+from mlflow_kpigate.deploy.config import DeploymentConfig
+from mlflow_kpigate.policy import Policy, load_policy
+from mlflow_kpigate.rollout.ports import Registry
+
+BASELINE_FILE = "baseline_kpis.json"
+POLICY_FILE = "policy.yaml"
+
+
+def default_policy_path() -> Path:
+    """The packaged label-free default policy."""
+    return Path(str(resources.files("mlflow_kpigate") / "policies" / "default.yaml"))
+
+
+def freeze_policy(cfg: DeploymentConfig, directory: Path) -> tuple[Policy, Path]:
+    """Load the user's policy (with ``-C stages`` applied) and freeze a copy in ``directory``."""
+    source = cfg.policy or default_policy_path()
+
+    def override(doc: dict[str, Any]) -> None:
+        if cfg.stages:
+            doc["stages"] = cfg.stages
+
+    policy = load_policy(source, override=override)
+    target = directory / POLICY_FILE
+    target.write_text(f"# frozen copy of {source} for this rollout\n"
+                      + yaml.safe_dump(dict(policy.raw), sort_keys=False))
+    return load_policy(target), target
+
+
+def tracking_uri() -> str:
+    """The MLflow tracking URI in effect (``MLFLOW_TRACKING_URI`` or MLflow's default)."""
+    import mlflow
+
+    return str(mlflow.get_tracking_uri())
+
+
+def resolve_versions(registry: Registry, model_uri: str, baseline_uri: str | None
+                     ) -> tuple[ModelRef, ModelRef]:
+    """(candidate, baseline) registry refs; the baseline defaults to the champion alias."""
+    candidate = registry.resolve(model_uri)
+    baseline = (registry.resolve(baseline_uri) if baseline_uri
+                else registry.default_baseline(candidate.name))
+    if (baseline.name, baseline.version) == (candidate.name, candidate.version):
+        raise UsageError(f"{model_uri}: the candidate is the baseline itself "
+                         f"({baseline.uri}); give a different -C baseline")
+    return candidate, baseline
+
+
+def save_registry_baseline(directory: Path, baseline: RegistryBaseline | None) -> Path:
+    """Keep the registry baseline beside the state; returns the file written."""
+    path = directory / BASELINE_FILE
+    data = baseline.to_dict() if baseline is not None else {"kpis": {}}
+    path.write_text(json.dumps(data, indent=2, allow_nan=False))
+    return path
+
+
+def load_registry_baseline(directory: Path) -> RegistryBaseline | None:
+    """The registry baseline saved by :func:`save_registry_baseline` (None if empty)."""
+    path = directory / BASELINE_FILE
+    if not path.exists():
+        return None
+    baseline = RegistryBaseline.from_dict(json.loads(path.read_text()), str(path))
+    return baseline if baseline.kpis else None

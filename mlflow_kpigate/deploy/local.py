@@ -1,0 +1,289 @@
+"""The embedded backend's Deployer: rollouts served by a router process on this machine.
+
+A deployment is a directory under the state directory (``-C state_dir``,
+``$KPIGATE_STATE_DIR`` or ``~/.kpigate``) holding its SQLite state store, audit log,
+frozen policy, registry baseline and prediction log, plus a supervisor process that keeps
+its router and controller running (:mod:`.local_processes`, :mod:`.local_supervisor`,
+:mod:`.local_controller`).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from mlflow_kpigate.backends.local.state_store import RolloutStore
+from mlflow_kpigate.backends.local.traffic import LocalRouterTraffic
+from mlflow_kpigate.core.decision import Decision
+from mlflow_kpigate.core.errors import KpigateError, UsageError
+from mlflow_kpigate.core.events import Aborted, Created, Recorded, traffic_percent
+from mlflow_kpigate.core.state import Phase, RolloutState
+from mlflow_kpigate.deploy import local_processes as procs
+from mlflow_kpigate.deploy.config import deployment_dir, parse_config, state_dir
+from mlflow_kpigate.deploy.deployer import Progress, Rollout
+from mlflow_kpigate.deploy.finish import finish_rollout
+from mlflow_kpigate.deploy.inputs import (
+    freeze_policy,
+    resolve_versions,
+    save_registry_baseline,
+    tracking_uri,
+)
+from mlflow_kpigate.deploy.operator import commit_operator_action
+from mlflow_kpigate.policy import Policy, load_policy
+from mlflow_kpigate.rollout import transitions
+from mlflow_kpigate.rollout.effects import Effects
+from mlflow_kpigate.rollout.ports import Registry
+
+FLAVOR = "python_function"
+#: Audit event kinds shown while waiting for a rollout.
+PROGRESS_KINDS = ("created", "promote", "hold", "rollback", "aborted", "operator_promote",
+                  "operator_rollback", "operator_pause", "operator_resume")
+
+
+def mlflow_registry(uri: str) -> Registry:
+    """The MLflow registry at ``uri`` (imported late: MLflow is slow to import)."""
+    from mlflow_kpigate.registry import Registry as MlflowRegistry
+
+    return MlflowRegistry(uri)
+
+
+def progress_line(rec: Recorded) -> str:
+    """One progress line for an audit record (``kpigate: [promote] 25% reason``)."""
+    body = rec.event.body()
+    what = body.get("reason") or body.get("weights") or ""
+    return f"kpigate: [{rec.kind}] {body.get('stage', '')} {what}".rstrip()
+
+
+def _root(config: Mapping[str, Any] | None) -> Path | None:
+    return parse_config({k: v for k, v in (config or {}).items() if k == "state_dir"}).state_dir
+
+
+class LocalDeployer:
+    """Rollouts on the embedded router (``kpigate``, ``kpigate:/local``)."""
+
+    def __init__(self, target_uri: str = "kpigate") -> None:
+        self.target_uri = target_uri
+
+    # -- create ----------------------------------------------------------------------------
+    def create(self, name: str, model_uri: str, config: Mapping[str, Any] | None = None,
+               progress: Progress | None = None) -> dict[str, Any]:
+        """Start a staged rollout of ``model_uri`` against its baseline; see ``config.KEYS``."""
+        name = procs.valid_name(name)
+        cfg = parse_config(config)
+        directory = deployment_dir(name, cfg.state_dir)
+        if directory.exists():
+            existing = RolloutStore(directory).load()
+            if existing is not None and not existing.phase.terminal:
+                raise UsageError(f"deployment {name!r} already exists ({existing.phase.value});"
+                                 " use `mlflow deployments update` or delete it first")
+            procs.stop_processes(directory)
+            procs.archive(directory)
+        uri = tracking_uri()
+        registry = mlflow_registry(uri)
+        candidate, baseline = resolve_versions(registry, model_uri, cfg.baseline)
+        port = cfg.port or procs.free_port()
+        if cfg.port and not procs.port_free(cfg.port):
+            raise UsageError(f"-C port={cfg.port}: the port is in use on 127.0.0.1; pick "
+                             "another or omit it for a free one")
+        directory.mkdir(parents=True, exist_ok=True)
+        try:
+            policy, policy_file = freeze_policy(cfg, directory)
+            save_registry_baseline(directory, registry.baseline_kpis(baseline, policy))
+            run_id = registry.start_rollout_run(
+                deployment=name, candidate=candidate, baseline=baseline,
+                policy_file=policy_file,
+                params={"stages": " -> ".join(s.describe() for s in policy.stages),
+                        "port": str(port), "routing_key": str(cfg.routing_key)})
+            state = RolloutState(
+                name=name, model_name=candidate.name, candidate_version=candidate.version,
+                baseline_version=baseline.version, candidate_uri=candidate.uri,
+                baseline_uri=baseline.uri, policy_file=str(policy_file),
+                tracking_uri=uri, port=port, routing_key=cfg.routing_key,
+                promote_alias=cfg.promote_alias, rollout_run_id=run_id,
+                threshold=cfg.threshold)
+            state = transitions.initial(state, policy, time.time()).evolve(effects_pending=True)
+            RolloutStore(directory).save(state, Created(
+                policy.stages[0].describe(), state.weights.describe(), 0.0, candidate.uri,
+                baseline.uri, port=port))
+        except BaseException:
+            shutil.rmtree(directory, ignore_errors=True)
+            raise
+        proc = procs.spawn_supervisor(directory)
+        try:
+            procs.wait_healthy(directory, port, proc)
+        except KpigateError:
+            procs.stop_processes(directory)
+            store = RolloutStore(directory)
+            st = transitions.rollback(store.require(), "aborted: the router did not start",
+                                      Phase.ABORTED)
+            store.save(st, Aborted(policy.stages[st.stage_index].describe(),
+                                   st.weights.describe(), 0.0, "router"))
+            raise
+        if progress:
+            progress(f"kpigate: {name} serving on http://127.0.0.1:{port} "
+                     f"({policy.stages[0].describe()}); state in {directory}")
+        if cfg.wait:
+            self.wait(name, cfg.state_dir, cfg.wait_timeout, progress)
+        return self.describe(name, {"state_dir": cfg.state_dir} if cfg.state_dir else None)
+
+    def replace(self, name: str, model_uri: str, config: Mapping[str, Any] | None = None,
+                progress: Progress | None = None) -> dict[str, Any]:
+        """End the current rollout of ``name`` and start one of ``model_uri``."""
+        self.delete(name, config)
+        return self.create(name, model_uri, config, progress)
+
+    def wait(self, name: str, root: Path | None = None, timeout_s: float | None = None,
+             progress: Progress | None = None) -> RolloutState:
+        """Block until the rollout reaches a terminal phase (``KpigateError`` on timeout)."""
+        store = RolloutStore(deployment_dir(name, root))
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        seen = 0
+        while True:
+            for rec in store.events(seen):
+                seen = rec.seq
+                if progress and rec.kind in PROGRESS_KINDS:
+                    progress(progress_line(rec))
+            state = store.require()
+            if state.phase.terminal and not state.effects_pending:
+                return state
+            if deadline is not None and time.monotonic() > deadline:
+                raise KpigateError(f"deployment {name!r} still {state.phase.value} after "
+                                   f"{timeout_s:.0f}s; it keeps running (kpigate status {name})")
+            time.sleep(0.5)
+
+    # -- inspect ---------------------------------------------------------------------------
+    def describe(self, name: str, config: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """The deployment as ``get_deployment`` returns it."""
+        root = _root(config)
+        directory = deployment_dir(name, root)
+        state = RolloutStore(directory).load() if directory.exists() else None
+        if state is None:
+            raise UsageError(f"no deployment named {name!r} in {state_dir(root)}")
+        policy = load_policy(state.policy_file)
+        return {
+            "name": state.name,
+            "flavor": FLAVOR,
+            "status": state.phase.value,
+            "paused": state.paused,
+            "stage": policy.stages[state.stage_index].describe(),
+            "stage_index": state.stage_index,
+            "weights": state.weights.describe(),
+            "candidate": state.candidate_uri,
+            "baseline": state.baseline_uri,
+            "endpoint": f"http://127.0.0.1:{state.port}",
+            "reason": state.reason,
+            "evaluations": state.evaluations,
+            "rollout_run_id": state.rollout_run_id,
+            "state_dir": str(directory),
+            "running": procs.running(directory),
+        }
+
+    def list_all(self, config: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+        """Every deployment under the state directory."""
+        base = state_dir(_root(config))
+        if not base.is_dir():
+            return []
+        out = []
+        for d in sorted(p for p in base.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            if (d / "state.db").exists() and RolloutStore(d).load() is not None:
+                out.append(self.describe(d.name, config))
+        return out
+
+    def open(self, name: str, config: Mapping[str, Any] | None = None) -> Rollout:
+        """The deployment's store, frozen policy and directory."""
+        root = _root(config)
+        directory = deployment_dir(name, root)
+        if not (directory / "state.db").is_file():
+            raise UsageError(f"no deployment named {name!r} in {state_dir(root)}; give the "
+                             "name used with `mlflow deployments create` and the same "
+                             "--state-dir / KPIGATE_STATE_DIR")
+        store = RolloutStore(directory)
+        return Rollout(name, store, _frozen_policy(directory, store.require()), directory)
+
+    def last_decision(self, name: str, config: Mapping[str, Any] | None = None
+                      ) -> Decision | None:
+        """The most recent gate decision of ``name``."""
+        state = RolloutStore(deployment_dir(name, _root(config))).require()
+        return Decision.from_dict(state.last_decision) if state.last_decision else None
+
+    # -- change ----------------------------------------------------------------------------
+    def steer(self, name: str, action: str, config: Mapping[str, Any] | None = None,
+              who: str = "operator") -> dict[str, Any]:
+        """promote / rollback / pause / resume the running rollout of ``name``."""
+        directory = deployment_dir(name, _root(config))
+        store = RolloutStore(directory)
+        policy = load_policy(store.require().policy_file)
+        saved = commit_operator_action(store, policy, name, action, who)
+        self._effects(directory, store, policy, saved).apply(saved, None, f"operator_{action}")
+        return self.describe(name, config)
+
+    def delete(self, name: str, config: Mapping[str, Any] | None = None) -> None:
+        """Stop everything the deployment started, close its rollout, archive its directory."""
+        root = _root(config)
+        directory = deployment_dir(name, root)
+        store = RolloutStore(directory) if directory.exists() else None
+        if store is None or store.load() is None:
+            raise UsageError(f"no deployment named {name!r} in {state_dir(root)}")
+        procs.stop_processes(directory)
+        state = store.require()  # the controller may have saved until it was stopped
+        if not state.phase.terminal:
+            policy = load_policy(state.policy_file)
+            ended = transitions.rollback(state, "deployment deleted", Phase.ABORTED)
+            saved = store.save(ended.evolve(effects_pending=True), Aborted(
+                policy.stages[ended.stage_index].describe(), ended.weights.describe(),
+                traffic_percent(ended.weights), "deleted"))
+            self._effects(directory, store, policy, saved).apply(saved, None, "aborted")
+        procs.archive(directory)
+
+    @staticmethod
+    def _effects(directory: Path, store: RolloutStore, policy: Policy, state: RolloutState
+                 ) -> Effects:
+        registry = mlflow_registry(state.tracking_uri)
+        return Effects(store, policy, LocalRouterTraffic(), registry=registry,
+                       on_terminal=lambda s: finish_rollout(directory, s, registry,
+                                                            store=store, policy=policy)
+                       and None)
+
+    # -- serve -----------------------------------------------------------------------------
+    def predict(self, name: str, inputs: Any, config: Mapping[str, Any] | None = None
+                ) -> Any:
+        """Score ``inputs`` (a DataFrame or an MLflow JSON payload) through the router."""
+        from mlflow.deployments import PredictionsResponse
+
+        info = self.describe(name, config)
+        if hasattr(inputs, "to_dict"):
+            body = {"dataframe_split": inputs.to_dict(orient="split")}
+            body["dataframe_split"].pop("index", None)
+        elif isinstance(inputs, dict):
+            body = inputs
+        else:
+            raise UsageError("predict: give a pandas DataFrame or an MLflow JSON payload dict")
+        try:
+            resp = requests.post(f"{info['endpoint']}/invocations",
+                                 data=json.dumps(body, default=str).encode(),
+                                 headers={"Content-Type": "application/json"}, timeout=60)
+        except requests.RequestException as exc:
+            raise KpigateError(f"{name}: the router at {info['endpoint']} is not reachable "
+                               f"({exc}); is the deployment running? (kpigate status {name})"
+                               ) from None
+        if resp.status_code >= 400:
+            raise UsageError(f"{name}: the router rejected the input (HTTP "
+                             f"{resp.status_code}): {resp.text[:300]}")
+        return PredictionsResponse.from_json(resp.text)
+
+
+def _frozen_policy(directory: Path, state: RolloutState) -> Policy | None:
+    """The rollout's frozen policy copy (None if it can no longer be read)."""
+    for path in (directory / "policy.yaml", Path(state.policy_file)):
+        if path.is_file():
+            try:
+                return load_policy(path)
+            except KpigateError:
+                continue
+    return None

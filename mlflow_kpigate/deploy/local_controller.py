@@ -1,0 +1,67 @@
+"""The embedded deployment's controller process: the controller wired to its local parts.
+
+``python -m mlflow_kpigate.deploy.local_controller DEPLOYMENT_DIR`` (started and restarted
+by the supervisor) builds the :class:`~mlflow_kpigate.rollout.controller.Controller` of
+the deployment in that directory — its SQLite state store, its prediction log as the
+sample source, the embedded router as traffic backend, MLflow as registry, the policy's
+alert channels — and runs it until the rollout ends or SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from mlflow_kpigate.backends.local.state_store import RolloutStore
+from mlflow_kpigate.backends.local.traffic import LocalRouterTraffic
+from mlflow_kpigate.core.records import PREDICTIONS_DB
+from mlflow_kpigate.deploy.finish import finish_rollout
+from mlflow_kpigate.deploy.inputs import load_registry_baseline
+from mlflow_kpigate.kpis import AggregateSpec
+from mlflow_kpigate.metrics.collector import Collector
+from mlflow_kpigate.notify import notifier_from_policy
+from mlflow_kpigate.policy import load_policy
+from mlflow_kpigate.rollout.controller import Controller
+
+log = logging.getLogger("kpigate.controller")
+
+
+def controller_for(directory: Path) -> Controller:
+    """The controller of the deployment in ``directory``, wired to MLflow and alerts."""
+    from mlflow_kpigate.registry import Registry  # MLflow: only in the process that needs it
+
+    store = RolloutStore(directory)
+    state = store.require()
+    registry = Registry(state.tracking_uri)
+    policy = load_policy(state.policy_file)
+    source = Collector(directory / PREDICTIONS_DB, AggregateSpec.from_policy(policy))
+    return Controller(store=store, source=source, traffic=LocalRouterTraffic(), policy=policy,
+                      registry=registry, notifier=notifier_from_policy(policy),
+                      registry_baseline=load_registry_baseline(directory),
+                      on_terminal=lambda s: finish_rollout(directory, s, registry,
+                                                           store=store, policy=policy)
+                      and None)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Process entry point used by the supervisor."""
+    parser = argparse.ArgumentParser(prog="kpigate-controller")
+    parser.add_argument("directory")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    controller = controller_for(Path(args.directory))
+    state = controller.run(stop)
+    log.info("controller stopping: rollout %s (%s)", state.phase.value, state.reason)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

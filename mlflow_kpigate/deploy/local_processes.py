@@ -1,0 +1,130 @@
+"""The processes of an embedded deployment: start its supervisor, check health, stop it.
+
+A deployment's supervisor (:mod:`.local_supervisor`) keeps the router and the controller
+running; their process ids are in ``pids.json`` in the deployment directory. A finished
+or deleted deployment's directory is archived under ``<state_dir>/.history/``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+
+from mlflow_kpigate.core.errors import KpigateError, UsageError
+
+HEALTH_TIMEOUT_S = float(os.environ.get("KPIGATE_START_TIMEOUT", "180"))
+SUPERVISOR_MODULE = "mlflow_kpigate.deploy.local_supervisor"
+
+
+def valid_name(name: str) -> str:
+    """``name`` if it can name a deployment directory; ``UsageError`` otherwise."""
+    if not name or not all(c.isalnum() or c in "-_." for c in name) or name.startswith("."):
+        raise UsageError(f"--name {name!r}: use letters, digits, '-', '_' or '.'")
+    return name
+
+
+def free_port() -> int:
+    """A port free on 127.0.0.1 right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def port_free(port: int) -> bool:
+    """Whether ``port`` can be bound on 127.0.0.1."""
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def pids(directory: Path) -> dict[str, int]:
+    """Process ids of the deployment's supervisor, router and controller."""
+    try:
+        return {k: int(v) for k, v in json.loads((directory / "pids.json").read_text()).items()}
+    except (OSError, ValueError):
+        return {}
+
+
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` exists."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def running(directory: Path) -> bool:
+    """Whether the deployment's supervisor runs."""
+    sup = pids(directory).get("supervisor")
+    return bool(sup) and alive(sup or 0)
+
+
+def spawn_supervisor(directory: Path) -> subprocess.Popen[bytes]:
+    """Start the supervisor of ``directory`` in its own session (it outlives the caller)."""
+    log = (directory / "supervisor.log").open("ab")
+    proc = subprocess.Popen([sys.executable, "-m", SUPERVISOR_MODULE, str(directory)],
+                            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            start_new_session=True, close_fds=True)
+    log.close()
+    return proc
+
+
+def wait_healthy(directory: Path, port: int, proc: subprocess.Popen[bytes]) -> None:
+    """Block until the router answers ``/health``; ``KpigateError`` with its log's last line."""
+    deadline = time.monotonic() + HEALTH_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            break
+        try:
+            requests.get(f"http://127.0.0.1:{port}/health", timeout=2).raise_for_status()
+            return
+        except requests.RequestException:
+            time.sleep(0.3)
+    tail = ""
+    log = directory / "router.log"
+    if log.exists():
+        lines = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
+        tail = f": {lines[-1][:300]}" if lines else ""
+    raise KpigateError(f"the router did not become healthy on 127.0.0.1:{port} within "
+                       f"{HEALTH_TIMEOUT_S:.0f}s (see {log}){tail}")
+
+
+def stop_processes(directory: Path) -> None:
+    """Stop the supervisor (and so the router and controller) of a deployment."""
+    known = pids(directory)
+    sup = known.get("supervisor")
+    if sup and alive(sup):
+        os.kill(sup, signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        while alive(sup) and time.monotonic() < deadline:
+            time.sleep(0.1)
+    for pid in known.values():  # anything the supervisor could not stop
+        if alive(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    (directory / "pids.json").unlink(missing_ok=True)
+
+
+def archive(directory: Path) -> Path:
+    """Move a deployment directory under ``.history/`` (its name stamped with the time)."""
+    history = directory.parent / ".history"
+    history.mkdir(exist_ok=True)
+    target = history / f"{directory.name}-{time.strftime('%Y%m%dT%H%M%S')}"
+    shutil.move(str(directory), target)
+    return target

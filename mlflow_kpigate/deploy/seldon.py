@@ -1,0 +1,303 @@
+"""The Seldon Core Deployer: rollouts as canaries of a SeldonDeployment or v2 Experiment.
+
+Target ``kpigate:/seldon/NAMESPACE``. ``create`` applies the first stage's objects and
+the rollout's ConfigMaps (:mod:`.seldon_rollout`), then runs the controller
+(:mod:`.seldon_controller`) here (``-C wait=true``) or in the background. Re-running the
+same ``create`` for an unfinished rollout of the same versions resumes it, which is what a
+restarted Job does. Operator actions, inspection and delete work from the ConfigMaps, so
+they can run on any machine with access to the namespace.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import requests
+import yaml
+
+from mlflow_kpigate.backends.seldon.cluster import CONFIG_MAP, SELDON_DEPLOYMENT, SELDON_EXPERIMENT
+from mlflow_kpigate.backends.seldon.manifests import (
+    ModelRef,
+    seldon_deployment,
+    v2_experiment,
+    v2_models,
+)
+from mlflow_kpigate.backends.seldon.target import parse_target_uri
+from mlflow_kpigate.backends.seldon.webhook import check_webhook_rules
+from mlflow_kpigate.core.errors import KpigateError, UsageError
+from mlflow_kpigate.core.events import Aborted, traffic_percent
+from mlflow_kpigate.core.state import Phase, Readiness, RolloutState
+from mlflow_kpigate.deploy.config import DeploymentConfig, parse_config
+from mlflow_kpigate.deploy.deployer import Progress, Rollout
+from mlflow_kpigate.deploy.finish import finish_rollout
+from mlflow_kpigate.deploy.inputs import freeze_policy, resolve_versions, tracking_uri
+from mlflow_kpigate.deploy.operator import commit_operator_action
+from mlflow_kpigate.deploy.seldon_controller import (
+    metrics_port_from_env,
+    run_controller,
+    spawn_controller,
+    stop_background_controller,
+)
+from mlflow_kpigate.deploy.seldon_rollout import (
+    ClusterRollout,
+    check_stages,
+    connect,
+    seldon_target,
+    start_rollout,
+    workdir,
+)
+from mlflow_kpigate.rollout import transitions
+from mlflow_kpigate.rollout.effects import Effects
+from mlflow_kpigate.rollout.ports import TrafficBackend
+
+FLAVOR = "python_function"
+
+
+def _config(config: Mapping[str, Any] | None) -> DeploymentConfig:
+    return parse_config({k: v for k, v in (config or {}).items() if k != "action"})
+
+
+class _NoTraffic:
+    """Traffic for a rollout whose objects are deleted next: nothing to move."""
+
+    needs_readiness = False
+
+    def apply(self, state: RolloutState) -> None:
+        return None
+
+    def readiness(self, state: RolloutState) -> Readiness:
+        return Readiness(True, "deleted")
+
+
+class SeldonDeployer:
+    """Rollouts on Seldon Core in one namespace (``kpigate:/seldon/NAMESPACE``)."""
+
+    def __init__(self, target_uri: str) -> None:
+        self.target_uri = target_uri
+        self.namespace = parse_target_uri(target_uri)
+
+    def _rollout(self, name: str, cfg: DeploymentConfig) -> ClusterRollout:
+        return ClusterRollout(connect(self.namespace, cfg), name)
+
+    # -- create ----------------------------------------------------------------------------
+    def create(self, name: str, model_uri: str, config: Mapping[str, Any] | None = None,
+               progress: Progress | None = None) -> dict[str, Any]:
+        """Start (or, for the same versions, resume) a staged rollout on Seldon Core."""
+        from mlflow_kpigate.metrics.prometheus import check_policy
+        from mlflow_kpigate.registry import Registry
+
+        say = progress or (lambda _m: None)
+        namespace = self.namespace
+        cfg = parse_config(config)
+        target = seldon_target(namespace, name, cfg)
+        uri = tracking_uri()
+        registry = Registry(uri)
+        candidate, baseline = resolve_versions(registry, model_uri, cfg.baseline)
+        base_ref, cand_ref = ModelRef.from_registry(baseline), ModelRef.from_registry(candidate)
+        directory = workdir(namespace, name, cfg.state_dir)
+        directory.mkdir(parents=True, exist_ok=True)
+        policy, policy_file = freeze_policy(cfg, directory)
+        check_stages(policy)
+        check_policy(policy, target.seldon_version)  # a KPI Prometheus cannot measure: exit 2
+        first = transitions.stage_weights(policy.stages[0])
+        manifests: list[dict[str, Any]]
+        if target.seldon_version == 2:
+            manifests = [*v2_models(target, base_ref, cand_ref), v2_experiment(target, first)]
+        else:
+            manifests = [seldon_deployment(target, base_ref, cand_ref, first)]
+            check_webhook_rules(manifests[0])
+        if cfg.dry_run:
+            print(yaml.safe_dump_all(manifests, sort_keys=False), end="")
+            say(f"kpigate: dry run — nothing applied to namespace {namespace}")
+            return {"name": name, "status": "dry_run", "flavor": FLAVOR,
+                    "manifests": manifests}
+        if policy.metrics.prometheus.url is None and cfg.prometheus_url is None:
+            raise UsageError("-C prometheus_url: needed for kpigate:/seldon (the gate reads "
+                             "KPIs from Prometheus), or set metrics.prometheus.url in the "
+                             "policy")
+        rollout = self._rollout(name, cfg)
+        existing = rollout.store.load()
+        if existing is not None and not existing.phase.terminal:
+            if (existing.model_name, existing.candidate_version, existing.baseline_version) \
+                    != (candidate.name, candidate.version, baseline.version):
+                raise UsageError(f"deployment {name!r} already runs a rollout of "
+                                 f"{existing.model_name} v{existing.candidate_version} "
+                                 f"({existing.phase.value}); use `mlflow deployments update`"
+                                 " or delete it first")
+            say(f"kpigate: resuming the rollout of {name} in {namespace} at "
+                f"{existing.phase.value} (stage {existing.stage_index})")
+        else:
+            start_rollout(rollout, target, cfg, manifests, policy, policy_file, registry,
+                          (candidate, baseline), uri, say)
+        if cfg.wait:
+            state = run_controller(namespace, name, cfg, progress=say,
+                                   metrics_port=metrics_port_from_env())
+            say(f"kpigate: {name} {state.phase.value}: {state.reason}")
+        else:
+            spawn_controller(namespace, name, cfg, directory)
+            say(f"kpigate: {name} controller running in the background on this machine "
+                f"(log {directory / 'controller.log'}); for unattended rollouts run it as a "
+                "Job with -C wait=true (examples/k8s)")
+        return self.describe(name, config)
+
+    def replace(self, name: str, model_uri: str, config: Mapping[str, Any] | None = None,
+                progress: Progress | None = None) -> dict[str, Any]:
+        """``update -m``: a new rollout (refused while another one runs, resumed if the same)."""
+        rest = {k: v for k, v in (config or {}).items() if k != "action"}
+        return self.create(name, model_uri, rest, progress)
+
+    # -- change ----------------------------------------------------------------------------
+    def steer(self, name: str, action: str, config: Mapping[str, Any] | None = None,
+              who: str = "operator") -> dict[str, Any]:
+        """promote / rollback / pause / resume (compare-and-set on the rollout's state)."""
+        cfg = _config(config)
+        rollout = self._rollout(name, cfg)
+        directory = workdir(self.namespace, name, cfg.state_dir)
+        policy, settings = rollout.materialize(directory)
+        saved = commit_operator_action(rollout.store, policy, name, action, who)
+        self._effects(rollout, directory, policy, saved, rollout.traffic(settings)
+                      ).apply(saved, None, f"operator_{action}")
+        return self.describe(name, config)
+
+    def delete(self, name: str, config: Mapping[str, Any] | None = None) -> None:
+        """End the rollout (recorded as aborted if unfinished); delete what kpigate created."""
+        cfg = parse_config(config)
+        stop_background_controller(self.namespace, name, cfg.state_dir)
+        rollout = self._rollout(name, cfg)
+        state = rollout.store.load()
+        kind = SELDON_DEPLOYMENT if cfg.seldon_version == 1 else SELDON_EXPERIMENT
+        if state is None and not rollout.cluster.objects(kind).get(name):
+            raise UsageError(f"no kpigate rollout named {name!r} in namespace "
+                             f"{self.namespace}")
+        if state is not None and not state.phase.terminal:
+            directory = workdir(self.namespace, name, cfg.state_dir)
+            policy, _settings = rollout.materialize(directory)
+            ended = transitions.rollback(state, "deployment deleted", Phase.ABORTED)
+            saved = rollout.store.save(ended.evolve(effects_pending=True), Aborted(
+                policy.stages[ended.stage_index].describe(), ended.weights.describe(),
+                traffic_percent(ended.weights), "deleted"))
+            # No traffic change: everything is deleted next; only MLflow and the report.
+            self._effects(rollout, directory, policy, saved, _NoTraffic()
+                          ).apply(saved, None, "aborted")
+        rollout.cluster.delete_managed(name)
+
+    @staticmethod
+    def _effects(rollout: ClusterRollout, directory: Any, policy: Any, state: RolloutState,
+                 traffic: TrafficBackend) -> Effects:
+        from mlflow_kpigate.registry import Registry
+
+        registry = Registry(state.tracking_uri)
+        store = rollout.store
+        return Effects(store, policy, traffic, registry=registry,
+                       on_terminal=lambda s: finish_rollout(directory, s, registry,
+                                                            store=store, policy=policy)
+                       and None)
+
+    # -- inspect ---------------------------------------------------------------------------
+    def describe(self, name: str, config: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """The deployment as ``get_deployment`` returns it."""
+        rollout = self._rollout(name, _config(config))
+        state = rollout.store.load()
+        if state is None:
+            raise UsageError(f"no kpigate rollout named {name!r} in namespace "
+                             f"{self.namespace}")
+        saved = rollout.settings()
+        settings = saved["settings"]
+        stages = yaml.safe_load(saved["policy"]).get("stages", []) if saved["policy"] else []
+        version = int(settings["target"]["seldon_version"])
+        return {
+            "name": name, "flavor": FLAVOR, "namespace": self.namespace,
+            "backend": f"seldon-v{version}",
+            "status": state.phase.value, "paused": state.paused,
+            "stage_index": state.stage_index, "stages": len(stages),
+            "weights": state.weights.describe(), "candidate": state.candidate_uri,
+            "baseline": state.baseline_uri, "reason": state.reason,
+            "evaluations": state.evaluations, "rollout_run_id": state.rollout_run_id,
+            "endpoint": _endpoint(settings["target"].get("gateway_url"), self.namespace, name,
+                                  version),
+        }
+
+    def list_all(self, config: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+        """Every kpigate rollout in the namespace."""
+        cms = connect(self.namespace, parse_config(config)).objects(CONFIG_MAP)
+        out = []
+        for cm in cms.list({"app.kubernetes.io/managed-by": "kpigate"}):
+            cm_name = cm["metadata"]["name"]
+            if cm_name.endswith("-kpigate-state"):
+                out.append(self.describe(cm_name[: -len("-kpigate-state")], config))
+        return out
+
+    def open(self, name: str, config: Mapping[str, Any] | None = None) -> Rollout:
+        """The rollout's ConfigMap store, its frozen policy, and a local scratch directory."""
+        cfg = _config(config)
+        rollout = self._rollout(name, cfg)
+        directory = workdir(self.namespace, name, cfg.state_dir)
+        policy, _settings = rollout.materialize(directory)
+        return Rollout(name, rollout.store, policy, directory)
+
+    # -- serve -----------------------------------------------------------------------------
+    def predict(self, name: str, inputs: Any, config: Mapping[str, Any] | None = None
+                ) -> Any:
+        """Score ``inputs`` through Seldon's gateway (v1 Seldon protocol / v2 inference)."""
+        from mlflow.deployments import PredictionsResponse
+
+        info = self.describe(name, config)
+        cfg = parse_config(config)
+        version = 2 if info["backend"] == "seldon-v2" else 1
+        endpoint = (_endpoint(cfg.gateway_url, self.namespace, name, version)
+                    if cfg.gateway_url else info["endpoint"])
+        if not endpoint:
+            raise UsageError("-C gateway_url: needed to send predictions through Seldon's "
+                             "ingress, e.g. -C gateway_url=http://istio-ingressgateway."
+                             "istio-system")
+        columns, rows = _rows(inputs)
+        headers = {"Content-Type": "application/json"}
+        if version == 2:
+            body: dict[str, Any] = {"inputs": [
+                {"name": c, "shape": [len(rows)], "datatype": "FP64",
+                 "data": [r[i] for r in rows]} for i, c in enumerate(columns)]}
+            headers["Seldon-Model"] = f"{name}.experiment"
+        else:
+            body = {"data": {"names": columns, "ndarray": rows}}
+        try:
+            resp = requests.post(endpoint, data=json.dumps(body, default=float).encode(),
+                                 headers=headers, timeout=60)
+        except requests.RequestException as exc:
+            raise KpigateError(f"{name}: the gateway at {endpoint} is not reachable ({exc})"
+                               ) from None
+        if resp.status_code >= 400:
+            raise UsageError(f"{name}: Seldon rejected the input (HTTP {resp.status_code}): "
+                             f"{resp.text[:300]}")
+        reply = resp.json()
+        if "data" in reply:
+            data = reply["data"]
+            preds = data.get("ndarray", data.get("tensor", {}).get("values"))
+        else:
+            outputs = [o.get("data") for o in reply.get("outputs", [])]
+            preds = outputs[0] if len(outputs) == 1 else outputs
+        return PredictionsResponse({"predictions": preds})
+
+
+def _endpoint(gateway: str | None, namespace: str, name: str, version: int) -> str | None:
+    if not gateway:
+        return None
+    if version == 2:
+        return f"{gateway}/v2/models/{name}/infer"
+    return f"{gateway}/seldon/{namespace}/{name}/api/v1.0/predictions"
+
+
+def _rows(inputs: Any) -> tuple[list[str], list[list[Any]]]:
+    if hasattr(inputs, "to_dict"):
+        split = inputs.to_dict(orient="split")
+        return [str(c) for c in split["columns"]], split["data"]
+    if isinstance(inputs, dict) and "dataframe_split" in inputs:
+        split = inputs["dataframe_split"]
+        return [str(c) for c in split["columns"]], split["data"]
+    if isinstance(inputs, dict) and "dataframe_records" in inputs:
+        records = inputs["dataframe_records"]
+        columns = list(records[0]) if records else []
+        return columns, [[r.get(c) for c in columns] for r in records]
+    raise UsageError("predict: give a pandas DataFrame or an MLflow JSON payload "
+                     "(dataframe_split or dataframe_records)")
