@@ -46,6 +46,7 @@ Errors
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import statistics
@@ -64,6 +65,7 @@ from mlflow.tracking import MlflowClient
 from mlflow_kpigate.core.baseline import BaselineKpi, RegistryBaseline
 from mlflow_kpigate.core.decision import Action, Decision
 from mlflow_kpigate.core.errors import KpigateError, UsageError
+from mlflow_kpigate.core.evaluation import Evaluation
 from mlflow_kpigate.core.refs import ModelRef
 from mlflow_kpigate.policy import Policy
 
@@ -79,6 +81,8 @@ MAX_TAG_VALUE = 5000
 MAX_PARAM_VALUE = 6000
 #: How many earlier rollout runs of each kind are read for a baseline.
 MAX_ROLLOUT_RUNS = 50
+#: Run artifact directory of the evaluation records (inputs and decision).
+EVALUATIONS_DIR = "evaluations"
 #: ``decision.code`` metric per action.
 DECISION_CODES: Mapping[Action, int] = {Action.PROMOTE: 1, Action.HOLD: 0, Action.ROLLBACK: -1}
 
@@ -524,6 +528,17 @@ class Registry:
                        metrics=metrics[start:start + _MAX_METRICS_PER_BATCH])
         self._call(f"upload decision {step}", self.client.log_text, run_id,
                    decision.to_json(indent=2), f"decisions/{int(step):05d}.json")
+
+    def log_evaluation_record(self, run_id: str, evaluation: Evaluation) -> None:
+        """Upload the evaluation with its inputs as ``evaluations/NNNNN.json``.
+
+        With the policy (``policy/``) these let ``kpigate replay --run-id`` re-judge the
+        rollout from the run alone.
+        """
+        record = {**evaluation.to_dict(), "decision": evaluation.decision.to_dict()}
+        self._call(f"upload evaluation {evaluation.number}", self.client.log_text, run_id,
+                   json.dumps(record, allow_nan=False),
+                   f"{EVALUATIONS_DIR}/{int(evaluation.number):05d}.json")
 
     def finish_rollout_run(self, run_id: str, *, outcome: str,
                            report_dir: Path | None) -> None:
