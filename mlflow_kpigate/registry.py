@@ -50,6 +50,7 @@ import json
 import math
 import re
 import statistics
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -539,6 +540,33 @@ class Registry:
         self._call(f"upload evaluation {evaluation.number}", self.client.log_text, run_id,
                    json.dumps(record, allow_nan=False),
                    f"{EVALUATIONS_DIR}/{int(evaluation.number):05d}.json")
+
+    def evaluation_records(self, run_id: str) -> list[Evaluation]:
+        """The evaluation records of a rollout run, in order (empty if it kept none)."""
+        files = self._call(f"list the evaluations of run {run_id}", self.client.list_artifacts,
+                           run_id, EVALUATIONS_DIR,
+                           not_found=lambda: UsageError(f"--run-id {run_id}: no such run at "
+                                                        f"{self.tracking_uri}"))
+        if not files:
+            return []
+        with tempfile.TemporaryDirectory(prefix="kpigate-replay-") as tmp:
+            self._call(f"download the evaluations of run {run_id}",
+                       self.client.download_artifacts, run_id, EVALUATIONS_DIR, tmp)
+            records = [json.loads((Path(tmp) / item.path).read_text())
+                       for item in sorted(files, key=lambda f: f.path)]
+        return [Evaluation.from_dict(r, Decision.from_dict(r["decision"])) for r in records]
+
+    def rollout_policy(self, run_id: str, directory: Path) -> Path:
+        """Download the rollout run's frozen policy into ``directory``; its path."""
+        local = self._call(f"download the policy of run {run_id}",
+                           self.client.download_artifacts, run_id, "policy", str(directory),
+                           not_found=lambda: UsageError(f"--run-id {run_id}: the run has no "
+                                                        "policy artifact; is it a kpigate "
+                                                        "rollout run?"))
+        files = sorted(Path(local).glob("*.y*ml"))
+        if not files:
+            raise UsageError(f"--run-id {run_id}: the run's policy/ holds no YAML file")
+        return files[0]
 
     def finish_rollout_run(self, run_id: str, *, outcome: str,
                            report_dir: Path | None) -> None:

@@ -23,6 +23,7 @@ from mlflow_kpigate.cli.operate import (
 from mlflow_kpigate.cli.plan import plan_command
 from mlflow_kpigate.cli.policy import policy_group
 from mlflow_kpigate.cli.render import render_command
+from mlflow_kpigate.cli.replay import replay_command
 from mlflow_kpigate.cli.simulate import simulate_command
 from mlflow_kpigate.cli.webhook_bridge import webhook_bridge_command
 
@@ -37,6 +38,7 @@ main.add_command(policy_group)
 main.add_command(plan_command)
 main.add_command(simulate_command)
 main.add_command(render_command)
+main.add_command(replay_command)
 main.add_command(collector_command)
 main.add_command(webhook_bridge_command)
 main.add_command(github_group)
