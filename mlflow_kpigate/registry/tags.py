@@ -1,0 +1,65 @@
+"""Model-version tags and registered-model aliases that kpigate writes.
+
+The candidate carries the rollout's status (``kpigate.status``, ``.stage``, ``.decision``,
+``.reason``, ``.rollout_run_id``, ``.updated_at``); a replaced baseline is tagged
+``kpigate.superseded_by``; promotion moves an alias (``champion`` by default).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime, timezone
+
+from mlflow_kpigate.core.errors import UsageError
+from mlflow_kpigate.core.refs import ModelRef
+from mlflow_kpigate.registry.errors import MlflowAccess
+from mlflow_kpigate.registry.limits import truncate
+
+#: Tag prefix of everything kpigate writes.
+TAG_PREFIX = "kpigate."
+
+
+def _utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+class TagsAndAliases(MlflowAccess):
+    """Writing ``kpigate.*`` model-version tags and moving aliases."""
+
+    def set_tags(self, ref: ModelRef, tags: Mapping[str, str]) -> None:
+        """Set model-version tags (values cut to :data:`MAX_TAG_VALUE` characters)."""
+        for key, value in tags.items():
+            self._call(f"set tag {key!r} on {ref.label}", self.client.set_model_version_tag,
+                       ref.name, ref.version, key, truncate("" if value is None else value))
+
+    def status_tags(self, ref: ModelRef, *, status: str, stage: str, decision: str,
+                    reason: str, rollout_run_id: str | None) -> None:
+        """Write the rollout's ``kpigate.*`` status tags on ``ref`` (the candidate)."""
+        self.set_tags(ref, {
+            "kpigate.status": status,
+            "kpigate.stage": stage,
+            "kpigate.decision": decision,
+            "kpigate.reason": reason,
+            "kpigate.rollout_run_id": rollout_run_id or "",
+            "kpigate.updated_at": _utc_now(),
+        })
+
+    def mark_superseded(self, baseline: ModelRef, by: ModelRef) -> None:
+        """Tag the old baseline as superseded by ``by``."""
+        self.set_tags(baseline, {
+            "kpigate.superseded_by": by.label,
+            "kpigate.status": "superseded",
+            "kpigate.updated_at": _utc_now(),
+        })
+
+    def move_alias(self, name: str, alias: str, version: str) -> str | None:
+        """Point ``alias`` of ``name`` at ``version``; return the version it pointed at."""
+        model = self._call(f"read registered model {name!r}", self.client.get_registered_model,
+                           name, not_found=lambda: UsageError(
+                               f"no registered model named {name!r} at {self.tracking_uri}"))
+        previous = dict(getattr(model, "aliases", None) or {}).get(alias)
+        self._call(f"move alias {alias!r} of {name!r} to version {version}",
+                   self.client.set_registered_model_alias, name, alias, str(version),
+                   not_found=lambda: UsageError(
+                       f"registered model {name!r} has no version {version}"))
+        return None if previous is None else str(previous)
