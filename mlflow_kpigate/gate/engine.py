@@ -32,16 +32,11 @@ from dataclasses import dataclass
 from mlflow_kpigate.core.baseline import RegistryBaseline
 from mlflow_kpigate.core.decision import Action, Check, Decision, Evidence, Verdict
 from mlflow_kpigate.core.durations import format_duration
+from mlflow_kpigate.core.samples import StageSample
 from mlflow_kpigate.gate.boundaries import one_sided_radius, tau2_for_radius, variance_for_radius
-from mlflow_kpigate.gate.estimators import (
-    Measurement,
-    OwnValue,
-    StageSample,
-    Strata,
-    Test,
-    measure,
-    own_value,
-)
+from mlflow_kpigate.gate.estimators import measure
+from mlflow_kpigate.gate.own_value import OwnValue, own_value
+from mlflow_kpigate.gate.strata import Measurement, Strata, Test
 from mlflow_kpigate.policy import KpiKind, KpiSpec, OnTimeout, Policy, Role, Stage
 
 NAN = math.nan

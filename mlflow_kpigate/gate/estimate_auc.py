@@ -1,0 +1,36 @@
+"""AUC KPIs: the difference of binned-score AUCs, DeLong variance per arm, arms independent.
+
+A stratum contributes only when each role has a third of :data:`~.strata.MIN_UNITS`
+positives and as many negatives (DeLong's variance needs both classes).
+"""
+
+from __future__ import annotations
+
+from mlflow_kpigate.gate.strata import (
+    MIN_UNITS,
+    Measurement,
+    Strata,
+    orientation,
+    pool,
+    pooled_measurement,
+    resolve_margin,
+)
+from mlflow_kpigate.policy import KpiSpec
+
+
+def measure_auc(kpi: KpiSpec, samples: Strata,
+                m_rollback: float, m_promote: float) -> Measurement:
+    """AUC difference, within strata, pooled."""
+    sign = orientation(kpi)
+    b_all, c_all = samples.merged("baseline"), samples.merged("candidate")
+    parts = []
+    for s in samples:
+        sb, sc = s.baseline.scores, s.candidate.scores
+        if min(sb.n_pos, sb.n_neg, sc.n_pos, sc.n_neg) < MIN_UNITS // 3:
+            continue
+        parts.append((sign * (sc.auc() - sb.auc()), sb.auc_variance() + sc.auc_variance()))
+    bv, cv = b_all.scores.auc(), c_all.scores.auc()
+    margin = resolve_margin(kpi.margin, bv)
+    return pooled_measurement(kpi, "AUC difference (candidate − baseline)", bv, cv,
+                              c_all.scores.n_pos + c_all.scores.n_neg, pool(parts), margin,
+                              m_rollback, m_promote)

@@ -1,0 +1,101 @@
+"""Proportion KPIs (precision, recall, rates, accuracy, custom counters) and F1.
+
+Variance estimates (documented in docs/statistics.md):
+
+* proportions: Agresti–Caffo (+1 success, +2 trials per arm) plug-in binomial variance;
+  the unit is the metric's denominator (labelled positives for recall, predicted
+  positives for precision, requests for error rate);
+* F1: ratio estimator 2TP / (2TP + FP + FN), delta-method variance.
+"""
+
+from __future__ import annotations
+
+from mlflow_kpigate.gate.strata import (
+    NAN,
+    Measurement,
+    Strata,
+    no_measurement,
+    orientation,
+    pool,
+    pooled_measurement,
+    resolve_margin,
+)
+from mlflow_kpigate.kpis import RoleAggregate
+from mlflow_kpigate.policy import KpiSpec
+
+
+def agresti_caffo(x: float, n: float) -> tuple[float, float]:
+    """Agresti–Caffo adjusted proportion and its variance."""
+    p = (x + 1.0) / (n + 2.0)
+    return p, p * (1.0 - p) / (n + 2.0)
+
+
+def ratio(x: float, n: float) -> float:
+    """``x / n``, NaN without trials."""
+    return x / n if n > 0 else NAN
+
+
+def counts(kpi: KpiSpec, agg: RoleAggregate) -> tuple[float, float]:
+    """(successes, trials) of a proportion KPI for one role."""
+    if kpi.metric == "error_rate":
+        return float(agg.errors), float(agg.requests)
+    if kpi.metric == "custom":
+        if agg.values is None or agg.values.n == 0:
+            return 0.0, 0.0
+        return agg.values.total(kpi.numerator or ""), agg.values.total(kpi.denominator or "")
+    x, n = agg.confusion.rate(kpi.metric or "")
+    return float(x), float(n)
+
+
+def f1(agg: RoleAggregate) -> tuple[float, float, int]:
+    """F1, its delta-method variance, and the number of units (TP+FP+FN)."""
+    c = agg.confusion
+    den = 2 * c.tp + c.fp + c.fn
+    if den == 0:
+        return NAN, NAN, 0
+    r = 2 * c.tp / den
+    # Per labelled prediction: a = 2·tp, d = 2·tp + fp + fn; Var(R) ≈ Σ(a − R d)² / (Σd)².
+    ss = c.tp * (2 - 2 * r) ** 2 + (c.fp + c.fn) * r * r
+    var = ss / (den * den)
+    # Continuity floor so that an all-correct arm still has a usable variance.
+    var = max(var, 0.25 / (den * den))
+    return r, var, c.tp + c.fp + c.fn
+
+
+def measure_proportion(kpi: KpiSpec, samples: Strata,
+                       m_rollback: float, m_promote: float) -> Measurement:
+    """Difference of the proportion (or F1), within strata, pooled."""
+    sign = orientation(kpi)
+    b_all, c_all = samples.merged("baseline"), samples.merged("candidate")
+    if kpi.metric == "f1":
+        bv, _, _ = f1(b_all)
+        cv, _, cn = f1(c_all)
+        parts = []
+        for s in samples:
+            rb, vb, _ = f1(s.baseline)
+            rc, vc, _ = f1(s.candidate)
+            parts.append((sign * (rc - rb), vb + vc))
+        samples_c = cn
+        statistic = "F1 difference (candidate − baseline)"
+    else:
+        xb, nb = counts(kpi, b_all)
+        xc, nc = counts(kpi, c_all)
+        if kpi.metric == "custom" and (xb > nb or xc > nc):
+            return no_measurement(kpi, "custom proportion: numerator exceeds denominator; it "
+                                       "must count a subset of the denominator's events")
+        bv, cv = ratio(xb, nb), ratio(xc, nc)
+        parts = []
+        for s in samples:
+            sxb, snb = counts(kpi, s.baseline)
+            sxc, snc = counts(kpi, s.candidate)
+            if snb == 0 or snc == 0:
+                continue
+            pb, vb = agresti_caffo(sxb, snb)
+            pc, vc = agresti_caffo(sxc, snc)
+            parts.append((sign * (pc - pb), vb + vc))
+        samples_c = int(nc)
+        statistic = f"{kpi.metric} difference (candidate − baseline)"
+    test = pool(parts)
+    margin = resolve_margin(kpi.margin, bv)
+    return pooled_measurement(kpi, statistic, bv, cv, samples_c, test, margin, m_rollback,
+                              m_promote)
