@@ -5,11 +5,12 @@ merges by addition (so workers, windows and stages combine freely) and round-tri
 ``to_dict`` / ``from_dict`` as plain JSON.
 """
 
-from mlflow_kpigate.kpis.aggregate import AggregateSpec, RoleAggregate
+from mlflow_kpigate.kpis.aggregate import RoleAggregate
 from mlflow_kpigate.kpis.confusion import RATE_METRICS, Confusion
 from mlflow_kpigate.kpis.latency import LatencyHistogram
 from mlflow_kpigate.kpis.moments import CoMoments, Moments
 from mlflow_kpigate.kpis.scores import ScoreHistogram
+from mlflow_kpigate.kpis.spec import AggregateSpec
 
 __all__ = [
     "RATE_METRICS",

@@ -6,175 +6,31 @@ predictions, per-segment confusion matrices for fairness KPIs, and co-moments of
 per-prediction values for business KPIs. All of it merges by addition and serialises to
 plain JSON, and none of it grows with the number of predictions (segment maps grow only
 with the number of distinct segment values).
+
+What it keeps is set by its :class:`~mlflow_kpigate.kpis.spec.AggregateSpec` (re-exported
+here); segment columns are grouped by :mod:`mlflow_kpigate.kpis.factorize`.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike
 
 from mlflow_kpigate.kpis.confusion import Confusion, as_binary_array
+from mlflow_kpigate.kpis.factorize import factorize, segment_key
 from mlflow_kpigate.kpis.latency import LatencyHistogram
 from mlflow_kpigate.kpis.moments import CoMoments, _count, as_float_array
 from mlflow_kpigate.kpis.scores import ScoreHistogram
+from mlflow_kpigate.kpis.spec import AggregateSpec
 
 __all__ = ["AggregateSpec", "RoleAggregate"]
 
 #: Format version of :meth:`RoleAggregate.to_dict`, bumped on incompatible changes.
 FORMAT_VERSION = 1
-
-# Beyond this many distinct values per chunk, one sort is cheaper than repeated scans.
-_SCAN_LIMIT = 16
-
-
-@dataclass(frozen=True)
-class AggregateSpec:
-    """What a :class:`RoleAggregate` keeps: segment fields, value names and resolutions."""
-
-    segment_fields: tuple[str, ...] = ()
-    value_names: tuple[str, ...] = ()
-    score_bins: int = 1000
-    latency_growth: float = 1.02
-
-    def __post_init__(self) -> None:
-        for attr in ("segment_fields", "value_names"):
-            names = getattr(self, attr)
-            if isinstance(names, str):
-                raise ValueError(f"{attr} must be a sequence of names, not a single string")
-            names = tuple(names)
-            for name in names:
-                if not isinstance(name, str) or not name:
-                    raise ValueError(f"{attr} must contain non-empty strings, got {name!r}")
-            if len(set(names)) != len(names):
-                raise ValueError(f"{attr} contains duplicate names: {list(names)}")
-            # Frozen, so normalise lists to tuples through object.__setattr__; equality
-            # (used to refuse merging different specs) then does not depend on the type.
-            object.__setattr__(self, attr, names)
-        bins = self.score_bins
-        if isinstance(bins, bool) or not isinstance(bins, (int, np.integer)) or bins < 1:
-            raise ValueError(f"score_bins must be a positive integer, got {bins!r}")
-        growth = self.latency_growth
-        if (
-            isinstance(growth, bool)
-            or not isinstance(growth, (int, float, np.floating))
-            or not math.isfinite(growth)
-            or growth <= 1
-        ):
-            raise ValueError(f"latency_growth must be a finite number > 1, got {growth!r}")
-        object.__setattr__(self, "score_bins", int(bins))
-        object.__setattr__(self, "latency_growth", float(growth))
-
-    @classmethod
-    def from_policy(cls, policy: Any) -> AggregateSpec:
-        """The spec a policy needs (its ``segment_fields`` and ``value_names``)."""
-        return cls(
-            segment_fields=tuple(policy.segment_fields),
-            value_names=tuple(policy.value_names),
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-serialisable form."""
-        return {
-            "segment_fields": list(self.segment_fields),
-            "value_names": list(self.value_names),
-            "score_bins": self.score_bins,
-            "latency_growth": self.latency_growth,
-        }
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> AggregateSpec:
-        """Inverse of :meth:`to_dict` (``ValueError`` if malformed)."""
-        if not isinstance(d, Mapping):
-            raise ValueError(f"spec: expected a mapping, got {type(d).__name__}")
-        unknown = set(d) - {"segment_fields", "value_names", "score_bins", "latency_growth"}
-        if unknown:
-            raise ValueError(f"spec: unknown keys {sorted(unknown)}")
-        return cls(
-            segment_fields=tuple(d.get("segment_fields", ())),
-            value_names=tuple(d.get("value_names", ())),
-            score_bins=d.get("score_bins", 1000),
-            latency_growth=d.get("latency_growth", 1.02),
-        )
-
-
-def _factorize(values: np.ndarray) -> tuple[list[Any], np.ndarray]:
-    """``(uniques, codes)`` with ``values[i] == uniques[codes[i]]``."""
-    scanned = _factorize_by_scan(values)
-    if scanned is not None:
-        return scanned
-    try:
-        found, inverse = np.unique(values, return_inverse=True)
-    except TypeError:
-        # Mixed, unorderable objects: their string form is the segment key anyway.
-        found, inverse = np.unique(values.astype(str), return_inverse=True)
-    return list(found), inverse.reshape(-1).astype(np.intp, copy=False)
-
-
-def _factorize_by_scan(values: np.ndarray) -> tuple[list[Any], np.ndarray] | None:
-    """Factorize with one equality scan per distinct value, or ``None`` to ask for a sort.
-
-    Segment fields have few distinct values, and a scan per value is several times faster
-    than the sort behind ``np.unique`` on string arrays. Gives up (``None``) beyond
-    ``_SCAN_LIMIT`` values, or on values not equal to themselves (NaN), which a scan
-    would never assign.
-    """
-    codes = np.zeros(values.size, dtype=np.intp)
-    uniques: list[Any] = []
-    unassigned = np.ones(values.size, dtype=bool)
-    remaining = values.size
-    while remaining:
-        if len(uniques) == _SCAN_LIMIT:
-            return None
-        first = int(np.argmax(unassigned))
-        value = values[first]
-        match = _equal(values, value)
-        if match is None or not match[first]:
-            return None
-        # Guards against non-transitive equality of exotic objects re-claiming rows.
-        match &= unassigned
-        if uniques:
-            # Multiply-add is ~4x faster than a masked assignment; code 0 needs no write.
-            codes += match * len(uniques)
-        unassigned &= ~match
-        remaining -= int(np.count_nonzero(match))
-        uniques.append(value)
-    return uniques, codes
-
-
-def _equal(values: np.ndarray, value: Any) -> np.ndarray | None:
-    """``values == value`` as a bool array, or ``None`` if numpy refuses elementwise."""
-    size = values.dtype.itemsize
-    if values.dtype.kind in "US" and size % 4 == 0 and values.flags.c_contiguous:
-        # Short fixed-width strings compare faster as a few machine words per row than
-        # through numpy's string comparison loop.
-        word = np.uint64 if size % 8 == 0 else np.uint32
-        n_words = size // np.dtype(word).itemsize
-        if n_words <= 4:
-            words = values.view(word).reshape(values.size, n_words)
-            target = np.array([value], dtype=values.dtype).view(word)
-            match = words[:, 0] == target[0]
-            for column in range(1, n_words):
-                match &= words[:, column] == target[column]
-            return match
-    match = values == value
-    if not isinstance(match, np.ndarray) or match.shape != values.shape:
-        return None
-    return match
-
-
-def _segment_key(value: Any) -> str:
-    """Segment values are keyed by their string form (``1``, ``"1"`` and ``np.int64(1)``
-    are one segment), so that keys survive a JSON round trip unchanged."""
-    if isinstance(value, (bytes, np.bytes_)):
-        return bytes(value).decode("utf-8", errors="replace")
-    if isinstance(value, np.generic):
-        value = value.item()
-    return str(value)
 
 
 class RoleAggregate:
@@ -301,7 +157,7 @@ class RoleAggregate:
     def _add_segment(self, field: str, column: np.ndarray, t: np.ndarray, p: np.ndarray) -> None:
         if column.size == 0:
             return
-        uniques, codes = _factorize(column)
+        uniques, codes = factorize(column)
         k = len(uniques)
         # One bincount over (segment, y_true, y_pred) gives every segment's matrix at once.
         cell = codes * 4
@@ -310,7 +166,7 @@ class RoleAggregate:
         counts = np.bincount(cell, minlength=4 * k).reshape(k, 4)
         per_value = self.segments[field]
         for value, (tn, fp, fn, tp) in zip(uniques, counts.tolist(), strict=True):
-            key = _segment_key(value)
+            key = segment_key(value)
             conf = per_value.get(key)
             if conf is None:
                 conf = per_value[key] = Confusion()
