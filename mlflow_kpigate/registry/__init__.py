@@ -13,6 +13,7 @@ and the report never import ``mlflow`` themselves. It works with the default loc
 * :mod:`.baselines`: baseline KPIs from earlier rollouts and the training run;
 * :mod:`.tags`: ``kpigate.*`` model-version tags and aliases;
 * :mod:`.runs`: the rollout run in ``kpigate-rollouts``;
+* :mod:`.evaluations`: the run's evaluation records and policy, for replay;
 * :mod:`.limits`: MLflow's size limits and :func:`truncate`.
 """
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 from mlflow_kpigate.core.refs import ModelRef
 from mlflow_kpigate.registry.baselines import MAX_ROLLOUT_RUNS, BaselineKpis
+from mlflow_kpigate.registry.evaluations import EVALUATIONS_DIR, EvaluationRecords
 from mlflow_kpigate.registry.limits import MAX_PARAM_VALUE, MAX_TAG_VALUE, truncate
 from mlflow_kpigate.registry.runs import DECISION_CODES, ROLLOUT_EXPERIMENT, RolloutRuns
 from mlflow_kpigate.registry.tags import TAG_PREFIX, TagsAndAliases
@@ -27,6 +29,7 @@ from mlflow_kpigate.registry.versions import ModelVersions
 
 __all__ = [
     "DECISION_CODES",
+    "EVALUATIONS_DIR",
     "MAX_PARAM_VALUE",
     "MAX_ROLLOUT_RUNS",
     "MAX_TAG_VALUE",
@@ -38,7 +41,7 @@ __all__ = [
 ]
 
 
-class Registry(ModelVersions, BaselineKpis, TagsAndAliases, RolloutRuns):
+class Registry(ModelVersions, BaselineKpis, TagsAndAliases, RolloutRuns, EvaluationRecords):
     """kpigate's view of one MLflow tracking server / registry (see the module docstring).
 
     ``tracking_uri`` defaults to MLflow's own resolution (``MLFLOW_TRACKING_URI`` or
