@@ -20,6 +20,8 @@ from mlflow_kpigate.core.payloads import PayloadError
 ROLES: tuple[str, str] = ("baseline", "candidate")
 #: File name of the prediction log inside a deployment directory.
 PREDICTIONS_DB = "predictions.db"
+#: The value recorded for a segment field that a prediction's input lacks (or left empty).
+UNKNOWN_SEGMENT = "unknown"
 
 
 def is_number(x: Any) -> bool:
