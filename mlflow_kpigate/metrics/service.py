@@ -8,7 +8,7 @@ takes labels on ``/feedback`` and exports per-stage KPI aggregates for Prometheu
 the controller's metrics source reads them. Endpoints:
 
 * ``POST /cloudevents`` (and ``POST /``): one logger event, binary or structured mode
-  (:mod:`.cloudevents`). 200 with ``{"outcome": "accepted" | "duplicate", ...}``; 400
+  (:mod:`.cloudevent_envelope`). 200 with ``{"outcome": "accepted" | "duplicate", ...}``; 400
   with ``{"error": reason}`` for an event that cannot be used (nothing is recorded);
   503 if the store cannot write.
 * ``POST /feedback``: labels by request id, as the embedded router's ``/feedback``.
@@ -41,7 +41,7 @@ Decisions worth knowing:
   first half arrived (stage 0, not shadow, before any notice); candidate rows of a shadow
   stage are shadow rows. The notice is read inside the ingesting transaction, so every
   event is attributed consistently with the order in which notices were committed.
-* **Latency is unknown** (see :mod:`.cloudevents`): predictions are stored without one,
+* **Latency is unknown** (see :mod:`.cloudevent_join`): predictions are stored without one,
   so ``kpigate_stage_latency_seconds`` is only exported for rows that have a latency; in
   cluster mode latency KPIs come from Seldon's executor histogram.
 * One service, one deployment, one rollout: a new rollout for the same deployment should
@@ -81,19 +81,20 @@ from mlflow_kpigate.core.records import PREDICTIONS_DB, ROLES, Label, Prediction
 from mlflow_kpigate.core.samples import StageSample
 from mlflow_kpigate.kpis import AggregateSpec, LatencyHistogram, ScoreHistogram
 from mlflow_kpigate.metrics import exposition as names
-from mlflow_kpigate.metrics.cloudevents import (
+from mlflow_kpigate.metrics.cloudevent_envelope import (
     REQUEST,
     RESPONSE,
     CloudEvent,
     EventError,
+    parse_cloudevent,
+)
+from mlflow_kpigate.metrics.cloudevent_halves import (
     RequestHalf,
     ResponseHalf,
-    join_predictions,
-    parse_cloudevent,
     read_request,
     read_response,
-    row_ids,
 )
+from mlflow_kpigate.metrics.cloudevent_join import join_predictions, row_ids
 from mlflow_kpigate.metrics.collector import Collector, CollectorError
 
 __all__ = [
