@@ -40,11 +40,9 @@ from mlflow_kpigate.core.records import Prediction
 from mlflow_kpigate.kpis import AggregateSpec
 from mlflow_kpigate.metrics.collector import Collector
 from mlflow_kpigate.metrics.exposition import LATENCY_BUCKETS, SCORE_BUCKETS
-from mlflow_kpigate.metrics.service import (
-    CollectorServiceConfig,
-    create_collector_app,
-    stage_families,
-)
+from mlflow_kpigate.metrics.service_app import create_collector_app
+from mlflow_kpigate.metrics.service_config import CollectorServiceConfig
+from mlflow_kpigate.metrics.service_exposition import stage_families
 
 DEPLOYMENT = "fraud"
 COLUMNS = ["amount", "velocity", "region", "customer_id"]
@@ -714,6 +712,6 @@ def test_the_collector_command_serves_until_sigterm(policy_file: Path, tmp_path:
 
 def test_the_command_offers_exactly_the_services_unanswered_choices():
     from mlflow_kpigate.cli import collector as command
-    from mlflow_kpigate.metrics import service
+    from mlflow_kpigate.metrics import service_config
 
-    assert command.UNANSWERED == service.UNANSWERED
+    assert command.UNANSWERED == service_config.UNANSWERED

@@ -21,10 +21,10 @@ from mlflow_kpigate.kpis import AggregateSpec
 from mlflow_kpigate.policy import load_policy
 
 if TYPE_CHECKING:
-    from mlflow_kpigate.metrics.service import CollectorServiceConfig
+    from mlflow_kpigate.metrics.service_config import CollectorServiceConfig
 
-#: metrics.service.UNANSWERED, repeated so that ``kpigate --help`` does not import the
-#: service (FastAPI) just to list the command; a test keeps the two equal.
+#: metrics.service_config.UNANSWERED, repeated so that ``kpigate --help`` does not import the
+#: service just to list the command; a test keeps the two equal.
 UNANSWERED = ("error", "drop")
 
 __all__ = ["build_config", "collector_command"]
@@ -63,7 +63,7 @@ def build_config(
     candidate_version: str | None = None,
 ) -> CollectorServiceConfig:
     """The service configuration from the command's options (``UsageError`` when bad)."""
-    from mlflow_kpigate.metrics.service import CollectorServiceConfig
+    from mlflow_kpigate.metrics.service_config import CollectorServiceConfig
 
     policy = load_policy(policy_file)
     maturity_s = _duration("--maturity", maturity)
@@ -121,7 +121,7 @@ def collector_command(deployment: str, policy_file: str, data_dir: str, host: st
     """Collect Seldon request-logger CloudEvents and labels; export KPIs for Prometheus."""
     import uvicorn
 
-    from mlflow_kpigate.metrics.service import create_collector_app
+    from mlflow_kpigate.metrics.service_app import create_collector_app
 
     try:
         config = build_config(
