@@ -4,8 +4,9 @@
 one writer thread commits batches (of up to ``batch_size``, waiting up to
 ``flush_interval_s`` for a fuller one unless someone flushes). Nothing is dropped:
 :meth:`~PredictionWriter.stop` lets the thread drain the queue, and if the thread fails the
-unwritten rows stay queued and every later call raises :class:`CollectorError` naming the
-cause.
+unwritten rows stay queued, every later :meth:`~PredictionWriter.log`,
+:meth:`~PredictionWriter.flush` and :meth:`~PredictionWriter.log_atomically` raises
+:class:`CollectorError` naming the cause, and :meth:`~PredictionWriter.stop` reports them.
 
 :meth:`PredictionWriter.log_atomically` is the synchronous alternative: it writes
 predictions in one transaction with a caller's own statements on the same file (the
