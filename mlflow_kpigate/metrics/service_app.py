@@ -52,10 +52,11 @@ logger = logging.getLogger("mlflow_kpigate.metrics.service")
 
 
 class _TooLarge(Exception):
-    pass
+    """The request body is larger than ``max_body_bytes``."""
 
 
 async def _body(request: Request, limit: int) -> bytes:
+    """The body, refused (``_TooLarge``) as soon as it is known to exceed ``limit``."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise _TooLarge
