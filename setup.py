@@ -30,6 +30,8 @@ setup(
         "prometheus-api-client>=0.5",
         "kubernetes>=28",
         "jsonschema>=4",
+        "requests>=2.31",
+        "urllib3>=2",
     ],
     extras_require={
         "examples": ["xgboost>=2", "lightgbm>=4"],
