@@ -51,6 +51,7 @@ __all__ = [
     "attempts_made",
     "parse_retry_after",
     "safe_url",
+    "tries",
 ]
 
 logger = logging.getLogger("mlflow_kpigate.http")
@@ -299,13 +300,17 @@ class RetryingSession(requests.Session):
         attempts = attempts_made(response)
         detail = f"HTTP {response.status_code}"
         wait = parse_retry_after(response.headers.get("Retry-After"))
-        note = (f"; Retry-After {wait:g}s is longer than the {self.policy.max_retry_after_s:g}s"
-                " this call waits" if wait is not None and wait > self.policy.max_retry_after_s
-                else "")
-        raise HttpError(_message(what, attempts, detail + note), status=response.status_code,
+        if wait is not None and wait > self.policy.max_retry_after_s:
+            detail += (f"; Retry-After {wait:g}s is longer than the "
+                       f"{self.policy.max_retry_after_s:g}s this call waits")
+        raise HttpError(_message(what, attempts, detail), status=response.status_code,
                         detail=detail, attempts=attempts, response=response)
 
 
+def tries(attempts: int) -> str:
+    """`` after N attempts`` when a call was retried, else nothing (for messages)."""
+    return f" after {attempts} attempts" if attempts > 1 else ""
+
+
 def _message(what: str, attempts: int, detail: str) -> str:
-    tries = f" after {attempts} attempts" if attempts > 1 else ""
-    return f"{what} failed{tries} ({detail})"
+    return f"{what} failed{tries(attempts)} ({detail})"
