@@ -1,6 +1,7 @@
 """A small GitHub REST client: token auth, pagination through ``Link``, bounded retries.
 
-Built on the standard library so the reporting step needs nothing beyond the package.
+HTTP and its retries are :class:`~mlflow_kpigate.core.http.RetryingSession`'s; this module
+adds what is GitHub's:
 
 * The base URL is ``GITHUB_API_URL`` (``https://api.github.com`` by default; GitHub
   Enterprise Server uses ``https://HOST/api/v3``). Paths are joined under it, so a GHES
@@ -9,24 +10,32 @@ Built on the standard library so the reporting step needs nothing beyond the pac
   origin: a ``Link`` or redirect that points elsewhere is not sent the token. It never
   appears in an exception's text (any echo of it in a response is redacted).
 * Connection errors, 5xx and 429 responses are retried with exponential backoff, a
-  bounded number of times; ``Retry-After`` is honoured when it asks for a short wait.
-  Every other 4xx is final and raised at once as :class:`GitHubError` (a 401/403/404 as
-  :class:`GitHubPermissionError`, which callers turn into a warning about the token).
+  bounded number of times, and so is a 403 that carries ``Retry-After`` (a secondary rate
+  limit); ``Retry-After`` is honoured when it asks for a short wait, and a longer one is
+  reported as a rate limit at once. Every other 4xx is final and raised at once as
+  :class:`GitHubError` (a 401/403/404 as :class:`GitHubPermissionError`, which callers
+  turn into a warning about the token).
 """
 
 from __future__ import annotations
 
 import json
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from email.message import Message
 from typing import Any
 
+import requests
+
 from mlflow_kpigate.core.errors import KpigateError, UsageError
+from mlflow_kpigate.core.http import (
+    RETRY_STATUSES,
+    HttpError,
+    RetryingSession,
+    RetryPolicy,
+    parse_retry_after,
+)
 
 DEFAULT_API_URL = "https://api.github.com"
 API_VERSION = "2022-11-28"
@@ -39,11 +48,18 @@ REDACTED = "***"
 
 
 class GitHubError(KpigateError):
-    """A GitHub API call failed; ``status`` is the HTTP status (None: no response)."""
+    """A GitHub API call failed; ``status`` is the HTTP status (None: no response).
 
-    def __init__(self, message: str, status: int | None = None) -> None:
+    ``detail`` is the redacted cause in parentheses of the message (``HTTP 404: Not
+    Found``); ``rate_limited`` says that GitHub asked to wait rather than refused.
+    """
+
+    def __init__(self, message: str, status: int | None = None, *, detail: str = "",
+                 rate_limited: bool = False) -> None:
         super().__init__(message)
         self.status = status
+        self.detail = detail
+        self.rate_limited = rate_limited
 
 
 class GitHubPermissionError(GitHubError):
@@ -98,24 +114,17 @@ def check_api_url(url: str) -> str:
     return url.strip().rstrip("/")
 
 
-class _SameOriginAuthRedirect(urllib.request.HTTPRedirectHandler):
-    """Follows redirects, re-sending the token only to the origin it was meant for."""
-
-    def redirect_request(self, req: urllib.request.Request, fp: Any, code: int, msg: str,
-                         headers: Message, newurl: str) -> urllib.request.Request | None:
-        new = super().redirect_request(req, fp, code, msg, headers, newurl)
-        auth = req.unredirected_hdrs.get("Authorization")
-        if new is not None and auth and _origin(newurl) == _origin(req.full_url):
-            new.add_unredirected_header("Authorization", auth)
-        return new
-
-
 @dataclass
 class GitHubClient:
     """Calls the GitHub REST API as the holder of ``token``.
 
     ``attempts`` bounds the tries per call (first try included); the waits between them
-    are ``backoff_s``, ``2 × backoff_s``, … ``sleep`` is what waits (``time.sleep``).
+    are ``backoff_s``, ``2 × backoff_s``, … or a ``Retry-After`` of at most
+    ``max_retry_after_s``. ``sleep`` is what waits (``time.sleep``). With
+    ``follow_redirects=False`` a redirect is an error (:attr:`GitHubError.status` 3xx).
+    Every method is retried, POST and PATCH included, as this client always did: after a
+    5xx the write most likely did not happen, and a repeat at worst posts a comment twice,
+    sets a commit status again or sends a second dispatch.
     """
 
     token: str | None
@@ -124,13 +133,19 @@ class GitHubClient:
     backoff_s: float = 1.0
     timeout_s: float = 15.0
     sleep: Callable[[float], None] = time.sleep
-    _opener: urllib.request.OpenerDirector = field(init=False, repr=False)
+    max_retry_after_s: float = MAX_RETRY_AFTER_S
+    follow_redirects: bool = True
+    user_agent: str = USER_AGENT
+    _http: RetryingSession = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.api_url = check_api_url(self.api_url)
         if self.attempts < 1:
             raise ValueError("attempts must be at least 1")
-        self._opener = urllib.request.build_opener(_SameOriginAuthRedirect())
+        self._http = RetryingSession(RetryPolicy(
+            attempts=self.attempts, backoff_s=self.backoff_s,
+            max_retry_after_s=self.max_retry_after_s, retry_unsafe_methods=True,
+            retry_after_statuses=frozenset({403})), sleep=self.sleep)
 
     def __repr__(self) -> str:
         return f"GitHubClient(api_url={self.api_url!r}, token={'set' if self.token else None})"
@@ -166,64 +181,53 @@ class GitHubClient:
         """One API call with retries; :class:`GitHubError` when it does not succeed."""
         url = self.url(path, params)
         what = self._describe(method, url)
-        data = None if body is None else json.dumps(body).encode("utf-8")
-        last = ""
-        for attempt in range(self.attempts):
-            wait = self.backoff_s * (2 ** attempt)
-            try:
-                return self._once(method, url, data)
-            except urllib.error.HTTPError as exc:
-                status = exc.code
-                message = self._error_message(exc)
-                last = f"HTTP {status}" + (f": {message}" if message else "")
-                retry_after = _retry_after(exc.headers)
-                retryable = status >= 500 or status == 429 or (
-                    status == 403 and retry_after is not None)
-                if not retryable or (retry_after is not None
-                                     and retry_after > MAX_RETRY_AFTER_S):
-                    rate_limited = (exc.headers.get("X-RateLimit-Remaining") == "0"
-                                    or retry_after is not None)
-                    if rate_limited:
-                        last += " (rate limit exhausted)"
-                    cls = (GitHubPermissionError
-                           if status in (401, 403, 404) and not rate_limited else GitHubError)
-                    raise cls(f"{what} failed ({last})", status) from None
-                if retry_after is not None:
-                    wait = retry_after
-            except (urllib.error.URLError, OSError) as exc:
-                reason = getattr(exc, "reason", exc)
-                last = self.redact(f"{type(exc).__name__}: {reason}")
-            if attempt + 1 < self.attempts:
-                self.sleep(wait)
-        raise GitHubError(f"{what} failed after {self.attempts} attempts ({last})")
-
-    def _once(self, method: str, url: str, data: bytes | None) -> Response:
-        req = urllib.request.Request(url, data=data, method=method)
-        req.add_header("Accept", "application/vnd.github+json")
-        req.add_header("X-GitHub-Api-Version", API_VERSION)
-        req.add_header("User-Agent", USER_AGENT)
-        if data is not None:
-            req.add_header("Content-Type", "application/json")
+        headers = {"Accept": "application/vnd.github+json",
+                   "X-GitHub-Api-Version": API_VERSION, "User-Agent": self.user_agent}
         if self.token and _origin(url) == _origin(self.api_url):
-            # Unredirected: a redirect elsewhere never carries it (see the handler above).
-            req.add_unredirected_header("Authorization", f"Bearer {self.token}")
-        with self._opener.open(req, timeout=self.timeout_s) as resp:
-            raw = resp.read()
-            headers = {k.lower(): v for k, v in resp.headers.items()}
-            status = int(resp.status)
-            final_url = resp.geturl()
+            # The session drops it on a redirect to another origin.
+            headers["Authorization"] = f"Bearer {self.token}"
         try:
-            payload = json.loads(raw) if raw.strip() else None
-        except json.JSONDecodeError:
-            raise GitHubError(f"{self._describe(method, url)} returned a body that is not "
-                              f"JSON (HTTP {status}); check GITHUB_API_URL", status) from None
-        return Response(status, headers, payload, final_url)
+            resp = self._http.call(method, url, json_body=body, headers=headers,
+                                   timeout_s=self.timeout_s,
+                                   follow_redirects=self.follow_redirects)
+        except HttpError as exc:
+            raise self._error(what, exc) from None
+        try:
+            payload = json.loads(resp.content) if resp.content.strip() else None
+        except ValueError:
+            raise GitHubError(f"{what} returned a body that is not JSON (HTTP "
+                              f"{resp.status_code}); check GITHUB_API_URL",
+                              resp.status_code) from None
+        headers_seen = {k.lower(): v for k, v in resp.headers.items()}
+        return Response(resp.status_code, headers_seen, payload, resp.url)
 
-    def _error_message(self, exc: urllib.error.HTTPError) -> str:
-        try:
-            raw = exc.read()
-        except OSError:
-            return ""
+    def _error(self, what: str, exc: HttpError) -> GitHubError:
+        """The :class:`GitHubError` for a call that failed as ``exc`` says."""
+        status, resp = exc.status, exc.response
+        if status is None or resp is None:
+            detail = self.redact(exc.detail)
+            return GitHubError(f"{what} failed after {exc.attempts} attempts ({detail})",
+                               detail=detail)
+        message = self._error_message(resp)
+        detail = f"HTTP {status}" + (f": {message}" if message else "")
+        retry_after = parse_retry_after(resp.headers.get("Retry-After"))
+        retryable = status in RETRY_STATUSES or (status == 403 and retry_after is not None)
+        if retryable and (retry_after is None or retry_after <= self.max_retry_after_s):
+            return GitHubError(f"{what} failed after {exc.attempts} attempts ({detail})",
+                               status, detail=detail)
+        # Final at the first answer: a refusal, or a wait longer than this client sits
+        # through (primary rate limit: X-RateLimit-Remaining 0; secondary: Retry-After).
+        rate_limited = (resp.headers.get("X-RateLimit-Remaining") == "0"
+                        or retry_after is not None)
+        if rate_limited:
+            detail += " (rate limit exhausted)"
+        cls = (GitHubPermissionError
+               if status in (401, 403, 404) and not rate_limited else GitHubError)
+        return cls(f"{what} failed ({detail})", status, detail=detail,
+                   rate_limited=rate_limited)
+
+    def _error_message(self, resp: requests.Response) -> str:
+        raw = resp.content
         try:
             message = json.loads(raw).get("message", "")
         except (ValueError, AttributeError):
@@ -248,14 +252,3 @@ class GitHubClient:
         raise GitHubError(f"{self._describe('GET', path)}: more than {MAX_PAGES} pages; "
                           "stopped")
 
-
-def _retry_after(headers: Mapping[str, str] | Message | None) -> float | None:
-    if headers is None:
-        return None
-    value = headers.get("Retry-After") or headers.get("retry-after")
-    if value is None:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        return None
