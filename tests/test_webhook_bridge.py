@@ -578,6 +578,28 @@ def test_dispatcher_backs_off_exponentially(github):
     assert delays == [0.5, 1.0, 2.0]
 
 
+def test_dispatcher_waits_a_short_retry_after_and_fails_a_long_one_at_once(github):
+    github.expect_ordered_request(DISPATCH_PATH, method="POST").respond_with_data(
+        "", status=429, headers={"Retry-After": "1"})
+    github.expect_ordered_request(DISPATCH_PATH, method="POST").respond_with_data("", 204)
+    delays: list[float] = []
+    dispatcher = GitHubDispatcher(make_config(github, retry_backoff=0.5), sleep=delays.append)
+    dispatcher.dispatch("kpigate-rollout", {"model": "m"})
+    assert delays == [1.0]
+    github.clear()
+    # a secondary rate limit asking for a minute: MLflow would time out waiting, so the
+    # delivery fails now (502) and MLflow retries it later
+    github.expect_request(DISPATCH_PATH, method="POST").respond_with_json(
+        {"message": "You have exceeded a secondary rate limit"}, status=403,
+        headers={"Retry-After": "60"})
+    with pytest.raises(DispatchError, match="rate limit for the token is used up") as info:
+        dispatcher.dispatch("kpigate-rollout", {"model": "m"})
+    assert "exceeded a secondary rate limit" in str(info.value)
+    assert TOKEN not in str(info.value)
+    assert len(dispatches(github)) == 1
+    assert delays == [1.0]
+
+
 # --------------------------------------------------------------------------------------
 # The command
 # --------------------------------------------------------------------------------------

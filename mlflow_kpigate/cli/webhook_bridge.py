@@ -25,13 +25,8 @@ import click
 
 from mlflow_kpigate.core.durations import parse_duration
 from mlflow_kpigate.core.errors import USAGE_EXIT_CODE, KpigateError, UsageError
-from mlflow_kpigate.webhooks.bridge import (
-    FORWARDED_EVENTS,
-    WEBHOOK_PATH,
-    Bridge,
-    BridgeConfig,
-    BridgeServer,
-)
+from mlflow_kpigate.webhooks.config import FORWARDED_EVENTS, BridgeConfig
+from mlflow_kpigate.webhooks.server import WEBHOOK_PATH, Bridge, BridgeServer
 
 __all__ = ["webhook_bridge_command"]
 
