@@ -271,3 +271,35 @@ def test_v2_experiment_follows_the_weights_and_readiness(fake_kube, tmp_path):  
                            message="load failed")
     r = traffic.readiness(rolled.evolve(phase=Phase.CANARY))
     assert r.failed
+
+
+def test_stage_notice_is_one_post_and_a_failure_is_not_retried():
+    from pytest_httpserver import HTTPServer
+
+    from mlflow_kpigate.backends.seldon.router import CollectorUnreachable
+
+    collector = HTTPServer(host="127.0.0.1", port=0)
+    collector.start()
+    try:
+        target = SeldonTarget(namespace=NS, name="fraud",
+                              collector_url=collector.url_for("/"))
+        traffic = SeldonTraffic(None, target, ModelRef("1", "s3://m/1", "fraud"),
+                                ModelRef("2", "s3://m/2", "fraud"))
+        canary = RolloutState(name="fraud", model_name="fraud", candidate_version="2",
+                              baseline_version="1", candidate_uri="models:/fraud/2",
+                              baseline_uri="models:/fraud/1", policy_file="-",
+                              tracking_uri="-", port=0, weights=Weights(25.0, False, True),
+                              phase=Phase.CANARY, stage_index=1)
+        collector.expect_oneshot_request("/admin/stage", method="POST").respond_with_data("")
+        traffic.notify_collector(canary)
+        assert collector.log[0][0].get_json() == {
+            "deployment": "fraud", "stage_index": 1, "shadow": False,
+            "candidate_percent": 25.0, "revision": canary.revision}
+        collector.expect_request("/admin/stage").respond_with_data("", status=503)
+        with pytest.raises(CollectorUnreachable, match=r"stage notice \(HTTP 503\)"):
+            traffic.notify_collector(canary)
+        assert len(collector.log) == 2  # one try: the controller repeats the step itself
+        traffic.notify_collector(canary.evolve(phase=Phase.ROLLED_BACK))  # only logged
+        assert len(collector.log) == 3
+    finally:
+        collector.stop()

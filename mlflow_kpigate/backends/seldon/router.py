@@ -15,10 +15,7 @@
 
 from __future__ import annotations
 
-import json
 import logging
-import urllib.error
-import urllib.request
 from collections.abc import Mapping
 from typing import Any
 
@@ -48,9 +45,13 @@ from mlflow_kpigate.backends.seldon.patches import (
 )
 from mlflow_kpigate.backends.seldon.target import SeldonTarget
 from mlflow_kpigate.core.errors import KpigateError
+from mlflow_kpigate.core.http import HttpError, RetryingSession, RetryPolicy
 from mlflow_kpigate.core.state import Phase, Readiness, RolloutState
 
 log = logging.getLogger(__name__)
+
+#: One try per notice: the controller repeats the whole apply step when it fails.
+_NOTICE_POLICY = RetryPolicy(attempts=1)
 
 
 class CollectorUnreachable(KpigateError):
@@ -115,24 +116,22 @@ class SeldonTraffic:
         if base is None:
             return
         w = state.weights
-        body = json.dumps({"deployment": self.target.name, "stage_index": state.stage_index,
-                           "shadow": bool(w.shadow and w.candidate_attached),
-                           "candidate_percent": 0.0 if w.shadow or not w.candidate_attached
-                           else w.candidate_percent,
-                           "revision": state.revision}).encode()
-        req = urllib.request.Request(f"{base}/admin/stage", data=body, method="POST",
-                                     headers={"Content-Type": "application/json"})
+        body = {"deployment": self.target.name, "stage_index": state.stage_index,
+                "shadow": bool(w.shadow and w.candidate_attached),
+                "candidate_percent": 0.0 if w.shadow or not w.candidate_attached
+                else w.candidate_percent,
+                "revision": state.revision}
         try:
-            with urllib.request.urlopen(req, timeout=5):
-                pass
-        except (OSError, urllib.error.HTTPError) as exc:
+            with RetryingSession(_NOTICE_POLICY) as http:
+                http.call("POST", f"{base}/admin/stage", json_body=body, timeout_s=5)
+        except HttpError as exc:
             if state.phase.terminal:
                 log.warning("collector at %s did not take the final stage notice: %s",
-                            base, exc)
+                            base, exc.detail)
                 return
             raise CollectorUnreachable(f"collector at {base} did not take the stage notice "
-                                       f"({exc}); check -C collector_url and the collector "
-                                       "Service") from None
+                                       f"({exc.detail}); check -C collector_url and the "
+                                       "collector Service") from None
 
     # -- readiness --------------------------------------------------------------------------
     def readiness(self, state: RolloutState) -> Readiness:
