@@ -86,7 +86,8 @@ class HttpError(KpigateError):
     """A call that did not end in a 2xx answer.
 
     ``status`` is the last HTTP status (None: no answer, ``detail`` says why), ``response``
-    the last answer, ``attempts`` how many tries were made.
+    the last answer, ``attempts`` how many tries were made (1 when an error without an
+    answer was not retried: the count of earlier tries is not known then).
     """
 
     def __init__(self, message: str, *, status: int | None, detail: str, attempts: int,
@@ -119,8 +120,12 @@ def safe_url(url: str) -> str:
     host = parts.hostname or ""
     if ":" in host:
         host = f"[{host}]"
-    if parts.port is not None:
-        host += f":{parts.port}"
+    try:
+        port = parts.port
+    except ValueError:  # not a port; requests will say so
+        port = None
+    if port is not None:
+        host += f":{port}"
     return urllib.parse.urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
@@ -297,14 +302,16 @@ class RetryingSession(requests.Session):
                             attempts=attempts) from None
         if 200 <= response.status_code < 300:
             return response
+        status = response.status_code
         attempts = attempts_made(response)
-        detail = f"HTTP {response.status_code}"
+        detail = f"HTTP {status}"
         wait = parse_retry_after(response.headers.get("Retry-After"))
-        if wait is not None and wait > self.policy.max_retry_after_s:
+        retried = status in RETRY_STATUSES or status in self.policy.retry_after_statuses
+        if retried and wait is not None and wait > self.policy.max_retry_after_s:
             detail += (f"; Retry-After {wait:g}s is longer than the "
                        f"{self.policy.max_retry_after_s:g}s this call waits")
-        raise HttpError(_message(what, attempts, detail), status=response.status_code,
-                        detail=detail, attempts=attempts, response=response)
+        raise HttpError(_message(what, attempts, detail), status=status, detail=detail,
+                        attempts=attempts, response=response)
 
 
 def tries(attempts: int) -> str:
