@@ -266,8 +266,9 @@ class RoleAggregate:
         out.latency = LatencyHistogram.from_dict(d["latency"])
         out.confusion = Confusion.from_dict(d["confusion"])
         out.scores = ScoreHistogram.from_dict(d["scores"])
-        if out.latency._layout() != LatencyHistogram(growth=out.spec.latency_growth)._layout():
-            raise ValueError("aggregate: latency layout does not match the spec")
+        # The latency layout is kept as stored, not checked against the spec's default:
+        # sources that rebuild histograms from Prometheus buckets use their own layout, and
+        # merging two different layouts is refused by LatencyHistogram.merge anyway.
         if out.scores.bins != out.spec.score_bins:
             raise ValueError("aggregate: score bins do not match the spec")
         segments = d["segments"]

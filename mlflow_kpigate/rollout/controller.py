@@ -38,6 +38,7 @@ from mlflow_kpigate.core.events import (
     StageReady,
     traffic_percent,
 )
+from mlflow_kpigate.core.samples import StageSample
 from mlflow_kpigate.core.state import Phase, RolloutState
 from mlflow_kpigate.gate import evaluate
 from mlflow_kpigate.policy import Policy
@@ -52,6 +53,10 @@ from mlflow_kpigate.rollout.ports import (
 )
 
 log = logging.getLogger("kpigate.controller")
+
+#: What decides an evaluation: the gate (:func:`mlflow_kpigate.gate.evaluate`) by default;
+#: simulations plug in the foils they compare it with.
+Judge = Callable[[Policy, int, float, list[StageSample], RegistryBaseline | None], Decision]
 
 
 def readiness_policy(policy: Policy) -> tuple[float, str]:
@@ -71,8 +76,8 @@ class Controller:
                  registry_baseline: RegistryBaseline | None = None,
                  clock: Callable[[], float] = time.time,
                  on_terminal: Callable[[RolloutState], None] | None = None,
-                 observer: Callable[[RolloutState, Decision | None], None] | None = None
-                 ) -> None:
+                 observer: Callable[[RolloutState, Decision | None], None] | None = None,
+                 judge: Judge = evaluate) -> None:
         """``on_terminal`` runs once the rollout has ended (the report); ``observer`` sees
         every saved state and decision (the cluster controller's Prometheus exposition)."""
         self.store = store
@@ -83,6 +88,7 @@ class Controller:
         self.policy_digest = policy_digest(policy.raw)
         self.clock = clock
         self.observer = observer
+        self.judge = judge
         self.effects = Effects(store, policy, traffic, registry=registry, notifier=notifier,
                                on_terminal=on_terminal)
 
@@ -153,8 +159,8 @@ class Controller:
                               self._hold_without_data(state, str(exc)),
                               registry_baseline=self.registry_baseline,
                               policy_digest=self.policy_digest, metrics_unavailable=str(exc))
-        decision = evaluate(self.policy, state.stage_index, elapsed, list(samples),
-                            self.registry_baseline)
+        decision = self.judge(self.policy, state.stage_index, elapsed, list(samples),
+                              self.registry_baseline)
         return Evaluation(number, now, state.stage_index, elapsed, decision, samples,
                           self.registry_baseline, self.policy_digest)
 

@@ -1,11 +1,17 @@
-"""Run a staged rollout against a synthetic stream: the loop a real controller runs, with
-the router, collector and clock replaced by :mod:`.stream`.
+"""Run a staged rollout against a synthetic stream with the real controller.
 
-Per evaluation interval: the current stage's traffic is split between the roles (in the
-shadow stage the candidate scores a copy of every request), requests count at once,
-labelled predictions join their stage's stratum once they are mature (label delay and
-the policy's maturity, rounded up to whole intervals), then the rule decides and the
-stage advances, stops (rollback) or stays.
+The :class:`~mlflow_kpigate.rollout.controller.Controller` runs with the package's
+in-memory ports (:mod:`mlflow_kpigate.rollout.memory`): its state store, a traffic backend
+that records the weights it is asked to serve, a sample source this module fills from the
+stream (:mod:`.stream`), and a clock that advances one evaluation interval per look. So a
+simulated rollout moves through the same state machine, transitions and audit events as a
+real one; only the decision rule can be swapped for the foils it is compared with.
+
+Per evaluation interval: the stage the committed state says is served splits the traffic
+between the roles (in a shadow stage the candidate scores a copy of every request),
+requests count at once, labelled predictions join their stage's stratum once they are
+mature (label delay and the policy's maturity, rounded up to whole intervals), then the
+controller evaluates and the stage advances, stops (rollback) or stays.
 """
 
 from __future__ import annotations
@@ -16,11 +22,20 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from mlflow_kpigate.core.decision import Decision
-from mlflow_kpigate.gate import Action, BaselineKpi, RegistryBaseline, StageSample
+from mlflow_kpigate.core.baseline import BaselineKpi, RegistryBaseline
+from mlflow_kpigate.core.decision import Action, Decision
+from mlflow_kpigate.core.samples import StageSample
+from mlflow_kpigate.core.state import Phase, RolloutState
 from mlflow_kpigate.gate.estimators import kpi_value
 from mlflow_kpigate.kpis import AggregateSpec, RoleAggregate
 from mlflow_kpigate.policy import Policy
+from mlflow_kpigate.rollout import transitions
+from mlflow_kpigate.rollout.controller import Controller, Judge
+from mlflow_kpigate.rollout.memory import (
+    InMemorySampleSource,
+    InMemoryStateStore,
+    InMemoryTraffic,
+)
 from mlflow_kpigate.simulate.rules import Rule
 from mlflow_kpigate.simulate.stream import IntervalData, StreamGenerator, StreamSpec, rng_for
 
@@ -86,6 +101,28 @@ def registry_from_stream(policy: Policy, stream: StreamSpec, seed: int = 0,
     return RegistryBaseline(kpis, prevalence=stream.prevalence, source=f"simulated:{stream.name}")
 
 
+def _judge(rule: Rule, windows: dict[str, StageSample | None]) -> Judge:
+    """The rule as the controller's judge (the latest window is the paper rule's input)."""
+
+    def judge(policy: Policy, stage_index: int, elapsed: float, samples: list[StageSample],
+              registry: RegistryBaseline | None) -> Decision:
+        result = rule(policy, stage_index, elapsed, samples, windows["current"], registry)
+        if result.decision is not None:
+            return result.decision
+        return Decision(action=result.action, reason=result.reason, stage_index=stage_index,
+                        stage_name=policy.stages[stage_index].name)
+
+    return judge
+
+
+def _initial_state(policy: Policy, stream: StreamSpec) -> RolloutState:
+    state = RolloutState(name=f"simulated-{stream.name}", model_name="simulated",
+                         candidate_version="candidate", baseline_version="baseline",
+                         candidate_uri="simulated:candidate", baseline_uri="simulated:baseline",
+                         policy_file="(in memory)", tracking_uri="(none)", port=0)
+    return transitions.initial(state, policy, 0.0)
+
+
 def run_rollout(policy: Policy, stream: StreamSpec, rule: Rule, *, seed: int = 0,
                 rep: int = 0, registry: RegistryBaseline | None = None,
                 on_look: Callable[[Look], None] | None = None) -> Outcome:
@@ -96,12 +133,20 @@ def run_rollout(policy: Policy, stream: StreamSpec, rule: Rule, *, seed: int = 0
     gen = StreamGenerator(stream, spec)
     interval_s = policy.evaluation.interval
     delay = maturity_intervals(policy, stream)
+    clock = _Clock()
+    store = InMemoryStateStore(f"simulated-{stream.name}", clock=clock)
+    store.save(_initial_state(policy, stream))
+    source = InMemorySampleSource()
+    windows: dict[str, StageSample | None] = {"current": None}
+    controller = Controller(store=store, source=source, traffic=InMemoryTraffic(),
+                            policy=policy, registry_baseline=registry, clock=clock,
+                            judge=_judge(rule, windows))
     strata: dict[int, StageSample] = {}
     pending: list[tuple[int, int, IntervalData, IntervalData]] = []
-    stage_index, stage_start = 0, 0
     served = exposed = 0
     outcome = Outcome("holding")
     for t in range(stream.horizon_intervals):
+        stage_index = store.require().stage_index
         stage = policy.stages[stage_index]
         n = stream.requests_per_interval
         route = rng_for(seed, rep, t, stage_index, 2)
@@ -134,23 +179,33 @@ def run_rollout(policy: Policy, stream: StreamSpec, rule: Rule, *, seed: int = 0
             else:
                 still.append((due, idx, b, c))
         pending = still
-        elapsed = (t - stage_start + 1) * interval_s
-        result = rule(policy, stage_index, elapsed, list(strata.values()), window, registry)
-        look = Look(t, stage_index, stage.name, result.action, result.reason, served, exposed,
-                    result.decision)
+        # The source hands out copies, as a real one reads fresh aggregates per look: the
+        # evaluation records must not change when the strata grow.
+        source.samples = [StageSample(i, x.baseline.copy(), x.candidate.copy())
+                          for i, x in strata.items()]
+        windows["current"] = window
+        clock.now = (t + 1) * interval_s
+        decision = controller.step()
+        assert decision is not None  # in memory: always ready, never paused
+        look = Look(t, stage_index, stage.name, decision.action, decision.reason, served,
+                    exposed, decision)
         outcome.looks.append(look)
         if on_look is not None:
             on_look(look)
-        if result.action is Action.ROLLBACK:
-            outcome.status = "rolled_back"
-            outcome.final_stage = stage_index
+        state = store.require()
+        if state.phase in (Phase.ROLLED_BACK, Phase.PROMOTED):
+            outcome.status = state.phase.value
+            outcome.final_stage = state.stage_index
             return outcome
-        if result.action is Action.PROMOTE:
-            stage_index += 1
-            stage_start = t + 1
-            if policy.stages[stage_index].is_final:
-                outcome.status = "promoted"
-                outcome.final_stage = stage_index
-                return outcome
-    outcome.final_stage = stage_index
+    outcome.final_stage = store.require().stage_index
     return outcome
+
+
+class _Clock:
+    """The simulated time: the controller reads it, the loop advances it."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
