@@ -25,7 +25,8 @@ from mlflow.protos.databricks_pb2 import INTERNAL_ERROR, INVALID_PARAMETER_VALUE
 
 from mlflow_kpigate.core.errors import KpigateError, UsageError
 from mlflow_kpigate.deploy.config import SELDON_KEYS, help_lines, parse_config
-from mlflow_kpigate.deploy.deployer import Deployer, deployer_for
+from mlflow_kpigate.deploy.deployer import Deployer
+from mlflow_kpigate.deploy.targets import deployer_for
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -46,6 +46,7 @@ from mlflow_kpigate.cli.render import render_command
 from mlflow_kpigate.core.errors import UsageError
 from mlflow_kpigate.core.state import Weights
 from mlflow_kpigate.deploy.config import parse_config
+from mlflow_kpigate.deploy.seldon_rollout import seldon_target
 
 BASE = ModelRef("1", "s3://models/fraud/1/artifacts", "fraud")
 CAND = ModelRef("2", "s3://models/fraud/2/artifacts", "fraud")
@@ -613,7 +614,7 @@ def test_target_uri_and_config():
     cfg = parse_config({"seldon_version": "2", "env_secret": "creds", "replicas": "2",
                         "collector_url": "http://c.models.svc:8080/cloudevents",
                         "gateway_url": "http://gw"})
-    target = SeldonTarget.from_config("kpigate:/seldon/models", "fraud", cfg)
+    target = seldon_target("models", "fraud", cfg)
     assert (target.namespace, target.name, target.seldon_version, target.replicas,
             target.env_secret) == ("models", "fraud", 2, 2, "creds")
     assert target.collector_base_url == "http://c.models.svc:8080"

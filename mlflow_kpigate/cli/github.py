@@ -41,9 +41,10 @@ from mlflow_kpigate.core.errors import KpigateError, UsageError
 from mlflow_kpigate.core.history import History
 from mlflow_kpigate.core.state import Phase
 from mlflow_kpigate.deploy.config import deployment_dir
-from mlflow_kpigate.deploy.deployer import Rollout, deployer_for
+from mlflow_kpigate.deploy.deployer import Rollout
 from mlflow_kpigate.deploy.finish import write_report
 from mlflow_kpigate.deploy.local import LocalDeployer
+from mlflow_kpigate.deploy.targets import deployer_for
 from mlflow_kpigate.github.api import (
     DEFAULT_API_URL,
     GitHubClient,

@@ -42,12 +42,13 @@ from mlflow_kpigate.backends.seldon.patches import (
     v2_experiment_patch,
     weights_patch,
 )
-from mlflow_kpigate.backends.seldon.target import SeldonTarget
+from mlflow_kpigate.backends.seldon.target import SeldonTarget, parse_target_uri
 from mlflow_kpigate.backends.seldon.webhook import check_experiment_rules, check_webhook_rules
 from mlflow_kpigate.cli.errors import fail
 from mlflow_kpigate.core.errors import KpigateError, UsageError
 from mlflow_kpigate.core.state import Weights
 from mlflow_kpigate.deploy.config import parse_config
+from mlflow_kpigate.deploy.seldon_rollout import seldon_target
 from mlflow_kpigate.policy import Policy, Stage, load_policy
 from mlflow_kpigate.rollout.transitions import stage_weights
 
@@ -228,7 +229,7 @@ def _render(target_uri: str, name: str, model_uri: str, baseline_uri: str | None
     if not baseline_uri:
         raise UsageError("--baseline-uri: missing; give the serving model, as models:/NAME/V "
                          "or its storage URI")
-    target = SeldonTarget.from_config(target_uri, name, cfg, service_account=service_account)
+    target = seldon_target(parse_target_uri(target_uri), name, cfg, service_account)
     policy = _policy(policy_file, cfg.policy, stages, cfg.stages)
     registry: Any = None
 

@@ -21,7 +21,7 @@ from mlflow_kpigate.core.durations import format_duration
 from mlflow_kpigate.core.errors import KpigateError, UsageError
 from mlflow_kpigate.core.evaluation import Evaluation
 from mlflow_kpigate.core.history import History
-from mlflow_kpigate.deploy.deployer import deployer_for
+from mlflow_kpigate.deploy.targets import deployer_for
 from mlflow_kpigate.policy import Policy, load_policy
 from mlflow_kpigate.rollout.replay import Outcome, Rejudged, Replay, replay
 

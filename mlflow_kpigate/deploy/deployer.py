@@ -3,7 +3,7 @@
 A composition root: a deployer picks the concrete parts of its backend (router, metrics
 source, state store, processes or cluster objects), wires them to the controller and
 implements the operations users run. ``plugin.py`` and ``cli/`` only parse, call a
-deployer and print. :func:`deployer_for` chooses one from the target URI:
+deployer and print. :func:`~.targets.deployer_for` chooses one from the target URI:
 
 * ``kpigate`` / ``kpigate:/local``: :class:`~.local.LocalDeployer` (this machine);
 * ``kpigate:/seldon/NAMESPACE``: :class:`~.seldon.SeldonDeployer` (Kubernetes).
@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from mlflow_kpigate.core.errors import UsageError
 from mlflow_kpigate.policy import Policy
 from mlflow_kpigate.rollout.ports import StateStore
 
@@ -74,19 +73,3 @@ class Deployer(Protocol):
     def open(self, name: str, config: Mapping[str, Any] | None = None) -> Rollout:
         """The rollout's store, policy and directory, for reading its history."""
         ...
-
-
-def deployer_for(target_uri: str) -> Deployer:
-    """The deployer of ``target_uri`` (``UsageError`` for an unknown target)."""
-    scheme, _, rest = target_uri.strip().partition(":")
-    path = rest.strip("/")
-    if scheme == "kpigate" and path.split("/")[0] == "seldon":
-        from mlflow_kpigate.deploy.seldon import SeldonDeployer
-
-        return SeldonDeployer(target_uri)
-    if scheme == "kpigate" and path in ("", "local"):
-        from mlflow_kpigate.deploy.local import LocalDeployer
-
-        return LocalDeployer(target_uri)
-    raise UsageError(f"-t {target_uri}: unknown kpigate target; use kpigate, kpigate:/local "
-                     "or kpigate:/seldon/NAMESPACE")

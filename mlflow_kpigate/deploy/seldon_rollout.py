@@ -60,11 +60,13 @@ def workdir(namespace: str, name: str, root: Path | None = None) -> Path:
     return state_dir(root) / "seldon" / namespace / name
 
 
-def seldon_target(namespace: str, name: str, cfg: DeploymentConfig) -> SeldonTarget:
-    """The Seldon settings of a rollout from its ``-C`` config."""
+def seldon_target(namespace: str, name: str, cfg: DeploymentConfig,
+                  service_account: str | None = None) -> SeldonTarget:
+    """The Seldon settings of a rollout from its ``-C`` config (validated)."""
     return SeldonTarget(namespace=namespace, name=name, seldon_version=cfg.seldon_version,
                         env_secret=cfg.env_secret, collector_url=cfg.collector_url,
-                        gateway_url=cfg.gateway_url, replicas=cfg.replicas)
+                        gateway_url=cfg.gateway_url, replicas=cfg.replicas,
+                        service_account=service_account)
 
 
 def check_stages(policy: Policy) -> None:

@@ -15,13 +15,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 from mlflow_kpigate.core.errors import UsageError
-
-if TYPE_CHECKING:
-    from mlflow_kpigate.deploy.config import DeploymentConfig
 
 #: Path of the collector's CloudEvents endpoint (Seldon's request-logger sink).
 LOGGER_PATH = "/cloudevents"
@@ -153,12 +149,3 @@ class SeldonTarget:
     def state_configmap(self) -> str:
         """Name of the ConfigMap holding the rollout state."""
         return f"{self.name}-kpigate-state"
-
-    @classmethod
-    def from_config(cls, target_uri: str, name: str, config: DeploymentConfig,
-                    service_account: str | None = None) -> SeldonTarget:
-        """The target for ``-t kpigate:/seldon/NS --name NAME -C …`` (validated)."""
-        return cls(namespace=parse_target_uri(target_uri), name=name,
-                   seldon_version=config.seldon_version, env_secret=config.env_secret,
-                   collector_url=config.collector_url, gateway_url=config.gateway_url,
-                   replicas=config.replicas, service_account=service_account)
