@@ -16,12 +16,8 @@ from dataclasses import replace
 import pytest
 from fake_kube import fake_kube, fake_kube_factory  # noqa: F401  (fixtures)
 
-from mlflow_kpigate.backends.seldon.cluster import (
-    CONFIG_MAP,
-    SELDON_DEPLOYMENT,
-    SELDON_MODEL,
-    SPEC_HASH_ANNOTATION,
-    Cluster,
+from mlflow_kpigate.backends.seldon.cluster import Cluster, api_client_from
+from mlflow_kpigate.backends.seldon.cluster_errors import (
     ClusterAccessDenied,
     ClusterConflict,
     ClusterInvalid,
@@ -29,14 +25,17 @@ from mlflow_kpigate.backends.seldon.cluster import (
     ClusterUnreachable,
     KubeConfigError,
     ObjectExists,
-    Readiness,
     ResourceNotServed,
-    api_client_from,
+)
+from mlflow_kpigate.backends.seldon.kinds import (
+    CONFIG_MAP,
+    SELDON_DEPLOYMENT,
+    SELDON_MODEL,
+    SPEC_HASH_ANNOTATION,
     managed_labels,
     owner_reference,
-    readiness,
-    readiness_v2,
 )
+from mlflow_kpigate.backends.seldon.readiness import readiness, readiness_v2
 from mlflow_kpigate.backends.seldon.state_store import (
     ClusterStore,
     archive_configmap_name,
@@ -44,7 +43,7 @@ from mlflow_kpigate.backends.seldon.state_store import (
 )
 from mlflow_kpigate.core.errors import StateConflict, UsageError
 from mlflow_kpigate.core.events import OtherEvent
-from mlflow_kpigate.core.state import Phase, RolloutState, Weights
+from mlflow_kpigate.core.state import Phase, Readiness, RolloutState, Weights
 
 NS = "models"
 JSON_PATCH = "application/json-patch+json"

@@ -117,7 +117,8 @@ def _create(model, name, policy, prometheus, fake, tmp_path) -> subprocess.Popen
 
 
 def _store(fake, name):
-    from mlflow_kpigate.backends.seldon.cluster import CONFIG_MAP, Cluster
+    from mlflow_kpigate.backends.seldon.cluster import Cluster
+    from mlflow_kpigate.backends.seldon.kinds import CONFIG_MAP
     from mlflow_kpigate.backends.seldon.state_store import ClusterStore
 
     return ClusterStore(Cluster.connect(NS, fake.kubeconfig).objects(CONFIG_MAP), name)

@@ -14,16 +14,12 @@ import pytest
 import yaml
 from fake_kube import fake_kube  # noqa: F401
 
-from mlflow_kpigate.backends.seldon.cluster import (
-    CONFIG_MAP,
-    SELDON_EXPERIMENT,
-    SELDON_MODEL,
-    Cluster,
-)
+from mlflow_kpigate.backends.seldon.cluster import Cluster
+from mlflow_kpigate.backends.seldon.kinds import CONFIG_MAP, SELDON_EXPERIMENT, SELDON_MODEL
 from mlflow_kpigate.backends.seldon.manifests import ModelRef, v2_experiment, v2_models
-from mlflow_kpigate.backends.seldon.router import SeldonTraffic
 from mlflow_kpigate.backends.seldon.state_store import ClusterStore
 from mlflow_kpigate.backends.seldon.target import SeldonTarget
+from mlflow_kpigate.backends.seldon.traffic import SeldonTraffic
 from mlflow_kpigate.core.state import Phase, RolloutState, Weights
 
 NS = "models"

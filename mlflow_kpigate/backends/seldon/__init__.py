@@ -9,11 +9,14 @@ Pure parts (no cluster access), re-exported here:
   interpreter to apply them;
 * :mod:`.webhook` — Seldon's admission rules as checks that raise :class:`ManifestError`.
 
-Parts that talk to the cluster through the ``kubernetes`` client: :mod:`.cluster` (one
-namespace's objects, guarded patches, readiness), :mod:`.router` (the TrafficBackend)
-and :mod:`.state_store` (rollout state and audit log in ConfigMaps). Which of them a
-rollout uses is decided in :mod:`mlflow_kpigate.deploy.seldon`; ``kpigate render``
-prints what the pure parts build.
+Parts that talk to the cluster through the ``kubernetes`` client, imported by name:
+:mod:`.kinds` (resource kinds, kpigate's labels, owner references), :mod:`.cluster` (one
+namespace, the API client), :mod:`.objects` (one kind's objects: get, list, create, guarded
+patches, delete), :mod:`.cluster_errors`, :mod:`.readiness` (pure: has Seldon rolled out
+what was applied), :mod:`.traffic` (the controller's TrafficBackend) and
+:mod:`.state_store` (rollout state and audit log in ConfigMaps). Which of them a rollout
+uses is decided in :mod:`mlflow_kpigate.deploy.seldon`; ``kpigate render`` prints what
+the pure parts build.
 """
 
 from mlflow_kpigate.backends.seldon.manifests import (

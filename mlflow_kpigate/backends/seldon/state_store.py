@@ -33,12 +33,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from mlflow_kpigate.backends.seldon.cluster import (
-    ClusterConflict,
-    KubeObjects,
-    ObjectExists,
-    managed_labels,
-)
+from mlflow_kpigate.backends.seldon.cluster_errors import ClusterConflict, ObjectExists
+from mlflow_kpigate.backends.seldon.kinds import managed_labels
+from mlflow_kpigate.backends.seldon.objects import KubeObjects
 from mlflow_kpigate.core.errors import StateConflict, UsageError
 from mlflow_kpigate.core.events import AuditEvent, Recorded
 from mlflow_kpigate.core.state import RolloutState

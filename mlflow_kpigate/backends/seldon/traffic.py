@@ -19,14 +19,8 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from mlflow_kpigate.backends.seldon.cluster import (
-    SELDON_DEPLOYMENT,
-    SELDON_EXPERIMENT,
-    SELDON_MODEL,
-    Cluster,
-    readiness,
-    readiness_v2,
-)
+from mlflow_kpigate.backends.seldon.cluster import Cluster
+from mlflow_kpigate.backends.seldon.kinds import SELDON_DEPLOYMENT, SELDON_EXPERIMENT, SELDON_MODEL
 from mlflow_kpigate.backends.seldon.manifests import (
     BASELINE,
     CANDIDATE,
@@ -43,6 +37,7 @@ from mlflow_kpigate.backends.seldon.patches import (
     v2_experiment_patch,
     weights_patch,
 )
+from mlflow_kpigate.backends.seldon.readiness import readiness, readiness_v2
 from mlflow_kpigate.backends.seldon.target import SeldonTarget
 from mlflow_kpigate.core.errors import KpigateError
 from mlflow_kpigate.core.http import HttpError, RetryingSession, RetryPolicy
