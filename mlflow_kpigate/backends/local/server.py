@@ -26,7 +26,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from mlflow_kpigate.backends.local.app import RouterConfig, create_app
+from mlflow_kpigate.backends.local.config import RouterConfig
+from mlflow_kpigate.backends.local.routes import create_app
 from mlflow_kpigate.backends.local.routing import CachedWeights, RoutingKey
 from mlflow_kpigate.backends.local.state_store import RolloutStore
 from mlflow_kpigate.core.errors import KpigateError, UsageError

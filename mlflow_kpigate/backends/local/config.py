@@ -1,0 +1,49 @@
+"""What the embedded router serves and how: :class:`RouterConfig`, checked when it is built."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from mlflow_kpigate.backends.local.routing import RoutingKey
+
+__all__ = ["RouterConfig"]
+
+
+@dataclass(frozen=True)
+class RouterConfig:
+    """What the router serves and how.
+
+    ``baseline_model``/``candidate_model`` are objects with ``.predict(DataFrame)`` (MLflow
+    pyfunc models); ``candidate_model`` may be ``None`` once the candidate is detached.
+    ``routing_key`` is ``"header:NAME"`` or ``"column:NAME"`` (default: the
+    ``X-Kpigate-Routing-Key`` header). ``salt`` defaults to deployment and candidate
+    version, so each rollout samples its own set of routing keys.
+    """
+
+    deployment: str
+    baseline_version: str
+    candidate_version: str | None
+    baseline_model: Any = field(repr=False)
+    candidate_model: Any | None = field(repr=False)
+    routing_key: str | None = None
+    segment_fields: tuple[str, ...] = ()
+    threshold: float = 0.5
+    shadow_timeout_s: float = 5.0
+    store_features: bool = False
+    shadow_max_inflight: int = 16
+    salt: str | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.deployment, str) or not self.deployment:
+            raise ValueError("deployment must be a non-empty string")
+        RoutingKey.parse(self.routing_key)  # fail at construction, not on the first request
+        object.__setattr__(self, "segment_fields", tuple(self.segment_fields))
+        if not (isinstance(self.threshold, (int, float)) and 0 < self.threshold <= 1):
+            raise ValueError(f"threshold must be in (0, 1], got {self.threshold!r}")
+        if not (isinstance(self.shadow_timeout_s, (int, float)) and self.shadow_timeout_s > 0):
+            raise ValueError(f"shadow_timeout_s must be > 0, got {self.shadow_timeout_s!r}")
+        if not (isinstance(self.shadow_max_inflight, int) and self.shadow_max_inflight >= 1):
+            raise ValueError(
+                f"shadow_max_inflight must be an integer >= 1, got {self.shadow_max_inflight!r}"
+            )

@@ -1,0 +1,97 @@
+"""One model call on one request, and the prediction rows that record it.
+
+:func:`call_model` runs the baseline's or the candidate's ``predict`` on a parsed request
+and never raises: a model failure becomes an :class:`Attempt` with an ``error`` (and
+``invalid_input`` when MLflow rejected the input against the model's signature). Latency
+is the model's ``predict`` time for the whole request, recorded on each of its rows
+(:func:`prediction_rows`, with the :class:`RequestInfo` all rows of a request share).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from mlflow_kpigate.backends.local.config import RouterConfig
+from mlflow_kpigate.core.payloads import ModelOutput, ParsedPayload, interpret_output
+from mlflow_kpigate.core.records import Prediction
+
+__all__ = ["Attempt", "RequestInfo", "call_model", "prediction_rows"]
+
+_SCHEMA_FAILURE = "SCHEMA_ENFORCEMENT_FAILED"  # MlflowException.error_class of pyfunc
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One model call on one request."""
+
+    role: str
+    version: str
+    raw: Any
+    error: str | None
+    latency_s: float
+    output: ModelOutput
+    invalid_input: bool = False  # MLflow rejected the input against the model's signature
+
+
+@dataclass(frozen=True)
+class RequestInfo:
+    """Per-request data every logged row of the request shares."""
+
+    ids: list[str]
+    ts: float
+    stage_index: int
+    segments: list[dict[str, str]]
+    features: list[dict[str, Any]] | None
+
+
+def _describe(exc: BaseException) -> str:
+    """``Type: first line of the message`` (one line for logs and error bodies)."""
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
+
+
+def call_model(config: RouterConfig, role: str, payload: ParsedPayload) -> Attempt:
+    """Call one model; exceptions become an errored attempt, never propagate."""
+    if role == "baseline":
+        model, version, frame = config.baseline_model, config.baseline_version, payload.frame
+    else:
+        # The candidate gets its own copy: a model that edits its input in place must
+        # not change what the baseline sees on fallback or concurrently in shadow.
+        model, version = config.candidate_model, config.candidate_version or ""
+        frame = payload.frame.copy()
+    n = len(payload.frame)
+    start = time.perf_counter()
+    try:
+        if payload.params:
+            raw = model.predict(frame, params=payload.params)
+        else:
+            raw = model.predict(frame)
+    except Exception as exc:  # any model failure is an error outcome
+        latency = max(time.perf_counter() - start, 1e-9)
+        invalid = getattr(exc, "error_class", None) == _SCHEMA_FAILURE
+        message = _describe(exc)
+        if invalid:
+            # MLflow's message embeds the whole input; its cause is the last part.
+            cause = str(getattr(exc, "message", exc)).rpartition("Error: ")[2]
+            message = f"input does not match the model's signature: {cause.strip()}"
+        return Attempt(role, version, None, message, latency,
+                       ModelOutput([None] * n, [None] * n, False), invalid)
+    latency = max(time.perf_counter() - start, 1e-9)
+    return Attempt(role, version, raw, None, latency, interpret_output(raw, n, config.threshold))
+
+
+def prediction_rows(attempt: Attempt, info: RequestInfo, shadow: bool) -> list[Prediction]:
+    """One :class:`~mlflow_kpigate.core.records.Prediction` per row of the request."""
+    out = attempt.output
+    return [
+        Prediction(
+            request_id=rid, ts=info.ts, role=attempt.role, version=attempt.version,
+            stage_index=info.stage_index, shadow=shadow, latency_s=attempt.latency_s,
+            error=attempt.error is not None, score=out.scores[i],
+            predicted=out.predicted[i], segments=info.segments[i],
+            features=info.features[i] if info.features is not None else None,
+        )
+        for i, rid in enumerate(info.ids)
+    ]

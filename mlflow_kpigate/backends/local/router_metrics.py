@@ -1,0 +1,82 @@
+"""The embedded router's Prometheus metrics (``GET /metrics``), one registry per app.
+
+Model calls by role and outcome and their ``predict`` time, labelled predictions by
+confusion cell, labels received, the traffic weights and stage being served, shadow copies
+by outcome, requests the baseline's signature rejected, and prediction batches the
+collector refused.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from mlflow_kpigate.backends.local.model_calls import Attempt
+from mlflow_kpigate.core.records import LabelResult
+from mlflow_kpigate.core.state import Weights
+
+__all__ = ["RouterMetrics"]
+
+# Model latencies are milliseconds to seconds; the default buckets are too coarse below 5 ms.
+_DURATION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5,
+                     1.0, 2.5, 5.0, 10.0)
+
+
+class RouterMetrics:
+    """The router's Prometheus metrics, in a registry of its own (one per app)."""
+
+    def __init__(self, deployment: str) -> None:
+        self.deployment = deployment
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "kpigate_requests", "Model calls by role and outcome (ok|error).",
+            ["deployment", "role", "version", "outcome"], registry=r)
+        self.duration = Histogram(
+            "kpigate_request_duration_seconds", "Model predict time per request.",
+            ["deployment", "role", "version"], buckets=_DURATION_BUCKETS, registry=r)
+        self.outcomes = Counter(
+            "kpigate_outcomes", "Labelled predictions by confusion cell (tp|fp|tn|fn).",
+            ["deployment", "role", "version", "outcome"], registry=r)
+        self.labels = Counter(
+            "kpigate_labels", "Labels received by status (matched|unknown|duplicate).",
+            ["deployment", "status"], registry=r)
+        self.weight = Gauge(
+            "kpigate_traffic_weight", "Share of live traffic served by each role (0-1).",
+            ["deployment", "role"], registry=r)
+        self.stage = Gauge(
+            "kpigate_stage_index", "Rollout stage the router is serving.", ["deployment"],
+            registry=r)
+        self.shadow = Counter(
+            "kpigate_shadow_requests", "Mirrored requests scored by the candidate, by "
+            "outcome (ok|error|timeout|skipped).", ["deployment", "version", "outcome"],
+            registry=r)
+        self.invalid = Counter(
+            "kpigate_invalid_requests", "Requests whose input the baseline model's signature "
+            "rejected (not counted as model errors).", ["deployment"], registry=r)
+        self.collector_errors = Counter(
+            "kpigate_collector_errors", "Prediction batches the collector refused.",
+            ["deployment"], registry=r)
+
+    def observe(self, attempt: Attempt) -> None:
+        """Count one model call and time its ``predict``."""
+        outcome = "error" if attempt.error else "ok"
+        self.requests.labels(self.deployment, attempt.role, attempt.version, outcome).inc()
+        self.duration.labels(self.deployment, attempt.role, attempt.version).observe(
+            attempt.latency_s)
+
+    def set_weights(self, weights: Weights, stage_index: int) -> None:
+        """Show the weights and stage being served."""
+        live = weights.candidate_attached and not weights.shadow
+        share = weights.candidate_percent / 100.0 if live else 0.0
+        self.weight.labels(self.deployment, "candidate").set(share)
+        self.weight.labels(self.deployment, "baseline").set(1.0 - share)
+        self.stage.labels(self.deployment).set(stage_index)
+
+    def record_labels(self, result: LabelResult) -> None:
+        """Count what one ``POST /feedback`` did: labels by status, outcomes by cell."""
+        dep = self.deployment
+        self.labels.labels(dep, "matched").inc(result.matched)
+        self.labels.labels(dep, "unknown").inc(len(result.unknown))
+        self.labels.labels(dep, "duplicate").inc(result.duplicates)
+        for o in result.outcomes:
+            self.outcomes.labels(dep, o.role, o.version, o.outcome).inc()
