@@ -17,7 +17,7 @@ from typing import Any
 import requests
 import yaml
 
-from mlflow_kpigate.backends.seldon.cluster import CONFIG_MAP, SELDON_DEPLOYMENT, SELDON_EXPERIMENT
+from mlflow_kpigate.backends.seldon.kinds import CONFIG_MAP, SELDON_DEPLOYMENT, SELDON_EXPERIMENT
 from mlflow_kpigate.backends.seldon.manifests import (
     ModelRef,
     seldon_deployment,

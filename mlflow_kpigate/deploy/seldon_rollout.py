@@ -22,19 +22,19 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from mlflow_kpigate.backends.seldon.cluster import (
+from mlflow_kpigate.backends.seldon.cluster import Cluster
+from mlflow_kpigate.backends.seldon.kinds import (
     CONFIG_MAP,
     SELDON_DEPLOYMENT,
     SELDON_EXPERIMENT,
     SELDON_MODEL,
-    Cluster,
     managed_labels,
     owner_reference,
 )
 from mlflow_kpigate.backends.seldon.manifests import ModelRef, whole_percent
-from mlflow_kpigate.backends.seldon.router import SeldonTraffic
 from mlflow_kpigate.backends.seldon.state_store import ClusterStore, state_configmap_name
 from mlflow_kpigate.backends.seldon.target import SeldonTarget
+from mlflow_kpigate.backends.seldon.traffic import SeldonTraffic
 from mlflow_kpigate.core.errors import UsageError
 from mlflow_kpigate.core.events import Created
 from mlflow_kpigate.core.refs import ModelRef as RegistryRef

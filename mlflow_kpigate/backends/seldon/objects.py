@@ -21,7 +21,7 @@ import random
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from mlflow_kpigate.backends.seldon.cluster_errors import (
     ClusterConflict,
@@ -35,9 +35,6 @@ from mlflow_kpigate.backends.seldon.cluster_errors import (
 )
 from mlflow_kpigate.backends.seldon.kinds import CONFIG_MAP, ResourceKind
 
-if TYPE_CHECKING:  # cluster.py imports this module to hand out KubeObjects
-    from mlflow_kpigate.backends.seldon.cluster import Cluster
-
 __all__ = ["JSON_PATCH", "MERGE_PATCH", "KubeObjects"]
 
 JSON_PATCH = "application/json-patch+json"
@@ -45,10 +42,30 @@ MERGE_PATCH = "application/merge-patch+json"
 _TIMEOUT = (10, 60)  # connect, read (seconds): a hung API server must not hang kpigate
 
 
+class Connection(Protocol):
+    """What the objects of one kind need from their :class:`~.cluster.Cluster` (a protocol,
+    because the cluster is the one that hands out :class:`KubeObjects`)."""
+
+    @property
+    def namespace(self) -> str:
+        """The namespace the objects live in."""
+        ...
+
+    @property
+    def url(self) -> str:
+        """The API server's URL (for messages)."""
+        ...
+
+    @property
+    def api_client(self) -> Any:
+        """The ``kubernetes`` client's ApiClient."""
+        ...
+
+
 class KubeObjects:
     """Operations on the objects of one kind in one namespace; objects are plain dicts."""
 
-    def __init__(self, cluster: Cluster, kind: ResourceKind) -> None:
+    def __init__(self, cluster: Connection, kind: ResourceKind) -> None:
         from kubernetes import client
 
         self.cluster = cluster
