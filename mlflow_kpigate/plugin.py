@@ -16,14 +16,14 @@ from __future__ import annotations
 import functools
 import sys
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import click
 from mlflow.deployments import BaseDeploymentClient
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INTERNAL_ERROR, INVALID_PARAMETER_VALUE
 
-from mlflow_kpigate.core.errors import KpigateError, UsageError
+from mlflow_kpigate.core.errors import USAGE_EXIT_CODE, KpigateError, UsageError
 from mlflow_kpigate.deploy.config import SELDON_KEYS, help_lines, parse_config
 from mlflow_kpigate.deploy.deployer import Deployer
 from mlflow_kpigate.deploy.targets import deployer_for
@@ -32,11 +32,15 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 class _CliError(click.ClickException):
-    """One ``Error: …`` line on stderr, with the exit code of the error."""
+    """One ``Error: …`` line on stderr and exit code 1 (kpigate's own failures)."""
 
-    def __init__(self, message: str, exit_code: int) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
+    exit_code = 1
+
+
+class _CliUsageError(_CliError):
+    """One ``Error: …`` line on stderr and exit code 2 (bad input)."""
+
+    exit_code = USAGE_EXIT_CODE
 
 
 def _in_mlflow_cli() -> bool:
@@ -58,11 +62,12 @@ def _translate(func: F) -> F:
         except KpigateError as exc:
             message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             if _in_mlflow_cli():
-                raise _CliError(message, exc.exit_code) from None
+                cls = _CliUsageError if exc.exit_code == USAGE_EXIT_CODE else _CliError
+                raise cls(message) from None
             code = INVALID_PARAMETER_VALUE if isinstance(exc, UsageError) else INTERNAL_ERROR
             raise MlflowException(str(exc), error_code=code) from None
 
-    return wrapper  # type: ignore[return-value]
+    return cast(F, wrapper)
 
 
 def _progress(message: str) -> None:

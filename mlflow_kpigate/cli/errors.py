@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any, NoReturn, TypeVar
+from typing import Any, NoReturn, TypeVar, cast
 
 import click
 
@@ -49,7 +49,7 @@ def handle_errors(func: F) -> F:
         except KpigateError as exc:
             fail(exc)
 
-    return wrapper  # type: ignore[return-value]
+    return cast(F, wrapper)
 
 
 class KpigateGroup(click.Group):

@@ -150,10 +150,10 @@ def _read_labels(path: Path) -> list[dict[str, Any]]:
             parsed = {k: float(v) for k, v in values.items()}
         except ValueError:
             raise UsageError(f"{path}:{i}: value columns must be numbers") from None
-        item: dict[str, Any] = {"request_id": row["request_id"], "label": row["label"]}
+        entry: dict[str, Any] = {"request_id": row["request_id"], "label": row["label"]}
         if parsed:
-            item["values"] = parsed
-        labels.append(_check_label(path, i, item))
+            entry["values"] = parsed
+        labels.append(_check_label(path, i, entry))
     return labels
 
 

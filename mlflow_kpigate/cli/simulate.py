@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from dataclasses import replace
 
 import click
@@ -107,7 +108,7 @@ def simulate_command(policy_file: str, scenario: str, scenario_file: str | None,
 def _simulate_one(policy: Policy, policy_file: str, stream: StreamSpec, seed: int, rule: str,
                   as_json: bool, quiet: bool) -> dict[str, object]:
     registry = registry_from_stream(policy, stream, seed)
-    width = click.get_terminal_size()[0] if hasattr(click, "get_terminal_size") else 160
+    width = shutil.get_terminal_size((160, 24)).columns
     width = max(width, 100)
     if not as_json:
         click.echo(f"scenario {stream.name}: {stream.description}")

@@ -98,13 +98,16 @@ class RegistryBaseline:
             except (TypeError, ValueError):
                 raise UsageError(f"{path}: {', '.join(_KPI_FIELDS)} must be numbers") from None
             for key in ("std", "unit_sd", "rate"):
-                if values[key] is not None and values[key] < 0:  # type: ignore[operator]
+                value = values[key]
+                if value is not None and value < 0:
                     raise UsageError(f"{path}.{key}: must be >= 0")
             segs = values["segments"]
             if segs is not None and (segs < 2 or segs != int(segs)):
                 raise UsageError(f"{path}.segments: must be a whole number >= 2")
+            mean = values["mean"]
+            assert mean is not None  # "mean" in item was checked above
             kpis[str(name)] = BaselineKpi(
-                mean=values["mean"],  # type: ignore[arg-type]
+                mean=mean,
                 std=values["std"],
                 n=int(values["n"] or 1),
                 unit_sd=values["unit_sd"],

@@ -33,6 +33,7 @@ def traffic_percent(weights: Weights) -> float:
     return weights.candidate_percent
 
 
+@dataclass(frozen=True)
 class AuditEvent:
     """Base of every event: a ``kind`` and a JSON body built from the dataclass fields."""
 
@@ -47,12 +48,12 @@ class AuditEvent:
 
     def body(self) -> dict[str, Any]:
         """The JSON body stored with the kind."""
-        return {f.name: getattr(self, f.name) for f in fields(self)}  # type: ignore[arg-type]
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
     @classmethod
     def from_body(cls, kind: str, body: Mapping[str, Any]) -> AuditEvent:
         """Rebuild from a stored body (fields missing in old records keep their defaults)."""
-        names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+        names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in body.items() if k in names})
 
 

@@ -31,7 +31,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from http.cookiejar import DefaultCookiePolicy
 from types import TracebackType
-from typing import Any
+from typing import Any, cast
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -209,7 +209,8 @@ class _Retry(Retry):
         if response is not None:
             wait = parse_retry_after(response.headers.get("Retry-After"))
             if wait is not None and wait > self.max_retry_after_s:
-                raise MaxRetryError(_pool, url,  # type: ignore[arg-type]
+                # urllib3's own increment raises with the same (possibly None) pool.
+                raise MaxRetryError(cast(ConnectionPool, _pool), url or "",
                                     ResponseError(f"Retry-After {wait:g}s is too long"))
         return super().increment(method, url, response, error, _pool, _stacktrace)
 

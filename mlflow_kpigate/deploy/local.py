@@ -247,8 +247,7 @@ class LocalDeployer:
         registry = mlflow_registry(state.tracking_uri)
         return Effects(store, policy, LocalRouterTraffic(), registry=registry,
                        on_terminal=lambda s: finish_rollout(directory, s, registry,
-                                                            store=store, policy=policy)
-                       and None)
+                                                            store=store, policy=policy))
 
     # -- serve -----------------------------------------------------------------------------
     def predict(self, name: str, inputs: Any, config: Mapping[str, Any] | None = None

@@ -43,8 +43,7 @@ def controller_for(directory: Path) -> Controller:
                       registry=registry, notifier=notifier_from_policy(policy),
                       registry_baseline=load_registry_baseline(directory),
                       on_terminal=lambda s: finish_rollout(directory, s, registry,
-                                                           store=store, policy=policy)
-                      and None)
+                                                           store=store, policy=policy))
 
 
 def main(argv: list[str] | None = None) -> int:

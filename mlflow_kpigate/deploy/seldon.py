@@ -192,8 +192,7 @@ class SeldonDeployer:
         store = rollout.store
         return Effects(store, policy, traffic, registry=registry,
                        on_terminal=lambda s: finish_rollout(directory, s, registry,
-                                                            store=store, policy=policy)
-                       and None)
+                                                            store=store, policy=policy))
 
     # -- inspect ---------------------------------------------------------------------------
     def describe(self, name: str, config: Mapping[str, Any] | None = None) -> dict[str, Any]:

@@ -77,7 +77,7 @@ def controller_for(namespace: str, name: str, cfg: DeploymentConfig,
         registry=registry, notifier=notifier_from_policy(policy),
         registry_baseline=load_registry_baseline(directory), observer=observer,
         on_terminal=lambda s: finish_rollout(directory, s, registry, store=store,
-                                             policy=policy) and None)
+                                             policy=policy))
 
 
 def run_controller(namespace: str, name: str, cfg: DeploymentConfig, *,

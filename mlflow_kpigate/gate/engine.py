@@ -28,6 +28,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from mlflow_kpigate.core.baseline import RegistryBaseline
 from mlflow_kpigate.core.decision import Action, Check, Decision, Evidence, Verdict
@@ -113,9 +114,9 @@ def _control_limit(policy: Policy, kpi: KpiSpec, registry: RegistryBaseline | No
     if k is None or registry is None or not kpi.decides:
         return None
     base = registry.get(kpi.registry_metric or kpi.name) or registry.get(kpi.name)
-    if base is None or not base.has_spread:
+    if base is None or base.std is None or not base.has_spread:
         return None
-    spread = k * float(base.std)  # type: ignore[arg-type]
+    spread = k * base.std
     worse = base.mean - spread if kpi.direction.value == "higher" else base.mean + spread
     return worse, spread
 
@@ -134,7 +135,7 @@ def _kpi_evidence(policy: Policy, stage: Stage, kpi: KpiSpec, samples: Strata,
     m_r = 0.0 if critical else 1.0
     m_p = stage.promote_margin_scale
     meas: Measurement = measure(kpi, samples, m_r, m_p)
-    base = dict(kpi=kpi.name, kind=kpi.kind.value, role=kpi.role.value,
+    base: dict[str, Any] = dict(kpi=kpi.name, kind=kpi.kind.value, role=kpi.role.value,
                 direction=kpi.direction.value, margin=str(kpi.margin) if kpi.margin else None,
                 limit=kpi.limit, alpha_rollback=alpha_r if kpi.decides else NAN,
                 alpha_promote=alpha_p)
@@ -274,8 +275,9 @@ def evaluate(policy: Policy, stage_index: int, stage_elapsed: float,
     checks = _stage_checks(policy, stage, current, stage_elapsed)
     next_index = stage_index + 1
     next_stage = policy.stages[next_index]
-    common = dict(stage_index=stage_index, stage_name=stage.name, evidence=tuple(evidence),
-                  checks=checks, alpha_rollback_per_test=alpha_r, rollback_tests=n_checks)
+    common: dict[str, Any] = dict(stage_index=stage_index, stage_name=stage.name,
+                                  evidence=tuple(evidence), checks=checks,
+                                  alpha_rollback_per_test=alpha_r, rollback_tests=n_checks)
 
     failing = [e for e in evidence if e.verdict.blocks_rollout and
                (e.verdict is not Verdict.WORSE or e.role in ("critical", "guardrail"))]

@@ -40,6 +40,7 @@ def own_value(kpi: KpiSpec, candidate: RoleAggregate, threshold: float, scale: f
     sign = orientation(kpi)
     kind = kpi.kind
     if kind is KpiKind.PROPORTION:
+        n: float
         if kpi.metric == "f1":
             r, var, n = f1(candidate)
         else:

@@ -84,6 +84,7 @@ def _unit(kpi: KpiSpec, base: BaselineKpi | None, registry: RegistryBaseline
     prev = registry.prevalence
     cov = registry.label_coverage
     margin = kpi.margin.value if kpi.margin else None
+    relative = kpi.margin is not None and kpi.margin.relative
     if kpi.kind is KpiKind.PROPORTION:
         p = base.mean
         if not 0 < p < 1:
@@ -107,13 +108,13 @@ def _unit(kpi: KpiSpec, base: BaselineKpi | None, registry: RegistryBaseline
             per = prev * cov * rec.mean / p
         else:
             return f"{kpi.name}: custom proportions need their own traffic figures; use simulate"
-        m = (margin * p if kpi.margin and kpi.margin.relative else margin) or 0.1 * p
+        m = (margin * p if margin is not None and relative else margin) or 0.1 * p
         return _Unit(p * (1 - p), per, m, _UNIT_NAMES.get(metric or "", "unit"), p)
     if kpi.kind is KpiKind.MEAN:
         if base.unit_sd is None:
             return f"{kpi.name}: needs 'unit_sd' (per-request σ on the tested scale)"
         m = math.log1p(margin) if kpi.log and margin else (
-            (margin * abs(base.mean) if kpi.margin and kpi.margin.relative else margin)
+            (margin * abs(base.mean) if margin is not None and relative else margin)
             or 0.1 * abs(base.mean))
         return _Unit(base.unit_sd ** 2, 1.0, m, "request")
     if kpi.kind is KpiKind.QUANTILE:
@@ -139,7 +140,7 @@ def _unit(kpi: KpiSpec, base: BaselineKpi | None, registry: RegistryBaseline
         q1, q2 = a / (2 - a), 2 * a * a / (1 + a)
         # Hanley–McNeil: n·Var ≈ [ (Q1−A²)/prev + (Q2−A²)/(1−prev) ] per labelled request.
         var = (q1 - a * a) / prev + (q2 - a * a) / (1 - prev)
-        m = (margin * a if kpi.margin and kpi.margin.relative else margin) or 0.01
+        m = (margin * a if margin is not None and relative else margin) or 0.01
         return _Unit(var, cov, m, "labelled request")
     if kpi.kind is KpiKind.FAIRNESS:
         if base.rate is None or base.segments is None:
@@ -156,7 +157,7 @@ def _unit(kpi: KpiSpec, base: BaselineKpi | None, registry: RegistryBaseline
     if kpi.kind is KpiKind.BUSINESS:
         if base.unit_sd is None:
             return f"{kpi.name}: needs 'unit_sd' (per-prediction σ)"
-        m = (margin * abs(base.mean) if kpi.margin and kpi.margin.relative else margin) \
+        m = (margin * abs(base.mean) if margin is not None and relative else margin) \
             or 0.1 * abs(base.mean)
         return _Unit(base.unit_sd ** 2, cov, m, "labelled request")
     return f"{kpi.name}: kind {kpi.kind.value} cannot be planned"

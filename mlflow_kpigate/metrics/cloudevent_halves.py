@@ -116,10 +116,10 @@ def read_request(event: CloudEvent, segment_fields: Sequence[str],
     for name in value_names:
         if name not in columns:
             continue
-        for row, cell in zip(values, frame[name].tolist(), strict=True):
+        for value_row, cell in zip(values, frame[name].tolist(), strict=True):
             number = _value(cell)
             if number is not None:
-                row[name] = number
+                value_row[name] = number
     return RequestHalf(n, tuple(segments), tuple(values))
 
 

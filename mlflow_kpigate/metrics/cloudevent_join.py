@@ -49,19 +49,23 @@ def join_predictions(
     """
     if role not in ROLES:
         raise ValueError(f"role must be one of {ROLES}, got {role!r}")
-    if request is None and response is None:
+    if request is not None:
+        n = request.n_rows
+    elif response is not None:
+        n = response.n_rows
+    else:
         return []
-    n = request.n_rows if request is not None else response.n_rows  # type: ignore[union-attr]
     if response is not None and response.error is not None:
         n = request.n_rows if request is not None else 1
     segments: Iterable[Mapping[str, str]] = (
         request.segments if request is not None else [{}] * n)
     failed = response is None or response.error is not None
-    usable = response is not None and not failed and response.n_rows == n
+    answered = response if response is not None and not failed and response.n_rows == n \
+        else None
     out = []
     for i, (rid, segs) in enumerate(zip(row_ids(request_id, n), segments, strict=True)):
-        score = response.scores[i] if usable else None  # type: ignore[union-attr]
-        predicted = response.predicted[i] if usable else None  # type: ignore[union-attr]
+        score = answered.scores[i] if answered is not None else None
+        predicted = answered.predicted[i] if answered is not None else None
         out.append(Prediction(
             request_id=rid, ts=ts, role=role, version=version, stage_index=stage_index,
             shadow=shadow, latency_s=None, error=failed, score=score, predicted=predicted,

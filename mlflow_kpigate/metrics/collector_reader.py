@@ -53,7 +53,8 @@ class LogReader:
             raise ValueError(f"now must be a finite number, got {now!r}")
         if not (_is_number(maturity_s) and maturity_s >= 0):
             raise ValueError(f"maturity_s must be a number >= 0, got {maturity_s!r}")
-        since_sql, since_args = ("", ())
+        since_sql = ""
+        since_args: tuple[float, ...] = ()
         if since is not None:
             since_sql, since_args = " AND ts >= ?", (float(since),)
         labelled = f"label IS NOT NULL AND predicted IS NOT NULL AND ts <= ?{since_sql}"
@@ -118,7 +119,7 @@ def _read_requests(conn: sqlite3.Connection, layout: Layout, since_sql: str,
         groups.setdefault((row[0], row[1]), []).append(row[2:])
     for (stage, role), buckets in groups.items():
         target = agg(stage, role)
-        counts = {"index": [], "count": []}
+        counts: dict[str, list[int]] = {"index": [], "count": []}
         n, mean, m2, total, errors = 0, 0.0, 0.0, 0.0, 0
         low, high = math.inf, -math.inf
         for bucket, count, err, seconds, s1, s2, lo, hi in buckets:

@@ -48,7 +48,7 @@ def _rows(
     score_bin: list[int | None] = [None] * len(batch)
     scored = [i for i, p in enumerate(batch) if p.score is not None]
     if scored:
-        bins = layout.scores.bin_index([batch[i].score for i in scored])
+        bins = layout.scores.bin_index([float(batch[i].score or 0.0) for i in scored])
         for i, b in zip(scored, bins.tolist(), strict=True):
             score_bin[i] = b
     rows = []

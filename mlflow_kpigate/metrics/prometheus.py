@@ -28,15 +28,14 @@ layout) but not with the embedded collector's.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 from prometheus_api_client import PrometheusConnect
 from urllib3.util.retry import Retry
 
 from mlflow_kpigate.core.errors import UsageError
+from mlflow_kpigate.core.history import StageWindow
 from mlflow_kpigate.core.samples import StageSample
 from mlflow_kpigate.kpis import AggregateSpec, LatencyHistogram
 from mlflow_kpigate.metrics import exposition as ex
@@ -65,26 +64,6 @@ __all__ = [
     "check_policy",
     "requests_source",
 ]
-
-
-@dataclass(frozen=True)
-class StageWindow:
-    """When a stage's traffic was served: from ``start`` (the moment it was ready, Unix
-    seconds) to ``end`` (``None`` while the stage is still running)."""
-
-    stage_index: int
-    start: float
-    end: float | None = None
-
-    def __post_init__(self) -> None:
-        if isinstance(self.stage_index, bool) or not isinstance(self.stage_index, int) \
-                or self.stage_index < 0:
-            raise ValueError(f"stage_index must be an integer >= 0, got {self.stage_index!r}")
-        if not (isinstance(self.start, (int, float)) and math.isfinite(self.start)):
-            raise ValueError(f"start must be a finite time in seconds, got {self.start!r}")
-        if self.end is not None and not (isinstance(self.end, (int, float))
-                                         and math.isfinite(self.end) and self.end >= self.start):
-            raise ValueError(f"end must be a finite time >= start ({self.start}), got {self.end!r}")
 
 
 class PrometheusSource:

@@ -74,7 +74,7 @@ class QueryKpis:
                     # proportion's own estimator uses only the totals.
                     comoment[num, num] = max(total - total * total / n, 0.0)
                     continue
-                name = index[kpi.source if kpi.kind is KpiKind.MEAN else kpi.numerator or ""]
+                name = index[(kpi.source if kpi.kind is KpiKind.MEAN else kpi.numerator) or ""]
                 rendered = promql.render(q.sum_squares or "", values)
                 squares = self._scalar(session, rendered, end)
                 spread = squares - total * total / n

@@ -23,6 +23,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import Metric
+from prometheus_client.registry import Collector as PrometheusCollector
 
 from mlflow_kpigate.core.payloads import PayloadError
 from mlflow_kpigate.core.records import PREDICTIONS_DB, Label, Prediction, parse_feedback
@@ -72,7 +73,7 @@ _PURGE_EVERY_S = 3600.0
 _META_SCHEMA = "CREATE TABLE IF NOT EXISTS ce_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
 
 
-class CollectorService:
+class CollectorService(PrometheusCollector):
     """The collector behind the HTTP app: ingestion, labels, stage notices, metrics.
 
     Thread-safe; the app calls it from its threadpool. Owns a :class:`Collector` on
@@ -107,7 +108,7 @@ class CollectorService:
         self._snapshot_lock = threading.Lock()
         self._last_purge = -math.inf
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(self)  # type: ignore[arg-type]
+        self.registry.register(self)
         self._closed = False
 
     @staticmethod

@@ -55,11 +55,10 @@ def _validate_prometheus(p: Problems, raw: Any) -> PrometheusSettings:
     requests_from = None
     if cfg.get("requests_from") is not None:
         requests_from = as_enum(p, f"{path}.requests_from", cfg["requests_from"], RequestsFrom)
-    if None in (timeout, retries, max_wait) or (
+    if timeout is None or retries is None or max_wait is None or (
             cfg.get("requests_from") is not None and requests_from is None):
         return default
-    return PrometheusSettings(url, timeout, int(retries), max_wait,  # type: ignore[arg-type]
-                              requests_from)
+    return PrometheusSettings(url, timeout, int(retries), max_wait, requests_from)
 
 
 def _query_template(p: Problems, path: str, value: Any) -> str | None:

@@ -82,7 +82,7 @@ def as_duration(p: Problems, path: str, value: Any) -> float | None:
 
 def as_enum(p: Problems, path: str, value: Any, enum: type[Enum]) -> Any:
     """The member of ``enum`` whose value is ``value``, or ``None`` after reporting it."""
-    allowed = [e.value for e in enum]  # type: ignore[attr-defined]
+    allowed = [member.value for member in enum]
     if value in allowed:
         return enum(value)
     hint = difflib.get_close_matches(str(value), allowed, n=1)

@@ -29,8 +29,9 @@ def validate_evaluation(p: Problems, raw: Any) -> Evaluation:
     a_p = as_number(p, "evaluation.alpha_promote", ev.get("alpha_promote", 0.05),
                     lo=0, hi=0.5, lo_open=True)
     power = as_number(p, "evaluation.power", ev.get("power", 0.8), lo=0.5, hi=1, hi_open=True)
-    if None not in (interval, maturity, a_r, a_p, power):
-        evaluation = Evaluation(interval, maturity, a_r, a_p, power)  # type: ignore[arg-type]
+    if interval is not None and maturity is not None and a_r is not None \
+            and a_p is not None and power is not None:
+        evaluation = Evaluation(interval, maturity, a_r, a_p, power)
     return evaluation
 
 

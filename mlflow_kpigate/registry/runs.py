@@ -17,6 +17,7 @@ from mlflow.entities import Metric, Param, RunStatus
 from mlflow.exceptions import MlflowException
 
 from mlflow_kpigate.core.decision import Action, Decision
+from mlflow_kpigate.core.errors import KpigateError
 from mlflow_kpigate.core.refs import ModelRef
 from mlflow_kpigate.registry.errors import MlflowAccess
 from mlflow_kpigate.registry.limits import (
@@ -52,6 +53,9 @@ class RolloutRuns(MlflowAccess):
         # Another process created it between the two calls.
         exp = self._call("read experiment " + ROLLOUT_EXPERIMENT,
                          self.client.get_experiment_by_name, ROLLOUT_EXPERIMENT)
+        if exp is None:
+            raise KpigateError(f"experiment {ROLLOUT_EXPERIMENT!r} at {self.tracking_uri} was "
+                               "created and is gone again; retry")
         return str(exp.experiment_id)
 
     def start_rollout_run(self, *, deployment: str, candidate: ModelRef, baseline: ModelRef,

@@ -75,7 +75,7 @@ class Controller:
                  notifier: Notifier | None = None,
                  registry_baseline: RegistryBaseline | None = None,
                  clock: Callable[[], float] = time.time,
-                 on_terminal: Callable[[RolloutState], None] | None = None,
+                 on_terminal: Callable[[RolloutState], object] | None = None,
                  observer: Callable[[RolloutState, Decision | None], None] | None = None,
                  judge: Judge = evaluate) -> None:
         """``on_terminal`` runs once the rollout has ended (the report); ``observer`` sees

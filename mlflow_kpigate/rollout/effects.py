@@ -35,7 +35,7 @@ class Effects:
     traffic: TrafficBackend
     registry: Registry | None = None
     notifier: Notifier | None = None
-    on_terminal: Callable[[RolloutState], None] | None = None
+    on_terminal: Callable[[RolloutState], object] | None = None  # its result is ignored
 
     def apply(self, state: RolloutState, decision: Decision | None, kind: str,
               evaluation: Evaluation | None = None) -> RolloutState:

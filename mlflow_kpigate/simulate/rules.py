@@ -119,7 +119,7 @@ class PaperRule:
                 if not kpi.decides:
                     continue
                 base = registry.get(kpi.name)
-                if base is None or not base.has_spread:
+                if base is None or base.std is None or not base.has_spread:
                     continue
                 value = kpi_value(kpi, window.candidate)
                 if math.isfinite(value) and abs(value - base.mean) > self.k * float(base.std):

@@ -17,11 +17,12 @@ verb, the object and what to do (:func:`~.cluster_errors.api_error`).
 
 from __future__ import annotations
 
+import builtins
 import random
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from mlflow_kpigate.backends.seldon.cluster_errors import (
     ClusterConflict,
@@ -132,10 +133,10 @@ class KubeObjects:
             label_selector = ",".join(f"{k}={v}" for k, v in label_selector.items())
         with self._api("list", None):
             if self.kind.group:
-                out = self._custom.list_namespaced_custom_object(
+                out: Any = self._custom.list_namespaced_custom_object(
                     self.kind.group, self.kind.version, self.namespace, self.kind.plural,
                     label_selector=label_selector or None, _request_timeout=_TIMEOUT)
-                return list(out.get("items", []))
+                return builtins.list(out.get("items", []))
             self._core_kind()
             lst = self._core.list_namespaced_config_map(
                 self.namespace, label_selector=label_selector or None,
@@ -153,8 +154,9 @@ class KubeObjects:
                     self.kind.group, self.kind.version, self.namespace, self.kind.plural,
                     body, _request_timeout=_TIMEOUT))
             self._core_kind()
+            # The client serialises plain dicts as well as its V1ConfigMap models.
             return self._to_dict(self._core.create_namespaced_config_map(
-                self.namespace, body, _request_timeout=_TIMEOUT))
+                self.namespace, cast(Any, body), _request_timeout=_TIMEOUT))
 
     def replace(self, manifest: Mapping[str, Any]) -> dict[str, Any]:
         """Replace the object with ``manifest``, which must carry the
@@ -173,9 +175,9 @@ class KubeObjects:
                     name, body, _request_timeout=_TIMEOUT))
             self._core_kind()
             return self._to_dict(self._core.replace_namespaced_config_map(
-                name, self.namespace, body, _request_timeout=_TIMEOUT))
+                name, self.namespace, cast(Any, body), _request_timeout=_TIMEOUT))
 
-    def json_patch(self, name: str, ops: list[dict[str, Any]]) -> dict[str, Any]:
+    def json_patch(self, name: str, ops: builtins.list[dict[str, Any]]) -> dict[str, Any]:
         """Send one RFC 6902 patch as ``application/json-patch+json`` (no retry)."""
         with self._api("patch", name):
             if self.kind.group:
@@ -201,7 +203,7 @@ class KubeObjects:
                 _request_timeout=_TIMEOUT))
 
     def patch_guarded(self, name: str,
-                      build_ops: Callable[[dict[str, Any]], list[dict[str, Any]]],
+                      build_ops: Callable[[dict[str, Any]], builtins.list[dict[str, Any]]],
                       attempts: int = 5, backoff: float = 0.05) -> dict[str, Any]:
         """Read ``name``, patch it with ``build_ops(current)``, retry on lost races.
 
@@ -223,7 +225,7 @@ class KubeObjects:
             current = self.get(name)
             if current is None:
                 raise ClusterNotFound(f"cannot patch {self._what(name)}: it does not exist")
-            ops = list(build_ops(current))
+            ops = builtins.list(build_ops(current))
             if not ops:
                 return current
             rv = (current.get("metadata") or {}).get("resourceVersion")

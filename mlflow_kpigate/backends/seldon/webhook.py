@@ -24,7 +24,7 @@ or a mirror that is also a candidate would route surprisingly, so they are rejec
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeGuard
 
 from mlflow_kpigate.backends.seldon.target import dns_label_problem
 from mlflow_kpigate.core.errors import KpigateError
@@ -41,7 +41,7 @@ class ManifestError(KpigateError):
     """A Seldon manifest (or a patch's result) that Seldon Core would reject."""
 
 
-def _is_int(value: Any) -> bool:
+def _is_int(value: Any) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
@@ -89,10 +89,10 @@ def webhook_problems(sdep: Mapping[str, Any]) -> list[str]:
         problem = dns_label_problem(name if isinstance(name, str) else "")
         if problem:
             problems.append(f"{path}.name: {problem}")
-        elif name in seen:
+        elif isinstance(name, str) and name in seen:
             problems.append(f"{path}.name: {name!r} is already the name of "
                             f"spec.predictors[{seen[name]}]; predictor names must be unique")
-        else:
+        elif isinstance(name, str):
             seen[name] = i
         traffic = predictor.get("traffic", 0)
         if not _is_int(traffic) or not 0 <= traffic <= 100:
@@ -150,7 +150,8 @@ def experiment_problems(experiment: Mapping[str, Any]) -> list[str]:
         if not _is_int(weight) or weight < 0:
             problems.append(f"{path}.weight: {weight!r} is not a whole number >= 0")
     weights = [c.get("weight") for c in candidates if isinstance(c, Mapping)]
-    if all(_is_int(w) for w in weights) and sum(weights) <= 0:
+    whole = [w for w in weights if _is_int(w)]
+    if len(whole) == len(weights) and sum(whole) <= 0:
         problems.append("spec.candidates[*].weight: all weights are 0; give a candidate weight")
     default = spec.get("default")
     if default is not None and default not in names:
