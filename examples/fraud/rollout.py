@@ -34,7 +34,10 @@ from traffic import run_traffic  # noqa: E402
 from train import train_and_register  # noqa: E402
 
 from mlflow_kpigate.backends.local.state_store import RolloutStore  # noqa: E402
+from mlflow_kpigate.core.history import History  # noqa: E402
 from mlflow_kpigate.deploy.local_processes import stop_processes  # noqa: E402
+from mlflow_kpigate.policy import load_policy  # noqa: E402
+from mlflow_kpigate.rollout.replay import Outcome, replay  # noqa: E402
 
 MODEL = "fraud-detector"
 NAME = "fraud"
@@ -135,6 +138,12 @@ def main(argv: list[str] | None = None) -> int:
     _say(f"      aliases: {client.get_registered_model(MODEL).aliases}")
     _say(f"      rollout run: {state.rollout_run_id} (experiment kpigate-rollouts)")
     _say(f"      report: {store.dir / 'report' / 'report.md'} and report.html")
+    evaluations = [e.evaluation for e in History.of(store.events()).evaluations()]
+    if evaluations:
+        again = replay(evaluations, load_policy(store.dir / "policy.yaml"))
+        _say(f"      replay: {again.count(Outcome.IDENTICAL)} of {len(evaluations)} recorded "
+             f"decisions reproduced exactly from their kept inputs (kpigate replay {NAME} "
+             f"--state-dir {work / 'state'} [--policy OTHER.yaml])")
     stats = stats_box.get("stats")
     if stats is not None:
         _say(f"      traffic: {stats.summary()}")  # type: ignore[attr-defined]
