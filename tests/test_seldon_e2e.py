@@ -10,6 +10,7 @@ the operator (status Creating → Available after each spec change) and the exec
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -200,6 +201,19 @@ def test_staged_rollout_survives_a_controller_kill_and_promotes(
     assert all(r.content_type == "application/json-patch+json" for r in patches)
     assert all(any(op["op"] == "test" and op["path"] == "/metadata/resourceVersion"
                    for op in r.body) for r in patches)
+    # The evaluations kept in the ConfigMaps (samples rebuilt from Prometheus included)
+    # replay to the very same decisions, across the controller that was killed.
+    replayed = subprocess.run(
+        [sys.executable, "-m", "mlflow_kpigate.cli", "replay", name, "-t",
+         f"kpigate:/seldon/{NS}", "--state-dir", str(tmp_path / "state"), "--json"],
+        env={**os.environ, "KUBECONFIG": str(fake_kube.kubeconfig)}, capture_output=True,
+        text=True, timeout=120)
+    assert replayed.returncode == 0, replayed.stderr
+    result = json.loads(replayed.stdout)
+    assert result["reproduced"] is True
+    outcomes = [e["outcome"] for e in result["evaluations"]]
+    assert outcomes.count("identical") >= 2
+    assert set(outcomes) <= {"identical", "no_data"}
 
 
 def test_failing_candidate_is_rolled_back_and_its_predictor_removed(
