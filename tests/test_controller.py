@@ -22,7 +22,12 @@ from mlflow_kpigate.gate import Action
 from mlflow_kpigate.kpis import AggregateSpec
 from mlflow_kpigate.metrics.collector import Collector
 from mlflow_kpigate.rollout import transitions
-from mlflow_kpigate.rollout.memory import InMemoryRegistry, InMemoryTraffic, RecordingNotifier
+from mlflow_kpigate.rollout.memory import (
+    InMemoryRegistry,
+    InMemorySampleSource,
+    InMemoryTraffic,
+    RecordingNotifier,
+)
 
 
 def test_equal_candidate_is_promoted_stage_by_stage(tmp_path):
@@ -240,19 +245,6 @@ def test_a_terminal_state_revealed_while_resuming_is_not_overwritten(tmp_path):
         transitions.after_decision(store.require(), policy, None, clock())  # type: ignore[arg-type]
 
 
-class UnavailableSource:
-    def __init__(self, inner):
-        self.inner = inner
-        self.down = True
-
-    def stage_samples(self, now, maturity_s):
-        from mlflow_kpigate.core.errors import MetricsUnavailable
-
-        if self.down:
-            raise MetricsUnavailable("query 'kpigate_stage_requests_total': connection refused")
-        return self.inner.stage_samples(now, maturity_s)
-
-
 READY_POLICY = POLICY + "readiness: {timeout: 30s, on_timeout: %s}\n"
 
 
@@ -322,8 +314,9 @@ def test_failed_traffic_change_stays_pending_and_nothing_else_moves(tmp_path):
 
 def test_missing_metrics_hold_and_say_why(tmp_path):
     directory, store, policy, clock = make_deployment(tmp_path)
-    inner = Collector(directory / "predictions.db", AggregateSpec.from_policy(policy))
-    source = UnavailableSource(inner)
+    collected = Collector(directory / "predictions.db", AggregateSpec.from_policy(policy))
+    source = InMemorySampleSource()
+    source.unavailable = "query 'kpigate_stage_requests_total': connection refused"
     ctl = controller(directory, clock, source=source)
     feed(directory, policy, 0, n=6000)
     for _ in range(3):
@@ -333,7 +326,8 @@ def test_missing_metrics_hold_and_say_why(tmp_path):
         assert "metrics unavailable" in decision.reason
         assert "connection refused" in decision.reason
     assert store.require().stage_index == 0
-    source.down = False
+    source.unavailable = None  # back: the same data as the collector holds
+    source.samples = collected.stage_samples(clock.now, policy.evaluation.maturity)
     clock.now += 5
     assert ctl.step().action is Action.PROMOTE
 

@@ -12,6 +12,7 @@ from mlflow_kpigate.notify.http import NotifyError
 from mlflow_kpigate.notify.pagerduty import PagerDutyNotifier
 from mlflow_kpigate.notify.slack import SlackNotifier
 from mlflow_kpigate.policy import policy_from_dict
+from mlflow_kpigate.rollout.memory import RecordingNotifier
 
 
 class Endpoint:
@@ -93,11 +94,9 @@ def test_rejected_alert_raises_without_leaking_the_url(endpoint):
 def test_min_severity_and_channel_failures(endpoint):
     good = SlackNotifier(endpoint.url + "/ok")
 
-    class Broken:
-        def alert(self, **_):
-            raise NotifyError("down")
-
-    multi = MultiNotifier([Broken(), good], min_severity="warning")
+    broken = RecordingNotifier()
+    broken.fail = NotifyError("down")
+    multi = MultiNotifier([broken, good], min_severity="warning")
     multi.alert(severity="info", summary="ignored", dedup_key="k", details={})
     assert endpoint.posts == []
     with pytest.raises(NotifyError):
