@@ -859,6 +859,6 @@ def test_dockerfile_build_context_builds_the_package(tmp_path):
                    "build_py", "--build-lib", str(build)], cwd=context)
     assert result.returncode == 0, result.stdout + result.stderr
     assert (build / "mlflow_kpigate" / "policies" / "default.yaml").is_file()
-    assert (build / "mlflow_kpigate" / "cli.py").is_file()
+    assert (build / "mlflow_kpigate" / "cli" / "main.py").is_file()
     entry_points = (egg / "mlflow_kpigate.egg-info" / "entry_points.txt").read_text()
     assert "kpigate = mlflow_kpigate.cli:main" in entry_points
