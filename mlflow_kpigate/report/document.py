@@ -1,0 +1,164 @@
+"""The report's sections, as a block list (:mod:`.blocks`) rendered to markdown and HTML.
+
+The outcome and its reason first; then, per stage, the KPI table of the stage's last
+evaluation and the stage's checks; the traffic timeline; a per-KPI summary; every
+decision; the charts (written beforehand by :mod:`.build`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from mlflow_kpigate.core.baseline import BaselineKpi, RegistryBaseline
+from mlflow_kpigate.core.decision import Decision
+from mlflow_kpigate.core.state import Phase, RolloutState
+from mlflow_kpigate.policy import KpiSpec, Policy
+from mlflow_kpigate.report.blocks import Block, Heading, Image, Para, Table
+from mlflow_kpigate.report.formats import (
+    DASH,
+    finite,
+    fmt_delta,
+    fmt_span,
+    fmt_time,
+    fmt_value,
+)
+from mlflow_kpigate.report.kpi_table import evidence_of, kpi_row, policy_kpi, verdict_words
+
+_OUTCOMES = {
+    Phase.PROMOTED: "PROMOTED",
+    Phase.ROLLED_BACK: "ROLLED BACK",
+    Phase.ABORTED: "ABORTED",
+    Phase.HOLDING: "HOLDING",
+    Phase.CANARY: "IN PROGRESS",
+    Phase.SHADOW: "IN PROGRESS",
+    Phase.PENDING: "PENDING",
+}
+
+
+def registry_kpi(registry: RegistryBaseline | None, kpi: KpiSpec) -> BaselineKpi | None:
+    """The registry baseline's entry for ``kpi`` (by name, else by its registry metric)."""
+    if registry is None:
+        return None
+    return registry.get(kpi.name) or (registry.get(kpi.registry_metric)
+                                      if kpi.registry_metric else None)
+
+
+def _fmt_registry(base: BaselineKpi | None, kpi: KpiSpec | None) -> str:
+    if base is None or not finite(base.mean):
+        return DASH
+    spread = f" ± {fmt_value(base.std, kpi)}" if finite(base.std) else ""
+    return f"{fmt_value(base.mean, kpi)}{spread} (n={base.n})"
+
+
+def _stage_groups(decisions: Sequence[Decision]) -> list[list[int]]:
+    groups: list[list[int]] = []
+    for i, d in enumerate(decisions):
+        if groups and decisions[groups[-1][0]].stage_index == d.stage_index:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    return groups
+
+
+def document(state: RolloutState, decisions: Sequence[Decision], timestamps: Sequence[float],
+             weights_history: Sequence[tuple[float, float]], policy: Policy,
+             registry: RegistryBaseline | None, k: float, kpi_charts: Mapping[str, Path],
+             control_charts: Mapping[str, Path], traffic: Path) -> list[Block]:
+    """The report's blocks; ``k`` is the σ multiple the control charts drew."""
+    last = decisions[-1] if decisions else None
+    reason = state.reason or (last.reason if last else "no evaluation yet")
+    outcome = _OUTCOMES.get(state.phase, state.phase.value.upper())
+    blocks: list[Block] = [
+        Heading(f"kpigate rollout report: {state.name}", 1),
+        Para(reason, label=f"Outcome: {outcome}."),
+    ]
+    if last is not None:
+        blocks.append(Para(
+            f"{last.action.value} at stage {last.stage_name} (evaluation {len(decisions)}, "
+            f"{fmt_time(timestamps[-1])}): {last.reason}", label="Last decision:"))
+    run = state.rollout_run_id or DASH
+    blocks.append(Table(["", ""], [
+        ["model", state.model_name],
+        ["candidate", f"{state.candidate_uri} (version {state.candidate_version})"],
+        ["baseline", f"{state.baseline_uri} (version {state.baseline_version})"],
+        ["phase", state.phase.value],
+        ["traffic now", state.weights.describe()],
+        ["policy", f"{policy.name or DASH} ({state.policy_file})"],
+        ["evaluations", str(len(decisions))],
+        ["started", fmt_time(state.created_at)],
+        ["last evaluation", fmt_time(timestamps[-1]) if timestamps else DASH],
+        ["rollout run", run],
+        ["tracking URI", state.tracking_uri],
+        ["registry baseline", (registry.source or "given") if registry else "none"],
+    ]))
+
+    blocks.append(Heading("Stages", 2))
+    if not decisions:
+        blocks.append(Para("No evaluation has been made yet."))
+    for group in _stage_groups(decisions):
+        d = decisions[group[-1]]
+        first, end = group[0] + 1, group[-1] + 1
+        span = f"evaluation {first}" if first == end else f"evaluations {first}–{end}"
+        dwell = timestamps[group[-1]] - timestamps[group[0]]
+        blocks.append(Heading(f"Stage {d.stage_index}: {d.stage_name} ({span}, "
+                              f"{fmt_span(dwell)} between first and last)",
+                              3))
+        blocks.append(Para(f"{d.action.value}: {d.reason}", label="Last decision:"))
+        blocks.append(Table(
+            ["KPI", "role", "baseline", "candidate", "delta", "interval [lower, upper]",
+             "margin", "samples seen / needed", "verdict"],
+            [kpi_row(ev, policy_kpi(policy, ev.kpi)) for ev in d.evidence]))
+        if d.checks:
+            blocks.append(Table(["stage requirement", "seen", "needed", "met"], [
+                [c.name, f"{c.seen:,.0f}" if finite(c.seen) else DASH,
+                 f"{c.needed:,.0f}" if finite(c.needed) else DASH, "yes" if c.met else "no"]
+                for c in d.checks]))
+
+    blocks.append(Heading("Traffic timeline", 2))
+    t0 = min([*timestamps, *(t for t, _ in weights_history)], default=state.created_at)
+    if weights_history:
+        blocks.append(Table(["time", "since start", "candidate traffic"], [
+            [fmt_time(t), fmt_span(t - t0), f"{p:g}%"]
+            for t, p in sorted(weights_history)]))
+    else:
+        blocks.append(Para("No traffic change was recorded."))
+
+    blocks.append(Heading("KPI summary", 2))
+    rows: list[list[str]] = []
+    for kpi in policy.kpis:
+        evs = [e for e in (evidence_of(d, kpi.name) for d in decisions) if e is not None]
+        final = evs[-1] if evs else None
+        uppers = [e.upper for e in evs if finite(e.upper)]
+        rows.append([
+            kpi.name, kpi.kind.value, kpi.role.value, f"{kpi.direction.value} is better",
+            str(kpi.margin) if kpi.margin else DASH, fmt_value(kpi.limit, kpi),
+            _fmt_registry(registry_kpi(registry, kpi), kpi),
+            fmt_value(final.baseline_value, kpi) if final else DASH,
+            fmt_value(final.candidate_value, kpi) if final else DASH,
+            fmt_delta(final.delta) if final else DASH,
+            fmt_delta(min(uppers)) if uppers else DASH,
+            verdict_words(final) if final else DASH,
+        ])
+    blocks.append(Table(["KPI", "kind", "role", "direction", "margin", "limit",
+                         "registry μ ± σ (n)", "last baseline", "last candidate",
+                         "last delta", "lowest upper bound", "final verdict"], rows))
+
+    blocks.append(Heading("Decisions", 2))
+    blocks.append(Table(["#", "time", "stage", "action", "reason"], [
+        [str(i + 1), fmt_time(timestamps[i]), d.stage_name, d.action.value, d.reason]
+        for i, d in enumerate(decisions)]))
+
+    blocks.append(Heading("Charts", 2))
+    blocks.append(Para("Each KPI per evaluation: baseline and candidate (top); Δ with its "
+                       "anytime-valid bounds against the baseline at Δ = 0, the rollback and "
+                       "promotion thresholds, and the stage boundaries (bottom)."))
+    for name, path in kpi_charts.items():
+        blocks.append(Image(path, f"{name} per evaluation"))
+    if control_charts:
+        blocks.append(Para(f"The candidate against the registry baseline's μ ± {k:g}σ "
+                           "(control chart)."))
+        for name, path in control_charts.items():
+            blocks.append(Image(path, f"{name} control chart"))
+    blocks.append(Image(traffic, "candidate traffic over time"))
+    return blocks
