@@ -1,28 +1,36 @@
-"""Text tables shared by the commands that show gate decisions."""
+"""The console's KPI evidence table, shared by ``kpigate status`` and ``kpigate simulate``.
+
+The rows come from :func:`mlflow_kpigate.report.kpi_table.kpi_rows`, like the report's
+and the pull-request comment's; the console chooses its columns (with the bounds'
+thresholds, without the margin) and terser numbers: blanks for missing values, four
+decimals for signed ones, infinities shown.
+"""
 
 from __future__ import annotations
 
-import math
+from mlflow_kpigate.core.decision import Decision
+from mlflow_kpigate.report.formats import NumberStyle
+from mlflow_kpigate.report.kpi_table import Column, kpi_rows, table_cells
 
-from mlflow_kpigate.gate import Decision
+CONSOLE = NumberStyle(missing="", keep_infinite=True, signed="+.4f", pair_on_first=True,
+                      samples_sep="/", omit_unknown_target=True)
+_COLUMNS: tuple[Column, ...] = (
+    ("KPI", lambda r: r.kpi),
+    ("role", lambda r: r.role),
+    ("baseline", lambda r: r.baseline),
+    ("candidate", lambda r: r.candidate),
+    ("delta", lambda r: r.delta),
+    ("bounds [promote, rollback]", lambda r: r.interval),
+    ("threshold", lambda r: r.thresholds),
+    ("samples", lambda r: r.samples),
+    ("verdict", lambda r: r.verdict.value),
+)
 
 
 def evidence_table(decision: Decision) -> list[str]:
-    """One row per KPI: values, delta, anytime-valid bounds, thresholds, samples, verdict."""
-    rows = [("KPI", "role", "baseline", "candidate", "delta", "bounds [promote, rollback]",
-             "threshold", "samples", "verdict")]
-    for e in decision.evidence:
-        bounds = "" if math.isnan(e.lower) else f"[{e.lower:+.4f}, {e.upper:+.4f}]"
-        thr = "" if math.isnan(e.promote_threshold) else (
-            f"{e.promote_threshold:+.4f} / {e.rollback_threshold:+.4f}")
-        need = f"/{e.samples_needed:,}" if e.samples_needed else ""
-        rows.append((e.kpi, e.role, _num(e.baseline_value), _num(e.candidate_value),
-                     "" if math.isnan(e.delta) else f"{e.delta:+.4f}", bounds, thr,
-                     f"{e.samples:,}{need}", e.verdict.value))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    """One aligned line per KPI, after a header line (values without units)."""
+    headers, cells = table_cells(kpi_rows(decision, style=CONSOLE), _COLUMNS)
+    rows = [headers, *cells]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(headers))]
     return ["  " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
             for r in rows]
-
-
-def _num(x: float) -> str:
-    return "" if math.isnan(x) else f"{x:.4g}"

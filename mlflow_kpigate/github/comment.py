@@ -35,11 +35,13 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from mlflow_kpigate.core.decision import Decision, Evidence, Verdict
+from mlflow_kpigate.core.decision import Decision
 from mlflow_kpigate.core.state import Phase, RolloutState
 from mlflow_kpigate.github.api import GitHubClient
-from mlflow_kpigate.policy import KpiSpec, Policy
-from mlflow_kpigate.report import fmt_delta, fmt_interval, fmt_value, md_escape
+from mlflow_kpigate.policy import Policy
+from mlflow_kpigate.report.blocks import md_escape
+from mlflow_kpigate.report.formats import DASH, fmt_count
+from mlflow_kpigate.report.kpi_table import Column, kpi_rows, table_cells, verdict_badge
 
 #: GitHub's limit for an issue or pull-request comment body.
 MAX_COMMENT_CHARS = 65_536
@@ -47,7 +49,6 @@ MAX_COMMENT_CHARS = 65_536
 MAX_CHART_POINTS = 60
 #: Longest reason shown in the first line.
 MAX_HEADLINE_REASON = 1_000
-DASH = "—"
 _ZWSP = "\u200b"
 
 _OUTCOME = {
@@ -60,6 +61,18 @@ _OUTCOME = {
     Phase.PENDING: ("⏳", "pending"),
 }
 _MARKER_SAFE = re.compile(r"[^A-Za-z0-9_.\-]")
+#: The KPI tables' columns (cells are escaped when the table is made).
+_KPI_COLUMNS: tuple[Column, ...] = (
+    ("KPI", lambda r: r.kpi),
+    ("role", lambda r: r.role),
+    ("baseline", lambda r: r.baseline),
+    ("candidate", lambda r: r.candidate),
+    ("Δ", lambda r: r.delta),
+    ("interval", lambda r: r.interval),
+    ("margin", lambda r: r.margin),
+    ("samples seen / needed", lambda r: r.samples),
+    ("verdict", lambda r: verdict_badge(r.verdict)),
+)
 
 
 # --------------------------------------------------------------------------------------
@@ -152,32 +165,11 @@ def _span(seconds: float) -> str:
     return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
-def _count(value: float | None) -> str:
-    if value is None or not (isinstance(value, (int, float)) and math.isfinite(value)):
-        return DASH
-    return f"{int(value):,}"
-
-
-def _kpi(policy: Policy | None, name: str) -> KpiSpec | None:
-    if policy is None:
-        return None
-    try:
-        return policy.kpi(name)
-    except KeyError:
-        return None
-
-
 def _reason(decision: Decision) -> str:
     """The decision's reason, led by its action (the gate's reasons already start so)."""
     action = decision.action.value
     reason = decision.reason or "no reason given"
     return reason if reason.startswith(action) else f"{action}: {reason}"
-
-
-def _verdict(ev: Evidence) -> str:
-    icon = "❌ " if ev.verdict.blocks_rollout else (
-        "✅ " if ev.verdict in (Verdict.NON_INFERIOR, Verdict.BETTER) else "")
-    return icon + ev.verdict.value.replace("_", " ")
 
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
@@ -187,18 +179,11 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
 
 
 def _kpi_table(decision: Decision, policy: Policy | None) -> list[str]:
-    rows = []
-    for ev in decision.evidence:
-        spec = _kpi(policy, ev.kpi)
-        rows.append([text(ev.kpi), text(ev.role), text(fmt_value(ev.baseline_value, spec)),
-                     text(fmt_value(ev.candidate_value, spec)), text(fmt_delta(ev.delta)),
-                     text(fmt_interval(ev.lower, ev.upper)), text(ev.margin or DASH),
-                     f"{_count(ev.samples)} / {_count(ev.samples_needed)}",
-                     text(_verdict(ev))])
+    rows = kpi_rows(decision, policy)
     if not rows:
         return ["*No KPI evidence in this evaluation.*"]
-    return _table(["KPI", "role", "baseline", "candidate", "Δ", "interval", "margin",
-                   "samples seen / needed", "verdict"], rows)
+    headers, cells = table_cells(rows, _KPI_COLUMNS)
+    return _table(headers, [[text(cell) for cell in row] for row in cells])
 
 
 # --------------------------------------------------------------------------------------
@@ -365,7 +350,7 @@ def _details(record: RolloutRecord) -> list[str]:
                 f"{text(_reason(d))}", ""]
         out += [*_kpi_table(d, record.policy), ""]
         if d.checks:
-            rows = [[text(c.name), _count(c.seen), _count(c.needed), "yes" if c.met else "no"]
+            rows = [[text(c.name), fmt_count(c.seen), fmt_count(c.needed), "yes" if c.met else "no"]
                     for c in d.checks]
             out += [*_table(["stage requirement", "seen", "needed", "met"], rows), ""]
     return out

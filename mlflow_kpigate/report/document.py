@@ -23,7 +23,13 @@ from mlflow_kpigate.report.formats import (
     fmt_time,
     fmt_value,
 )
-from mlflow_kpigate.report.kpi_table import evidence_of, kpi_row, policy_kpi, verdict_words
+from mlflow_kpigate.report.kpi_table import (
+    Column,
+    evidence_of,
+    kpi_rows,
+    table_cells,
+    verdict_words,
+)
 
 _OUTCOMES = {
     Phase.PROMOTED: "PROMOTED",
@@ -34,6 +40,18 @@ _OUTCOMES = {
     Phase.SHADOW: "IN PROGRESS",
     Phase.PENDING: "PENDING",
 }
+#: The stage tables' KPI columns.
+_KPI_COLUMNS: tuple[Column, ...] = (
+    ("KPI", lambda r: r.kpi),
+    ("role", lambda r: r.role),
+    ("baseline", lambda r: r.baseline),
+    ("candidate", lambda r: r.candidate),
+    ("delta", lambda r: r.delta),
+    ("interval [lower, upper]", lambda r: r.interval),
+    ("margin", lambda r: r.margin),
+    ("samples seen / needed", lambda r: r.samples),
+    ("verdict", lambda r: verdict_words(r.verdict)),
+)
 
 
 def registry_kpi(registry: RegistryBaseline | None, kpi: KpiSpec) -> BaselineKpi | None:
@@ -105,10 +123,7 @@ def document(state: RolloutState, decisions: Sequence[Decision], timestamps: Seq
                               f"{fmt_span(dwell)} between first and last)",
                               3))
         blocks.append(Para(f"{d.action.value}: {d.reason}", label="Last decision:"))
-        blocks.append(Table(
-            ["KPI", "role", "baseline", "candidate", "delta", "interval [lower, upper]",
-             "margin", "samples seen / needed", "verdict"],
-            [kpi_row(ev, policy_kpi(policy, ev.kpi)) for ev in d.evidence]))
+        blocks.append(Table(*table_cells(kpi_rows(d, policy), _KPI_COLUMNS)))
         if d.checks:
             blocks.append(Table(["stage requirement", "seen", "needed", "met"], [
                 [c.name, f"{c.seen:,.0f}" if finite(c.seen) else DASH,
@@ -138,7 +153,7 @@ def document(state: RolloutState, decisions: Sequence[Decision], timestamps: Seq
             fmt_value(final.candidate_value, kpi) if final else DASH,
             fmt_delta(final.delta) if final else DASH,
             fmt_delta(min(uppers)) if uppers else DASH,
-            verdict_words(final) if final else DASH,
+            verdict_words(final.verdict) if final else DASH,
         ])
     blocks.append(Table(["KPI", "kind", "role", "direction", "margin", "limit",
                          "registry μ ± σ (n)", "last baseline", "last candidate",
