@@ -50,8 +50,9 @@ from mlflow_kpigate.github import (
     upsert_comment,
     workflow_command,
 )
-from mlflow_kpigate.github.comment import Evaluation as CommentEvaluation
-from mlflow_kpigate.github.comment import has_marker, mlflow_links
+from mlflow_kpigate.github.comment import has_marker
+from mlflow_kpigate.github.record import Evaluation as CommentEvaluation
+from mlflow_kpigate.github.record import mlflow_links
 from mlflow_kpigate.kpis import AggregateSpec, RoleAggregate
 from mlflow_kpigate.policy import Policy, policy_from_dict
 from mlflow_kpigate.rollout import transitions

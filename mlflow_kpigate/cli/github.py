@@ -52,16 +52,7 @@ from mlflow_kpigate.github.api import (
     GitHubPermissionError,
     check_api_url,
 )
-from mlflow_kpigate.github.comment import (
-    Evaluation,
-    Links,
-    RolloutRecord,
-    http_base,
-    mlflow_links,
-    outcome,
-    render,
-    upsert_comment,
-)
+from mlflow_kpigate.github.comment import outcome, render, upsert_comment
 from mlflow_kpigate.github.event import (
     PullRequestRef,
     Resolution,
@@ -70,6 +61,13 @@ from mlflow_kpigate.github.event import (
     load_payload,
     parse_pr_number,
     resolve,
+)
+from mlflow_kpigate.github.record import (
+    Evaluation,
+    Links,
+    RolloutRecord,
+    http_base,
+    mlflow_links,
 )
 from mlflow_kpigate.github.workflow import (
     SUMMARY_LIMIT_BYTES,

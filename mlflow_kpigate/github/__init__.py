@@ -19,12 +19,8 @@ from mlflow_kpigate.github.api import (
 from mlflow_kpigate.github.comment import (
     MAX_COMMENT_CHARS,
     CommentResult,
-    Evaluation,
-    Links,
-    RolloutRecord,
     find_comment,
     marker,
-    mlflow_links,
     render,
     upsert_comment,
 )
@@ -36,6 +32,7 @@ from mlflow_kpigate.github.event import (
     load_payload,
     resolve,
 )
+from mlflow_kpigate.github.record import Evaluation, Links, RolloutRecord, mlflow_links
 from mlflow_kpigate.github.workflow import (
     append_summary,
     escape_data,

@@ -1,15 +1,15 @@
 """The pull-request report: markdown rendering and the sticky comment.
 
-:func:`render` turns a finished (or still running) rollout into GitHub markdown:
+:func:`render` turns a finished (or still running) rollout (a
+:class:`~mlflow_kpigate.github.record.RolloutRecord`) into GitHub markdown:
 
 1. the first line: outcome, model, stage and the reason;
 2. a summary table with links to the MLflow rollout run and the model-version pages (only
    when the tracking URI is http(s)) and to the workflow run;
 3. per stage, the KPI table of the stage's last evaluation (baseline and candidate
-   estimates, Δ, the anytime-valid interval, margin, samples seen / needed, verdict);
-4. the traffic timeline, and Mermaid charts of the candidate's traffic share and of the
-   deciding KPI's Δ with its bounds (GitHub renders Mermaid in comments; the API cannot
-   upload images);
+   estimates, Δ, the anytime-valid interval, margin, samples seen / needed, verdict), the
+   rows of :mod:`mlflow_kpigate.report.kpi_table` as the report shows them;
+4. the traffic timeline, and the Mermaid charts of :mod:`.charts`;
 5. every evaluation in a ``<details>`` block, newest first;
 6. the hidden marker ``<!-- kpigate:MODEL -->`` that makes the comment sticky.
 
@@ -18,8 +18,9 @@ longer, the ``<details>`` block is cut (oldest evaluations first) and says so, t
 and the marker are kept.
 
 Everything that comes from models, tags, policies and reasons is data: it is flattened
-to one line, HTML-escaped, its markdown specials are backslash-escaped (``report.md_escape``)
-and ``@`` gets a zero-width space so a reason cannot mention (notify) people or teams.
+to one line, HTML-escaped, its markdown specials are backslash-escaped
+(:func:`~mlflow_kpigate.report.blocks.md_escape`) and ``@`` gets a zero-width space so a
+reason cannot mention (notify) people or teams.
 
 :func:`upsert_comment` keeps one comment per model and pull request: it pages through the
 pull request's comments (``Link: rel="next"``) for the marker, updates that comment in
@@ -31,13 +32,15 @@ from __future__ import annotations
 import math
 import re
 import urllib.parse
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from mlflow_kpigate.core.decision import Decision
-from mlflow_kpigate.core.state import Phase, RolloutState
+from mlflow_kpigate.core.state import Phase
 from mlflow_kpigate.github.api import GitHubClient
+from mlflow_kpigate.github.charts import charts
+from mlflow_kpigate.github.record import Evaluation, Links, RolloutRecord
 from mlflow_kpigate.policy import Policy
 from mlflow_kpigate.report.blocks import md_escape
 from mlflow_kpigate.report.formats import DASH, fmt_count
@@ -45,8 +48,6 @@ from mlflow_kpigate.report.kpi_table import Column, kpi_rows, table_cells, verdi
 
 #: GitHub's limit for an issue or pull-request comment body.
 MAX_COMMENT_CHARS = 65_536
-#: Most points drawn in a Mermaid chart; longer rollouts are sampled evenly.
-MAX_CHART_POINTS = 60
 #: Longest reason shown in the first line.
 MAX_HEADLINE_REASON = 1_000
 _ZWSP = "\u200b"
@@ -73,41 +74,6 @@ _KPI_COLUMNS: tuple[Column, ...] = (
     ("samples seen / needed", lambda r: r.samples),
     ("verdict", lambda r: verdict_badge(r.verdict)),
 )
-
-
-# --------------------------------------------------------------------------------------
-# Values the renderer works from
-# --------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Evaluation:
-    """One gate decision of the rollout, when it was made and the traffic it left."""
-
-    time: float
-    decision: Decision
-    traffic_percent: float | None = None
-
-
-@dataclass(frozen=True)
-class RolloutRecord:
-    """What the report is made of: the state, every evaluation, the traffic changes."""
-
-    state: RolloutState
-    evaluations: tuple[Evaluation, ...]
-    traffic: tuple[tuple[float, float], ...]  # (epoch seconds, candidate percent)
-    final_stage: str
-    policy: Policy | None = None
-    report_path: str | None = None
-
-
-@dataclass(frozen=True)
-class Links:
-    """Where a reader goes next; None when unknown (e.g. a non-http tracking URI)."""
-
-    mlflow_run: str | None = None
-    candidate_version: str | None = None
-    baseline_version: str | None = None
-    workflow_run: str | None = None
 
 
 @dataclass(frozen=True)
@@ -268,77 +234,6 @@ def _timeline(record: RolloutRecord) -> list[str]:
     return [*out, *_table(["time", "since start", "candidate traffic"], rows), ""]
 
 
-def _sample(n: int) -> list[int]:
-    if n <= MAX_CHART_POINTS:
-        return list(range(n))
-    step = (n - 1) / (MAX_CHART_POINTS - 1)
-    return sorted({round(i * step) for i in range(MAX_CHART_POINTS)})
-
-
-def _labels(numbers: Iterable[int]) -> str:
-    return ", ".join(f'"{n}"' for n in numbers)
-
-
-def _num(value: float) -> str:
-    return f"{value + 0.0:.4g}"  # + 0.0 turns -0.0 into 0
-
-
-def _deciding_kpi(record: RolloutRecord) -> str | None:
-    """The KPI the final decision names in its reason, else the first deciding one."""
-    if not record.evaluations:
-        return None
-    last = record.evaluations[-1].decision
-    evidence = [e for e in last.evidence if e.role in ("critical", "guardrail")]
-    for ev in evidence:
-        if re.search(rf"(?<![\w.]){re.escape(ev.kpi)}(?![\w.])", last.reason):
-            return ev.kpi
-    return evidence[0].kpi if evidence else None
-
-
-def charts(record: RolloutRecord) -> list[str]:
-    """Mermaid ``xychart-beta`` blocks: candidate traffic, and the deciding KPI's Δ."""
-    evals = record.evaluations
-    if not evals:
-        return []
-    out = ["#### Charts", ""]
-    idx = _sample(len(evals))
-    share = []
-    last = 0.0
-    for ev in evals:
-        if ev.traffic_percent is not None and math.isfinite(ev.traffic_percent):
-            last = ev.traffic_percent
-        share.append(last)
-    out += ["```mermaid", "xychart-beta",
-            '    title "Candidate traffic share after each evaluation"',
-            f'    x-axis "evaluation" [{_labels(i + 1 for i in idx)}]',
-            '    y-axis "candidate traffic (%)" 0 --> 100',
-            f"    line [{', '.join(_num(share[i]) for i in idx)}]", "```", ""]
-    name = _deciding_kpi(record)
-    points = []
-    for i, ev in enumerate(evals):
-        try:
-            e = ev.decision.evidence_for(name) if name else None
-        except KeyError:
-            e = None
-        values = (e.delta, e.lower, e.upper, e.rollback_threshold) if e else ()
-        if values and all(math.isfinite(v) for v in values):
-            points.append((i, values))
-    if name and len(points) >= 2:
-        points = [points[j] for j in _sample(len(points))]
-        series = list(zip(*(v for _, v in points), strict=True))
-        # Mermaid titles are quoted strings: keep a KPI name to plain characters.
-        title = re.sub(r"[^A-Za-z0-9_. %-]", "_", name)[:60]
-        out += ["```mermaid", "xychart-beta",
-                f'    title "{title}: Δ (candidate − baseline, + is better) and its bounds"',
-                f'    x-axis "evaluation" [{_labels(i + 1 for i, _ in points)}]',
-                *(f"    line [{', '.join(_num(v) for v in s)}]" for s in series),
-                "```", "",
-                "Lines, in drawing order: Δ, promotion bound (lower), rollback bound (upper), "
-                "rollback threshold. Rollback when the upper bound falls below the threshold.",
-                ""]
-    return out
-
-
 def _details(record: RolloutRecord) -> list[str]:
     """Every evaluation, newest first (what truncation cuts from the end)."""
     out: list[str] = []
@@ -401,38 +296,6 @@ def render(record: RolloutRecord, links: Links, *, model: str | None = None,
         details = [*kept, "", omitted_note]
     body = [*head, *(open_tag + details + close_tag if details else []), *tail]
     return "\n".join(body) + "\n"
-
-
-# --------------------------------------------------------------------------------------
-# Links
-# --------------------------------------------------------------------------------------
-
-def http_base(uri: str | None) -> str | None:
-    """The MLflow UI base of an http(s) tracking URI (credentials dropped); else None."""
-    if not uri:
-        return None
-    parts = urllib.parse.urlsplit(uri.strip())
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        return None
-    host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
-    netloc = host + (f":{parts.port}" if parts.port else "")
-    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
-
-
-def mlflow_links(tracking_uri: str | None, state: RolloutState,
-                 workflow_run: str | None = None) -> Links:
-    """Links to the rollout run and to both model-version pages in the MLflow UI."""
-    base = http_base(tracking_uri)
-    if base is None:
-        return Links(workflow_run=workflow_run)
-
-    def q(value: str) -> str:
-        return urllib.parse.quote(str(value), safe="")
-
-    run = f"{base}/#/runs/{q(state.rollout_run_id)}" if state.rollout_run_id else None
-    model = f"{base}/#/models/{q(state.model_name)}/versions/"
-    return Links(run, model + q(state.candidate_version), model + q(state.baseline_version),
-                 workflow_run)
 
 
 # --------------------------------------------------------------------------------------
