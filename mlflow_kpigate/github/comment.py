@@ -37,9 +37,9 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from mlflow_kpigate.core.decision import Decision
-from mlflow_kpigate.core.state import Phase
 from mlflow_kpigate.github.api import GitHubClient
 from mlflow_kpigate.github.charts import charts
+from mlflow_kpigate.github.outcome import outcome
 from mlflow_kpigate.github.record import Evaluation, Links, RolloutRecord
 from mlflow_kpigate.policy import Policy
 from mlflow_kpigate.report.blocks import md_escape
@@ -52,15 +52,6 @@ MAX_COMMENT_CHARS = 65_536
 MAX_HEADLINE_REASON = 1_000
 _ZWSP = "\u200b"
 
-_OUTCOME = {
-    Phase.PROMOTED: ("✅", "promoted"),
-    Phase.ROLLED_BACK: ("❌", "rolled back"),
-    Phase.ABORTED: ("⛔", "aborted"),
-    Phase.HOLDING: ("⏸️", "holding"),
-    Phase.CANARY: ("⏳", "still in progress"),
-    Phase.SHADOW: ("⏳", "still in progress (shadow)"),
-    Phase.PENDING: ("⏳", "pending"),
-}
 _MARKER_SAFE = re.compile(r"[^A-Za-z0-9_.\-]")
 #: The KPI tables' columns (cells are escaped when the table is made).
 _KPI_COLUMNS: tuple[Column, ...] = (
@@ -155,11 +146,6 @@ def _kpi_table(decision: Decision, policy: Policy | None) -> list[str]:
 # --------------------------------------------------------------------------------------
 # Sections
 # --------------------------------------------------------------------------------------
-
-def outcome(phase: Phase) -> tuple[str, str]:
-    """(icon, words) for a phase, e.g. ``("❌", "rolled back")``."""
-    return _OUTCOME.get(phase, ("⏳", phase.value))
-
 
 def headline(record: RolloutRecord, model: str) -> str:
     """The first line: outcome, model, candidate version, stage, and the reason."""

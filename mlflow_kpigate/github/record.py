@@ -1,18 +1,23 @@
 """What the GitHub report is made of: a rollout's record (state, evaluations, traffic) and
 the links a reader follows (the MLflow UI, the workflow run).
 
-Plain values, built by the caller from wherever the rollout lives; the comment, the job
-summary, the annotation and the commit status are rendered from them.
+Plain values: :func:`record_of` builds a record from a rollout's state and audit
+:class:`~mlflow_kpigate.core.history.History`, wherever the caller read them (the command
+line opens the deployment); the comment, the job summary, the annotation and the commit
+status are rendered from it.
 """
 
 from __future__ import annotations
 
 import urllib.parse
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from mlflow_kpigate.core.decision import Decision
-from mlflow_kpigate.core.state import RolloutState
+from mlflow_kpigate.core.history import History
+from mlflow_kpigate.core.state import Phase, RolloutState
 from mlflow_kpigate.policy import Policy
+from mlflow_kpigate.report.formats import DASH
 
 
 @dataclass(frozen=True)
@@ -44,6 +49,27 @@ class Links:
     candidate_version: str | None = None
     baseline_version: str | None = None
     workflow_run: str | None = None
+
+
+def final_stage(state: RolloutState, policy: Policy | None,
+                evaluations: Sequence[Evaluation]) -> str:
+    """Where the rollout ended (or is): the policy's stage (``50%``, ``shadow`` …),
+    ``100%`` once promoted, else the last evaluation's stage name."""
+    if policy is not None and 0 <= state.stage_index < len(policy.stages):
+        return policy.stages[state.stage_index].describe()
+    if state.phase is Phase.PROMOTED:
+        return "100%"
+    return evaluations[-1].decision.stage_name if evaluations else DASH
+
+
+def record_of(state: RolloutState, history: History, policy: Policy | None,
+              report_path: str | None = None) -> RolloutRecord:
+    """The record of a rollout from its state and its audit history; ``report_path`` is
+    the directory of its report files, when they exist."""
+    evaluations = tuple(Evaluation(e.ts, e.evaluation.decision, e.traffic_percent)
+                        for e in history.evaluations())
+    return RolloutRecord(state, evaluations, tuple(history.traffic(changes_only=True)),
+                         final_stage(state, policy, evaluations), policy, report_path)
 
 
 def http_base(uri: str | None) -> str | None:
