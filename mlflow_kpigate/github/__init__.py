@@ -5,8 +5,22 @@ Public API::
 
     from mlflow_kpigate.github import GitHubClient, render, upsert_comment, resolve
 
-``kpigate github report`` (``mlflow_kpigate/commands/github.py``) wires them together;
-docs/github-action.md describes what users see.
+Modules, each owning one thing:
+
+* :mod:`.api`: the REST client (retries, pagination, permission errors);
+* :mod:`.event`: which pull request a workflow run belongs to;
+* :mod:`.record`: the values a report is made of (:class:`RolloutRecord`, links);
+* :mod:`.comment`: the markdown report and the sticky comment; :mod:`.charts` its
+  Mermaid charts;
+* :mod:`.outcome`: what an outcome means on GitHub (status, annotation, exit code);
+* :mod:`.workflow`: the runner's outputs, job summary and workflow commands;
+  :mod:`.runner`: its environment and its token-masking log;
+* :mod:`.publish`: the comment and the commit status, best effort;
+* :mod:`.report_step`: ``kpigate github report`` from a record to an exit code.
+
+The command line (:mod:`mlflow_kpigate.cli.github`) opens the deployment and hands its
+record to :mod:`.report_step`; docs/github-action.md describes what users see. This
+package reads no deployment itself: it works from the values it is given.
 """
 
 from mlflow_kpigate.github.api import (
