@@ -270,8 +270,9 @@ def test_v2_experiment_follows_the_weights_and_readiness(fake_kube, tmp_path):  
 
 
 def test_stage_notice_is_one_post_and_a_failure_is_not_retried():
-    from mlflow_kpigate.backends.seldon.traffic import CollectorUnreachable
     from pytest_httpserver import HTTPServer
+
+    from mlflow_kpigate.backends.seldon.traffic import CollectorUnreachable
 
     collector = HTTPServer(host="127.0.0.1", port=0)
     collector.start()
