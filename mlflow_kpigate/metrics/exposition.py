@@ -1,7 +1,7 @@
 """Names and bucket bounds of the metrics the in-cluster kpigate collector exports.
 
 Both sides of the Prometheus hop import this module: the collector service
-(:mod:`mlflow_kpigate.metrics.service`) writes these series and the Prometheus metrics
+(:mod:`mlflow_kpigate.metrics.service_exposition`) writes these series and the Prometheus metrics
 source reads them back into KPI aggregates. Keeping the names and the bucket bounds in one
 place is what makes the two agree; nothing here does I/O.
 

@@ -100,7 +100,7 @@ class ModelRef:
 
     @classmethod
     def from_registry(cls, ref: Any) -> ModelRef:
-        """From a resolved :class:`mlflow_kpigate.registry.ModelRef` (name, version, storage)."""
+        """From a resolved :class:`mlflow_kpigate.core.refs.ModelRef` (name, version, storage)."""
         return cls(version=str(ref.version), storage_uri=str(ref.storage_uri),
                    model_name=str(ref.name))
 
