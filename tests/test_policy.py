@@ -1258,3 +1258,13 @@ def test_an_invalid_kpi_is_not_reported_again_under_queries() -> None:
     found = problems(doc)
     assert any(p.startswith("kpis[2].margin") for p in found), found
     assert not any(p.startswith("metrics.queries.conversion_rate") for p in found), found
+
+
+def test_a_kpi_name_that_is_not_a_string_is_a_problem_not_a_crash_with_queries():
+    doc = {"stages": "5,100",
+           "kpis": [{"name": ["not", "a", "name"], "kind": "proportion",
+                     "metric": "error_rate", "role": "critical", "margin": 0.01}],
+           "metrics": {"prometheus": {"url": "http://127.0.0.1:9090"}}}
+    with pytest.raises(PolicyError) as info:
+        policy_from_dict(doc)
+    assert any(problem.startswith("kpis[0].name:") for problem in info.value.problems)

@@ -57,8 +57,10 @@ def policy_from_dict(data: Any, source: str | None = None) -> Policy:
     kpis = validate_kpis(p, raw_kpis)
     metrics = MetricsConfig()
     if data.get("metrics") is not None:
-        raw_names = {k.get("name") for k in raw_kpis if isinstance(k, Mapping)} \
-            if isinstance(raw_kpis, list) else set()
+        # Only names that can be names: a list or mapping there is already a problem of
+        # its KPI, and would not hash.
+        raw_names = {k.get("name") for k in raw_kpis if isinstance(k, Mapping)
+                     and isinstance(k.get("name"), str)} if isinstance(raw_kpis, list) else set()
         metrics = validate_metrics(p, data["metrics"], kpis, raw_names)
     readiness = Readiness()
     if data.get("readiness") is not None:
