@@ -91,10 +91,10 @@ def _lines(result: Replay, source: str, policy_label: str, show_all: bool) -> li
             why = change.replayed.reason if change.replayed is not None else "not in policy"
             lines.append(f"    {change.kpi}: {_verdict(change.recorded)} -> "
                          f"{_verdict(change.replayed)}: {why}")
-    shown = [r for r in result.results
-             if show_all or r.outcome in (Outcome.DIFFERENT, Outcome.SAME_ACTION)]
+    shown = [r for r in result.results if show_all or r.outcome is Outcome.DIFFERENT]
     if shown:
-        lines.append("  evaluations" + ("" if show_all else " that differ") + ":")
+        lines.append("  evaluations" + ("" if show_all else " with another action (--all "
+                                             "lists every one)") + ":")
         for r in shown:
             replayed = r.replayed.action.value if r.replayed is not None else "-"
             kpis = ", ".join(c.kpi for c in r.changes)
