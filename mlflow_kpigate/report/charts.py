@@ -47,7 +47,7 @@ def _new_figure(rows: int = 1, height: float = 4.0) -> tuple[Figure, list[Axes]]
 
 
 def _nan(value: float | None) -> float:
-    return float(value) if finite(value) else math.nan  # type: ignore[arg-type]
+    return float(value) if finite(value) else math.nan
 
 
 def _stage_marks(ax: Axes, decisions: Sequence[Decision], label: bool) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from typing import TypeGuard
 
 from mlflow_kpigate.core.durations import format_duration
 from mlflow_kpigate.policy import KpiKind, KpiSpec
@@ -20,7 +21,7 @@ from mlflow_kpigate.policy import KpiKind, KpiSpec
 DASH = "—"
 
 
-def finite(value: object) -> bool:
+def finite(value: object) -> TypeGuard[float]:
     """Whether ``value`` is a finite number (None, NaN and ±inf are not)."""
     return value is not None and isinstance(value, (int, float)) and math.isfinite(value)
 
@@ -106,7 +107,7 @@ def fmt_thresholds(promote: float | None, rollback: float | None,
 
 def fmt_count(value: float | None, style: NumberStyle = DOCUMENT) -> str:
     """A whole number with thousands separators, ``—`` when missing."""
-    return f"{int(value):,}" if finite(value) else style.missing  # type: ignore[arg-type]
+    return f"{int(value):,}" if finite(value) else style.missing
 
 
 def fmt_samples(seen: float | None, needed: float | None,
