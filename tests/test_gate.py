@@ -627,3 +627,46 @@ def test_plan_reports_missing_baseline_figures():
     assert "prevalence" in recall.note
     latency = next(r for r in rows if r.kpi == "latency_p95")
     assert "baseline" in latency.note
+
+
+def test_a_role_that_returns_labels_gets_that_reason_for_auc_not_insufficient_data():
+    from mlflow_kpigate.gate.estimate_auc import measure_auc
+    from mlflow_kpigate.gate.strata import Strata
+
+    policy = policy_from_dict({"stages": "5,100", "kpis": [
+        {"name": "errors", "kind": "proportion", "metric": "error_rate", "role": "critical",
+         "margin": 0.01},
+        {"name": "auc", "kind": "auc", "role": "success"}]})
+    spec = AggregateSpec.from_policy(policy)
+    base, cand = RoleAggregate(spec), RoleAggregate(spec)
+    base.add_labelled(y_true=[1, 0, 1, 0], y_pred=[1, 0, 0, 0], score=[0.9, 0.2, 0.4, 0.1])
+    cand.add_labelled(y_true=[1, 0, 1, 0], y_pred=[1, 0, 0, 0])  # labels only
+    meas = measure_auc(policy.kpis[1], Strata([StageSample(0, base, cand)]), 0.0, 1.0)
+    assert meas.missing == ("the candidate returns labels, not scores: AUC needs scores (log "
+                            "the model with pyfunc_predict_fn='predict_proba')")
+
+
+@pytest.mark.parametrize(("outputs", "predict_fn", "kind"), [
+    (None, None, "unknown"),
+    ("tensor-int64", None, "labels"),
+    ("col-long", "predict", "labels"),
+    ("col-long", "predict_proba", "scores"),  # MLflow infers the signature from predict
+    ("col-double", None, "scores"),
+    ("tensor-float-2", None, "scores"),
+])
+def test_the_output_kind_is_read_from_the_signature(outputs, predict_fn, kind):
+    import numpy as np
+    from mlflow.models.signature import ModelSignature
+    from mlflow.types.schema import ColSpec, Schema, TensorSpec
+
+    from mlflow_kpigate.registry.outputs import output_kind_of
+
+    schemas = {
+        "tensor-int64": Schema([TensorSpec(np.dtype("int64"), (-1,))]),
+        "col-long": Schema([ColSpec("long")]),
+        "col-double": Schema([ColSpec("double")]),
+        "tensor-float-2": Schema([TensorSpec(np.dtype("float64"), (-1, 2))]),
+    }
+    inputs = Schema([ColSpec("double", "a")])
+    signature = None if outputs is None else ModelSignature(inputs, schemas[outputs])
+    assert output_kind_of(signature, predict_fn) == kind

@@ -61,8 +61,12 @@ def env(mlflow_server, tmp_path_factory):
     with mlflow.start_run():
         mlflow.pyfunc.log_model(name="model", python_model=str(broken),
                                 registered_model_name=name)
+    with mlflow.start_run():  # version 4: MLflow's default predict returns labels
+        mlflow.sklearn.log_model(LogisticRegression().fit(x, y), name="model",
+                                 registered_model_name=name, input_example=x.head(2))
     mlflow.MlflowClient().set_registered_model_alias(name, "champion", "1")
     (root / "fast.yaml").write_text(FAST)
+    (root / "auc.yaml").write_text(FAST + "  - {name: auc, kind: auc, role: success}\n")
     (root / "bad.yaml").write_text(FAST.replace("margin: 0.2", "margin: -1"))
     environ = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_server.uri,
                "KPIGATE_STATE_DIR": str(root / "state"), "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}
@@ -304,3 +308,19 @@ def test_update_with_a_new_model_starts_a_new_rollout(env):
     assert both.returncode == 2
     assert "not both" in both.stderr
     assert mlflow_cli(env, "delete", "--name", "upd").returncode == 0
+
+
+def test_a_candidate_that_returns_labels_is_named_before_the_rollout(env):
+    """AUC needs scores: a label-only candidate is a warning at create time, with the fix,
+    not "insufficient data" for the whole rollout."""
+    auc = env["root"] / "auc.yaml"
+    made = mlflow_cli(env, "create", "--name", "labels", "-m", f"models:/{env['name']}/4",
+                      "-C", f"baseline=models:/{env['name']}/1", "-C", f"policy={auc}")
+    try:
+        assert made.returncode == 0, made.stderr
+        assert (f"kpigate: warning: the candidate models:/{env['name']}/4 returns labels, "
+                "not scores: auc need scores; log the model with "
+                "pyfunc_predict_fn='predict_proba'") in made.stderr
+        assert "the baseline" not in made.stderr  # version 1 returns probabilities
+    finally:
+        mlflow_cli(env, "delete", "--name", "labels")

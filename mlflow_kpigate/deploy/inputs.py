@@ -21,7 +21,7 @@ from mlflow_kpigate.core.baseline import RegistryBaseline
 from mlflow_kpigate.core.errors import UsageError
 from mlflow_kpigate.core.refs import ModelRef
 from mlflow_kpigate.deploy.config import DeploymentConfig
-from mlflow_kpigate.policy import Policy, load_policy
+from mlflow_kpigate.policy import KpiKind, Policy, load_policy
 from mlflow_kpigate.rollout.ports import Registry
 
 BASELINE_FILE = "baseline_kpis.json"
@@ -65,6 +65,23 @@ def resolve_versions(registry: Registry, model_uri: str, baseline_uri: str | Non
         raise UsageError(f"{model_uri}: the candidate is the baseline itself "
                          f"({baseline.uri}); give a different -C baseline")
     return candidate, baseline
+
+
+def output_warnings(registry: Registry, policy: Policy, refs: dict[str, ModelRef]
+                    ) -> list[str]:
+    """Warnings before a rollout whose score-based KPIs a model cannot feed (it returns
+    labels): said now, with the fix, rather than as "insufficient data" for days."""
+    needing = [k.name for k in policy.kpis if k.kind is KpiKind.AUC]
+    if not needing:
+        return []
+    out = []
+    for role, ref in refs.items():
+        if registry.output_kind(ref) == "labels":
+            out.append(f"kpigate: warning: the {role} {ref.uri} returns labels, not scores: "
+                       f"{', '.join(needing)} need scores; log the model with "
+                       "pyfunc_predict_fn='predict_proba' (the rollout goes on and "
+                       "reports this reason for those KPIs)")
+    return out
 
 
 def save_registry_baseline(directory: Path, baseline: RegistryBaseline | None) -> Path:

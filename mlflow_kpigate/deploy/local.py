@@ -30,6 +30,7 @@ from mlflow_kpigate.deploy.deployer import Progress, Rollout
 from mlflow_kpigate.deploy.finish import finish_rollout
 from mlflow_kpigate.deploy.inputs import (
     freeze_policy,
+    output_warnings,
     resolve_versions,
     save_registry_baseline,
     tracking_uri,
@@ -94,6 +95,10 @@ class LocalDeployer:
         directory.mkdir(parents=True, exist_ok=True)
         try:
             policy, policy_file = freeze_policy(cfg, directory)
+            for warning in output_warnings(registry, policy, {"candidate": candidate,
+                                                              "baseline": baseline}):
+                if progress:
+                    progress(warning)
             save_registry_baseline(directory, registry.baseline_kpis(baseline, policy))
             run_id = registry.start_rollout_run(
                 deployment=name, candidate=candidate, baseline=baseline,

@@ -32,7 +32,12 @@ from mlflow_kpigate.core.state import Phase, Readiness, RolloutState
 from mlflow_kpigate.deploy.config import DeploymentConfig, parse_config
 from mlflow_kpigate.deploy.deployer import Progress, Rollout
 from mlflow_kpigate.deploy.finish import finish_rollout
-from mlflow_kpigate.deploy.inputs import freeze_policy, resolve_versions, tracking_uri
+from mlflow_kpigate.deploy.inputs import (
+    freeze_policy,
+    output_warnings,
+    resolve_versions,
+    tracking_uri,
+)
 from mlflow_kpigate.deploy.operator import commit_operator_action
 from mlflow_kpigate.deploy.seldon_controller import (
     metrics_port_from_env,
@@ -99,6 +104,9 @@ class SeldonDeployer:
         directory = workdir(namespace, name, cfg.state_dir)
         directory.mkdir(parents=True, exist_ok=True)
         policy, policy_file = freeze_policy(cfg, directory)
+        for warning in output_warnings(registry, policy, {"candidate": candidate,
+                                                          "baseline": baseline}):
+            say(warning)
         check_stages(policy)
         check_policy(policy, target.seldon_version)  # a KPI Prometheus cannot measure: exit 2
         first = transitions.stage_weights(policy.stages[0])

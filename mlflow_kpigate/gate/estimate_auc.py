@@ -1,7 +1,8 @@
 """AUC KPIs: the difference of binned-score AUCs, DeLong variance per arm, arms independent.
 
 A stratum contributes only when each role has a third of :data:`~.strata.MIN_UNITS`
-positives and as many negatives (DeLong's variance needs both classes).
+positives and as many negatives (DeLong's variance needs both classes). A role whose
+labelled predictions carry no score at all returns labels: the KPI says so.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from mlflow_kpigate.gate.strata import (
     MIN_UNITS,
     Measurement,
     Strata,
+    no_measurement,
     orientation,
     pool,
     pooled_measurement,
@@ -23,6 +25,13 @@ def measure_auc(kpi: KpiSpec, samples: Strata,
     """AUC difference, within strata, pooled."""
     sign = orientation(kpi)
     b_all, c_all = samples.merged("baseline"), samples.merged("candidate")
+    for role, agg in (("candidate", c_all), ("baseline", b_all)):
+        if agg.labelled > 0 and agg.scores.n_pos + agg.scores.n_neg == 0:
+            # Labelled predictions without a single score: the model answers with labels,
+            # and waiting will never produce an AUC.
+            return no_measurement(kpi, f"the {role} returns labels, not scores: AUC needs "
+                                       "scores (log the model with "
+                                       "pyfunc_predict_fn='predict_proba')")
     parts = []
     for s in samples:
         sb, sc = s.baseline.scores, s.candidate.scores

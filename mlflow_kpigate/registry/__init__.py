@@ -14,6 +14,7 @@ and the report never import ``mlflow`` themselves. It works with the default loc
 * :mod:`.tags`: ``kpigate.*`` model-version tags and aliases;
 * :mod:`.runs`: the rollout run in ``kpigate-rollouts``;
 * :mod:`.evaluations`: the run's evaluation records and policy, for replay;
+* :mod:`.outputs`: whether a version's model returns scores or labels (its signature);
 * :mod:`.limits`: MLflow's size limits and :func:`truncate`.
 """
 
@@ -23,6 +24,7 @@ from mlflow_kpigate.core.refs import ModelRef
 from mlflow_kpigate.registry.baselines import MAX_ROLLOUT_RUNS, BaselineKpis
 from mlflow_kpigate.registry.evaluations import EVALUATIONS_DIR, EvaluationRecords
 from mlflow_kpigate.registry.limits import MAX_PARAM_VALUE, MAX_TAG_VALUE, truncate
+from mlflow_kpigate.registry.outputs import ModelOutputs
 from mlflow_kpigate.registry.runs import DECISION_CODES, ROLLOUT_EXPERIMENT, RolloutRuns
 from mlflow_kpigate.registry.tags import TAG_PREFIX, TagsAndAliases
 from mlflow_kpigate.registry.versions import ModelVersions
@@ -41,7 +43,8 @@ __all__ = [
 ]
 
 
-class Registry(ModelVersions, BaselineKpis, TagsAndAliases, RolloutRuns, EvaluationRecords):
+class Registry(ModelVersions, BaselineKpis, TagsAndAliases, RolloutRuns, EvaluationRecords,
+               ModelOutputs):
     """kpigate's view of one MLflow tracking server / registry (see the module docstring).
 
     ``tracking_uri`` defaults to MLflow's own resolution (``MLFLOW_TRACKING_URI`` or

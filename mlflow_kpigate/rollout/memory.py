@@ -155,6 +155,7 @@ class InMemoryRegistry:
         self.tags: dict[tuple[str, str], dict[str, str]] = {}
         self.baselines: dict[tuple[str, str], RegistryBaseline] = {}
         self.runs: dict[str, _Run] = {}
+        self.outputs: dict[tuple[str, str], str] = {}
         self.fail: Exception | None = None
 
     def register(self, name: str, version: str, *, alias: str | None = None,
@@ -200,6 +201,10 @@ class InMemoryRegistry:
         """The baseline registered for ``ref`` (empty when none was)."""
         return self.baselines.get((ref.name, ref.version),
                                   RegistryBaseline(source=f"{ref.uri}: in memory"))
+
+    def output_kind(self, ref: ModelRef) -> str:
+        """What ``outputs`` says of ``ref`` (``unknown`` when it says nothing)."""
+        return self.outputs.get((ref.name, ref.version), "unknown")
 
     def status_tags(self, ref: ModelRef, *, status: str, stage: str, decision: str,
                     reason: str, rollout_run_id: str | None) -> None:

@@ -123,6 +123,10 @@ class Registry(Protocol):
         """μ, σ and n per policy KPI of the baseline version ``ref``."""
         ...
 
+    def output_kind(self, ref: ModelRef) -> str:
+        """``scores``, ``labels`` or ``unknown``: what ``ref``'s model returns."""
+        ...
+
     def status_tags(self, ref: ModelRef, *, status: str, stage: str, decision: str,
                     reason: str, rollout_run_id: str | None) -> None:
         """Write the rollout's ``kpigate.*`` status tags on ``ref``."""
