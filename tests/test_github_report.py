@@ -478,8 +478,9 @@ def test_comment_created_when_missing(tmp_path, deployments, fake, capsys):
     assert "**Stage 0: canary-5**" in body
     assert "**Stage 1: canary-25**" in body
     header = next(line for line in body.splitlines() if line.startswith("| KPI |"))
-    assert table_cells(header) == ["KPI", "role", "baseline", "candidate", "Δ", "interval",
-                                   "margin", "samples seen / needed", "verdict"]
+    assert table_cells(header) == ["KPI", "role", "baseline", "candidate", "Δ (cand − base)",
+                                   "bounds, + = better", "margin", "samples seen / needed",
+                                   "verdict"]
     recall_rows = [table_cells(line) for line in body.splitlines()
                    if line.startswith("| recall |")]
     assert recall_rows[1][1] == "critical"

@@ -27,6 +27,7 @@ from mlflow_kpigate.report import (
     ReportFiles,
     build_report,
     fmt_delta,
+    fmt_difference,
     fmt_interval,
     fmt_value,
     md_escape,
@@ -155,15 +156,17 @@ def test_markdown_starts_with_the_decision_and_has_per_stage_tables(tmp_path, po
     decisions = rollout["decisions"]
     assert "### Stage 0: canary-5 (evaluations 1–3" in md
     assert "### Stage 1: canary-25 (evaluations 4–5" in md
-    header = ["KPI", "role", "baseline", "candidate", "delta", "interval \\[lower, upper\\]",
-              "margin", "samples seen / needed", "verdict"]
+    header = ["KPI", "role", "baseline", "candidate", "Δ (candidate − baseline)",
+              "bounds \\[lower, upper\\], + = better", "margin", "samples seen / needed",
+              "verdict"]
     rows = table_rows(md)
     assert rows.count(header) == 2
     # each stage's table shows the stage's *last* evaluation
     for index in (2, 4):
         ev = decisions[index].evidence_for("recall")
         expected = ["recall", "critical", fmt_value(ev.baseline_value),
-                    fmt_value(ev.candidate_value), fmt_delta(ev.delta),
+                    fmt_value(ev.candidate_value),
+                    fmt_difference(ev.candidate_value, ev.baseline_value),
                     md_escape(fmt_interval(ev.lower, ev.upper)), "0.05",
                     f"{ev.samples:,} / " + (f"{ev.samples_needed:,}" if ev.samples_needed
                                             else "—"),
@@ -173,6 +176,11 @@ def test_markdown_starts_with_the_decision_and_has_per_stage_tables(tmp_path, po
     assert fmt_delta(first.delta) != fmt_delta(decisions[2].evidence_for("recall").delta)
     latency = decisions[4].evidence_for("latency_p95")
     assert f"{latency.candidate_value * 1000:.1f} ms" in md
+    # latency in ms everywhere: the difference, the margin, and the bounds explained
+    diff = (latency.candidate_value - latency.baseline_value) * 1000
+    assert f"{diff:+.1f} ms" in md
+    assert f"10% ({0.10 * latency.baseline_value * 1000:.1f} ms)" in md
+    assert "latency\\_p95's bounds are on exceedance" in md  # markdown-escaped
     # traffic timeline, summary (with the registry's μ ± σ), decision log, charts
     assert ["2026-09-21 14:12:20 UTC", "0s", "5%"] in rows
     assert ["2026-09-21 14:27:30 UTC", "15m10s", "25%"] in rows
@@ -192,7 +200,7 @@ def test_html_is_self_contained(tmp_path, policy, rollout):
     assert page.startswith("<!DOCTYPE html>")
     assert page.count('src="data:image/png;base64,') == len(files.charts)
     assert ".png" not in page
-    assert "<th>interval [lower, upper]</th>" in page
+    assert "<th>bounds [lower, upper], + = better</th>" in page
     assert "<td>recall</td>" in page
 
 

@@ -44,8 +44,9 @@ def _status_lines(name: str, state_dir: str | None) -> list[str]:
     ]
     decision = _deployer().last_decision(name, _config(state_dir))
     if decision is not None:
+        policy = _deployer().open(name, _config(state_dir)).policy
         lines.append("  evidence (anytime-valid bounds, positive = candidate better):")
-        lines += ["  " + row for row in evidence_table(decision)]
+        lines += ["  " + row for row in evidence_table(decision, policy)]
     return lines
 
 

@@ -160,6 +160,6 @@ def _simulate_one(policy: Policy, policy_file: str, stream: StreamSpec, seed: in
     if last_with_evidence is not None:
         click.echo(f"evidence at the last evaluation ({last_with_evidence.stage_name}; bounds "
                    "are anytime-valid, positive = candidate better):")
-        for line in evidence_table(last_with_evidence):
+        for line in evidence_table(last_with_evidence, policy):
             click.echo(line)
     return summary

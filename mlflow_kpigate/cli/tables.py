@@ -9,6 +9,7 @@ decimals for signed ones, infinities shown.
 from __future__ import annotations
 
 from mlflow_kpigate.core.decision import Decision
+from mlflow_kpigate.policy import Policy
 from mlflow_kpigate.report.formats import NumberStyle
 from mlflow_kpigate.report.kpi_table import Column, kpi_rows, table_cells
 
@@ -19,17 +20,18 @@ _COLUMNS: tuple[Column, ...] = (
     ("role", lambda r: r.role),
     ("baseline", lambda r: r.baseline),
     ("candidate", lambda r: r.candidate),
-    ("delta", lambda r: r.delta),
-    ("bounds [promote, rollback]", lambda r: r.interval),
+    ("cand-base", lambda r: r.difference),
+    ("bounds [promote, rollback] (+ = better)", lambda r: r.interval),
     ("threshold", lambda r: r.thresholds),
     ("samples", lambda r: r.samples),
     ("verdict", lambda r: r.verdict.value),
 )
 
 
-def evidence_table(decision: Decision) -> list[str]:
-    """One aligned line per KPI, after a header line (values without units)."""
-    headers, cells = table_cells(kpi_rows(decision, style=CONSOLE), _COLUMNS)
+def evidence_table(decision: Decision, policy: Policy | None = None) -> list[str]:
+    """One aligned line per KPI, after a header line (with ``policy``, values in their
+    units: latency in ms)."""
+    headers, cells = table_cells(kpi_rows(decision, policy, style=CONSOLE), _COLUMNS)
     rows = [headers, *cells]
     widths = [max(len(r[i]) for r in rows) for i in range(len(headers))]
     return ["  " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()

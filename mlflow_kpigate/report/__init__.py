@@ -19,7 +19,13 @@ non-finite numbers render as ``—``. Importing this package does not import mat
 
 from mlflow_kpigate.report.blocks import md_escape
 from mlflow_kpigate.report.build import DEFAULT_CONTROL_K, ReportFiles, build_report
-from mlflow_kpigate.report.formats import DASH, fmt_delta, fmt_interval, fmt_value
+from mlflow_kpigate.report.formats import (
+    DASH,
+    fmt_delta,
+    fmt_difference,
+    fmt_interval,
+    fmt_value,
+)
 
 __all__ = [
     "DASH",
@@ -27,6 +33,7 @@ __all__ = [
     "ReportFiles",
     "build_report",
     "fmt_delta",
+    "fmt_difference",
     "fmt_interval",
     "fmt_value",
     "md_escape",

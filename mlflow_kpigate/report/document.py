@@ -46,8 +46,8 @@ _KPI_COLUMNS: tuple[Column, ...] = (
     ("role", lambda r: r.role),
     ("baseline", lambda r: r.baseline),
     ("candidate", lambda r: r.candidate),
-    ("delta", lambda r: r.delta),
-    ("interval [lower, upper]", lambda r: r.interval),
+    ("Δ (candidate − baseline)", lambda r: r.difference),
+    ("bounds [lower, upper], + = better", lambda r: r.interval),
     ("margin", lambda r: r.margin),
     ("samples seen / needed", lambda r: r.samples),
     ("verdict", lambda r: verdict_words(r.verdict)),
@@ -124,6 +124,13 @@ def document(state: RolloutState, decisions: Sequence[Decision], timestamps: Seq
                               3))
         blocks.append(Para(f"{d.action.value}: {d.reason}", label="Last decision:"))
         blocks.append(Table(*table_cells(kpi_rows(d, policy), _KPI_COLUMNS)))
+        for ev in d.evidence:
+            if ev.kind == "quantile" and ev.statistic:
+                # The bounds of a quantile KPI are exceedance shares, not milliseconds.
+                blocks.append(Para(f"{ev.kpi}'s bounds are on {ev.statistic}: the share of "
+                                   "requests slower than the baseline's quantile, baseline "
+                                   "minus candidate (positive = the candidate is slow less "
+                                   "often).", label="Note:"))
         if d.checks:
             blocks.append(Table(["stage requirement", "seen", "needed", "met"], [
                 [c.name, f"{c.seen:,.0f}" if finite(c.seen) else DASH,

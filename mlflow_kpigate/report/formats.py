@@ -77,6 +77,37 @@ def fmt_value(value: float | None, kpi: KpiSpec | None = None,
     return f"{value:.4g}"
 
 
+def fmt_difference(candidate: float | None, baseline: float | None, kpi: KpiSpec | None = None,
+                   style: NumberStyle = DOCUMENT) -> str:
+    """candidate − baseline in the KPI's units (latency in ms): positive means the
+    candidate's value is larger, whichever direction is better; missing when either is."""
+    if candidate is None or baseline is None or not (
+            style.known(candidate) and style.known(baseline)):
+        return style.missing
+    diff = candidate - baseline
+    if not math.isfinite(diff):
+        return style.missing
+    if seconds_kpi(kpi):
+        return f"{diff * 1000:+.1f} ms"
+    return format(diff, style.signed)
+
+
+def fmt_margin(margin: str | None, baseline: float | None, kpi: KpiSpec | None = None,
+               style: NumberStyle = DOCUMENT) -> str:
+    """The margin as the policy wrote it, in the KPI's units too where that differs (a
+    relative margin of a latency, ``10% (8.5 ms)``; an absolute one in ms)."""
+    if not margin:
+        return style.missing
+    spec = kpi.margin if kpi is not None else None
+    if spec is None or not seconds_kpi(kpi):
+        return margin
+    if not spec.relative:
+        return f"{spec.value * 1000:.1f} ms"
+    if finite(baseline):
+        return f"{margin} ({spec.value * baseline * 1000:.1f} ms)"
+    return margin
+
+
 def fmt_delta(value: float | None, style: NumberStyle = DOCUMENT) -> str:
     """A signed difference on the tested scale, ``—`` when missing."""
     return format(value, style.signed) if style.known(value) else style.missing

@@ -18,7 +18,9 @@ from mlflow_kpigate.report.formats import (
     DOCUMENT,
     NumberStyle,
     fmt_delta,
+    fmt_difference,
     fmt_interval,
+    fmt_margin,
     fmt_samples,
     fmt_thresholds,
     fmt_value,
@@ -34,9 +36,12 @@ class KpiRow:
     role: str
     baseline: str
     candidate: str
-    #: Δ on the tested scale, positive = candidate better.
+    #: candidate − baseline in the KPI's units: positive = the candidate's value is larger.
+    difference: str
+    #: Δ on the tested scale, positive = candidate better (what the bounds are about).
     delta: str
-    #: The anytime-valid ``[lower, upper]``: the promotion and the rollback bound.
+    #: The anytime-valid ``[lower, upper]`` on the tested scale: the promotion and the
+    #: rollback bound, positive = candidate better.
     interval: str
     #: ``promote / rollback`` thresholds of the bounds.
     thresholds: str
@@ -88,10 +93,11 @@ def kpi_row(ev: Evidence, kpi: KpiSpec | None = None, style: NumberStyle = DOCUM
         role=ev.role,
         baseline=fmt_value(ev.baseline_value, kpi, style),
         candidate=fmt_value(ev.candidate_value, kpi, style),
+        difference=fmt_difference(ev.candidate_value, ev.baseline_value, kpi, style),
         delta=fmt_delta(ev.delta, style),
         interval=fmt_interval(ev.lower, ev.upper, style),
         thresholds=fmt_thresholds(ev.promote_threshold, ev.rollback_threshold, style),
-        margin=ev.margin or style.missing,
+        margin=fmt_margin(ev.margin, ev.baseline_value, kpi, style),
         samples=fmt_samples(ev.samples, ev.samples_needed, style),
         verdict=ev.verdict,
     )
