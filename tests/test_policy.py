@@ -1268,3 +1268,71 @@ def test_a_kpi_name_that_is_not_a_string_is_a_problem_not_a_crash_with_queries()
     with pytest.raises(PolicyError) as info:
         policy_from_dict(doc)
     assert any(problem.startswith("kpis[0].name:") for problem in info.value.problems)
+
+
+# --------------------------------------------------------------------------------------
+# detect and alpha_weight
+# --------------------------------------------------------------------------------------
+
+
+def test_detect_and_alpha_weight_are_read() -> None:
+    doc = base()
+    doc["kpis"][0].update(detect=0.05, alpha_weight=2)
+    doc["kpis"][1].update(detect=0.004)  # critical: any detect > 0, even below the margin
+    policy = policy_from_dict(doc)
+    assert policy.kpi("precision").detect == Margin(0.05, relative=False)
+    assert policy.kpi("precision").alpha_weight == 2
+    assert policy.kpi("errors").detect == Margin(0.004, relative=False)
+    assert policy.kpi("errors").alpha_weight == 1
+    pct = with_kpi({"name": "p95", "kind": "quantile", "q": 0.95, "margin": "10%",
+                    "detect": "20%"})
+    assert policy_from_dict(pct).kpi("p95").detect == Margin(0.2, relative=True)
+
+
+@pytest.mark.parametrize(("detect", "fragment"), [
+    (0.02, "0.02 must exceed the margin 0.02: a guardrail rolls back only beyond its margin"),
+    (0.01, "must exceed the margin 0.02"),
+    ("5%", "must be written like the margin (0.02), as an absolute number"),
+    (0, "must be > 0, got 0"),
+    ("x", "must be a number (absolute) or a percentage such as '10%'"),
+    (1.5, "is not below 1; proportions are fractions"),
+])
+def test_detect_problems(detect: Any, fragment: str) -> None:
+    doc = base()
+    doc["kpis"][0]["detect"] = detect
+    found = assert_problem(doc, "kpis[0].detect", fragment)
+    assert len(found) == 1, found
+
+
+def test_detect_of_a_relative_margin_and_of_reporting_kpis() -> None:
+    kpi = {"name": "p95", "kind": "quantile", "q": 0.95, "margin": "10%", "detect": 0.02}
+    assert_problem(with_kpi(kpi), "kpis[2].detect",
+                   "must be written like the margin (10%), as a percentage")
+    kpi = {"name": "p95", "kind": "quantile", "q": 0.95, "margin": "10%", "detect": "8%"}
+    assert_problem(with_kpi(kpi), "kpis[2].detect", "8% must exceed the margin 10%")
+    kpi = {"name": "auc", "kind": "auc", "role": "success", "detect": 0.02}
+    assert_problem(with_kpi(kpi), "kpis[2].detect",
+                   "a success KPI never rolls back on its comparison with the baseline")
+    kpi = {"name": "f", "kind": "fairness", "metric": "recall", "segment_by": "region",
+           "margin": "20%", "detect": "100%"}
+    assert_problem(with_kpi(kpi), "kpis[2].detect", "would allow the KPI to drop to zero")
+
+
+@pytest.mark.parametrize(("weight", "fragment"), [
+    (0, "must be > 0, got 0"),
+    (-1, "must be > 0, got -1"),
+    ("2", "must be a number, got text"),
+    (float("inf"), "must be a finite number"),
+])
+def test_alpha_weight_problems(weight: Any, fragment: str) -> None:
+    doc = base()
+    doc["kpis"][1]["alpha_weight"] = weight
+    assert_problem(doc, "kpis[1].alpha_weight", fragment)
+
+
+def test_alpha_weight_needs_a_rollback_check() -> None:
+    kpi = {"name": "auc", "kind": "auc", "role": "info", "alpha_weight": 2}
+    assert_problem(with_kpi(kpi), "kpis[2].alpha_weight",
+                   "an info KPI without a 'limit' has no rollback check to weight")
+    with_limit = {**kpi, "limit": 0.6}
+    assert policy_from_dict(with_kpi(with_limit)).kpi("auc").alpha_weight == 2

@@ -84,8 +84,12 @@ def _kpi_line(kpi: KpiSpec, width: int) -> str:
     parts = [_kpi_measure(kpi), f"{kpi.direction.value} is better", kpi.role.value]
     if kpi.margin is not None:
         parts.append(f"margin {kpi.margin}")
+    if kpi.detect is not None:
+        parts.append(f"detect {kpi.detect}")
     if kpi.limit is not None:
         parts.append(f"limit {kpi.limit:g}")
+    if kpi.alpha_weight != 1:
+        parts.append(f"alpha weight {kpi.alpha_weight:g}")
     return f"    {kpi.name:<{width}}  {', '.join(parts)}"
 
 
@@ -104,7 +108,8 @@ def summary_lines(policy: Policy, path: str, *, quiet: bool = False) -> list[str
     checks = rollback_checks(policy, None)
     lines.append(
         f"  evaluation: every {_duration(ev.interval)}, maturity "
-        f"{_duration(ev.maturity)}, alpha_rollback {ev.alpha_rollback:g} split over "
+        f"{_duration(ev.maturity)}, alpha_rollback {ev.alpha_rollback:g} split "
+        f"{'by alpha_weight ' if any(k.alpha_weight != 1 for k in policy.kpis) else ''}over "
         f"{_plural(checks, 'rollback check')} (more with registry control limits), "
         f"alpha_promote {ev.alpha_promote:g} per KPI"
     )

@@ -1,4 +1,6 @@
-"""Validation of ``kpis``: each KPI's kind-specific fields, direction, role, margin and limit."""
+"""Validation of ``kpis``: each KPI's kind-specific fields, direction, role, margin and limit,
+and the rollback check's tuning (``detect``) and share of ``alpha_rollback``
+(``alpha_weight``)."""
 
 from __future__ import annotations
 
@@ -41,10 +43,12 @@ _KPI_KEYS = (
     "denominator",
     "registry_metric",
     "description",
+    "detect",
+    "alpha_weight",
 )
 # Fields each kind accepts beyond the common ones; anything else is flagged.
 _COMMON_KPI_KEYS = {"name", "kind", "direction", "role", "margin", "limit", "registry_metric",
-                    "description"}
+                    "description", "detect", "alpha_weight"}
 _KIND_KEYS: dict[KpiKind, set[str]] = {
     KpiKind.PROPORTION: {"metric", "numerator", "denominator"},
     KpiKind.MEAN: {"source", "log"},
@@ -84,6 +88,58 @@ def parse_margin(value: Any) -> Margin:
                              f"got {value!r}")
         return Margin(pct / 100.0, relative=True)
     raise ValueError("must be a number (absolute) or a percentage such as '10%'")
+
+
+def _a(role: Role) -> str:
+    """``a success`` / ``an info``."""
+    return f"{'an' if role.value[0] in 'aeiou' else 'a'} {role.value}"
+
+
+def _check_margin(p: Problems, path: str, margin: Margin, k: Mapping[str, Any], kind: KpiKind,
+                  metric: Any, log: bool) -> None:
+    """The kind's limits on a margin-like value (``margin`` and ``detect``)."""
+    if margin.relative and margin.value >= 1 and (
+            kind is KpiKind.FAIRNESS or direction_is_higher(k, kind, metric)):
+        p.add(path, f"{margin} would allow the KPI to drop to zero "
+              "or below; a higher-is-better KPI needs a relative margin under 100%")
+    needs_relative = kind is KpiKind.FAIRNESS or (kind is KpiKind.MEAN and log)
+    if needs_relative and not margin.relative:
+        what = "a fairness ratio" if kind is KpiKind.FAIRNESS else "a log-scale mean"
+        p.add(path, f"{what} needs a relative margin such as '10%'")
+    if (not margin.relative and kind in (KpiKind.PROPORTION, KpiKind.AUC)
+            and margin.value >= 1):
+        p.add(path, f"{margin.value:g} is not below 1; proportions "
+              "are fractions (write 0.02 for two points, or '2%' for relative)")
+
+
+def _validate_detect(p: Problems, path: str, k: Mapping[str, Any], role: Role | None,
+                     margin: Margin | None, kind: KpiKind, metric: Any, log: bool
+                     ) -> Margin | None:
+    """``detect``: the harmful effect the rollback check is tuned to find (like a margin)."""
+    if "detect" not in k:
+        return None
+    where = join_path(path, "detect")
+    try:
+        detect = parse_margin(k["detect"])
+    except ValueError as exc:
+        p.add(where, str(exc))
+        return None
+    if role in (Role.SUCCESS, Role.INFO):
+        p.add(where, f"{_a(role)} KPI never rolls back on its comparison with the "
+              "baseline; remove 'detect'")
+        return None
+    _check_margin(p, where, detect, k, kind, metric, log)
+    if margin is None:
+        return detect
+    if detect.relative != margin.relative:
+        form = "a percentage" if margin.relative else "an absolute number"
+        p.add(where, f"must be written like the margin ({margin}), as {form}, so that "
+              "the two can be compared")
+    elif role is Role.GUARDRAIL and detect.value <= margin.value:
+        p.add(where, f"{detect} must exceed the margin {margin}: a guardrail rolls back only "
+              "beyond its margin, so the harm to detect lies further out (default: 1.75 × "
+              "margin)")
+    return detect
 
 
 def _validate_kpi(p: Problems, path: str, raw: Any) -> KpiSpec | None:
@@ -203,21 +259,11 @@ def _validate_kpi(p: Problems, path: str, raw: Any) -> KpiSpec | None:
         except ValueError as exc:
             p.add(join_path(path, "margin"), str(exc))
         else:
-            if margin.relative and margin.value >= 1 and (
-                    kind is KpiKind.FAIRNESS or direction_is_higher(k, kind, metric)):
-                p.add(join_path(path, "margin"), f"{margin} would allow the KPI to drop to zero "
-                      "or below; a higher-is-better KPI needs a relative margin under 100%")
-            needs_relative = kind is KpiKind.FAIRNESS or (kind is KpiKind.MEAN and log)
-            if needs_relative and not margin.relative:
-                what = "a fairness ratio" if kind is KpiKind.FAIRNESS else "a log-scale mean"
-                p.add(join_path(path, "margin"), f"{what} needs a relative margin such as '10%'")
-            if (not margin.relative and kind in (KpiKind.PROPORTION, KpiKind.AUC)
-                    and margin.value >= 1):
-                p.add(join_path(path, "margin"), f"{margin.value:g} is not below 1; proportions "
-                      "are fractions (write 0.02 for two points, or '2%' for relative)")
+            _check_margin(p, join_path(path, "margin"), margin, k, kind, metric, bool(log))
     elif role in (Role.CRITICAL, Role.GUARDRAIL):
         p.add(path, f"a {role.value} KPI needs a 'margin' (the non-inferiority margin: an "
               "absolute number in the KPI's units or a percentage such as '5%')")
+    detect = _validate_detect(p, path, k, role, margin, kind, metric, bool(log))
     limit = None
     if "limit" in k and k["limit"] is not None:
         limit = as_number(p, join_path(path, "limit"), k["limit"])
@@ -232,6 +278,14 @@ def _validate_kpi(p: Problems, path: str, raw: Any) -> KpiSpec | None:
     description = k.get("description")
     if description is not None and not isinstance(description, str):
         p.add(join_path(path, "description"), "must be text")
+    alpha_weight = 1.0
+    if "alpha_weight" in k:
+        weight = as_number(p, join_path(path, "alpha_weight"), k["alpha_weight"], lo=0,
+                           lo_open=True)
+        alpha_weight = weight if weight is not None else 1.0
+        if role in (Role.SUCCESS, Role.INFO) and limit is None and "limit" not in k:
+            p.add(join_path(path, "alpha_weight"), f"{_a(role)} KPI without a 'limit' has "
+                  "no rollback check to weight; remove it")
     if len(p.items) > before or name is None or role is None or direction is None:
         return None
     return KpiSpec(
@@ -250,6 +304,8 @@ def _validate_kpi(p: Problems, path: str, raw: Any) -> KpiSpec | None:
         denominator=denominator,
         registry_metric=registry_metric,
         description=description,
+        detect=detect,
+        alpha_weight=alpha_weight,
     )
 
 

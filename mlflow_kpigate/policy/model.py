@@ -54,6 +54,10 @@ class KpiSpec:
     denominator: str | None = None
     registry_metric: str | None = None
     description: str | None = None
+    # The harmful effect the rollback check is tuned to find (None: 1.75 × margin).
+    detect: Margin | None = None
+    # Weight of this KPI's rollback checks in the split of alpha_rollback.
+    alpha_weight: float = 1.0
 
     @property
     def decides(self) -> bool:
