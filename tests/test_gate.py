@@ -21,6 +21,13 @@ from mlflow_kpigate.gate import (
     evaluate,
     planning,
 )
+from mlflow_kpigate.gate.boundaries import one_sided_radius, tau2_for_radius
+from mlflow_kpigate.gate.estimators import Strata, measure
+from mlflow_kpigate.gate.null_variance import (
+    adjust_toward_pooled,
+    pooled_variance,
+    restricted_variance,
+)
 from mlflow_kpigate.gate.planning import plan, wald_asn
 from mlflow_kpigate.kpis import AggregateSpec, RoleAggregate
 from mlflow_kpigate.policy import Policy, load_policy, policy_from_dict
@@ -501,6 +508,186 @@ def test_evaluate_refuses_the_final_stage_and_unknown_stages():
         evaluate(policy, 3, 0.0, [])
     with pytest.raises(ValueError, match="outside"):
         evaluate(policy, 4, 0.0, [])
+
+
+# --- rollback tests at the null ----------------------------------------------------------
+
+
+FPR = {"name": "fpr", "kind": "proportion", "metric": "false_positive_rate", "margin": 0.01}
+
+
+@pytest.mark.parametrize(("spec", "m_rollback", "diff"), [
+    ({**RECALL, "role": "critical"}, 0.0, 0.0),   # pooled p̄ at Δ = 0
+    (RECALL, 1.0, -0.05),                          # higher is better: p_c − p_b = −margin
+    (FPR, 1.0, +0.01),                             # lower is better: p_c − p_b = +margin
+])
+def test_proportion_rollback_test_uses_the_variance_under_its_null(spec, m_rollback, diff):
+    policy = make_policy(spec, ERRORS)
+    kpi = policy.kpi(spec["name"])
+    data = samples(policy, {"n": 4000, "fpr": 0.04}, {"n": 800, "recall": 0.8, "fpr": 0.06})
+    meas = measure(kpi, Strata(data), m_rollback, 1.0)
+    metric = spec["metric"]
+    xb, nb = data[0].baseline.confusion.rate(metric)
+    xc, nc = data[0].candidate.confusion.rate(metric)
+    adjusted = adjust_toward_pooled(xc, nc, xb, nb)
+    roll, prom = meas.rollback_tests[0], meas.promote_tests[0]
+    assert roll.variance == pytest.approx(restricted_variance(*adjusted, diff), rel=1e-12)
+    if diff == 0:
+        assert roll.variance == pytest.approx(pooled_variance(*adjusted), rel=1e-12)
+    # The wrong side of the null would give another variance: the direction matters.
+    assert roll.variance != pytest.approx(restricted_variance(*adjusted, -diff), rel=1e-3) \
+        or diff == 0
+    # The promotion test keeps the unrestricted Agresti–Caffo variance.
+    pb, pc = (xb + 1) / (nb + 2), (xc + 1) / (nc + 2)
+    assert prom.variance == pytest.approx(pb * (1 - pb) / (nb + 2) + pc * (1 - pc) / (nc + 2))
+    assert roll.variance != pytest.approx(prom.variance, rel=1e-3)
+
+
+def test_quantile_rollback_test_uses_the_pooled_exceedance_variance():
+    policy = make_policy(P95, ERRORS)
+    kpi = policy.kpi("latency_p95")
+    data = samples(policy, {}, {"n": 2000, "latency_scale": 1.2})
+    meas = measure(kpi, Strata(data), 1.0, 1.0)
+    hb, hc = data[0].baseline.latency, data[0].candidate.latency
+    t = hb.quantile(0.95)
+    adjusted = adjust_toward_pooled(hc.count_above(t * 1.1, "up")[0], hc.n,
+                                    hb.count_above(t, "down")[0], hb.n)
+    assert meas.rollback_tests[0].variance == pytest.approx(pooled_variance(*adjusted))
+    # A slower candidate exceeds more often: the unpooled (promotion) variance is larger.
+    assert meas.promote_tests[0].variance > meas.rollback_tests[0].variance
+
+
+def test_means_keep_welch_for_the_rollback_test():
+    mean = {"name": "latency_mean", "kind": "mean", "source": "latency", "margin": "10%"}
+    policy = make_policy(mean, ERRORS)
+    data = samples(policy, {}, {"n": 3000, "latency_scale": 1.1})
+    meas = measure(policy.kpi("latency_mean"), Strata(data), 1.0, 1.0)
+    hb, hc = data[0].baseline.latency, data[0].candidate.latency
+    welch = hb.var_log() / hb.n + hc.var_log() / hc.n
+    assert meas.rollback_tests[0].variance == pytest.approx(welch)
+
+
+# --- detect: where the rollback boundary is tuned -----------------------------------------
+
+
+@pytest.mark.parametrize(("role_name", "detect", "distance"), [
+    ("critical", None, 1.75 * 0.05),      # default: 1.75 × margin
+    ("guardrail", None, 0.75 * 0.05),     # detect − margin
+    ("critical", 0.12, 0.12),
+    ("guardrail", 0.12, 0.07),
+    ("guardrail", 0.06, 0.25 * 0.05),     # floored at a quarter of the margin
+])
+def test_detect_tunes_the_rollback_boundary_and_not_the_promotion_one(role_name, detect,
+                                                                         distance):
+    spec = {**RECALL, "role": role_name, **({"detect": detect} if detect else {})}
+    policy = make_policy(spec, ERRORS)
+    data = samples(policy, {}, {"recall": 0.85})
+    d = evaluate(policy, 1, 2 * HOUR, data)
+    ev = d.evidence_for("recall")
+    meas = measure(policy.kpi("recall"), Strata(data), 0.0 if role_name == "critical" else 1.0,
+                   1.0)
+    assert meas.rollback_tau_scale == pytest.approx(distance)
+    assert meas.scale == pytest.approx(0.05)
+    roll, prom = meas.rollback_tests[0], meas.promote_tests[0]
+    a_r, a_p = ev.alpha_rollback, ev.alpha_promote
+    upper = roll.delta + one_sided_radius(roll.variance, tau2_for_radius(distance, a_r), a_r)
+    lower = prom.delta - one_sided_radius(prom.variance, tau2_for_radius(0.05, a_p), a_p)
+    assert ev.upper == pytest.approx(upper, rel=1e-12)
+    assert ev.lower == pytest.approx(lower, rel=1e-12)
+    # Tuned at the margin instead, the rollback bound would be another one.
+    at_margin = roll.delta + one_sided_radius(roll.variance, tau2_for_radius(0.05, a_r), a_r)
+    assert ev.upper != pytest.approx(at_margin, rel=1e-6)
+
+
+def test_detect_in_other_units_converts_like_the_margin():
+    fair = {**FAIRNESS, "role": "critical", "detect": "40%"}
+    mean = {"name": "latency_mean", "kind": "mean", "source": "latency", "margin": "10%",
+            "detect": "30%"}
+    policy = make_policy(fair, mean, ERRORS)
+    data = samples(policy, {"prevalence": 0.1}, {"prevalence": 0.1})
+    strata = Strata(data)
+    assert measure(policy.kpi("fpr_fairness"), strata, 0.0, 1.0).rollback_tau_scale == \
+        pytest.approx(-math.log(0.6))
+    assert measure(policy.kpi("latency_mean"), strata, 1.0, 1.0).rollback_tau_scale == \
+        pytest.approx(math.log(1.3) - math.log(1.1))
+
+
+# --- alpha_weight: weighted Bonferroni ----------------------------------------------------
+
+
+def test_alpha_weight_splits_alpha_rollback_in_proportion():
+    registry = RegistryBaseline(kpis={"recall": BaselineKpi(0.876, 0.01),
+                                      "precision": BaselineKpi(0.9, 0.01)})
+    policy = make_policy({**RECALL, "limit": 0.8, "alpha_weight": 3}, PRECISION,
+                         {**ERRORS, "alpha_weight": 0.5},
+                         {"name": "auc", "kind": "auc", "role": "success", "limit": 0.6,
+                          "alpha_weight": 2},
+                         control_limits={"k": 3}, evaluation={"alpha_rollback": 0.05})
+    d = evaluate(policy, 1, 2 * HOUR, samples(policy), registry)
+    # Checks: recall ×3 (comparison, limit, control limit: weight 3 each), precision ×2
+    # (comparison, control limit), error_rate (0.5), auc's limit (2).
+    total = 3 * 3 + 2 * 1 + 0.5 + 2
+    assert d.rollback_tests == 7
+    assert d.alpha_rollback_per_test == pytest.approx(0.05 / total)
+    expected = {"recall": 3, "precision": 1, "error_rate": 0.5, "auc": 2}
+    for name, weight in expected.items():
+        assert d.evidence_for(name).alpha_rollback == pytest.approx(0.05 * weight / total)
+    # The shares of all checks add up to alpha_rollback exactly.
+    assert 3 * d.evidence_for("recall").alpha_rollback \
+        + 2 * d.evidence_for("precision").alpha_rollback \
+        + d.evidence_for("error_rate").alpha_rollback \
+        + d.evidence_for("auc").alpha_rollback == pytest.approx(0.05)
+    # A bigger weight means a narrower rollback bound for the same data.
+    light = make_policy({**RECALL, "limit": 0.8}, PRECISION, {**ERRORS, "alpha_weight": 0.5},
+                        {"name": "auc", "kind": "auc", "role": "success", "limit": 0.6,
+                         "alpha_weight": 2},
+                        control_limits={"k": 3}, evaluation={"alpha_rollback": 0.05})
+    e = evaluate(light, 1, 2 * HOUR, samples(light), registry).evidence_for("recall")
+    assert d.evidence_for("recall").upper < e.upper
+
+
+# --- the promotion guard ------------------------------------------------------------------
+
+
+def test_promotion_needs_the_point_estimate_within_the_margin():
+    """Lower bound above −3·margin (the stage's widened margin), but δ̂ below −margin: the
+    candidate is probably worse than allowed, so the stage holds and says why."""
+    policy = make_policy(RECALL, ERRORS, stage={"promote_margin_scale": 3,
+                                                "min_samples": {"requests": 100,
+                                                                "labelled": 100}})
+    data = samples(policy, {"n": 1200}, {"n": 1200, "recall": 0.80})
+    d = evaluate(policy, 1, 2 * HOUR, data)
+    ev = d.evidence_for("recall")
+    meas = measure(policy.kpi("recall"), Strata(data), 1.0, 3.0)
+    assert ev.lower > ev.promote_threshold == pytest.approx(-0.15)
+    assert meas.guard_estimate < -0.05
+    assert ev.upper > ev.rollback_threshold  # not confidently worse than the margin either
+    assert d.action is Action.HOLD
+    assert ev.verdict is Verdict.INCONCLUSIVE
+    assert ev.reason.startswith(f"recall is estimated worse than its margin: Δ̂ "
+                                f"{meas.guard_estimate:+.4g} < -0.05 (promotion needs the "
+                                f"estimate within the margin")
+    assert ev.reason in d.reason
+    check_evidence(d)
+    # The same candidate estimated within the margin promotes on the widened interval.
+    better = samples(policy, {"n": 1600}, {"n": 1600, "recall": 0.82})
+    d = evaluate(policy, 1, 2 * HOUR, better)
+    assert measure(policy.kpi("recall"), Strata(better), 1.0, 3.0).guard_estimate > -0.05
+    assert d.action is Action.PROMOTE, d.reason
+
+
+def test_promotion_guard_of_a_quantile_is_at_the_unscaled_margin():
+    # p95 +14% against a 10% margin, promote_margin_scale 3: the interval condition at
+    # t·1.3 holds, but the exceedance at t·1.1 is estimated worse (δ̂ < 0).
+    policy = make_policy(P95, ERRORS, stage={"promote_margin_scale": 3})
+    data = samples(policy, {}, {"n": 1000, "latency_scale": 1.14})
+    d = evaluate(policy, 1, 2 * HOUR, data)
+    ev = d.evidence_for("latency_p95")
+    assert ev.lower > 0
+    assert ev.verdict is Verdict.INCONCLUSIVE
+    assert "estimated worse than its margin" in ev.reason
+    assert "< +0 " in ev.reason
+    assert d.action is Action.HOLD
 
 
 # --- the Decision record ------------------------------------------------------------------

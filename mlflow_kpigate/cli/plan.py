@@ -28,7 +28,8 @@ def plan_command(policy_file: str, baseline_file: str) -> None:
     click.echo("requests = all requests through the router in that stage alone (both roles);"
                " pooling evidence from earlier stages only shortens a stage.")
     click.echo("  promote: an equal candidate shown within (stage scale x margin);"
-               " detect: a candidate one margin past the rollback threshold rolled back;"
+               " detect: a candidate worse by the KPI's detect (default 1.75 x margin)"
+               " rolled back;"
                " Wald: SPRT lower bound with a known baseline.")
     header = ("stage", "KPI", "unit", "promote", "detect", "Wald", "note")
     table = [header] + [(r.stage, r.kpi, r.unit, _n(r.promote_requests),

@@ -7,20 +7,24 @@ Rules (docs/statistics.md has the reasoning):
   guardrail, 0 for a critical KPI), or when the candidate's own value is confidently past a
   hard ``limit`` or past the registry's worse control limit μ ∓ kσ;
 * **promote** when every critical/guardrail KPI's lower bound is above
-  −(stage scale × margin), every hard limit is confidently respected, and the stage's
-  minimum samples and dwell time are met;
+  −(stage scale × margin) *and* its point estimate is within the (unscaled) margin, every
+  hard limit is confidently respected, and the stage's minimum samples and dwell time are
+  met;
 * **hold** otherwise; at the stage's ``max_duration`` the policy's ``on_timeout`` applies.
 
-Error budget: rollback fires on *any* of R tests, so ``alpha_rollback`` is split equally
-(Bonferroni) across the R rollback checks (a fairness check splits its share again over its
-segment pairs). Holm's step-down would reject exactly when Bonferroni does for this "any"
-event, so it would buy nothing and would make each KPI's interval depend on the others.
-Promotion needs *all* decisive KPIs (intersection–union), so each uses the full
-``alpha_promote``. For a guardrail a rollback and a promotion can never both be indicated
-(the promotion bound lies below the estimate, the rollback bound above it, and both use the
-same threshold); for a critical KPI, or with ``promote_margin_scale`` > 1, the promotion
-threshold is lower than the rollback threshold and both can hold at once: rollback wins,
-because it is checked first.
+Error budget: rollback fires on *any* of R tests, so ``alpha_rollback`` is split over the R
+rollback checks by weighted Bonferroni: each check gets ``alpha_rollback · w / W``, where w
+is its KPI's ``alpha_weight`` (a KPI's hard-limit and control-limit checks carry its
+weight) and W the sum of the weights of all R checks (a fairness check splits its share
+again over its segment pairs). Holm's step-down would reject exactly when Bonferroni does
+for this "any" event, so it would buy nothing and would make each KPI's interval depend on
+the others. Promotion needs *all* decisive KPIs (intersection–union), so each uses the full
+``alpha_promote``. The rollback boundary's mixture is tuned at the KPI's ``detect``
+distance, the promotion boundary's at its margin. For a guardrail with
+``promote_margin_scale`` 1 a rollback and a promotion can never both be indicated; for a
+critical KPI, or with ``promote_margin_scale`` > 1, the promotion threshold is lower than
+the rollback threshold and both can hold at once: rollback wins, because it is checked
+first.
 """
 
 from __future__ import annotations
@@ -52,14 +56,20 @@ class _Bounds:
 
 
 def _bounds(tests_r: Sequence[Test], tests_p: Sequence[Test], scale: float, alpha_r: float,
-            alpha_p: float) -> _Bounds:
-    """Anytime-valid bounds of a family of tests (Bonferroni within the family for rollback)."""
+            alpha_p: float, rollback_scale: float | None = None) -> _Bounds:
+    """Anytime-valid bounds of a family of tests (Bonferroni within the family for rollback).
+
+    The promotion mixture is tuned at ``scale`` (the margin), the rollback mixture at
+    ``rollback_scale`` (the detect distance; default ``scale``).
+    """
     usable_r = [t for t in tests_r if t.usable]
     usable_p = [t for t in tests_p if t.usable]
-    if not usable_r or not usable_p or not (scale > 0 and math.isfinite(scale)):
+    scale_r = scale if rollback_scale is None else rollback_scale
+    if not usable_r or not usable_p or not all(x > 0 and math.isfinite(x)
+                                               for x in (scale, scale_r)):
         return _Bounds(NAN, NAN, NAN, "")
     a_r = alpha_r / len(usable_r)
-    tau2_r = tau2_for_radius(scale, a_r)
+    tau2_r = tau2_for_radius(scale_r, a_r)
     tau2_p = tau2_for_radius(scale, alpha_p)
     uppers = [(t.delta + one_sided_radius(t.variance, tau2_r, a_r), t) for t in usable_r]
     upper, worst = min(uppers, key=lambda u: u[0])
@@ -94,17 +104,25 @@ def _needed(samples: int, variance: float, radius: float, scale: float, alpha: f
     return math.ceil(samples * variance / vstar)
 
 
+def _kpi_checks(policy: Policy, kpi: KpiSpec, registry: RegistryBaseline | None) -> int:
+    """The rollback checks of one KPI: its comparison, its hard limit, its control limit."""
+    return (int(kpi.decides) + int(kpi.limit is not None)
+            + int(_control_limit(policy, kpi, registry) is not None))
+
+
 def rollback_checks(policy: Policy, registry: RegistryBaseline | None) -> int:
     """How many rollback checks share ``alpha_rollback`` (fixed for the whole rollout)."""
-    count = 0
-    for kpi in policy.kpis:
-        if kpi.decides:
-            count += 1
-        if kpi.limit is not None:
-            count += 1
-        if _control_limit(policy, kpi, registry) is not None:
-            count += 1
-    return max(count, 1)
+    return max(sum(_kpi_checks(policy, kpi, registry) for kpi in policy.kpis), 1)
+
+
+def alpha_per_weight(policy: Policy, registry: RegistryBaseline | None) -> float:
+    """``alpha_rollback`` / W, W the summed ``alpha_weight`` of all rollback checks.
+
+    A check of a KPI with weight w runs at ``w ×`` this (weighted Bonferroni: the shares
+    add up to ``alpha_rollback``). With every weight 1 it is ``alpha_rollback / R``.
+    """
+    total = sum(kpi.alpha_weight * _kpi_checks(policy, kpi, registry) for kpi in policy.kpis)
+    return policy.evaluation.alpha_rollback / (total if total > 0 else 1.0)
 
 
 def _control_limit(policy: Policy, kpi: KpiSpec, registry: RegistryBaseline | None
@@ -137,7 +155,8 @@ def _kpi_evidence(policy: Policy, stage: Stage, kpi: KpiSpec, samples: Strata,
     meas: Measurement = measure(kpi, samples, m_r, m_p)
     base: dict[str, Any] = dict(kpi=kpi.name, kind=kpi.kind.value, role=kpi.role.value,
                 direction=kpi.direction.value, margin=str(kpi.margin) if kpi.margin else None,
-                limit=kpi.limit, alpha_rollback=alpha_r if kpi.decides else NAN,
+                limit=kpi.limit,
+                alpha_rollback=alpha_r if kpi.decides or kpi.limit is not None else NAN,
                 alpha_promote=alpha_p)
 
     # Hard limit and registry control limit: the candidate's own value.
@@ -172,7 +191,8 @@ def _kpi_evidence(policy: Policy, stage: Stage, kpi: KpiSpec, samples: Strata,
                         candidate_value=meas.candidate_value, samples=meas.samples,
                         **base), limit_ok
 
-    b = _bounds(meas.rollback_tests, meas.promote_tests, meas.scale, alpha_r, alpha_p)
+    b = _bounds(meas.rollback_tests, meas.promote_tests, meas.scale, alpha_r, alpha_p,
+                meas.rollback_tau_scale)
     promote_radius = -meas.promote_threshold if meas.promote_threshold < 0 else meas.scale
     pool_var = min((t.variance for t in meas.promote_tests if t.usable), default=NAN)
     needed = _needed(meas.samples, pool_var, promote_radius, meas.scale, alpha_p)
@@ -194,6 +214,14 @@ def _kpi_evidence(policy: Policy, stage: Stage, kpi: KpiSpec, samples: Strata,
     elif b.lower > 0 and meas.better_means_superior:
         verdict = Verdict.BETTER
         reason = f"{kpi.name} is confidently better: {values} ({interval})"
+    elif kpi.decides and b.lower > meas.promote_threshold and not _guard_passes(meas):
+        # The interval allows it (a widened stage margin), but the estimate itself is worse
+        # than the margin: promoting would hand more traffic to a probably-worse candidate.
+        verdict = Verdict.INCONCLUSIVE
+        reason = (f"{kpi.name} is estimated worse than its margin: Δ̂ "
+                  f"{meas.guard_estimate:+.4g} < {meas.guard_threshold:+.4g} (promotion needs "
+                  f"the estimate within the margin; {values}, bounds [{b.lower:+.4g}, "
+                  f"{b.upper:+.4g}])")
     elif kpi.decides and b.lower > meas.promote_threshold:
         verdict = Verdict.NON_INFERIOR
         reason = (f"{kpi.name} is confidently within its margin: {values} ({interval}; needs "
@@ -221,6 +249,16 @@ def _kpi_evidence(policy: Policy, stage: Stage, kpi: KpiSpec, samples: Strata,
         samples_needed=needed,
         **base,
     ), limit_ok
+
+
+def _guard_passes(meas: Measurement) -> bool:
+    """The promotion guard: the point estimate is within the unscaled margin (δ̂ > −m).
+
+    No guard without a margin; a missing estimate fails (NaN compares false).
+    """
+    if not math.isfinite(meas.guard_threshold):
+        return True
+    return meas.guard_estimate > meas.guard_threshold
 
 
 def _limit_scale(kpi: KpiSpec, limit: float) -> float:
@@ -262,14 +300,15 @@ def evaluate(policy: Policy, stage_index: int, stage_elapsed: float,
     if stage.is_final:
         raise ValueError("the final 100% stage is the promotion itself; nothing to evaluate")
     n_checks = rollback_checks(policy, registry)
-    alpha_r = policy.evaluation.alpha_rollback / n_checks
+    alpha_unit = alpha_per_weight(policy, registry)
     strata = Strata([s for s in samples if s.stage_index <= stage_index])
     current = next((s for s in strata if s.stage_index == stage_index), None)
 
     evidence: list[Evidence] = []
     limits_ok = True
     for kpi in policy.kpis:
-        ev, ok = _kpi_evidence(policy, stage, kpi, strata, registry, alpha_r)
+        ev, ok = _kpi_evidence(policy, stage, kpi, strata, registry,
+                               alpha_unit * kpi.alpha_weight)
         evidence.append(ev)
         limits_ok = limits_ok and ok
     checks = _stage_checks(policy, stage, current, stage_elapsed)
@@ -277,7 +316,7 @@ def evaluate(policy: Policy, stage_index: int, stage_elapsed: float,
     next_stage = policy.stages[next_index]
     common: dict[str, Any] = dict(stage_index=stage_index, stage_name=stage.name,
                                   evidence=tuple(evidence), checks=checks,
-                                  alpha_rollback_per_test=alpha_r, rollback_tests=n_checks)
+                                  alpha_rollback_per_test=alpha_unit, rollback_tests=n_checks)
 
     failing = [e for e in evidence if e.verdict.blocks_rollout and
                (e.verdict is not Verdict.WORSE or e.role in ("critical", "guardrail"))]

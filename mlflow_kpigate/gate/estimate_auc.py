@@ -1,5 +1,9 @@
 """AUC KPIs: the difference of binned-score AUCs, DeLong variance per arm, arms independent.
 
+The rollback test keeps DeLong's unrestricted variance: AUC_c = AUC_b (or = AUC_b −
+margin) does not determine the variance, which depends on the whole score distributions,
+so there is no restricted estimate short of a model for them.
+
 A stratum contributes only when each role has a third of :data:`~.strata.MIN_UNITS`
 positives and as many negatives (DeLong's variance needs both classes). A role whose
 labelled predictions carry no score at all returns labels: the KPI says so.
@@ -42,4 +46,4 @@ def measure_auc(kpi: KpiSpec, samples: Strata,
     margin = resolve_margin(kpi.margin, bv)
     return pooled_measurement(kpi, "AUC difference (candidate − baseline)", bv, cv,
                               c_all.scores.n_pos + c_all.scores.n_neg, pool(parts), margin,
-                              m_rollback, m_promote)
+                              m_rollback, m_promote, detect=resolve_margin(kpi.detect, bv))

@@ -4,6 +4,12 @@ For every ordered pair of segments (A, B) the statistic ``ln(r_c,A / r_c,B) − 
 compares the candidate's pair ratio with the baseline's index; log-rate variances by the
 delta method (≈ 1/x − 1/n with +½ continuity); the pairs are a family (Bonferroni within
 the KPI's share of α). Documented in docs/statistics.md.
+
+The rollback tests keep the delta-method variances: a restricted estimate would constrain
+four binomials (and the baseline's argmin/argmax segments) through a ratio, with no closed
+form; and for a false-positive-rate index, a candidate whose segment rate rose (the harm
+the KPI is for) has *more* events there, so its unrestricted variance is already below
+the null one.
 """
 
 from __future__ import annotations
@@ -11,7 +17,14 @@ from __future__ import annotations
 import math
 from itertools import permutations
 
-from mlflow_kpigate.gate.strata import NAN, Measurement, Strata, Test, no_measurement
+from mlflow_kpigate.gate.strata import (
+    NAN,
+    Measurement,
+    Strata,
+    Test,
+    no_measurement,
+    rollback_distance,
+)
 from mlflow_kpigate.kpis import RoleAggregate
 from mlflow_kpigate.policy import KpiSpec
 
@@ -64,6 +77,7 @@ def measure_fairness(kpi: KpiSpec, samples: Strata,
         tests.append(Test(f"{kpi.segment_by}={a} vs {b}", delta, var))
     # The index may drop by at most m of the baseline's (higher is better): FI_c ≥ (1−m)·FI_b.
     margin = -math.log1p(-kpi.margin.value) if kpi.margin else NAN
+    detect = -math.log1p(-kpi.detect.value) if kpi.detect else NAN
     samples_c = int(sum(n for _, n in c_rates.values()))
     return Measurement(
         statistic=(f"ln({kpi.metric} ratio between two {kpi.segment_by} segments, candidate)"
@@ -76,4 +90,6 @@ def measure_fairness(kpi: KpiSpec, samples: Strata,
         rollback_threshold=-m_rollback * margin if math.isfinite(margin) else 0.0,
         promote_threshold=-m_promote * margin if math.isfinite(margin) else NAN,
         scale=margin if math.isfinite(margin) else math.log(1.25),
+        rollback_scale=rollback_distance(margin, detect, m_rollback),
+        guard_threshold=-margin,
     )

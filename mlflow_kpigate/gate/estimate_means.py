@@ -4,8 +4,13 @@ Variance estimates (documented in docs/statistics.md):
 
 * latency mean: difference of mean log-latency (a ratio of geometric means), Welch variance;
 * mean of a logged value: difference of means, Welch variance;
+  both for the rollback test too: a pooled (equal-spread) variance would be the null
+  variance only under a pure location shift, and with unequal arms (5% vs 95%) it
+  under-states the variance of a candidate whose spread grew while its mean did not,
+  which inflates false rollbacks (tests/test_null_variance.py measures it);
 * business: ratio of logged values Σnum/Σden per arm, delta-method variance from the
-  co-moments (``den = count`` gives a plain mean).
+  co-moments (``den = count`` gives a plain mean), for the rollback test too: its null
+  fixes the ratio's difference, not the co-moments.
 
 A stratum contributes only when both roles have :data:`~.strata.MIN_UNITS` values.
 """
@@ -44,6 +49,7 @@ def measure_mean(kpi: KpiSpec, samples: Strata,
         bv = math.exp(b_all.latency.mean_log()) if b_all.latency.n else NAN
         cv = math.exp(c_all.latency.mean_log()) if c_all.latency.n else NAN
         margin = math.log1p(kpi.margin.value) if kpi.margin else NAN
+        detect = math.log1p(kpi.detect.value) if kpi.detect else NAN
         statistic = "log ratio of geometric-mean latency (candidate / baseline)"
         samples_c = c_all.latency.n
     else:
@@ -57,10 +63,11 @@ def measure_mean(kpi: KpiSpec, samples: Strata,
         bv = b_all.values.mean(name) if b_all.values and b_all.values.n else NAN
         cv = c_all.values.mean(name) if c_all.values and c_all.values.n else NAN
         margin = resolve_margin(kpi.margin, bv)
+        detect = resolve_margin(kpi.detect, bv)
         statistic = f"mean {name} difference (candidate − baseline)"
         samples_c = c_all.values.n if c_all.values else 0
     return pooled_measurement(kpi, statistic, bv, cv, samples_c, pool(parts), margin,
-                              m_rollback, m_promote)
+                              m_rollback, m_promote, detect=detect)
 
 
 def business_ratio(kpi: KpiSpec, agg: RoleAggregate) -> tuple[float, float, int]:
@@ -95,4 +102,4 @@ def measure_business(kpi: KpiSpec, samples: Strata,
     per = "per prediction" if kpi.denominator == COUNT else f"per {kpi.denominator}"
     statistic = f"{kpi.numerator} {per} difference (candidate − baseline)"
     return pooled_measurement(kpi, statistic, bv, cv, cn, pool(parts), margin, m_rollback,
-                              m_promote)
+                              m_promote, detect=resolve_margin(kpi.detect, bv))

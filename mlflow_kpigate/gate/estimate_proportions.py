@@ -2,14 +2,22 @@
 
 Variance estimates (documented in docs/statistics.md):
 
-* proportions: Agresti–Caffo (+1 success, +2 trials per arm) plug-in binomial variance;
-  the unit is the metric's denominator (labelled positives for recall, predicted
-  positives for precision, requests for error rate);
-* F1: ratio estimator 2TP / (2TP + FP + FN), delta-method variance.
+* proportions: the promotion test uses Agresti–Caffo (+1 success, +2 trials per arm)
+  proportions with their plug-in binomial variance; the rollback test uses counts with
+  two pseudo-trials per arm at the pooled proportion and its variance computed under its
+  null: pooled p̄ for a critical KPI (Δ = 0), Farrington–Manning restricted maximum
+  likelihood at Δ = −margin for a guardrail (:mod:`.null_variance`). The unit is the
+  metric's denominator (labelled positives for recall, predicted positives for precision,
+  requests for error rate);
+* F1: ratio estimator 2TP / (2TP + FP + FN), delta-method variance, for both tests (F1 is
+  not a binomial proportion: its null variance has no closed form).
 """
 
 from __future__ import annotations
 
+import math
+
+from mlflow_kpigate.gate.null_variance import adjust_toward_pooled, restricted_variance
 from mlflow_kpigate.gate.strata import (
     NAN,
     Measurement,
@@ -75,27 +83,38 @@ def measure_proportion(kpi: KpiSpec, samples: Strata,
             rb, vb, _ = f1(s.baseline)
             rc, vc, _ = f1(s.candidate)
             parts.append((sign * (rc - rb), vb + vc))
-        samples_c = cn
-        statistic = "F1 difference (candidate − baseline)"
-    else:
-        xb, nb = counts(kpi, b_all)
-        xc, nc = counts(kpi, c_all)
-        if kpi.metric == "custom" and (xb > nb or xc > nc):
-            return no_measurement(kpi, "custom proportion: numerator exceeds denominator; it "
-                                       "must count a subset of the denominator's events")
-        bv, cv = ratio(xb, nb), ratio(xc, nc)
-        parts = []
-        for s in samples:
-            sxb, snb = counts(kpi, s.baseline)
-            sxc, snc = counts(kpi, s.candidate)
-            if snb == 0 or snc == 0:
-                continue
-            pb, vb = agresti_caffo(sxb, snb)
-            pc, vc = agresti_caffo(sxc, snc)
-            parts.append((sign * (pc - pb), vb + vc))
-        samples_c = int(nc)
-        statistic = f"{kpi.metric} difference (candidate − baseline)"
-    test = pool(parts)
+        margin = resolve_margin(kpi.margin, bv)
+        return pooled_measurement(kpi, "F1 difference (candidate − baseline)", bv, cv, cn,
+                                  pool(parts), margin, m_rollback, m_promote,
+                                  detect=resolve_margin(kpi.detect, bv))
+    xb, nb = counts(kpi, b_all)
+    xc, nc = counts(kpi, c_all)
+    if kpi.metric == "custom" and (xb > nb or xc > nc):
+        return no_measurement(kpi, "custom proportion: numerator exceeds denominator; it "
+                                   "must count a subset of the denominator's events")
+    bv, cv = ratio(xb, nb), ratio(xc, nc)
     margin = resolve_margin(kpi.margin, bv)
-    return pooled_measurement(kpi, statistic, bv, cv, samples_c, test, margin, m_rollback,
-                              m_promote)
+    # H0 of the rollback test on the raw scale: p_c − p_b = −sign · m_rollback · margin
+    # (a lower-is-better rate is *higher* by the margin at the null boundary). Without a
+    # margin the rollback threshold is 0.
+    null_diff = -sign * m_rollback * margin if m_rollback and math.isfinite(margin) else 0.0
+    parts, null_parts = [], []
+    for s in samples:
+        sxb, snb = counts(kpi, s.baseline)
+        sxc, snc = counts(kpi, s.candidate)
+        if snb == 0 or snc == 0:
+            continue
+        pb, vb = agresti_caffo(sxb, snb)
+        pc, vc = agresti_caffo(sxc, snc)
+        parts.append((sign * (pc - pb), vb + vc))
+        ac, nc_, ab, nb_ = adjust_toward_pooled(sxc, snc, sxb, snb)
+        # Variance at the null boundary (NaN only when no pair of proportions differs by
+        # the margin: then the unrestricted variance stands in).
+        v0 = restricted_variance(ac, nc_, ab, nb_, null_diff)
+        null_parts.append((sign * (ac / nc_ - ab / nb_), v0 if v0 > 0 else vb + vc))
+    statistic = f"{kpi.metric} difference (candidate − baseline)"
+    test = pool(parts)
+    # The rollback statistic pools the strata with its own (null) inverse variances.
+    roll = pool(null_parts)
+    return pooled_measurement(kpi, statistic, bv, cv, int(nc), test, margin, m_rollback,
+                              m_promote, rollback_test=roll, detect=resolve_margin(kpi.detect, bv))

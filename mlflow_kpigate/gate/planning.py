@@ -5,9 +5,9 @@ For each evaluated stage and each KPI the plan gives, from the registry baseline
 * **to promote**: requests through the router in that stage (alone, without evidence pooled
   from earlier stages) after which an *equal* candidate's promotion bound clears
   −(stage scale × margin) with the policy's power;
-* **to detect**: requests after which a candidate worse by one margin beyond the rollback
-  threshold (−margin for a critical KPI, −2 × margin for a guardrail) is rolled back with
-  that power.
+* **to detect**: requests after which a candidate at −detect (the KPI's ``detect``, by
+  default 1.75 × margin) is rolled back with that power, at the KPI's weighted share of
+  ``alpha_rollback`` and with the rollback mixture tuned as the gate tunes it.
 
 Both use the same anytime-valid boundaries as the gate, evaluated as if at a single look
 (``radius(v) + z_power · sqrt(v) ≤ distance``), so they are planning figures: looking more
@@ -26,8 +26,9 @@ from scipy.stats import norm
 
 from mlflow_kpigate.core.baseline import BaselineKpi, RegistryBaseline
 from mlflow_kpigate.gate.boundaries import one_sided_radius, tau2_for_radius
-from mlflow_kpigate.gate.engine import rollback_checks
-from mlflow_kpigate.policy import KpiKind, KpiSpec, Policy, Role, Stage
+from mlflow_kpigate.gate.engine import alpha_per_weight
+from mlflow_kpigate.gate.strata import DETECT_FACTOR, rollback_distance
+from mlflow_kpigate.policy import KpiKind, KpiSpec, Margin, Policy, Role, Stage
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,7 @@ class _Unit:
     margin: float
     name: str
     p0: float | None = None  # for Wald's SPRT on proportions
+    detect: float = math.nan  # ``detect`` on the tested scale (NaN: DETECT_FACTOR × margin)
 
 
 _UNIT_NAMES = {
@@ -78,13 +80,27 @@ def wald_asn(p0: float, p1: float, alpha: float, beta: float) -> float:
 
 def _unit(kpi: KpiSpec, base: BaselineKpi | None, registry: RegistryBaseline
           ) -> _Unit | str:
-    """The unit for ``kpi``, or a message saying which baseline figure is missing."""
+    """The unit for ``kpi`` with its ``detect``, or a message saying what is missing."""
+    unit = _unit_of(kpi, kpi.margin, base, registry)
+    if isinstance(unit, str) or kpi.detect is None:
+        return unit
+    # ``detect`` converts to the tested scale exactly as the margin does.
+    converted = _unit_of(kpi, kpi.detect, base, registry)
+    if isinstance(converted, str):
+        return unit
+    return _Unit(unit.variance, unit.per_request, unit.margin, unit.name, unit.p0,
+                 converted.margin)
+
+
+def _unit_of(kpi: KpiSpec, margin_spec: Margin | None, base: BaselineKpi | None,
+             registry: RegistryBaseline) -> _Unit | str:
+    """The unit for ``kpi`` with ``margin_spec`` on the tested scale as its margin."""
     if base is None:
         return f"no baseline figure for {kpi.name!r} in the baseline file"
     prev = registry.prevalence
     cov = registry.label_coverage
-    margin = kpi.margin.value if kpi.margin else None
-    relative = kpi.margin is not None and kpi.margin.relative
+    margin = margin_spec.value if margin_spec else None
+    relative = margin_spec is not None and margin_spec.relative
     if kpi.kind is KpiKind.PROPORTION:
         p = base.mean
         if not 0 < p < 1:
@@ -123,12 +139,12 @@ def _unit(kpi: KpiSpec, base: BaselineKpi | None, registry: RegistryBaseline
                    "exceedance points"
         q = kpi.q or 0.95
         e = 1 - q
-        if kpi.margin is None:
+        if margin_spec is None:
             shift = math.log(1.1)
-        elif kpi.margin.relative:
-            shift = math.log1p(kpi.margin.value)
+        elif margin_spec.relative:
+            shift = math.log1p(margin_spec.value)
         else:
-            shift = math.log1p(kpi.margin.value / base.mean)
+            shift = math.log1p(margin_spec.value / base.mean)
         # Lognormal latency: moving the threshold by the margin lowers the exceedance to
         # 1 − Φ(z_q + shift/σ).
         m = e - float(norm.sf(norm.ppf(q) + shift / base.unit_sd))
@@ -190,12 +206,14 @@ def plan(policy: Policy, registry: RegistryBaseline) -> list[PlanRow]:
     """Planning rows for every evaluated stage × critical/guardrail KPI."""
     ev = policy.evaluation
     decisive = [k for k in policy.kpis if k.decides]
-    # The same split as the gate's: decisive KPIs + hard limits + registry control limits.
-    alpha_r = ev.alpha_rollback / rollback_checks(policy, registry)
+    # The same split as the gate's: decisive KPIs + hard limits + registry control limits,
+    # weighted by each KPI's alpha_weight.
+    unit_alpha = alpha_per_weight(policy, registry)
     rows: list[PlanRow] = []
     for stage in policy.gated_stages:
         for kpi in decisive:
-            rows.append(_plan_row(stage, kpi, registry, alpha_r, ev.alpha_promote, ev.power))
+            rows.append(_plan_row(stage, kpi, registry, unit_alpha * kpi.alpha_weight,
+                                  ev.alpha_promote, ev.power))
     return rows
 
 
@@ -208,11 +226,15 @@ def _plan_row(stage: Stage, kpi: KpiSpec, registry: RegistryBaseline, alpha_r: f
     share = 0.5 if stage.shadow else stage.traffic / 100.0
     promote = _requests(unit, share, stage.promote_margin_scale * unit.margin, alpha_p, power,
                         unit.margin, stage.shadow)
-    detect = _requests(unit, share, unit.margin, alpha_r, power, unit.margin, stage.shadow)
+    # A candidate at −detect against the rollback threshold (0 critical, −margin guardrail);
+    # the rollback mixture is tuned as the gate tunes it.
+    m_r = 0.0 if kpi.role is Role.CRITICAL else 1.0
+    shift = unit.detect if math.isfinite(unit.detect) else DETECT_FACTOR * unit.margin
+    detect = _requests(unit, share, shift - m_r * unit.margin, alpha_r, power,
+                       rollback_distance(unit.margin, shift, m_r), stage.shadow)
     wald = None
     if unit.p0 is not None:
         sign = 1 if kpi.direction.value == "higher" else -1
-        shift = unit.margin * (1 if kpi.role is Role.CRITICAL else 2)
         p1 = unit.p0 - sign * shift
         if 0 < p1 < 1:
             asn = wald_asn(unit.p0, p1, alpha_r, 1 - power)

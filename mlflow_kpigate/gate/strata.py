@@ -9,8 +9,8 @@ traffic share or time of day between stages cannot masquerade as a KPI differenc
 pooled score keeps independent increments (the condition under which the confidence
 sequences are valid).
 
-Also here: the helpers several kinds share (orientation, margins in KPI units, turning one
-pooled test into a measurement).
+Also here: the helpers several kinds share (orientation, margins in KPI units, where the
+rollback boundary is tuned, turning pooled tests into a measurement).
 """
 
 from __future__ import annotations
@@ -30,6 +30,16 @@ NAN = math.nan
 #: confidence sequence (a Gaussian simulation crossed 15% of the time with 2 values in the
 #: first look, under 4% with 10 or more). Proportions use Agresti–Caffo instead.
 MIN_UNITS = 30
+
+#: Default ``detect`` (the harmful effect the rollback check is tuned to find), as a
+#: multiple of the margin on the tested scale. Tuning the rollback mixture at 1.75× the
+#: margin cut the recall −5 exposure by 12% against tuning it at the margin (measured on
+#: the benchmark stream; docs/statistics.md).
+DETECT_FACTOR = 1.75
+#: The rollback mixture is tuned at the distance between the rollback threshold and
+#: −detect, but never below this fraction of the margin: a guardrail whose detect is
+#: barely past its margin would otherwise tune the boundary for samples no stage reaches.
+DETECT_FLOOR = 0.25
 
 
 @dataclass(frozen=True)
@@ -58,11 +68,31 @@ class Measurement:
     promote_tests: tuple[Test, ...]
     rollback_threshold: float
     promote_threshold: float
-    scale: float  # the margin on the tested scale: sets the mixture's τ
+    scale: float  # the margin on the tested scale: sets the promotion mixture's τ
     missing: str | None = None  # why there is no usable estimate yet
     # False when the margin is built into the tested statistic (quantiles), so that a
     # positive bound shows non-inferiority rather than superiority.
     better_means_superior: bool = True
+    # Distance between the rollback threshold and −detect on the tested scale: sets the
+    # rollback mixture's τ. NaN: the same as ``scale``.
+    rollback_scale: float = NAN
+    # The promotion guard: a KPI may promote only if the point estimate of these tests
+    # (the promotion tests when empty) exceeds ``guard_threshold`` (−margin, unscaled).
+    # NaN: no guard (no margin).
+    guard_threshold: float = NAN
+    guard_tests: tuple[Test, ...] = ()
+
+    @property
+    def rollback_tau_scale(self) -> float:
+        """Where the rollback boundary is tuned (``rollback_scale``, else ``scale``)."""
+        ok = math.isfinite(self.rollback_scale) and self.rollback_scale > 0
+        return self.rollback_scale if ok else self.scale
+
+    @property
+    def guard_estimate(self) -> float:
+        """The smallest point estimate the promotion guard looks at (NaN if none usable)."""
+        tests = [t for t in (self.guard_tests or self.promote_tests) if t.usable]
+        return min((t.delta for t in tests), default=NAN)
 
 
 class Strata:
@@ -121,6 +151,21 @@ def resolve_margin(margin: Margin | None, reference: float) -> float:
     return margin.value
 
 
+def rollback_distance(margin: float, detect: float, m_rollback: float) -> float:
+    """Distance between the rollback threshold (−m_rollback·margin) and −detect, floored.
+
+    Both on the tested scale; ``detect`` NaN means the default :data:`DETECT_FACTOR` ×
+    margin. Critical KPIs (m_rollback = 0) get ``detect`` itself, guardrails
+    ``detect − margin``; never less than :data:`DETECT_FLOOR` × margin. NaN without a
+    margin.
+    """
+    if not (math.isfinite(margin) and margin > 0):
+        return NAN
+    if not (math.isfinite(detect) and detect > 0):
+        detect = DETECT_FACTOR * margin
+    return max(detect - m_rollback * margin, DETECT_FLOOR * margin)
+
+
 def no_measurement(kpi: KpiSpec, why: str) -> Measurement:
     """A measurement without a usable estimate, saying ``why``."""
     return Measurement("", NAN, NAN, 0, (), (), NAN, NAN, NAN, why)
@@ -128,16 +173,27 @@ def no_measurement(kpi: KpiSpec, why: str) -> Measurement:
 
 def pooled_measurement(kpi: KpiSpec, statistic: str, bv: float, cv: float, samples: int,
                        test: Test, margin: float, m_rollback: float,
-                       m_promote: float) -> Measurement:
-    """The measurement of one pooled ``test`` against ``margin`` scaled for both thresholds."""
-    missing = None if test.usable else "not enough samples in both roles yet"
+                       m_promote: float, *, rollback_test: Test | None = None,
+                       detect: float = NAN) -> Measurement:
+    """The measurement of pooled tests against ``margin`` scaled for both thresholds.
+
+    ``test`` is the promotion test (unrestricted variance); ``rollback_test`` the rollback
+    test when its variance is computed under the null (default: ``test``). ``margin`` and
+    ``detect`` are on the tested scale.
+    """
+    roll = rollback_test if rollback_test is not None else test
+    missing = None if test.usable and roll.usable else "not enough samples in both roles yet"
     if math.isfinite(margin) and margin > 0:
         scale = margin
         roll_thr, prom_thr = -m_rollback * margin, -m_promote * margin
+        guard = -margin
     else:
         # No margin (success/info KPIs, or relative margin without a baseline estimate):
         # test against zero, with the mixture scaled to a tenth of the value.
         scale = 0.1 * abs(bv) if math.isfinite(bv) and bv != 0 else 0.01
         roll_thr, prom_thr = 0.0, 0.0
-    return Measurement(statistic, bv, cv, samples, (test,), (test,), roll_thr, prom_thr,
-                       scale, missing)
+        guard = NAN
+    return Measurement(statistic, bv, cv, samples, (roll,), (test,), roll_thr, prom_thr,
+                       scale, missing, rollback_scale=rollback_distance(margin, detect,
+                                                                        m_rollback),
+                       guard_threshold=guard)
