@@ -435,6 +435,25 @@ def test_timeout_promote_if_no_guardrail_fails():
     assert "300 of 5,000" in d.reason
 
 
+def test_last_canary_stage_rolls_back_on_timeout_by_default():
+    doc = {"stages": [{"traffic": t, "max_duration": "1d",
+                       "min_samples": {"requests": 100, "labelled": 100}}
+                      for t in (5, 25, 50)] + [{"traffic": 100}],
+           "kpis": [copy.deepcopy(RECALL), copy.deepcopy(ERRORS)]}
+    policy = policy_from_dict(doc)
+    d = evaluate(policy, 2, 24 * HOUR, _inconclusive(policy))
+    assert d.action is Action.ROLLBACK
+    assert d.timed_out
+    # Earlier stages keep holding and alerting.
+    d = evaluate(policy, 1, 24 * HOUR, _inconclusive(policy))
+    assert d.action is Action.HOLD
+    assert d.timed_out
+    # Holding at the last stage is still possible, but must be asked for.
+    doc["stages"][2]["on_timeout"] = "hold_and_alert"
+    held = policy_from_dict(doc)
+    assert evaluate(held, 2, 24 * HOUR, _inconclusive(held)).action is Action.HOLD
+
+
 def test_timeout_never_overrides_a_rollback():
     policy = make_policy(RECALL, ERRORS, stage={"on_timeout": "promote_if_no_guardrail_fails"})
     d = evaluate(policy, 1, 24 * HOUR, samples(policy, {}, {"recall": 0.676}))

@@ -1271,7 +1271,7 @@ def test_a_kpi_name_that_is_not_a_string_is_a_problem_not_a_crash_with_queries()
 
 
 # --------------------------------------------------------------------------------------
-# detect and alpha_weight
+# detect, alpha_weight and the last canary stage's on_timeout
 # --------------------------------------------------------------------------------------
 
 
@@ -1336,3 +1336,22 @@ def test_alpha_weight_needs_a_rollback_check() -> None:
                    "an info KPI without a 'limit' has no rollback check to weight")
     with_limit = {**kpi, "limit": 0.6}
     assert policy_from_dict(with_kpi(with_limit)).kpi("auc").alpha_weight == 2
+
+
+def test_last_canary_stage_defaults_to_rollback_on_timeout() -> None:
+    policy = policy_from_dict(base())  # shadow, 5, 50, 100
+    assert [s.on_timeout for s in policy.gated_stages] == [
+        OnTimeout.HOLD_AND_ALERT, OnTimeout.HOLD_AND_ALERT, OnTimeout.ROLLBACK]
+    # Set on the stage, or in stage_defaults: as written.
+    doc = base()
+    doc["stages"][2]["on_timeout"] = "hold_and_alert"
+    assert policy_from_dict(doc).stages[2].on_timeout is OnTimeout.HOLD_AND_ALERT
+    doc = base()
+    doc["stage_defaults"] = {"on_timeout": "promote_if_no_guardrail_fails"}
+    assert {s.on_timeout for s in policy_from_dict(doc).gated_stages} == {
+        OnTimeout.PROMOTE_IF_NO_GUARDRAIL_FAILS}
+    # The shortcut forms too; a shadow stage right before 100% keeps holding.
+    assert policy_from_dict({**base(), "stages": "5,25,100"}).stages[1].on_timeout is \
+        OnTimeout.ROLLBACK
+    assert policy_from_dict({**base(), "stages": "shadow,100"}).stages[0].on_timeout is \
+        OnTimeout.HOLD_AND_ALERT

@@ -1,8 +1,15 @@
-"""Validation of ``stages`` and ``stage_defaults``, including the ``shadow,5,25,100`` shortcut."""
+"""Validation of ``stages`` and ``stage_defaults``, including the ``shadow,5,25,100`` shortcut.
+
+``on_timeout`` defaults to ``hold_and_alert``, except on the last canary stage (the last
+before 100%), where it defaults to ``rollback``: a candidate that could not show
+non-inferiority at the largest canary share should not keep serving that share
+indefinitely. Setting ``on_timeout`` on the stage or in ``stage_defaults`` overrides it.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 from mlflow_kpigate.core.durations import format_duration
@@ -152,11 +159,13 @@ def validate_stages(p: Problems, raw: Any, defaults_raw: Any) -> tuple[Stage, ..
         return ()
     stages: list[Stage] = []
     parsed: list[Stage | None] = []
+    explicit_timeout: list[bool] = []
     for i, item in enumerate(raw):
         path = f"stages[{i}]"
         if isinstance(item, bool):
             p.add(path, "must be a mapping or a percentage")
             parsed.append(None)
+            explicit_timeout.append(False)
             continue
         if isinstance(item, (int, float)):
             item = {"traffic": item}
@@ -164,9 +173,15 @@ def validate_stages(p: Problems, raw: Any, defaults_raw: Any) -> tuple[Stage, ..
             item = {"shadow": True}
         stage = _validate_stage(p, path, item, defaults, i)
         parsed.append(stage)
+        explicit_timeout.append("on_timeout" in defaults
+                                or (isinstance(item, Mapping) and "on_timeout" in item))
     stages = [s for s in parsed if s is not None]
     if len(stages) != len(parsed):
         return tuple(stages)
+    last = len(stages) - 2  # the last stage before the final 100% one
+    if (last >= 0 and stages[-1].is_final and not stages[last].shadow
+            and not explicit_timeout[last]):
+        stages[last] = replace(stages[last], on_timeout=OnTimeout.ROLLBACK)
     for i, stage in enumerate(stages):
         if stage.shadow and i != 0:
             p.add(f"stages[{i}].shadow", "only the first stage can be a shadow stage")
