@@ -374,14 +374,15 @@ def _simulate_two_arm_proportions(seed: int, p_b: float = P_EQUAL, p_c: float = 
                                   null_diff: float = 0.0, batch: int = BATCH):
     """Per path and look, as the engine computes them: the promotion test's pooled (δ, v)
     (Agresti–Caffo), the rollback test's pooled (δ₀, v₀) (counts adjusted towards the
-    pooled proportion, variance at p_c − p_b = ``null_diff``), and the raw counts.
+    pooled proportion, variance at p_c − p_b = ``null_diff`` with the null proportions
+    estimated from all strata so far), and the raw counts.
 
     Each stage is a stratum with its own traffic share; strata are pooled with
     inverse-variance weights (the rollback statistic with its null variances).
     """
     rng = np.random.default_rng(seed)
     looks = sum(k for _, k in STAGES)
-    promote, rollback, counts = [], [], []
+    promote, counts, adjusted = [], [], []
     start = 0
     for share, k in STAGES:
         nc = rng.binomial(batch, share, (PATHS, k))
@@ -395,12 +396,30 @@ def _simulate_two_arm_proportions(seed: int, p_b: float = P_EQUAL, p_c: float = 
         promote.append((start, pc - pb, pb * (1 - pb) / (snb + 2) + pc * (1 - pc) / (snc + 2),
                         ok))
         pbar = (sxc + sxb + 1) / (snc + snb + 2)
-        ac, ab, an_c, an_b = sxc + 2 * pbar, sxb + 2 * pbar, snc + 2, snb + 2
-        qc, qb = _fm(ac, an_c, ab, an_b, null_diff)
-        rollback.append((start, ac / an_c - ab / an_b,
-                         qc * (1 - qc) / an_c + qb * (1 - qb) / an_b, ok))
+        # Adjusted counts over the whole run: 0 before the stage, its last after it.
+        full = []
+        for a in (sxc + 2 * pbar, snc + 2, sxb + 2 * pbar, snb + 2):
+            f = np.zeros((PATHS, looks))
+            f[:, start:start + k] = np.where(ok, a, 0.0)
+            f[:, start + k:] = f[:, start + k - 1:start + k]
+            full.append(f)
+        adjusted.append((start, k, full))
         start += k
-    return _pool_strata(promote, looks), _pool_strata(rollback, looks), counts
+    # The null proportions from all strata seen so far; every stratum's variance uses them
+    # (a finished stratum's too, at every later look).
+    tot = [sum(full[i] for _, _, full in adjusted) for i in range(4)]
+    num = np.zeros((PATHS, looks))
+    info = np.zeros((PATHS, looks))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        qc, qb = _fm(tot[0], tot[1], tot[2], tot[3], null_diff)
+        for _, _, (ac, an_c, ab, an_b) in adjusted:
+            live = an_c > 0
+            w = np.where(live, 1.0 / (qc * (1 - qc) / an_c + qb * (1 - qb) / an_b), 0.0)
+            num += np.where(live, w * (ac / an_c - ab / an_b), 0.0)
+            info += w
+        rollback = (np.where(info > 0, num / info, np.nan),
+                    np.where(info > 0, 1.0 / info, np.nan))
+    return _pool_strata(promote, looks), rollback, counts
 
 
 def _aggregate(policy, x: int, n: int) -> RoleAggregate:

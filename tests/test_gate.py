@@ -548,7 +548,7 @@ def test_proportion_rollback_test_uses_the_variance_under_its_null(spec, m_rollb
     metric = spec["metric"]
     xb, nb = data[0].baseline.confusion.rate(metric)
     xc, nc = data[0].candidate.confusion.rate(metric)
-    adjusted = adjust_toward_pooled(xc, nc, xb, nb)
+    adjusted = adjust_toward_pooled(xc, nc, xb, nb)  # one stratum: its own null proportions
     roll, prom = meas.rollback_tests[0], meas.promote_tests[0]
     assert roll.variance == pytest.approx(restricted_variance(*adjusted, diff), rel=1e-12)
     if diff == 0:
@@ -560,6 +560,22 @@ def test_proportion_rollback_test_uses_the_variance_under_its_null(spec, m_rollb
     pb, pc = (xb + 1) / (nb + 2), (xc + 1) / (nc + 2)
     assert prom.variance == pytest.approx(pb * (1 - pb) / (nb + 2) + pc * (1 - pc) / (nc + 2))
     assert roll.variance != pytest.approx(prom.variance, rel=1e-3)
+
+
+def test_a_stage_without_events_does_not_mask_a_later_one():
+    """No errors at all in a first stage, 5% candidate errors in the second: the null
+    proportion comes from all strata, so the quiet stage's variance is not ~0 and its
+    weight cannot swamp the second stage (with per-stage null proportions it did, and
+    the pooled estimate stayed at ~0)."""
+    policy = make_policy(ERRORS)
+    quiet = {"n": 6000, "error_rate": 0.0}
+    data = (samples(policy, quiet, quiet, stage_index=0)
+            + samples(policy, quiet, {"n": 6000, "error_rate": 0.05}, stage_index=1, seed=1))
+    meas = measure(policy.kpi("error_rate"), Strata(data), 0.0, 1.0)
+    assert meas.rollback_tests[0].delta < -0.02
+    d = evaluate(policy, 1, 2 * HOUR, data)
+    assert d.action is Action.ROLLBACK
+    assert d.evidence_for("error_rate").verdict is Verdict.WORSE
 
 
 def test_quantile_rollback_test_uses_the_pooled_exceedance_variance():

@@ -5,8 +5,9 @@ Variance estimates (documented in docs/statistics.md):
 * proportions: the promotion test uses Agresti–Caffo (+1 success, +2 trials per arm)
   proportions with their plug-in binomial variance; the rollback test uses counts with
   two pseudo-trials per arm at the pooled proportion and its variance computed under its
-  null: pooled p̄ for a critical KPI (Δ = 0), Farrington–Manning restricted maximum
-  likelihood at Δ = −margin for a guardrail (:mod:`.null_variance`). The unit is the
+  null, the null proportions estimated from all strata: pooled p̄ for a critical KPI
+  (Δ = 0), Farrington–Manning restricted maximum likelihood at Δ = −margin for a
+  guardrail (:mod:`.null_variance`). The unit is the
   metric's denominator (labelled positives for recall, predicted positives for precision,
   requests for error rate);
 * F1: ratio estimator 2TP / (2TP + FP + FN), delta-method variance, for both tests (F1 is
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 import math
 
-from mlflow_kpigate.gate.null_variance import adjust_toward_pooled, restricted_variance
+from mlflow_kpigate.gate.null_variance import adjust_toward_pooled, stratified_null_variances
 from mlflow_kpigate.gate.strata import (
     NAN,
     Measurement,
@@ -98,7 +99,7 @@ def measure_proportion(kpi: KpiSpec, samples: Strata,
     # (a lower-is-better rate is *higher* by the margin at the null boundary). Without a
     # margin the rollback threshold is 0.
     null_diff = -sign * m_rollback * margin if m_rollback and math.isfinite(margin) else 0.0
-    parts, null_parts = [], []
+    parts, adjusted, unrestricted = [], [], []
     for s in samples:
         sxb, snb = counts(kpi, s.baseline)
         sxc, snc = counts(kpi, s.candidate)
@@ -107,11 +108,15 @@ def measure_proportion(kpi: KpiSpec, samples: Strata,
         pb, vb = agresti_caffo(sxb, snb)
         pc, vc = agresti_caffo(sxc, snc)
         parts.append((sign * (pc - pb), vb + vc))
-        ac, nc_, ab, nb_ = adjust_toward_pooled(sxc, snc, sxb, snb)
-        # Variance at the null boundary (NaN only when no pair of proportions differs by
-        # the margin: then the unrestricted variance stands in).
-        v0 = restricted_variance(ac, nc_, ab, nb_, null_diff)
-        null_parts.append((sign * (ac / nc_ - ab / nb_), v0 if v0 > 0 else vb + vc))
+        adjusted.append(adjust_toward_pooled(sxc, snc, sxb, snb))
+        unrestricted.append(vb + vc)
+    # Variances at the null boundary, with the null proportions estimated from all strata
+    # (NaN only when no pair of proportions differs by the margin: then the unrestricted
+    # variance stands in).
+    null_parts = [(sign * (ac / nc_ - ab / nb_), v0 if v0 > 0 else vu)
+                  for (ac, nc_, ab, nb_), v0, vu in zip(
+                      adjusted, stratified_null_variances(adjusted, null_diff), unrestricted,
+                      strict=True)]
     statistic = f"{kpi.metric} difference (candidate − baseline)"
     test = pool(parts)
     # The rollback statistic pools the strata with its own (null) inverse variances.

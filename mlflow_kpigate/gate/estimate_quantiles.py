@@ -5,8 +5,8 @@ is ``P_b(X > t) − P_c(X > t·(1+m))`` (two independent binomials, Agresti–Ca
 null that the candidate's latency is the baseline's scaled by (1+m) the two are equal for
 any t, so the margin lives in the threshold and the test is against 0. The rollback test
 therefore uses the pooled binomial variance of the two exceedances (they are equal under
-its null), on counts adjusted towards the pooled exceedance; the promotion test keeps the
-unpooled Agresti–Caffo variance. Thresholds are
+its null; the common exceedance estimated from all strata), on counts adjusted towards
+the pooled exceedance; the promotion test keeps the unpooled Agresti–Caffo variance. Thresholds are
 snapped to the histogram's bucket edges in the conservative direction for each bound.
 Documented in docs/statistics.md.
 """
@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 
 from mlflow_kpigate.gate.estimate_proportions import agresti_caffo
-from mlflow_kpigate.gate.null_variance import adjust_toward_pooled, pooled_variance
+from mlflow_kpigate.gate.null_variance import adjust_toward_pooled, stratified_null_variances
 from mlflow_kpigate.gate.strata import (
     NAN,
     Measurement,
@@ -51,17 +51,15 @@ def measure_quantile(kpi: KpiSpec, samples: Strata,
         return t * (1 + mult * margin.value) if margin.relative else t + mult * margin.value
 
     t_roll, t_prom, t_guard = scaled(m_rollback), scaled(m_promote), scaled(1.0)
-    roll_parts, prom_parts, guard_parts = [], [], []
+    roll_counts, prom_parts, guard_parts = [], [], []
     for s in samples:
         hb, hc = s.baseline.latency, s.candidate.latency
         if hb.n == 0 or hc.n == 0:
             continue
         # Conservative snapping: for the rollback bound count more baseline and fewer
         # candidate exceedances; for the promotion bound the reverse.
-        ac, nc, ab, nb = adjust_toward_pooled(hc.count_above(t_roll, "up")[0], hc.n,
-                                              hb.count_above(t, "down")[0], hb.n)
-        # Equal exceedances under the rollback null: pooled variance.
-        roll_parts.append((ab / nb - ac / nc, pooled_variance(ac, nc, ab, nb)))
+        roll_counts.append(adjust_toward_pooled(hc.count_above(t_roll, "up")[0], hc.n,
+                                                hb.count_above(t, "down")[0], hb.n))
         eb, vb = exceedance(hb, t, "up")
         ec, vc = exceedance(hc, t_prom, "down")
         prom_parts.append((eb - ec, vb + vc))
@@ -84,7 +82,10 @@ def measure_quantile(kpi: KpiSpec, samples: Strata,
     shown = f"+{margin}" if margin.value else ""
     statistic = (f"exceedance: P_baseline(latency > p{q * 100:g}) − "
                  f"P_candidate(latency > p{q * 100:g}{shown})")
-    roll = pool(roll_parts)
+    # Equal exceedances under the rollback null: pooled variance, the common exceedance
+    # estimated from all strata.
+    roll = pool([(ab / nb - ac / nc, v0) for (ac, nc, ab, nb), v0 in zip(
+        roll_counts, stratified_null_variances(roll_counts, 0.0), strict=True)])
     prom = pool(prom_parts)
     missing = None if roll.usable and prom.usable else "not enough latency samples"
     guard = (pool(guard_parts),) if guard_parts else ()

@@ -12,6 +12,11 @@ the unrestricted plug-in carries that into the variance and delays the rollback.
   the restricted maximum-likelihood proportions of Farrington & Manning (Stat. Med. 1990,
   after Miettinen & Nurminen 1985), the middle root of a cubic, in closed form;
   :func:`restricted_variance` turns them into the variance.
+* :func:`stratified_null_variances` — the variances of every stratum's difference with the
+  null proportions estimated from all strata together (each stratum keeps its own arm
+  sizes). A stratum's own estimate would be ~0 for a rare event it has not seen yet (no
+  errors in a 5% stage), and its inverse-variance weight would then swamp every other
+  stratum, however bad the candidate is there.
 
 Callers pass adjusted counts (:func:`adjust_toward_pooled`: two pseudo-trials per arm, as
 Agresti–Caffo, but at the pooled proportion instead of ½), so every proportion is strictly
@@ -22,6 +27,7 @@ NaN can come out. Documented in docs/statistics.md.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 NAN = math.nan
 
@@ -116,6 +122,24 @@ def _score_root(xc: float, nc: float, xb: float, nb: float, diff: float, lo: flo
         else:
             right = mid
     return 0.5 * (left + right)
+
+
+def stratified_null_variances(strata: Sequence[tuple[float, float, float, float]],
+                              diff: float) -> list[float]:
+    """Per-stratum Var(p̂_c − p̂_b) at proportions restricted to p_c − p_b = ``diff``.
+
+    ``strata`` holds adjusted (x_c, n_c, x_b, n_b) per stratum. The restricted proportions
+    (p̃_c, p̃_b) are those of the counts summed over the strata (a common null pair); the
+    variance of stratum s is p̃_c(1 − p̃_c)/n_c,s + p̃_b(1 − p̃_b)/n_b,s. When the strata's
+    true proportions differ, this over-states each stratum's variance rather than
+    under-stating it (p(1 − p) is concave: the average of the strata's p(1 − p) is at most
+    that of their average p). NaN for every stratum when there is no restricted estimate.
+    """
+    totals = [sum(col) for col in zip(*strata, strict=True)] if strata else [0.0] * 4
+    qc, qb = restricted_proportions(totals[0], totals[1], totals[2], totals[3], diff)
+    if not (math.isfinite(qc) and math.isfinite(qb)):
+        return [NAN] * len(strata)
+    return [qc * (1.0 - qc) / nc + qb * (1.0 - qb) / nb for _, nc, _, nb in strata]
 
 
 def restricted_variance(xc: float, nc: float, xb: float, nb: float, diff: float) -> float:
