@@ -28,6 +28,7 @@ class Verdict(str, Enum):
     INCONCLUSIVE = "inconclusive"  # neither yet: more samples needed
     INSUFFICIENT_DATA = "insufficient_data"  # too little data for an estimate
     REPORTED = "reported"  # info KPI: estimate only
+    NO_REGRESSION = "no_regression"  # while baking: the change detector has not alarmed
 
     @property
     def blocks_rollout(self) -> bool:

@@ -27,7 +27,8 @@ from mlflow_kpigate.core.state import RolloutState, Weights
 
 
 def traffic_percent(weights: Weights) -> float:
-    """The candidate's share of live responses (0 in shadow or when detached)."""
+    """The candidate's share of live responses (0 in shadow or when detached; 100 while
+    baking, where only the baseline's copy is a shadow)."""
     if weights.shadow or not weights.candidate_attached:
         return 0.0
     return weights.candidate_percent
@@ -231,6 +232,17 @@ class AliasMoved(AuditEvent):
 
 
 @dataclass(frozen=True)
+class AliasRestored(AuditEvent):
+    """The promote alias was moved back from the candidate to the previous version (a
+    rollback, or an abort, after the bake had started)."""
+
+    KIND: ClassVar[str] = "alias_restored"
+    alias: str = ""
+    to_version: str = ""
+    from_version: str | None = None
+
+
+@dataclass(frozen=True)
 class Resumed(AuditEvent):
     """A restarted controller redoes the side effects of revision ``redo_effects_for``."""
 
@@ -281,7 +293,8 @@ class OtherEvent(AuditEvent):
 
 _BY_KIND: dict[str, type[AuditEvent]] = {
     cls.KIND: cls for cls in (Created, Aborted, StageReady, ReadinessTimeout, ReadinessAbort,
-                              EffectError, AlertSent, AliasMoved, Resumed, ReportWritten,
+                              EffectError, AlertSent, AliasMoved, AliasRestored, Resumed,
+                              ReportWritten,
                               RouterRestarted, ControllerRestarted)
 }
 

@@ -2,9 +2,16 @@
 
 Phases follow the design's state machine::
 
-    pending → shadow? → canary (stage i …) → promoted
+    pending → shadow? → canary (stage i …) → baking? → promoted
                  ↘ holding (inside a stage) ↗
     any non-terminal phase → rolled_back | aborted
+
+``baking`` is reached when the final 100% stage is approved and the policy has a
+``bake``: the candidate serves everything (the promote alias points at it) while the
+previous version scores a shadow copy of every request, and a change detector can still
+roll back; ``promoted`` follows when the bake ends without a regression. A rollout rolled
+back (or aborted) while baking keeps its ``bake_started_at``, which is how its status reads
+``rolled_back_after_promotion``.
 
 ``approved_stage_index`` is the highest stage the gate (or an operator) approved; traffic
 is never raised past it, whatever happens to the controller process.
@@ -13,9 +20,13 @@ is never raised past it, whatever happens to the controller process.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from enum import Enum
 from typing import Any
+
+#: The ``kpigate.status`` of a rollout rolled back while baking (its phase: ``rolled_back``).
+ROLLED_BACK_AFTER_PROMOTION = "rolled_back_after_promotion"
 
 
 class Phase(str, Enum):
@@ -25,6 +36,7 @@ class Phase(str, Enum):
     SHADOW = "shadow"
     CANARY = "canary"
     HOLDING = "holding"
+    BAKING = "baking"
     PROMOTED = "promoted"
     ROLLED_BACK = "rolled_back"
     ABORTED = "aborted"
@@ -42,17 +54,41 @@ class Weights:
     ``candidate_percent`` of live requests go to the candidate (0 in shadow); with
     ``shadow`` the candidate also scores a mirrored copy of every request off the response
     path; ``candidate_attached`` is False once the candidate is detached (after a rollback
-    or delete), so the router neither serves nor mirrors to it.
+    or delete), so the router neither serves nor mirrors to it. ``baseline_shadow`` is the
+    reverse of ``shadow``, used while baking: the candidate answers (at 100%) and the
+    baseline scores a mirrored copy of every request.
+
+    The JSON form (:meth:`to_dict`) leaves ``baseline_shadow`` out while it is False, so
+    weights of rollouts without a bake read and write exactly as before it existed.
     """
 
     candidate_percent: float = 0.0
     shadow: bool = False
     candidate_attached: bool = True
+    baseline_shadow: bool = False
 
     @classmethod
     def baseline_only(cls) -> Weights:
         """All traffic to the baseline, candidate detached."""
         return cls(0.0, False, False)
+
+    @classmethod
+    def baking(cls) -> Weights:
+        """The candidate answers everything; the baseline scores a shadow copy."""
+        return cls(100.0, False, True, baseline_shadow=True)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready mapping (``baseline_shadow`` only when set; see the class)."""
+        d = asdict(self)
+        if not self.baseline_shadow:
+            del d["baseline_shadow"]
+        return d
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Weights:
+        """Inverse of :meth:`to_dict` (unknown keys from newer versions are ignored)."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
 
     def describe(self) -> str:
         """Human summary, e.g. ``candidate 25%`` or ``shadow``."""
@@ -60,6 +96,8 @@ class Weights:
             return "baseline 100% (candidate detached)"
         if self.shadow:
             return "baseline 100%, candidate shadow"
+        if self.baseline_shadow:
+            return f"candidate {self.candidate_percent:g}%, baseline shadow"
         return f"baseline {100 - self.candidate_percent:g}%, candidate {self.candidate_percent:g}%"
 
 
@@ -108,6 +146,18 @@ class RolloutState:
     revision: int = 0  # bumped by every save; guards against lost concurrent updates
     # True from the save of a transition until its side effects (tags, alias, alerts) ran.
     effects_pending: bool = False
+    # When the candidate began serving 100% under a bake (None: never baked). Kept after
+    # the bake ends, so a rollback after promotion can be told from one before it.
+    bake_started_at: float | None = None
+
+    @property
+    def status(self) -> str:
+        """What the ``kpigate.status`` tag shows: the phase, except that a rollback of a
+        rollout that had reached its bake reads ``rolled_back_after_promotion`` (the
+        candidate had been serving everything, and the alias is moved back)."""
+        if self.bake_started_at is not None and self.phase is Phase.ROLLED_BACK:
+            return ROLLED_BACK_AFTER_PROMOTION
+        return self.phase.value
 
     def evolve(self, **changes: Any) -> RolloutState:
         """A copy with ``changes`` and a fresh ``updated_at``."""
@@ -117,7 +167,10 @@ class RolloutState:
         """JSON-ready mapping."""
         d = asdict(self)
         d["phase"] = self.phase.value
+        d["weights"] = self.weights.to_dict()
         d["alert_keys"] = list(self.alert_keys)
+        if self.bake_started_at is None:
+            del d["bake_started_at"]  # a rollout without a bake keeps its old JSON form
         return d
 
     @classmethod
@@ -126,6 +179,6 @@ class RolloutState:
         known = {f.name for f in fields(cls)}
         kwargs = {k: v for k, v in data.items() if k in known}
         kwargs["phase"] = Phase(kwargs.get("phase", "pending"))
-        kwargs["weights"] = Weights(**kwargs.get("weights", {}))
+        kwargs["weights"] = Weights.from_dict(kwargs.get("weights", {}))
         kwargs["alert_keys"] = tuple(kwargs.get("alert_keys", ()))
         return cls(**kwargs)

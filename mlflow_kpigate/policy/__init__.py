@@ -7,8 +7,8 @@ raises :class:`~mlflow_kpigate.core.errors.PolicyError` listing *every* problem,
 ``docs/policy.md``.
 
 The package: ``vocabulary`` (enums and names), ``model`` (the frozen values), ``problems``
-(the problem collector and field checks), ``stages``, ``kpis``, ``sections`` and ``metrics``
-(one validator per part of the document) and ``loading`` (``policy_from_dict``,
+(the problem collector and field checks), ``stages``, ``kpis``, ``sections``, ``metrics``
+and ``bake`` (one validator per part of the document) and ``loading`` (``policy_from_dict``,
 ``load_policy``). Import from here; the modules are the package's own layout.
 
 The validator is hand-written rather than pydantic models (pydantic v2 comes with MLflow),
@@ -28,7 +28,9 @@ from __future__ import annotations
 from mlflow_kpigate.policy.kpis import direction_is_higher, parse_margin
 from mlflow_kpigate.policy.loading import load_policy, policy_from_dict
 from mlflow_kpigate.policy.model import (
+    DEFAULT_BAKE_ARL,
     AlertsConfig,
+    Bake,
     ControlLimits,
     Evaluation,
     KpiQuery,
@@ -59,12 +61,14 @@ from mlflow_kpigate.policy.vocabulary import (
 
 __all__ = [
     "COUNT",
+    "DEFAULT_BAKE_ARL",
     "FAIRNESS_RATES",
     "LATENCY",
     "PROPORTION_METRICS",
     "QUERY_PLACEHOLDER",
     "QUERY_PLACEHOLDERS",
     "AlertsConfig",
+    "Bake",
     "ControlLimits",
     "Direction",
     "Evaluation",

@@ -13,9 +13,17 @@ from typing import Any
 import yaml
 
 from mlflow_kpigate.core.errors import PolicyError
+from mlflow_kpigate.policy.bake import validate_bake
 from mlflow_kpigate.policy.kpis import validate_kpis
 from mlflow_kpigate.policy.metrics import validate_metrics
-from mlflow_kpigate.policy.model import ControlLimits, MetricsConfig, Policy, Readiness, Stage
+from mlflow_kpigate.policy.model import (
+    Bake,
+    ControlLimits,
+    MetricsConfig,
+    Policy,
+    Readiness,
+    Stage,
+)
 from mlflow_kpigate.policy.problems import Problems, as_name, type_name
 from mlflow_kpigate.policy.sections import (
     validate_alerts,
@@ -26,7 +34,7 @@ from mlflow_kpigate.policy.sections import (
 from mlflow_kpigate.policy.stages import validate_stages
 
 _TOP_KEYS = ("version", "name", "evaluation", "stages", "stage_defaults", "kpis", "control_limits",
-             "alerts", "metrics", "readiness")
+             "alerts", "metrics", "readiness", "bake")
 
 
 def policy_from_dict(data: Any, source: str | None = None) -> Policy:
@@ -65,6 +73,11 @@ def policy_from_dict(data: Any, source: str | None = None) -> Policy:
     readiness = Readiness()
     if data.get("readiness") is not None:
         readiness = validate_readiness(p, data["readiness"])
+    bake = Bake()
+    if data.get("bake") is not None:
+        interval_ok = not any(i.startswith("evaluation.interval") for i in p.items)
+        bake = validate_bake(p, data["bake"], kpis,
+                             evaluation.interval if interval_ok else None)
     if p.items:
         raise PolicyError(p.items, source)
     return Policy(
@@ -78,6 +91,7 @@ def policy_from_dict(data: Any, source: str | None = None) -> Policy:
         source=source,
         metrics=metrics,
         readiness=readiness,
+        bake=bake,
         raw=dict(data),
     )
 

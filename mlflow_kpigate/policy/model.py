@@ -107,13 +107,44 @@ class Stage:
 
 @dataclass(frozen=True)
 class Evaluation:
-    """When and how strictly the gate evaluates."""
+    """When and how strictly the gate evaluates.
+
+    ``window_share`` is the share of ``alpha_rollback`` spent on the recent-window check
+    (the current stage's stratum on its own, :mod:`mlflow_kpigate.gate.window`); 0 turns
+    it off and leaves every decision as it was before the check existed.
+    """
 
     interval: float = 300.0
     maturity: float = 0.0
     alpha_rollback: float = 0.05
     alpha_promote: float = 0.05
     power: float = 0.8
+    window_share: float = 0.0
+
+
+#: The bake's default target average run length to a false alarm: 30 days.
+DEFAULT_BAKE_ARL = 30 * 86400.0
+
+
+@dataclass(frozen=True)
+class Bake:
+    """Watching after promotion (``bake``): how long the previous version keeps scoring as
+    a shadow while a change detector watches Δ, and how rarely it may raise a false alarm.
+
+    ``arl`` is the target average run length to a false alarm, in time: with evaluations
+    every ``interval`` the detector's threshold is ``arl / interval`` evaluations
+    (:mod:`mlflow_kpigate.gate.change_detector`). ``kpis`` names the watched KPIs; empty
+    means every critical and guardrail KPI. ``duration`` 0 means no bake.
+    """
+
+    duration: float = 0.0
+    arl: float = DEFAULT_BAKE_ARL
+    kpis: tuple[str, ...] = ()
+
+    @property
+    def enabled(self) -> bool:
+        """Whether the rollout bakes after its final stage is approved."""
+        return self.duration > 0
 
 
 @dataclass(frozen=True)
@@ -197,6 +228,7 @@ class Policy:
     source: str | None = None
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     readiness: Readiness = field(default_factory=Readiness)
+    bake: Bake = field(default_factory=Bake)
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -224,6 +256,12 @@ class Policy:
             if kpi.kind is KpiKind.MEAN and kpi.source and kpi.source != LATENCY:
                 seen.setdefault(kpi.source, None)
         return tuple(seen)
+
+    @property
+    def baked_kpis(self) -> tuple[KpiSpec, ...]:
+        """The KPIs the bake's change detector watches (critical and guardrail ones)."""
+        chosen = set(self.bake.kpis)
+        return tuple(k for k in self.kpis if k.decides and (not chosen or k.name in chosen))
 
     def kpi(self, name: str) -> KpiSpec:
         """The KPI called ``name`` (``KeyError`` if there is none)."""

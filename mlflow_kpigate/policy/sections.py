@@ -9,7 +9,8 @@ from mlflow_kpigate.policy.model import AlertsConfig, ControlLimits, Evaluation,
 from mlflow_kpigate.policy.problems import Problems, as_duration, as_enum, as_mapping, as_number
 from mlflow_kpigate.policy.vocabulary import ReadinessAction
 
-_EVAL_KEYS = ("interval", "maturity", "alpha_rollback", "alpha_promote", "power")
+_EVAL_KEYS = ("interval", "maturity", "alpha_rollback", "alpha_promote", "power",
+              "window_share")
 
 
 def validate_evaluation(p: Problems, raw: Any) -> Evaluation:
@@ -29,9 +30,12 @@ def validate_evaluation(p: Problems, raw: Any) -> Evaluation:
     a_p = as_number(p, "evaluation.alpha_promote", ev.get("alpha_promote", 0.05),
                     lo=0, hi=0.5, lo_open=True)
     power = as_number(p, "evaluation.power", ev.get("power", 0.8), lo=0.5, hi=1, hi_open=True)
+    # The recent-window check's share of alpha_rollback; the pooled checks keep the rest.
+    share = as_number(p, "evaluation.window_share", ev.get("window_share", 0.0), lo=0, hi=1,
+                      hi_open=True)
     if interval is not None and maturity is not None and a_r is not None \
-            and a_p is not None and power is not None:
-        evaluation = Evaluation(interval, maturity, a_r, a_p, power)
+            and a_p is not None and power is not None and share is not None:
+        evaluation = Evaluation(interval, maturity, a_r, a_p, power, window_share=share)
     return evaluation
 
 

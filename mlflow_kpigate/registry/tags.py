@@ -2,7 +2,8 @@
 
 The candidate carries the rollout's status (``kpigate.status``, ``.stage``, ``.decision``,
 ``.reason``, ``.rollout_run_id``, ``.updated_at``); a replaced baseline is tagged
-``kpigate.superseded_by``; promotion moves an alias (``champion`` by default).
+``kpigate.superseded_by``; promotion moves an alias (``champion`` by default), and a
+rollback after promotion (during the bake) moves it back.
 """
 
 from __future__ import annotations
@@ -52,12 +53,17 @@ class TagsAndAliases(MlflowAccess):
             "kpigate.updated_at": _utc_now(),
         })
 
-    def move_alias(self, name: str, alias: str, version: str) -> str | None:
-        """Point ``alias`` of ``name`` at ``version``; return the version it pointed at."""
+    def alias_version(self, name: str, alias: str) -> str | None:
+        """The version ``alias`` of ``name`` points at (None if the alias is not set)."""
         model = self._call(f"read registered model {name!r}", self.client.get_registered_model,
                            name, not_found=lambda: UsageError(
                                f"no registered model named {name!r} at {self.tracking_uri}"))
-        previous = dict(getattr(model, "aliases", None) or {}).get(alias)
+        version = dict(getattr(model, "aliases", None) or {}).get(alias)
+        return None if version is None else str(version)
+
+    def move_alias(self, name: str, alias: str, version: str) -> str | None:
+        """Point ``alias`` of ``name`` at ``version``; return the version it pointed at."""
+        previous = self.alias_version(name, alias)
         self._call(f"move alias {alias!r} of {name!r} to version {version}",
                    self.client.set_registered_model_alias, name, alias, str(version),
                    not_found=lambda: UsageError(

@@ -227,6 +227,10 @@ class InMemoryRegistry:
         self.aliases[(name, alias)] = str(version)
         return previous
 
+    def alias_version(self, name: str, alias: str) -> str | None:
+        """The version behind ``alias`` (None if unset)."""
+        return self.aliases.get((name, alias))
+
     def start_rollout_run(self, *, deployment: str, candidate: ModelRef, baseline: ModelRef,
                           policy_file: Path, params: Mapping[str, str]) -> str:
         """A new run's id."""

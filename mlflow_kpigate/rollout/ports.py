@@ -140,6 +140,10 @@ class Registry(Protocol):
         """Point ``alias`` at ``version``; the version it pointed at before."""
         ...
 
+    def alias_version(self, name: str, alias: str) -> str | None:
+        """The version ``alias`` points at now (None if it is not set)."""
+        ...
+
     def start_rollout_run(self, *, deployment: str, candidate: ModelRef, baseline: ModelRef,
                           policy_file: Path, params: Mapping[str, str]) -> str:
         """Create the rollout's run (policy attached); its id."""

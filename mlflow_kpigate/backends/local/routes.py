@@ -19,7 +19,6 @@ import json
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import asdict
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
@@ -113,6 +112,6 @@ def create_app(
     @app.post("/admin/reload")
     async def reload() -> Response:
         weights_now, stage = await run_in_threadpool(router.reload)
-        return JSONResponse({"weights": asdict(weights_now), "stage": stage})
+        return JSONResponse({"weights": weights_now.to_dict(), "stage": stage})
 
     return app

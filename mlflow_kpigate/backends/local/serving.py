@@ -25,7 +25,7 @@ import re
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
@@ -246,7 +246,7 @@ class Router:
         return {
             "deployment": cfg.deployment,
             "versions": {"baseline": cfg.baseline_version, "candidate": cfg.candidate_version},
-            "weights": asdict(weights),
+            "weights": weights.to_dict(),
             "stage": stage,
             "routing_key": str(self.key),
             "collector": stats,
