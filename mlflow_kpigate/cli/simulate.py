@@ -27,6 +27,7 @@ SYMBOLS = {
     Verdict.LIMIT_BREACHED: "X",
     Verdict.OUTSIDE_CONTROL_LIMITS: "X",
     Verdict.REPORTED: ".",
+    Verdict.NO_REGRESSION: "=",
 }
 LEGEND = ("verdicts: + better  = within margin  ~ inconclusive  ? not enough data  "
           "X worse/limit  . reported")

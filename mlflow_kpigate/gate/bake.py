@@ -1,0 +1,218 @@
+"""The bake's judge: after promotion, roll back if Δ regresses; promote when the bake ends.
+
+While a rollout bakes, the candidate serves every request and the previous version scores
+a shadow copy of each, so the bake is a stratum of its own (the final stage's index):
+its samples are never mixed with the canary stages'. At every evaluation, for every
+watched KPI (:attr:`~mlflow_kpigate.policy.Policy.baked_kpis`, critical and guardrail),
+the gate's own estimator measures Δ over the bake stratum, and the change detector of
+:mod:`.change_detector` takes the increment since the last evaluation:
+
+* **rollback** as soon as a KPI's detector reaches its threshold (``A·J/w``: ``A`` the ARL
+  target in evaluations, ``bake.arl / evaluation.interval``; ``J`` the watched KPIs);
+* **promote** once ``bake.duration`` has passed without an alarm — provided every watched
+  KPI's detector has taken at least one increment (fail closed: a bake that saw no data
+  for a KPI holds, alerting once, rather than calling it "no regression");
+* **hold** otherwise.
+
+The detectors' state rides in the decision (``meta["bake"]["streams"]``): the controller
+hands the previous decision's back (:func:`bake_streams`), so it is saved atomically with
+the state, survives any restart, and a replay re-derives it evaluation by evaluation.
+Pure: no I/O, no clock.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from mlflow_kpigate.core.decision import Action, Check, Decision, Evidence, Verdict
+from mlflow_kpigate.core.durations import format_duration
+from mlflow_kpigate.core.samples import StageSample
+from mlflow_kpigate.gate import change_detector as cd
+from mlflow_kpigate.gate.estimators import measure
+from mlflow_kpigate.gate.strata import Strata
+from mlflow_kpigate.policy import KpiKind, KpiSpec, Policy, Role
+
+#: The ``stage_name`` of bake decisions (the report's and replay's stage label).
+BAKE_STAGE = "bake"
+
+
+@dataclass(frozen=True)
+class Watched:
+    """One stream of a watched KPI: its detector, weight and alarm threshold (in logs)."""
+
+    kpi: str
+    stream: cd.Stream
+    weight: float
+    log_threshold: float
+
+    @property
+    def alarm(self) -> bool:
+        """Whether the detector has reached its threshold."""
+        return self.stream.log_statistic >= self.log_threshold
+
+    def to_dict(self) -> dict[str, Any]:
+        """The stream's state with what it is judged against."""
+        log_stat = self.stream.log_statistic
+        return {"kpi": self.kpi, **self.stream.to_dict(), "weight": self.weight,
+                "log_threshold": self.log_threshold,
+                "log_statistic": log_stat if math.isfinite(log_stat) else None}
+
+
+def bake_streams(decision: Mapping[str, Any] | Decision | None, stage_index: int
+                 ) -> dict[tuple[str, str], cd.Stream]:
+    """The detectors a previous bake decision left for ``stage_index``, by (kpi, label).
+
+    Anything else (no decision, a canary decision) gives none: the detectors start fresh.
+    """
+    data = decision.to_dict() if isinstance(decision, Decision) else decision
+    if not data or int(data.get("stage_index", -1)) != stage_index:
+        return {}
+    bake = (data.get("meta") or {}).get("bake")
+    if not isinstance(bake, Mapping):
+        return {}
+    return {(str(s["kpi"]), str(s["label"])): cd.Stream.from_dict(s)
+            for s in bake.get("streams") or ()}
+
+
+def _fmt_e(log_value: float) -> str:
+    """An e-value for people: ``<0.001`` when negligible, ``e^812.3`` past float range."""
+    if log_value < math.log(1e-3):
+        return "<0.001"
+    return f"{math.exp(log_value):.3g}" if log_value < 700 else f"e^{log_value:.1f}"
+
+
+def _watch(policy: Policy, kpi: KpiSpec, strata: Strata, previous: Mapping[tuple[str, str],
+           cd.Stream], log_a_j: float) -> tuple[Evidence, list[Watched]]:
+    """Measure ``kpi`` over the bake stratum and step its detectors."""
+    critical = kpi.role is Role.CRITICAL
+    meas = measure(kpi, strata, 0.0 if critical else 1.0, 1.0)
+    mine = [s for (name, _), s in previous.items() if name == kpi.name]
+    several = kpi.kind is KpiKind.FAIRNESS
+    watched: list[Watched] = []
+    for test in meas.rollback_tests:
+        label = test.label or kpi.name
+        old = previous.get((kpi.name, label))
+        stream = (cd.step(old, test.delta, test.variance, meas.rollback_threshold, meas.scale)
+                  if old is not None else
+                  cd.start(label, test.delta, test.variance, meas.rollback_threshold,
+                           meas.scale))
+        if stream is None:
+            continue
+        if old is None:
+            mine.append(stream)
+        rank = 1 + [s.label for s in mine].index(label)
+        weight = cd.fairness_weight(rank) if several else 1.0
+        watched.append(Watched(kpi.name, stream, weight, log_a_j - math.log(weight)))
+    # Streams without a usable estimate this time keep their state.
+    seen = {w.stream.label for w in watched}
+    for s in mine:
+        if s.label not in seen:
+            rank = 1 + [m.label for m in mine].index(s.label)
+            weight = cd.fairness_weight(rank) if several else 1.0
+            watched.append(Watched(kpi.name, s, weight, log_a_j - math.log(weight)))
+    base: dict[str, Any] = dict(kpi=kpi.name, kind=kpi.kind.value, role=kpi.role.value,
+                                direction=kpi.direction.value,
+                                margin=str(kpi.margin) if kpi.margin else None,
+                                limit=kpi.limit, statistic=meas.statistic,
+                                baseline_value=meas.baseline_value,
+                                candidate_value=meas.candidate_value, samples=meas.samples)
+    worst = max(watched, key=lambda w: w.stream.log_statistic - w.log_threshold, default=None)
+    if worst is None or worst.stream.steps == 0:
+        why = meas.missing or "first look at the bake; the detector starts from here"
+        return Evidence(verdict=Verdict.INSUFFICIENT_DATA, reason=f"{kpi.name}: {why}",
+                        **base), watched
+    where = f" [{worst.stream.label}]" if several else ""
+    delta = next((t.delta for t in meas.rollback_tests if (t.label or kpi.name)
+                  == worst.stream.label), math.nan)
+    level = (f"detector {_fmt_e(worst.stream.log_statistic)} of threshold "
+             f"{_fmt_e(worst.log_threshold)} after {worst.stream.steps} increments")
+    if worst.alarm:
+        verdict = Verdict.WORSE
+        reason = (f"{kpi.name} regressed during the bake{where}: Δ {delta:+.4g} over the "
+                  f"bake against threshold {meas.rollback_threshold:+.4g} ({level})")
+    else:
+        verdict = Verdict.NO_REGRESSION
+        reason = f"{kpi.name}: no regression detected ({level}; Δ {delta:+.4g} over the bake)"
+    return Evidence(verdict=verdict, reason=reason, delta=delta,
+                    rollback_threshold=meas.rollback_threshold, **base), watched
+
+
+def judge_bake(policy: Policy, stage_index: int, elapsed: float,
+               samples: Sequence[StageSample],
+               previous: Mapping[tuple[str, str], cd.Stream] | None = None) -> Decision:
+    """Rollback / promote / hold for a rollout baking at ``stage_index`` for ``elapsed`` s.
+
+    ``samples`` are the rollout's stage samples (only the bake stratum, ``stage_index``,
+    is used); ``previous`` the detectors of the previous bake evaluation
+    (:func:`bake_streams`).
+    """
+    bake = policy.bake
+    if not bake.enabled:
+        raise ValueError("the policy has no bake; nothing to judge after promotion")
+    if not (0 <= stage_index < len(policy.stages) and policy.stages[stage_index].is_final):
+        raise ValueError(f"stage_index {stage_index} is not the policy's final stage")
+    kpis = policy.baked_kpis
+    steps = cd.threshold_steps(bake.arl, policy.evaluation.interval)
+    log_a_j = math.log(steps * max(len(kpis), 1))
+    stratum = [s for s in samples if s.stage_index == stage_index]
+    strata = Strata(stratum)
+    evidence: list[Evidence] = []
+    watched: list[Watched] = []
+    for kpi in kpis:
+        ev, ws = _watch(policy, kpi, strata, previous or {}, log_a_j)
+        evidence.append(ev)
+        watched += ws
+    done = elapsed >= bake.duration
+    checks = (Check("bake seconds", elapsed, bake.duration, done),)
+    meta = {"bake": {"elapsed_s": elapsed, "duration_s": bake.duration,
+                     "arl_s": bake.arl, "threshold_steps": steps,
+                     "streams": [w.to_dict() for w in watched]}}
+    common: dict[str, Any] = dict(stage_index=stage_index, stage_name=BAKE_STAGE,
+                                  evidence=tuple(evidence), checks=checks, meta=meta,
+                                  rollback_tests=len(kpis))
+    of = f"{format_duration(elapsed)} of the {format_duration(bake.duration)} bake"
+    alarms = [e for e in evidence if e.verdict is Verdict.WORSE]
+    if alarms:
+        return Decision(Action.ROLLBACK, "rollback after promotion: "
+                        + "; ".join(e.reason for e in alarms) + f" ({of})",
+                        alert=True, **common)
+    highest = max(watched, key=lambda w: w.stream.log_statistic - w.log_threshold,
+                  default=None)
+    top = ("" if highest is None or highest.stream.steps == 0 else
+           f"; highest detector {_fmt_e(highest.stream.log_statistic)} of threshold "
+           f"{_fmt_e(highest.log_threshold)} ({highest.kpi})")
+    blind = [e.kpi for e in evidence if e.verdict is Verdict.INSUFFICIENT_DATA]
+    if done and not blind:
+        return Decision(Action.PROMOTE, f"promoted: baked {format_duration(elapsed)} with no "
+                        f"regression detected in {len(kpis)} KPIs{top}", **common)
+    if done:
+        return Decision(Action.HOLD, f"holding at the end of the bake ({of}): no data yet "
+                        f"to watch {', '.join(blind)}; the bake ends once it has some",
+                        alert=True, **common)
+    left = format_duration(max(bake.duration - elapsed, 0.0))
+    return Decision(Action.HOLD, f"baking: {of}, {left} left; no regression detected"
+                    f"{top}", **common)
+
+
+def hold_without_data(policy: Policy, stage_index: int, elapsed: float,
+                      previous: Decision | Mapping[str, Any] | None, why: str) -> Decision:
+    """A bake hold for missing metrics that carries the detectors on unchanged."""
+    streams = bake_streams(previous, stage_index)
+    kpis = policy.baked_kpis
+    steps = cd.threshold_steps(policy.bake.arl, policy.evaluation.interval)
+    log_a_j = math.log(steps * max(len(kpis), 1))
+    kept = []
+    for kpi in kpis:
+        mine = [s for (name, _), s in streams.items() if name == kpi.name]
+        for rank, s in enumerate(mine, 1):
+            weight = cd.fairness_weight(rank) if kpi.kind is KpiKind.FAIRNESS else 1.0
+            kept.append(Watched(kpi.name, s, weight, log_a_j - math.log(weight)).to_dict())
+    meta = {"metrics_unavailable": why,
+            "bake": {"elapsed_s": elapsed, "duration_s": policy.bake.duration,
+                     "arl_s": policy.bake.arl, "threshold_steps": steps, "streams": kept}}
+    return Decision(Action.HOLD, f"baking: metrics unavailable ({why}); the bake does not "
+                    "end without data", stage_index=stage_index, stage_name=BAKE_STAGE,
+                    alert=True, meta=meta)
