@@ -15,6 +15,13 @@ state, so a controller killed at any instant leaves either the old state (nothin
 happened) or the new one; on restart :meth:`Controller.resume` redoes side effects that
 were pending. Traffic is never raised past the stage the committed state approves.
 
+While the rollout bakes (phase ``baking``, after the final stage was approved under a
+policy ``bake``) the same loop asks :func:`~mlflow_kpigate.gate.judge_bake` instead of
+the gate: the bake stratum's samples go to the change detector, whose state the previous
+decision carries (``state.last_decision``, saved with the state), so a controller killed
+mid-bake resumes the detector exactly where the committed state left it. A bake rollback
+is applied as ``bake_rollback`` (critical alert, alias moved back).
+
 The controller knows its collaborators only by their ports (:mod:`.ports`); which
 concrete parts it gets is decided by :mod:`mlflow_kpigate.deploy`.
 """
@@ -40,7 +47,8 @@ from mlflow_kpigate.core.events import (
 )
 from mlflow_kpigate.core.samples import StageSample
 from mlflow_kpigate.core.state import Phase, RolloutState
-from mlflow_kpigate.gate import evaluate
+from mlflow_kpigate.gate import bake_streams, evaluate, judge_bake
+from mlflow_kpigate.gate.bake import BAKE_STAGE, hold_without_data
 from mlflow_kpigate.policy import Policy
 from mlflow_kpigate.rollout import transitions
 from mlflow_kpigate.rollout.effects import Effects
@@ -127,11 +135,12 @@ class Controller:
             if ready_state is None or ready_state.stage_ready_at is None:
                 return None
             state = ready_state
-        evaluation = self._evaluate(state, now)
+        baking = state.phase is Phase.BAKING
+        evaluation = self._evaluate_bake(state, now) if baking else self._evaluate(state, now)
         decision = evaluation.decision
         new, _kind = transitions.after_decision(state, self.policy, decision, now)
         new = new.evolve(effects_pending=True)
-        stage = self.policy.stages[state.stage_index].describe()
+        stage = BAKE_STAGE if baking else self.policy.stages[state.stage_index].describe()
         event = Evaluated(evaluation, stage, new.weights.describe(),
                           traffic_percent(new.weights))
         try:
@@ -141,7 +150,8 @@ class Controller:
             # evaluation starts from it.
             log.info("state changed during evaluation; re-evaluating next interval")
             return None
-        applied = self.effects.apply(saved, decision, event.kind, evaluation)
+        kind = "bake_rollback" if baking and decision.action is Action.ROLLBACK else event.kind
+        applied = self.effects.apply(saved, decision, kind, evaluation)
         if self.observer is not None:
             self.observer(applied, decision)
         return decision
@@ -161,6 +171,26 @@ class Controller:
                               policy_digest=self.policy_digest, metrics_unavailable=str(exc))
         decision = self.judge(self.policy, state.stage_index, elapsed, list(samples),
                               self.registry_baseline)
+        return Evaluation(number, now, state.stage_index, elapsed, decision, samples,
+                          self.registry_baseline, self.policy_digest)
+
+    def _evaluate_bake(self, state: RolloutState, now: float) -> Evaluation:
+        """Ask the bake's change detector, keeping the bake stratum it was given."""
+        started = state.stage_ready_at if state.stage_ready_at is not None \
+            else state.stage_started_at
+        elapsed = now - started
+        number = state.evaluations + 1
+        try:
+            samples = tuple(s for s in self.source.stage_samples(
+                now, self.policy.evaluation.maturity) if s.stage_index == state.stage_index)
+        except MetricsUnavailable as exc:
+            decision = hold_without_data(self.policy, state.stage_index, elapsed,
+                                         state.last_decision, str(exc))
+            return Evaluation(number, now, state.stage_index, elapsed, decision,
+                              registry_baseline=self.registry_baseline,
+                              policy_digest=self.policy_digest, metrics_unavailable=str(exc))
+        previous = bake_streams(state.last_decision, state.stage_index)
+        decision = judge_bake(self.policy, state.stage_index, elapsed, list(samples), previous)
         return Evaluation(number, now, state.stage_index, elapsed, decision, samples,
                           self.registry_baseline, self.policy_digest)
 

@@ -6,6 +6,13 @@ dies between the commit and the effects simply redoes them when it restarts (the
 webhook down) is recorded in the audit log and retried on the next evaluation; it never
 blocks or reverses a traffic decision. Traffic comes first: nothing else is announced
 before the router serves what the state says.
+
+The promote alias follows the candidate's traffic: it moves to the candidate when the
+candidate serves everything (``baking`` or ``promoted``) and back to the previous version
+when a rollout that had started its bake is rolled back or aborted — only if it still
+points at the candidate, so a change someone made meanwhile stands. The previous version
+is tagged ``superseded`` only once the rollout is ``promoted`` (after the bake), so a
+rollback after promotion has no tag of it to undo.
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ from dataclasses import dataclass
 from mlflow_kpigate.core.decision import Decision
 from mlflow_kpigate.core.errors import StateConflict
 from mlflow_kpigate.core.evaluation import Evaluation
-from mlflow_kpigate.core.events import AlertSent, AliasMoved, EffectError
+from mlflow_kpigate.core.events import AlertSent, AliasMoved, AliasRestored, EffectError
 from mlflow_kpigate.core.state import Phase, RolloutState
 from mlflow_kpigate.policy import Policy
 from mlflow_kpigate.rollout.ports import Notifier, Registry, StateStore, TrafficBackend
@@ -93,7 +100,7 @@ class Effects:
         cand = reg.resolve(state.candidate_uri)
         stage = self.policy.stages[state.stage_index].describe()
         decision_text = decision.action.value if decision else kind
-        reg.status_tags(cand, status=state.phase.value, stage=stage, decision=decision_text,
+        reg.status_tags(cand, status=state.status, stage=stage, decision=decision_text,
                         reason=state.reason, rollout_run_id=state.rollout_run_id)
         if decision is not None and state.rollout_run_id:
             reg.log_evaluation(state.rollout_run_id, state.evaluations, decision,
@@ -101,13 +108,23 @@ class Effects:
                                else 0.0)
         if evaluation is not None and state.rollout_run_id:
             reg.log_evaluation_record(state.rollout_run_id, evaluation)
-        if state.phase is Phase.PROMOTED:
-            base = reg.resolve(state.baseline_uri)
-            previous = reg.move_alias(state.model_name, state.promote_alias,
-                                      state.candidate_version)
-            reg.mark_superseded(base, cand)
-            self.store.append(AliasMoved(state.promote_alias, state.candidate_version,
-                                         previous))
+        if state.phase in (Phase.BAKING, Phase.PROMOTED):
+            # Repeated after a bake and on every resume: record only a real move.
+            if reg.alias_version(state.model_name, state.promote_alias) \
+                    != state.candidate_version:
+                previous = reg.move_alias(state.model_name, state.promote_alias,
+                                          state.candidate_version)
+                self.store.append(AliasMoved(state.promote_alias, state.candidate_version,
+                                             previous))
+            if state.phase is Phase.PROMOTED:
+                reg.mark_superseded(reg.resolve(state.baseline_uri), cand)
+        elif state.bake_started_at is not None \
+                and state.phase in (Phase.ROLLED_BACK, Phase.ABORTED) \
+                and reg.alias_version(state.model_name, state.promote_alias) \
+                == state.candidate_version:
+            reg.move_alias(state.model_name, state.promote_alias, state.baseline_version)
+            self.store.append(AliasRestored(state.promote_alias, state.baseline_version,
+                                            state.candidate_version))
 
     # -- alerts ------------------------------------------------------------------------------
     @staticmethod
@@ -115,8 +132,9 @@ class Effects:
         return f"kpigate/{state.name}/{state.candidate_version}/{kind}/{state.stage_index}"
 
     def _alerting(self, state: RolloutState, decision: Decision | None, kind: str) -> bool:
-        wants = kind in ("rollback", "operator_rollback", "readiness_timeout",
-                         "readiness_abort") or bool(decision and decision.alert)
+        wants = kind in ("rollback", "bake_rollback", "operator_rollback",
+                         "readiness_timeout", "readiness_abort") \
+            or bool(decision and decision.alert)
         return wants and self._dedup_key(state, kind) not in state.alert_keys
 
     def _notify(self, notifier: Notifier, state: RolloutState, decision: Decision | None,

@@ -15,18 +15,25 @@ have continued differently, so later comparisons say what the other policy think
 that evidence, not what would have happened. Evaluations without kept inputs (recorded
 by an older kpigate) and holds for missing metrics (no samples) are reported, not
 re-judged.
+
+Evaluations made while the rollout baked (after promotion) are re-judged by the bake's
+change detector (:func:`~mlflow_kpigate.gate.judge_bake`), in order: each one gets the
+detectors the *replayed* previous bake evaluation left (a hold for missing metrics passes
+them on), so the detector state is re-derived from the recorded samples rather than
+copied from the record. A policy without a bake cannot judge them (``not_replayable``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
 
 from mlflow_kpigate.core.decision import Decision, Evidence
 from mlflow_kpigate.core.errors import UsageError
 from mlflow_kpigate.core.evaluation import Evaluation, policy_digest
-from mlflow_kpigate.gate import evaluate
+from mlflow_kpigate.gate import bake_streams, evaluate, judge_bake
+from mlflow_kpigate.gate.change_detector import Stream
 from mlflow_kpigate.policy import Policy
 
 
@@ -93,9 +100,19 @@ class Replay:
                    for r in self.results)
 
 
+def is_bake(evaluation: Evaluation) -> bool:
+    """Whether ``evaluation`` was made while the rollout baked (its decision says so)."""
+    return "bake" in evaluation.decision.meta
+
+
 def check_compatible(evaluations: Sequence[Evaluation], policy: Policy) -> None:
     """``UsageError`` when ``policy`` cannot judge the recorded evidence, naming why."""
-    reached = max((e.stage_index for e in evaluations), default=0)
+    baked = [e for e in evaluations if is_bake(e)]
+    if baked and policy.bake.enabled and baked[0].stage_index != len(policy.stages) - 1:
+        raise UsageError(f"--policy: the rollout baked after its stage "
+                         f"{baked[0].stage_index + 1}, the final one; give a policy with "
+                         f"{baked[0].stage_index + 1} stages")
+    reached = max((e.stage_index for e in evaluations if not is_bake(e)), default=0)
     if reached >= len(policy.stages) - 1:
         raise UsageError(f"--policy: it has {len(policy.stages)} stages, but the rollout "
                          f"was evaluated at stage {reached + 1}; give a policy with at least "
@@ -127,14 +144,22 @@ def _changes(recorded: Decision, replayed: Decision) -> tuple[KpiChange, ...]:
     return tuple(out)
 
 
-def rejudge(evaluation: Evaluation, policy: Policy) -> Rejudged:
-    """Ask the gate again about one recorded evaluation."""
+def rejudge(evaluation: Evaluation, policy: Policy,
+            detectors: Mapping[tuple[str, str], Stream] | None = None) -> Rejudged:
+    """Ask the gate again about one recorded evaluation (a bake evaluation: the bake's
+    detector, continuing from ``detectors``)."""
     if not evaluation.policy_digest:
         return Rejudged(evaluation, None, Outcome.NOT_REPLAYABLE)
     if evaluation.metrics_unavailable is not None:
         return Rejudged(evaluation, None, Outcome.NO_DATA)
-    replayed = evaluate(policy, evaluation.stage_index, evaluation.stage_elapsed_s,
-                        list(evaluation.samples), evaluation.registry_baseline)
+    if is_bake(evaluation):
+        if not policy.bake.enabled:
+            return Rejudged(evaluation, None, Outcome.NOT_REPLAYABLE)
+        replayed = judge_bake(policy, evaluation.stage_index, evaluation.stage_elapsed_s,
+                              list(evaluation.samples), detectors)
+    else:
+        replayed = evaluate(policy, evaluation.stage_index, evaluation.stage_elapsed_s,
+                            list(evaluation.samples), evaluation.registry_baseline)
     recorded = evaluation.decision
     if replayed.to_dict() == recorded.to_dict():
         return Rejudged(evaluation, replayed, Outcome.IDENTICAL)
@@ -146,5 +171,11 @@ def replay(evaluations: Sequence[Evaluation], policy: Policy) -> Replay:
     """Re-judge every evaluation under ``policy`` (see the module docstring)."""
     check_compatible(evaluations, policy)
     digests = tuple(dict.fromkeys(e.policy_digest for e in evaluations if e.policy_digest))
-    return Replay(policy_digest(policy.raw), digests,
-                  tuple(rejudge(e, policy) for e in evaluations))
+    results: list[Rejudged] = []
+    detectors: Mapping[tuple[str, str], Stream] = {}
+    for e in evaluations:
+        result = rejudge(e, policy, detectors)
+        results.append(result)
+        if result.replayed is not None and is_bake(e):
+            detectors = bake_streams(result.replayed, e.stage_index)
+    return Replay(policy_digest(policy.raw), digests, tuple(results))

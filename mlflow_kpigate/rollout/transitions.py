@@ -3,6 +3,13 @@
 Kept free of I/O so the controller, the operator commands and the tests share one
 definition of "promote", "rollback", "pause" and "resume". Weights always follow from the
 stage, so the traffic a state implies can never exceed its approved stage.
+
+With a ``bake`` in the policy, approving the final 100% stage leads to ``baking`` instead
+of ``promoted``: the candidate serves everything and the baseline scores a shadow copy
+(:meth:`~mlflow_kpigate.core.state.Weights.baking`). From ``baking``, a gate promote (the
+bake ended without a regression) or an operator's promote ends the bake (``promoted``,
+the baseline's shadow stops); a rollback sends everything back to the baseline, and
+``bake_started_at`` stays set, so the status reads ``rolled_back_after_promotion``.
 """
 
 from __future__ import annotations
@@ -19,10 +26,10 @@ def stage_weights(stage: Stage) -> Weights:
     return Weights(stage.traffic, shadow=False, candidate_attached=True)
 
 
-def stage_phase(stage: Stage) -> Phase:
-    """The phase that a stage starts in."""
+def stage_phase(stage: Stage, policy: Policy | None = None) -> Phase:
+    """The phase that a stage starts in (the final stage bakes when ``policy`` has a bake)."""
     if stage.is_final:
-        return Phase.PROMOTED
+        return Phase.BAKING if policy is not None and policy.bake.enabled else Phase.PROMOTED
     return Phase.SHADOW if stage.shadow else Phase.CANARY
 
 
@@ -35,13 +42,20 @@ def initial(state: RolloutState, policy: Policy, now: float) -> RolloutState:
 
 
 def promote(state: RolloutState, policy: Policy, now: float, reason: str) -> RolloutState:
-    """Advance one stage (to ``promoted`` when the next stage is the final 100%)."""
+    """Advance one stage: to the final 100% (``baking`` with a bake, else ``promoted``), or,
+    while baking, end the bake (``promoted``)."""
+    if state.phase is Phase.BAKING:
+        final = policy.stages[state.stage_index]
+        return state.evolve(phase=Phase.PROMOTED, weights=stage_weights(final), reason=reason)
     nxt = state.stage_index + 1
     stage = policy.stages[nxt]
+    phase = stage_phase(stage, policy)
+    weights = Weights.baking() if phase is Phase.BAKING else stage_weights(stage)
     return state.evolve(stage_index=nxt, approved_stage_index=max(state.approved_stage_index,
                                                                    nxt),
-                        stage_started_at=now, stage_ready_at=None, phase=stage_phase(stage),
-                        weights=stage_weights(stage), reason=reason)
+                        stage_started_at=now, stage_ready_at=None, phase=phase,
+                        weights=weights, reason=reason,
+                        bake_started_at=now if phase is Phase.BAKING else state.bake_started_at)
 
 
 def rollback(state: RolloutState, reason: str, phase: Phase = Phase.ROLLED_BACK
@@ -61,8 +75,10 @@ def after_decision(state: RolloutState, policy: Policy, decision: Decision, now:
         return rollback(state, decision.reason), "rollback"
     if decision.action is Action.PROMOTE:
         return promote(state, policy, now, decision.reason), "promote"
+    if state.phase is Phase.BAKING:
+        return state.evolve(reason=decision.reason), "hold"
     stage = policy.stages[state.stage_index]
-    phase = Phase.HOLDING if decision.timed_out else stage_phase(stage)
+    phase = Phase.HOLDING if decision.timed_out else stage_phase(stage, policy)
     return state.evolve(phase=phase, reason=decision.reason), "hold"
 
 
@@ -72,10 +88,13 @@ def operator_action(state: RolloutState, policy: Policy, action: str, now: float
     if state.phase.terminal:
         raise ValueError(f"the rollout is already {state.phase.value}; nothing to {action}")
     if action == "promote":
+        if state.phase is Phase.BAKING:
+            return promote(state, policy, now, f"{who} ended the bake early: promoted")
         target = policy.stages[state.stage_index + 1].describe()
         return promote(state, policy, now, f"{who} promoted the rollout to {target}")
     if action == "rollback":
-        return rollback(state, f"{who} rolled the rollout back")
+        after = " after promotion (during the bake)" if state.phase is Phase.BAKING else ""
+        return rollback(state, f"{who} rolled the rollout back{after}")
     if action == "pause":
         if state.paused:
             raise ValueError("the rollout is already paused")
