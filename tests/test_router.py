@@ -405,6 +405,43 @@ def test_shadow_copies_are_logged_and_labelled_with_the_served_rows(tmp_path: Pa
     assert sample.candidate.errors == 0
 
 
+def test_while_baking_the_candidate_answers_and_the_baseline_scores_a_copy(
+        tmp_path: Path, models: Models):
+    frame = make_frame(1, seed=10)
+    with router(tmp_path, models, Switch(Weights.baking(), stage=2)) as live:
+        responses = [invoke(live.url, frame) for _ in range(5)]
+        ids = [r.headers["X-Kpigate-Request-Id"] for r in responses]
+        status = requests.get(f"{live.url}/status", timeout=30).json()
+        db = live.db
+    for response in responses:
+        assert response.headers["X-Kpigate-Role"] == "candidate"
+        np.testing.assert_allclose(probabilities(response), models.candidate.predict(frame))
+    assert status["weights"]["baseline_shadow"] is True
+    with Collector(db, SPEC) as reader:
+        result = reader.add_labels([Label(i, 1) for i in ids])
+        assert Counter((o.role, o.shadow) for o in result.outcomes) == {
+            ("candidate", False): 5, ("baseline", True): 5}
+        (sample,) = reader.stage_samples(now=1e12, maturity_s=0)
+    assert sample.stage_index == 2  # the bake's own stratum
+    assert sample.candidate.labelled == sample.baseline.labelled == 5
+
+
+def test_while_baking_a_failing_candidate_falls_back_without_a_second_copy(
+        tmp_path: Path, models: Models):
+    frame = make_frame(1, seed=11)
+    with router(tmp_path, models, Switch(Weights.baking(), stage=2),
+                candidate=Raising()) as live:
+        for _ in range(4):
+            response = invoke(live.url, frame)
+            assert response.headers["X-Kpigate-Role"] == "baseline"
+            assert response.headers["X-Kpigate-Fallback"] == "candidate-error"
+        db = live.db
+    with Collector(db, SPEC) as reader:
+        (sample,) = reader.stage_samples(now=0, maturity_s=0)
+    assert (sample.candidate.requests, sample.candidate.errors) == (4, 4)
+    assert (sample.baseline.requests, sample.baseline.errors) == (4, 0)
+
+
 def test_feedback_single_batch_and_malformed(tmp_path: Path, models: Models):
     with router(tmp_path, models, Switch(Weights(50.0), stage=1)) as live:
         ids = [invoke(live.url, make_frame(1, seed=s)).headers["X-Kpigate-Request-Id"]

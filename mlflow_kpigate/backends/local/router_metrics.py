@@ -47,7 +47,8 @@ class RouterMetrics:
             "kpigate_stage_index", "Rollout stage the router is serving.", ["deployment"],
             registry=r)
         self.shadow = Counter(
-            "kpigate_shadow_requests", "Mirrored requests scored by the candidate, by "
+            "kpigate_shadow_requests", "Mirrored requests scored off the response path (by the "
+            "candidate in shadow, by the baseline while baking), by version and "
             "outcome (ok|error|timeout|skipped).", ["deployment", "version", "outcome"],
             registry=r)
         self.invalid = Counter(

@@ -8,7 +8,9 @@ whose answer it is). A client may send its own ``X-Kpigate-Request-Id`` (e.g. it
 transaction id) and later post labels under it. Callers never see the candidate fail: if
 it raises on live traffic the baseline answers (``X-Kpigate-Fallback: candidate-error``)
 and both attempts are logged. In shadow mode the baseline answers and the request is
-handed back for a shadow copy (:mod:`.shadow`).
+handed back for a shadow copy (:mod:`.shadow`); while the rollout bakes (the weights'
+``baseline_shadow``) it is the reverse: the candidate answers every request and the
+baseline scores the copy (none when the baseline already answered, after a fallback).
 
 Every prediction is logged to the :class:`~mlflow_kpigate.metrics.Collector`. If the
 collector fails, serving goes on (a metrics fault must not become an outage) but
@@ -84,7 +86,9 @@ class Served:
     """What the threadpool part of ``/invocations`` hands back to the event loop."""
 
     response: Response
-    shadow: tuple[ParsedPayload, RequestInfo] | None = None
+    # (payload, rows' info, the role that scores the copy: candidate in shadow, baseline
+    # while baking)
+    shadow: tuple[ParsedPayload, RequestInfo, str] | None = None
 
 
 class Router:
@@ -220,7 +224,11 @@ class Router:
                 out_headers))
         response = Response(body_out, status_code=200, media_type="application/json",
                             headers=out_headers)
-        shadow = (payload, info) if available and weights.shadow else None
+        shadow = None
+        if available and weights.shadow:
+            shadow = (payload, info, "candidate")
+        elif available and weights.baseline_shadow and served.role == "candidate":
+            shadow = (payload, info, "baseline")
         return Served(response, shadow)
 
     # -- health and status --------------------------------------------------------------

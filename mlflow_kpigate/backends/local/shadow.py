@@ -1,11 +1,12 @@
-"""Shadow copies: the candidate scores a copy of a request the baseline answered.
+"""Shadow copies: one model scores a copy of a request the other one answered.
 
 In shadow mode the caller gets the baseline's answer at once; :class:`ShadowCopies` has
 the candidate score a copy in a background task on a thread pool of its own, with a
 timeout (``shadow_timeout_s``) and a cap on copies in flight (``shadow_max_inflight``):
-beyond it copies are skipped and counted, never queued behind a slow candidate. Each copy
+beyond it copies are skipped and counted, never queued behind a slow model. Each copy
 is counted by outcome (``ok``, ``error``, ``timeout``, ``skipped``) and its predictions are
-logged as shadow rows.
+logged as shadow rows. While a rollout bakes the roles swap: the candidate answers and
+the previous version (the baseline) scores the copy, under the same timeout and cap.
 """
 
 from __future__ import annotations
@@ -40,27 +41,32 @@ class ShadowCopies:
         self.inflight = 0
         self.tasks: set[asyncio.Task[None]] = set()
 
-    def start(self, payload: ParsedPayload, info: RequestInfo) -> None:
-        """Score a copy in the background (on the running event loop), or skip it."""
-        version = self.config.candidate_version or ""
+    def _version(self, role: str) -> str:
+        return (self.config.baseline_version if role == "baseline"
+                else self.config.candidate_version) or ""
+
+    def start(self, payload: ParsedPayload, info: RequestInfo, role: str = "candidate"
+              ) -> None:
+        """Have ``role`` score a copy in the background (on the running event loop), or
+        skip it."""
+        version = self._version(role)
         if self.inflight >= self.config.shadow_max_inflight:
-            # A slow candidate must not build a backlog (memory, threads); the copy is a
+            # A slow model must not build a backlog (memory, threads); the copy is a
             # sample, so skipping it only costs evidence, never a caller's latency.
             self.metrics.shadow.labels(self.config.deployment, version, "skipped").inc()
             return
         self.inflight += 1
-        task = asyncio.get_running_loop().create_task(self._score(payload, info))
+        task = asyncio.get_running_loop().create_task(self._score(payload, info, role))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
     def _release(self, _: object) -> None:
         self.inflight -= 1
 
-    async def _score(self, payload: ParsedPayload, info: RequestInfo) -> None:
+    async def _score(self, payload: ParsedPayload, info: RequestInfo, role: str) -> None:
         loop = asyncio.get_running_loop()
         start = time.perf_counter()
-        future = loop.run_in_executor(self.executor, call_model, self.config, "candidate",
-                                      payload)
+        future = loop.run_in_executor(self.executor, call_model, self.config, role, payload)
         # The slot frees when the thread does, not at the timeout: a hung candidate keeps
         # its thread busy, and the cap must count it.
         future.add_done_callback(self._release)
@@ -70,7 +76,7 @@ class ShadowCopies:
             outcome = "error" if attempt.error else "ok"
         except asyncio.TimeoutError:
             n = len(info.ids)
-            attempt = Attempt("candidate", self.config.candidate_version or "", None,
+            attempt = Attempt(role, self._version(role), None,
                               f"timeout after {timeout:g} s",
                               max(time.perf_counter() - start, 1e-9),
                               ModelOutput([None] * n, [None] * n, False))
