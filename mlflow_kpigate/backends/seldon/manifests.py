@@ -11,13 +11,20 @@ state                  baseline predictor  candidate predictor
 =====================  ==================  ==========================================
 shadow                 traffic 100         ``shadow: true``, traffic 100
 canary p %             traffic 100 - p     traffic p
+baking                 ``shadow: true``,   traffic 100
+                       traffic 100
 promoted               traffic 0           traffic 100, then the baseline is removed
 rolled back/detached   traffic 100         traffic 0, then the candidate is removed
 =====================  ==================  ==========================================
 
 The shadow predictor carries traffic 100 although Seldon does not count a shadow's
 traffic towards the split: with Istio the mirror ignores it, but with Ambassador/Emissary
-Seldon turns it into the shadow Mapping's weight, where 0 would mirror nothing.
+Seldon turns it into the shadow Mapping's weight, where 0 would mirror nothing. While a
+rollout bakes the roles of the shadow stage swap: the candidate is the one live predictor
+and the previous version mirrors every request (Seldon allows one shadow next to one live
+predictor at 100). In v2 the Experiment then routes everything to the candidate Model,
+mirrors to the baseline Model and names the candidate its ``default`` (an Experiment's
+default must be one of its candidates, and a mirrored Model may not be one).
 
 Seldon v1 keeps no ``status.observedGeneration``, so the controller cannot tell from the
 status whether Seldon has acted on its last change. kpigate therefore stamps the
@@ -151,6 +158,8 @@ def role_traffic(weights: Weights) -> dict[str, RoleTraffic]:
         return {BASELINE: RoleTraffic(100), CANDIDATE: RoleTraffic(0)}
     if weights.shadow:
         return {BASELINE: RoleTraffic(100), CANDIDATE: RoleTraffic(100, shadow=True)}
+    if weights.baseline_shadow:
+        return {BASELINE: RoleTraffic(100, shadow=True), CANDIDATE: RoleTraffic(100)}
     percent = whole_percent(weights.candidate_percent)
     return {BASELINE: RoleTraffic(100 - percent), CANDIDATE: RoleTraffic(percent)}
 
@@ -301,8 +310,9 @@ def v2_routing(target_name: str, weights: Weights
     """Experiment ``candidates`` and ``mirror`` for ``weights`` (integer weights).
 
     In shadow the baseline is the only candidate (weight 100) and the candidate Model gets
-    a 100 % mirror; a detached candidate is left out; otherwise both are listed with the
-    split (the baseline at weight 0 once promoted, so ``default`` stays a candidate).
+    a 100 % mirror; while baking the reverse; a detached candidate is left out; otherwise
+    both are listed with the split (the baseline at weight 0 once promoted, so
+    ``default`` stays a candidate).
     """
     shares = role_traffic(weights)
     base = {"name": v2_model_name(target_name, BASELINE), "weight": shares[BASELINE].traffic}
@@ -311,13 +321,22 @@ def v2_routing(target_name: str, weights: Weights
         return [{**base, "weight": 100}], None
     if shares[CANDIDATE].shadow:
         return [base], {"name": cand_name, "percent": 100}
+    if shares[BASELINE].shadow:
+        return [{"name": cand_name, "weight": 100}], {"name": base["name"], "percent": 100}
     return [base, {"name": cand_name, "weight": shares[CANDIDATE].traffic}], None
+
+
+def v2_default(target_name: str, weights: Weights) -> str:
+    """The Experiment's ``default`` Model: the baseline, except while baking (the
+    candidate, since the mirrored baseline may not be a candidate)."""
+    role = CANDIDATE if weights.candidate_attached and weights.baseline_shadow else BASELINE
+    return v2_model_name(target_name, role)
 
 
 def v2_experiment(target: SeldonTarget, weights: Weights) -> dict[str, Any]:
     """The v2 ``Experiment`` named after the deployment, taking over the baseline's endpoint."""
     candidates, mirror = v2_routing(target.name, weights)
-    spec: dict[str, Any] = {"default": v2_model_name(target.name, BASELINE),
+    spec: dict[str, Any] = {"default": v2_default(target.name, weights),
                             "candidates": candidates}
     if mirror is not None:
         spec["mirror"] = mirror

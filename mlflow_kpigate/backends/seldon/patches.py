@@ -33,6 +33,7 @@ from mlflow_kpigate.backends.seldon.manifests import (
     ROLES,
     managed_spec_hash,
     role_traffic,
+    v2_default,
     v2_model_name,
     v2_routing,
 )
@@ -304,8 +305,9 @@ def v2_experiment_patch(current: Mapping[str, Any], weights: Weights) -> Patch:
     """A guarded JSON patch moving the v2 Experiment ``current`` to ``weights``.
 
     Candidate weights are replaced by index, candidates no longer wanted are removed
-    (highest index first, so the others keep their indices), new ones appended, and the
-    mirror added, replaced or removed.
+    (highest index first, so the others keep their indices), new ones appended, the
+    mirror added, replaced or removed, and ``default`` set (it names the candidate while
+    baking, the baseline otherwise).
     """
     name = (current.get("metadata") or {}).get("name")
     spec = current.get("spec") or {}
@@ -339,6 +341,10 @@ def v2_experiment_patch(current: Mapping[str, Any], weights: Weights) -> Patch:
             changes.append({"op": "replace", "path": "/spec/mirror", "value": mirror})
     elif "mirror" in spec:
         changes.append({"op": "remove", "path": "/spec/mirror"})
+    default = v2_default(name, weights)
+    if spec.get("default") != default:
+        changes.append({"op": "replace" if "default" in spec else "add",
+                        "path": "/spec/default", "value": default})
     ops = guards + changes
     check_experiment_rules(apply_json_patch(current, ops))
     return ops

@@ -5,9 +5,11 @@
 * ``apply`` patches the SeldonDeployment (v1) or the Experiment (v2) to the weights of a
   committed state, then, after a rollback, removes the candidate (and, after a promotion,
   the baseline) in a second guarded patch, and tells the in-cluster collector which stage
-  new predictions belong to. Each patch is built from the object as read and guarded by
-  its ``resourceVersion`` and predictor names, so it applies entirely or not at all;
-  everything is idempotent, since the controller repeats it after a crash.
+  new predictions belong to. While a rollout bakes, the baseline stays as the shadow
+  predictor (v2: the mirrored Model); it is removed when the bake ends promoted. Each
+  patch is built from the object as read and guarded by its ``resourceVersion`` and
+  predictor names, so it applies entirely or not at all; everything is idempotent, since
+  the controller repeats it after a crash.
 * ``readiness`` says whether Seldon serves those weights: the object routes as the state
   asks, carries the spec hash kpigate applied, and Seldon reports it Available with every
   predictor's replicas available (v1 sets no ``observedGeneration``, hence the hash).
@@ -29,6 +31,7 @@ from mlflow_kpigate.backends.seldon.manifests import (
     managed_view,
     predictor,
     role_traffic,
+    v2_default,
     v2_model_name,
     v2_routing,
 )
@@ -168,7 +171,8 @@ class SeldonTraffic:
         spec = exp.get("spec") or {}
         got = sorted((c.get("name"), c.get("weight")) for c in spec.get("candidates") or ())
         if got != sorted((c["name"], c["weight"]) for c in candidates) or \
-                (spec.get("mirror") or None) != mirror:
+                (spec.get("mirror") or None) != mirror or \
+                spec.get("default") != v2_default(self.target.name, state.weights):
             return Readiness(False, f"Experiment {self.target.name} does not route as "
                                     f"{state.weights.describe()} yet")
         roles = [BASELINE, CANDIDATE] if state.weights.candidate_attached else [BASELINE]
