@@ -668,9 +668,11 @@ def test_render_v1_with_storage_uris():
     assert result.stderr == ""
     assert result.stdout.startswith("# kpigate render: rollout fraud in namespace models")
     docs = documents(result.stdout)
-    # default policy: shadow, 5, 25, 50, 100 -> create, 3 transitions, promotion in 2 steps,
-    # and 2 rollback steps from each of the 4 evaluated stages
-    assert len(docs) == 1 + 3 + 2 + 2 * 4
+    # default policy: shadow, 5, 25, 50, 100 and a bake -> create, 3 transitions, the
+    # promotion into the bake, the bake's end in 2 steps, a rollback after promotion in 2
+    # steps, and 2 rollback steps from each of the 4 evaluated stages
+    assert "# stages: shadow -> 5% -> 25% -> 50% -> 100%, then a 1h bake" in result.stdout
+    assert len(docs) == 1 + 3 + 1 + 2 + 2 + 2 * 4
     manifest = docs[0][1]
     assert manifest["spec"]["predictors"][0]["replicas"] == 2
     assert manifest["spec"]["predictors"][1]["graph"]["logger"]["url"].endswith("/cloudevents")
@@ -683,12 +685,23 @@ def test_render_v1_with_storage_uris():
         states.append(live)
     assert [routing(s)[CANDIDATE] for s in states] == [(100, True), (5, False), (25, False),
                                                      (50, False)]
-    for _, ops in docs[4:6]:
+    assert "the baseline is its shadow during the bake" in docs[4][0]
+    baked = apply(live, docs[4][1])
+    check_sdep(baked)
+    assert routing(baked) == {BASELINE: (100, True), CANDIDATE: (100, False)}
+    live = baked
+    for _, ops in docs[5:7]:
         live = apply(live, ops)
         check_sdep(live)
     assert routing(live) == {CANDIDATE: (100, False)}
+    live = baked
+    for comment, ops in docs[7:9]:
+        assert comment.startswith("rollback after promotion")
+        live = apply(live, ops)
+        check_sdep(live)
+    assert routing(live) == {BASELINE: (100, False)}
     for i, state in enumerate(states):
-        (c1, ops1), (c2, ops2) = docs[6 + 2 * i], docs[7 + 2 * i]
+        (c1, ops1), (c2, ops2) = docs[9 + 2 * i], docs[10 + 2 * i]
         assert c1.startswith(f"rollback from stage {i + 1}")
         assert "step 1 of 2" in c1
         assert "step 2 of 2" in c2
@@ -719,8 +732,17 @@ def test_render_v2_with_stage_override():
         live = apply(live, ops)
         check_experiment(live)
         states.append(live)
-    assert v2_routing_of(live) == ({"churn-baseline": 0, "churn-candidate": 100}, None)
-    rollbacks = docs[5:]
+    # the default policy bakes: the candidate serves, the baseline gets the mirror
+    assert v2_routing_of(live) == ({"churn-candidate": 100},
+                                   {"name": "churn-baseline", "percent": 100})
+    ended = apply(live, docs[5][1])
+    check_experiment(ended)
+    assert v2_routing_of(ended) == ({"churn-baseline": 0, "churn-candidate": 100}, None)
+    assert docs[6][0].startswith("rollback after promotion")
+    back = apply(live, docs[6][1])
+    check_experiment(back)
+    assert v2_routing_of(back) == ({"churn-baseline": 100}, None)
+    rollbacks = docs[7:]
     assert len(rollbacks) == 2
     for (comment, ops), state in zip(rollbacks, states[:2], strict=True):
         assert "kubectl delete model churn-candidate -n ml" in comment

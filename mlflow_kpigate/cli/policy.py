@@ -113,6 +113,17 @@ def summary_lines(policy: Policy, path: str, *, quiet: bool = False) -> list[str
         f"{_plural(checks, 'rollback check')} (more with registry control limits), "
         f"alpha_promote {ev.alpha_promote:g} per KPI"
     )
+    if ev.window_share:
+        lines.append(f"  recent-window check: {ev.window_share:g} of alpha_rollback on the "
+                     "current stage alone")
+    bake = policy.bake
+    if bake.enabled:
+        watched = ", ".join(kpi.name for kpi in policy.baked_kpis)
+        lines.append(f"  bake: {_duration(bake.duration)} after promotion, the previous "
+                     f"version shadowing; change detector on {watched}; false alarm at "
+                     f"most once per {_duration(bake.arl)} on average")
+    else:
+        lines.append("  bake: none (promoted when the final stage is approved)")
     k = policy.control_limits.k
     lines.append("  control limits: " + (f"k = {k:g}" if k is not None else "off"))
     return lines

@@ -3,10 +3,13 @@
 Prints a YAML stream: the manifests the first stage creates, then the guarded JSON patch
 of every stage transition (the last one is the promotion: all traffic to the candidate,
 then the baseline predictor removed), then the two rollback patches from every evaluated
-stage (all traffic to the baseline, then the candidate removed). Each document starts
-with a ``#`` comment saying which step it is. Every manifest and every patch result is
-checked against Seldon's admission rules on the way, so a policy Seldon cannot follow
-(e.g. a 2.5 % stage) fails here with exit code 2 instead of in the cluster.
+stage (all traffic to the baseline, then the candidate removed). With a ``bake`` in the
+policy the promotion is the bake's start (the candidate at 100, the baseline its shadow),
+followed by the patches that end the bake (promoted) and those of a rollback after
+promotion. Each document starts with a ``#`` comment saying which step it is. Every
+manifest and every patch result is checked against Seldon's admission rules on the way,
+so a policy Seldon cannot follow (e.g. a 2.5 % stage) fails here with exit code 2
+instead of in the cluster.
 
 The patches' ``test`` operations need the object's ``metadata.resourceVersion``; render
 simulates the API server, which sets it to ``"1"`` on create and bumps it on every
@@ -45,6 +48,7 @@ from mlflow_kpigate.backends.seldon.patches import (
 from mlflow_kpigate.backends.seldon.target import SeldonTarget, parse_target_uri
 from mlflow_kpigate.backends.seldon.webhook import check_experiment_rules, check_webhook_rules
 from mlflow_kpigate.cli.errors import fail
+from mlflow_kpigate.core.durations import format_duration
 from mlflow_kpigate.core.errors import KpigateError, UsageError
 from mlflow_kpigate.core.state import Weights
 from mlflow_kpigate.deploy.config import parse_config
@@ -97,8 +101,27 @@ def check_stages_for_seldon(policy: Policy) -> None:
                              ) from None
 
 
+def _v1_bake(kind: str, live: _SimulatedObject) -> Iterator[Document]:
+    """From a baking SeldonDeployment: the bake's end, and a rollback after promotion."""
+    back = live.fork()
+    ops = weights_patch(live.doc, Weights(100.0))
+    live.patch(ops)
+    yield Document(f"bake ends without a regression (promoted), step 1 of 2: the baseline's "
+                   f"shadow stops: kubectl patch {kind} --type json", ops)
+    ops = remove_predictor_patch(live.doc, BASELINE)
+    yield Document(f"bake ends, step 2 of 2: remove the baseline predictor: kubectl patch "
+                   f"{kind} --type json", ops)
+    ops = weights_patch(back.doc, Weights.baseline_only())
+    back.patch(ops)
+    yield Document(f"rollback after promotion (a regression during the bake), step 1 of 2: "
+                   f"all traffic to the baseline: kubectl patch {kind} --type json", ops)
+    ops = remove_predictor_patch(back.doc, CANDIDATE)
+    yield Document(f"rollback after promotion, step 2 of 2: remove the candidate predictor: "
+                   f"kubectl patch {kind} --type json", ops)
+
+
 def _v1_documents(target: SeldonTarget, baseline: ModelRef, candidate: ModelRef,
-                  stages: tuple[Stage, ...]) -> Iterator[Document]:
+                  stages: tuple[Stage, ...], bake: bool = False) -> Iterator[Document]:
     kind = f"seldondeployment {target.name} -n {target.namespace}"
     first = stages[0]
     manifest = seldon_deployment(target, baseline, candidate, stage_weights(first))
@@ -108,10 +131,16 @@ def _v1_documents(target: SeldonTarget, baseline: ModelRef, candidate: ModelRef,
     at_stage: list[_SimulatedObject] = [live.fork()]
     for i in range(1, len(stages)):
         before, stage = stages[i - 1], stages[i]
-        ops = weights_patch(live.doc, stage_weights(stage))
+        weights = Weights.baking() if stage.is_final and bake else stage_weights(stage)
+        ops = weights_patch(live.doc, weights)
         live.patch(ops)
         step = f"stage {i + 1}: {_stage_label(before)} -> {_stage_label(stage)}"
-        if stage.is_final:
+        if stage.is_final and bake:
+            yield Document(f"{step} (promotion: the candidate serves everything, the baseline "
+                           f"is its shadow during the bake): kubectl patch {kind} --type json",
+                           ops)
+            yield from _v1_bake(kind, live)
+        elif stage.is_final:
             yield Document(f"{step} (promotion, step 1 of 2: all traffic to the candidate): "
                            f"kubectl patch {kind} --type json", ops)
             ops = remove_predictor_patch(live.doc, BASELINE)
@@ -133,7 +162,7 @@ def _v1_documents(target: SeldonTarget, baseline: ModelRef, candidate: ModelRef,
 
 
 def _v2_documents(target: SeldonTarget, baseline: ModelRef, candidate: ModelRef,
-                  stages: tuple[Stage, ...]) -> Iterator[Document]:
+                  stages: tuple[Stage, ...], bake: bool = False) -> Iterator[Document]:
     kind = f"experiment {target.name} -n {target.namespace}"
     for model in v2_models(target, baseline, candidate):
         yield Document(f"Model {model['metadata']['name']}: kubectl apply -f -", model)
@@ -143,17 +172,31 @@ def _v2_documents(target: SeldonTarget, baseline: ModelRef, candidate: ModelRef,
     yield Document(f"create at stage 1 ({_stage_label(first)}): kubectl apply -f -", experiment)
     live = _SimulatedObject(experiment)
     at_stage: list[_SimulatedObject] = [live.fork()]
+    candidate_model = v2_model_name(target.name, CANDIDATE)
+    baked: _SimulatedObject | None = None
     for i in range(1, len(stages)):
         before, stage = stages[i - 1], stages[i]
-        ops = v2_experiment_patch(live.doc, stage_weights(stage))
+        weights = Weights.baking() if stage.is_final and bake else stage_weights(stage)
+        ops = v2_experiment_patch(live.doc, weights)
         live.patch(ops)
         step = f"stage {i + 1}: {_stage_label(before)} -> {_stage_label(stage)}"
-        if stage.is_final:
+        if stage.is_final and bake:
+            step += (" (promotion: all traffic to the candidate, mirrored to the baseline "
+                     "during the bake)")
+            baked = live.fork()
+        elif stage.is_final:
             step += " (promotion: all traffic to the candidate)"
         else:
             at_stage.append(live.fork())
         yield Document(f"{step}: kubectl patch {kind} --type json", ops)
-    candidate_model = v2_model_name(target.name, CANDIDATE)
+    if baked is not None:
+        yield Document(f"bake ends without a regression (promoted): the mirror stops: "
+                       f"kubectl patch {kind} --type json",
+                       v2_experiment_patch(baked.doc, Weights(100.0)))
+        yield Document(f"rollback after promotion (a regression during the bake): all traffic "
+                       f"to the baseline: kubectl patch {kind} --type json; then kubectl "
+                       f"delete model {candidate_model} -n {target.namespace}",
+                       v2_experiment_patch(baked.doc, Weights.baseline_only()))
     for i, state in enumerate(at_stage):
         ops = v2_experiment_patch(state.doc, Weights.baseline_only())
         yield Document(
@@ -167,7 +210,7 @@ def render_documents(target: SeldonTarget, baseline: ModelRef, candidate: ModelR
     """Every document ``kpigate render`` prints, in order (see the module docstring)."""
     check_stages_for_seldon(policy)
     build = _v1_documents if target.seldon_version == 1 else _v2_documents
-    return list(build(target, baseline, candidate, policy.stages))
+    return list(build(target, baseline, candidate, policy.stages, policy.bake.enabled))
 
 
 def format_documents(header: list[str], documents: list[Document]) -> str:
@@ -252,7 +295,9 @@ def _render(target_uri: str, name: str, model_uri: str, baseline_uri: str | None
     header = [
         f"kpigate render: rollout {target.name} in namespace {target.namespace}, "
         f"Seldon Core {api}",
-        "stages: " + " -> ".join(_stage_label(s) for s in policy.stages),
+        "stages: " + " -> ".join(_stage_label(s) for s in policy.stages)
+        + (f", then a {format_duration(policy.bake.duration)} bake" if policy.bake.enabled
+           else ""),
         f"baseline: {baseline_uri} = {baseline.storage_uri}",
         f"candidate: {model_uri} = {candidate.storage_uri}",
         "patches are RFC 6902 JSON patches; their resourceVersion tests show simulated "

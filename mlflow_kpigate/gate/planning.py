@@ -207,8 +207,9 @@ def plan(policy: Policy, registry: RegistryBaseline) -> list[PlanRow]:
     ev = policy.evaluation
     decisive = [k for k in policy.kpis if k.decides]
     # The same split as the gate's: decisive KPIs + hard limits + registry control limits,
-    # weighted by each KPI's alpha_weight.
-    unit_alpha = alpha_per_weight(policy, registry)
+    # weighted by each KPI's alpha_weight, of what the recent-window check
+    # (evaluation.window_share) leaves to the pooled checks.
+    unit_alpha = alpha_per_weight(policy, registry) * (1.0 - ev.window_share)
     rows: list[PlanRow] = []
     for stage in policy.gated_stages:
         for kpi in decisive:

@@ -193,8 +193,10 @@ def run_rollout(policy: Policy, stream: StreamSpec, rule: Rule, *, seed: int = 0
         if on_look is not None:
             on_look(look)
         state = store.require()
-        if state.phase in (Phase.ROLLED_BACK, Phase.PROMOTED):
-            outcome.status = state.phase.value
+        if state.phase in (Phase.ROLLED_BACK, Phase.PROMOTED, Phase.BAKING):
+            # Reaching the bake is the promotion; the bake itself is not simulated here.
+            outcome.status = (Phase.PROMOTED if state.phase is Phase.BAKING
+                              else state.phase).value
             outcome.final_stage = state.stage_index
             return outcome
     outcome.final_stage = store.require().stage_index
