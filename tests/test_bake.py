@@ -359,3 +359,46 @@ def test_state_and_events_of_a_bake_round_trip_through_json():
     event = AliasRestored("champion", "1", "2")
     assert decode(event.kind, json.loads(json.dumps(event.body()))) == event
     assert Weights.from_dict({"candidate_percent": 5, "future_field": 1}) == Weights(5.0)
+
+
+def test_status_report_comment_and_metrics_say_what_the_bake_did(baking, tmp_path):
+    from mlflow_kpigate.deploy.finish import write_report
+    from mlflow_kpigate.github.comment import headline
+    from mlflow_kpigate.github.record import record_of
+    from mlflow_kpigate.rollout.exposition import DecisionMetrics
+
+    directory, store, policy, clock, ctl, _parts = baking
+    metrics = DecisionMetrics("dep")
+    ctl.observer = metrics.observe
+    for i in range(2):
+        feed_bake(directory, policy, ts=clock.now, seed=i)
+        clock.now += 5
+        ctl.step()
+    status = CliRunner().invoke(main, ["status", "dep", "--state-dir", str(tmp_path)])
+    assert status.exit_code == 0, status.output
+    assert "dep: baking at 100% — candidate 100%, baseline shadow" in status.output
+    assert "bake: 10s of the 1m bake, 50s left; closest to an alarm: accuracy" in status.output
+    assert "no_regression" in status.output
+    values = {(m.name, tuple(sorted(s.labels.items()))): s.value
+              for m in metrics.registry.collect() for s in m.samples}
+    dep = (("deployment", "dep"),)
+    assert values[("kpigate_rollout_phase", (*dep, ("phase", "baking")))] == 1
+    assert values[("kpigate_bake_remaining_seconds", dep)] == 50
+    log_threshold = values[("kpigate_bake_detector_log_threshold", (*dep, ("kpi", "accuracy")))]
+    assert log_threshold > values[("kpigate_bake_detector_log_statistic",
+                                   (*dep, ("kpi", "accuracy")))]
+    for i in range(2, 8):
+        feed_bake(directory, policy, ts=clock.now, seed=i, cand_acc=0.7)
+        clock.now += 5
+        if ctl.step().action is Action.ROLLBACK:
+            break
+    state = store.require()
+    assert state.status == ROLLED_BACK_AFTER_PROMOTION
+    report = (write_report(directory, state, store, policy) / "report.md").read_text()
+    assert "Outcome: ROLLED BACK AFTER PROMOTION." in report
+    assert "## Bake (after promotion)" in report
+    assert "rolled back after promotion: rollback after promotion: accuracy regressed" in report
+    record = record_of(state, History.of(store.events()), policy)
+    assert "version 2 rolled back after promotion** at 100%" in headline(record, "m")
+    watch = CliRunner().invoke(main, ["watch", "dep", "--state-dir", str(tmp_path)])
+    assert "dep: rolled_back_after_promotion — rollback after promotion" in watch.output

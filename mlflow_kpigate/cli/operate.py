@@ -15,6 +15,7 @@ import click
 import requests
 
 from mlflow_kpigate.cli.tables import evidence_table
+from mlflow_kpigate.core.bake import bake_view
 from mlflow_kpigate.core.errors import KpigateError, UsageError
 from mlflow_kpigate.deploy.config import parse_config
 from mlflow_kpigate.deploy.finish import write_report
@@ -43,6 +44,9 @@ def _status_lines(name: str, state_dir: str | None) -> list[str]:
         f"  last: {info['reason']}",
     ]
     decision = _deployer().last_decision(name, _config(state_dir))
+    view = bake_view(decision) if info["phase"] == "baking" else None
+    if view is not None:
+        lines.append(f"  bake: {view.line()}")
     if decision is not None:
         policy = _deployer().open(name, _config(state_dir)).policy
         lines.append("  evidence (anytime-valid bounds, positive = candidate better):")
@@ -85,10 +89,10 @@ def watch_command(name: str, state_dir: str | None, timeout: float | None) -> No
                 click.echo(f"{stamp} {rec.kind:<18} {body.get('stage', ''):<7} {what}"[:240])
             state = store.require()
             if state.phase.terminal and not state.effects_pending:
-                click.echo(f"{name}: {state.phase.value} — {state.reason}")
+                click.echo(f"{name}: {state.status} — {state.reason}")
                 return
             if deadline is not None and time.monotonic() > deadline:
-                click.echo(f"{name}: still {state.phase.value} (stopped watching)")
+                click.echo(f"{name}: still {state.status} (stopped watching)")
                 return
             time.sleep(1.0)
     except KeyboardInterrupt:

@@ -36,7 +36,7 @@ def finish_rollout(directory: Path, state: RolloutState, registry: Registry | No
     """Write the report, attach it to the rollout run and end the run; returns the dir."""
     out = write_report(directory, state, store, policy)
     if registry is not None and state.rollout_run_id:
-        registry.finish_rollout_run(state.rollout_run_id, outcome=state.phase.value,
+        registry.finish_rollout_run(state.rollout_run_id, outcome=state.status,
                                     report_dir=out)
     store.append(ReportWritten(str(out)))
     return out

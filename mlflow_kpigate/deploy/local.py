@@ -174,7 +174,8 @@ class LocalDeployer:
         return {
             "name": state.name,
             "flavor": FLAVOR,
-            "status": state.phase.value,
+            "status": state.status,
+            "phase": state.phase.value,
             "paused": state.paused,
             "stage": policy.stages[state.stage_index].describe(),
             "stage_index": state.stage_index,

@@ -217,7 +217,7 @@ class SeldonDeployer:
         return {
             "name": name, "flavor": FLAVOR, "namespace": self.namespace,
             "backend": f"seldon-v{version}",
-            "status": state.phase.value, "paused": state.paused,
+            "status": state.status, "phase": state.phase.value, "paused": state.paused,
             "stage_index": state.stage_index, "stages": len(stages),
             "weights": state.weights.describe(), "candidate": state.candidate_uri,
             "baseline": state.baseline_uri, "reason": state.reason,

@@ -27,6 +27,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from mlflow_kpigate.core.bake import fmt_e
 from mlflow_kpigate.core.decision import Action, Check, Decision, Evidence, Verdict
 from mlflow_kpigate.core.durations import format_duration
 from mlflow_kpigate.core.samples import StageSample
@@ -77,13 +78,6 @@ def bake_streams(decision: Mapping[str, Any] | Decision | None, stage_index: int
             for s in bake.get("streams") or ()}
 
 
-def _fmt_e(log_value: float) -> str:
-    """An e-value for people: ``<0.001`` when negligible, ``e^812.3`` past float range."""
-    if log_value < math.log(1e-3):
-        return "<0.001"
-    return f"{math.exp(log_value):.3g}" if log_value < 700 else f"e^{log_value:.1f}"
-
-
 def _watch(policy: Policy, kpi: KpiSpec, strata: Strata, previous: Mapping[tuple[str, str],
            cd.Stream], log_a_j: float) -> tuple[Evidence, list[Watched]]:
     """Measure ``kpi`` over the bake stratum and step its detectors."""
@@ -127,8 +121,8 @@ def _watch(policy: Policy, kpi: KpiSpec, strata: Strata, previous: Mapping[tuple
     where = f" [{worst.stream.label}]" if several else ""
     delta = next((t.delta for t in meas.rollback_tests if (t.label or kpi.name)
                   == worst.stream.label), math.nan)
-    level = (f"detector {_fmt_e(worst.stream.log_statistic)} of threshold "
-             f"{_fmt_e(worst.log_threshold)} after {worst.stream.steps} increments")
+    level = (f"detector {fmt_e(worst.stream.log_statistic)} of threshold "
+             f"{fmt_e(worst.log_threshold)} after {worst.stream.steps} increments")
     if worst.alarm:
         verdict = Verdict.WORSE
         reason = (f"{kpi.name} regressed during the bake{where}: Δ {delta:+.4g} over the "
@@ -182,8 +176,8 @@ def judge_bake(policy: Policy, stage_index: int, elapsed: float,
     highest = max(watched, key=lambda w: w.stream.log_statistic - w.log_threshold,
                   default=None)
     top = ("" if highest is None or highest.stream.steps == 0 else
-           f"; highest detector {_fmt_e(highest.stream.log_statistic)} of threshold "
-           f"{_fmt_e(highest.log_threshold)} ({highest.kpi})")
+           f"; highest detector {fmt_e(highest.stream.log_statistic)} of threshold "
+           f"{fmt_e(highest.log_threshold)} ({highest.kpi})")
     blind = [e.kpi for e in evidence if e.verdict is Verdict.INSUFFICIENT_DATA]
     if done and not blind:
         return Decision(Action.PROMOTE, f"promoted: baked {format_duration(elapsed)} with no "

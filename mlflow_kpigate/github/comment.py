@@ -39,7 +39,7 @@ from datetime import datetime, timezone
 from mlflow_kpigate.core.decision import Decision
 from mlflow_kpigate.github.api import GitHubClient
 from mlflow_kpigate.github.charts import charts
-from mlflow_kpigate.github.outcome import outcome
+from mlflow_kpigate.github.outcome import outcome_of
 from mlflow_kpigate.github.record import Evaluation, Links, RolloutRecord
 from mlflow_kpigate.policy import Policy
 from mlflow_kpigate.report.blocks import md_escape
@@ -150,7 +150,7 @@ def _kpi_table(decision: Decision, policy: Policy | None) -> list[str]:
 def headline(record: RolloutRecord, model: str) -> str:
     """The first line: outcome, model, candidate version, stage, and the reason."""
     state = record.state
-    icon, words = outcome(state.phase)
+    icon, words = outcome_of(state)
     last = record.evaluations[-1].decision if record.evaluations else None
     reason = state.reason or (last.reason if last else "no evaluation yet")
     if len(reason) > MAX_HEADLINE_REASON:
@@ -170,7 +170,7 @@ def _summary(record: RolloutRecord, links: Links) -> list[str]:
         ["model", f"{text(state.model_name)}: candidate version "
                   f"{text(state.candidate_version)} against baseline version "
                   f"{text(state.baseline_version)}"],
-        ["outcome", f"{text(state.phase.value)} at {text(record.final_stage)}; traffic now: "
+        ["outcome", f"{text(state.status)} at {text(record.final_stage)}; traffic now: "
                     f"{text(state.weights.describe())}"],
         ["evaluations", str(len(record.evaluations))],
         ["deployment", text(state.name)],

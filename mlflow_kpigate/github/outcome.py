@@ -7,7 +7,8 @@ exit code cannot disagree about an outcome.
 
 from __future__ import annotations
 
-from mlflow_kpigate.core.state import Phase
+from mlflow_kpigate.core.bake import outcome_words
+from mlflow_kpigate.core.state import Phase, RolloutState
 from mlflow_kpigate.github.record import RolloutRecord
 from mlflow_kpigate.github.workflow import workflow_command
 
@@ -19,6 +20,7 @@ ROLLBACK_PHASES = (Phase.ROLLED_BACK, Phase.ABORTED)
 STATUS_DESCRIPTION_CHARS = 140
 
 _OUTCOME = {
+    Phase.BAKING: ("⏳", "promoted, baking"),
     Phase.PROMOTED: ("✅", "promoted"),
     Phase.ROLLED_BACK: ("❌", "rolled back"),
     Phase.ABORTED: ("⛔", "aborted"),
@@ -34,6 +36,12 @@ _STATUS_STATE = {Phase.PROMOTED: "success", Phase.ROLLED_BACK: "failure",
 def outcome(phase: Phase) -> tuple[str, str]:
     """(icon, words) for a phase, e.g. ``("❌", "rolled back")``."""
     return _OUTCOME.get(phase, ("⏳", phase.value))
+
+
+def outcome_of(state: RolloutState) -> tuple[str, str]:
+    """(icon, words) for a rollout, with its bake: ``("❌", "rolled back after promotion")``."""
+    icon, words = outcome(state.phase)
+    return icon, (outcome_words(state) if state.bake_started_at is not None else words)
 
 
 def fails_step(phase: Phase, fail_on: str) -> bool:
@@ -56,7 +64,7 @@ def status_state(phase: Phase) -> str:
 
 def status_description(record: RolloutRecord) -> str:
     """One line of at most 140 characters: outcome, stage and reason."""
-    _, words = outcome(record.state.phase)
+    _, words = outcome_of(record.state)
     reason = " ".join((record.state.reason or "").split())
     line = f"{words} at {record.final_stage}" + (f": {reason}" if reason else "")
     if len(line) > STATUS_DESCRIPTION_CHARS:
@@ -68,7 +76,7 @@ def annotation(record: RolloutRecord, model: str) -> str:
     """The workflow command that annotates the run: ``::error`` for a rollback or abort,
     ``::notice`` for a promotion, ``::warning`` for a rollout that has not ended."""
     phase = record.state.phase
-    _, words = outcome(phase)
+    _, words = outcome_of(record.state)
     title = f"kpigate: {model} {words} at {record.final_stage}"
     reason = record.state.reason or "no reason recorded"
     if phase in ROLLBACK_PHASES:

@@ -37,7 +37,7 @@ from mlflow_kpigate.core.errors import UsageError
 from mlflow_kpigate.github.api import GitHubClient
 from mlflow_kpigate.github.comment import render
 from mlflow_kpigate.github.event import from_payload, load_payload, parse_pr_number
-from mlflow_kpigate.github.outcome import FAIL_ON, annotation, fails_step, outcome
+from mlflow_kpigate.github.outcome import FAIL_ON, annotation, fails_step, outcome_of
 from mlflow_kpigate.github.publish import ClientFactory, publish
 from mlflow_kpigate.github.record import RolloutRecord, mlflow_links
 from mlflow_kpigate.github.runner import Console, Echo, GitHubEnv
@@ -113,6 +113,6 @@ class ReportStep:
                     comment=opts.comment, commit_status=opts.commit_status, console=console,
                     client_factory=client_factory)
 
-        _, words = outcome(state.phase)
+        _, words = outcome_of(state)
         console.out(f"kpigate: {model} {words} at {record.final_stage}: {state.reason}")
         return 1 if fails_step(state.phase, opts.fail_on) else 0

@@ -1,7 +1,8 @@
 """The report's sections, as a block list (:mod:`.blocks`) rendered to markdown and HTML.
 
 The outcome and its reason first; then, per stage, the KPI table of the stage's last
-evaluation and the stage's checks; the traffic timeline; a per-KPI summary; every
+evaluation and the stage's checks; the bake after promotion, if there was one; the
+traffic timeline; a per-KPI summary; every
 decision; the charts (written beforehand by :mod:`.build`).
 """
 
@@ -10,9 +11,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from mlflow_kpigate.core.bake import bake_view, fmt_e, outcome_words
 from mlflow_kpigate.core.baseline import BaselineKpi, RegistryBaseline
-from mlflow_kpigate.core.decision import Decision
-from mlflow_kpigate.core.state import Phase, RolloutState
+from mlflow_kpigate.core.decision import Action, Decision
+from mlflow_kpigate.core.state import ROLLED_BACK_AFTER_PROMOTION, Phase, RolloutState
 from mlflow_kpigate.policy import KpiSpec, Policy
 from mlflow_kpigate.report.blocks import Block, Heading, Image, Para, Table
 from mlflow_kpigate.report.formats import (
@@ -32,6 +34,7 @@ from mlflow_kpigate.report.kpi_table import (
 )
 
 _OUTCOMES = {
+    Phase.BAKING: "PROMOTED, BAKING",
     Phase.PROMOTED: "PROMOTED",
     Phase.ROLLED_BACK: "ROLLED BACK",
     Phase.ABORTED: "ABORTED",
@@ -79,6 +82,32 @@ def _stage_groups(decisions: Sequence[Decision]) -> list[list[int]]:
     return groups
 
 
+def _bake(state: RolloutState, decisions: Sequence[Decision], timestamps: Sequence[float]
+          ) -> list[Block]:
+    """The bake (after promotion): how long it ran, how it ended, each change detector."""
+    if state.bake_started_at is None:
+        return []
+    baked = [(t, d) for t, d in zip(timestamps, decisions, strict=True)
+             if bake_view(d) is not None]
+    view = bake_view(baked[-1][1]) if baked else None
+    if state.phase is Phase.BAKING:
+        how = "still baking" + (f": {view.line()}" if view else "")
+    elif state.phase is Phase.PROMOTED:
+        how = (f"baked {fmt_span(view.elapsed_s)} with no regression detected" if view
+               and baked[-1][1].action is Action.PROMOTE else f"ended early: {state.reason}")
+    else:
+        how = f"{outcome_words(state)}: {state.reason}"
+    blocks: list[Block] = [Heading("Bake (after promotion)", 2), Para(
+        f"The candidate served everything from {fmt_time(state.bake_started_at)} while the "
+        f"previous version scored a shadow copy of every request; {how}.")]
+    if view is not None and view.detectors:
+        blocks.append(Table(["KPI", "detector statistic", "threshold", "increments"], [
+            [d.kpi if d.label in ("", d.kpi) else f"{d.kpi} [{d.label}]",
+             fmt_e(d.log_statistic), fmt_e(d.log_threshold), str(d.steps)]
+            for d in view.detectors]))
+    return blocks
+
+
 def document(state: RolloutState, decisions: Sequence[Decision], timestamps: Sequence[float],
              weights_history: Sequence[tuple[float, float]], policy: Policy,
              registry: RegistryBaseline | None, k: float, kpi_charts: Mapping[str, Path],
@@ -87,6 +116,8 @@ def document(state: RolloutState, decisions: Sequence[Decision], timestamps: Seq
     last = decisions[-1] if decisions else None
     reason = state.reason or (last.reason if last else "no evaluation yet")
     outcome = _OUTCOMES.get(state.phase, state.phase.value.upper())
+    if state.status == ROLLED_BACK_AFTER_PROMOTION:
+        outcome = "ROLLED BACK AFTER PROMOTION"
     blocks: list[Block] = [
         Heading(f"kpigate rollout report: {state.name}", 1),
         Para(reason, label=f"Outcome: {outcome}."),
@@ -136,6 +167,8 @@ def document(state: RolloutState, decisions: Sequence[Decision], timestamps: Seq
                 [c.name, f"{c.seen:,.0f}" if finite(c.seen) else DASH,
                  f"{c.needed:,.0f}" if finite(c.needed) else DASH, "yes" if c.met else "no"]
                 for c in d.checks]))
+
+    blocks += _bake(state, decisions, timestamps)
 
     blocks.append(Heading("Traffic timeline", 2))
     t0 = min([*timestamps, *(t for t, _ in weights_history)], default=state.created_at)

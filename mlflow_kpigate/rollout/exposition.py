@@ -3,6 +3,12 @@
 The cluster controller serves these on ``/metrics`` (port 9102 in examples/k8s), so the
 Grafana dashboard and the alert rules in ``examples/`` can show what the gate saw and did.
 Names follow the design: prefix ``kpigate_``, base units, ``_total`` counters.
+
+While a rollout bakes (``kpigate_rollout_phase{phase="baking"}``) the bake's progress is
+exported too: ``kpigate_bake_remaining_seconds`` and, per watched KPI, the change
+detector's statistic and alarm threshold as natural logs
+(``kpigate_bake_detector_log_statistic`` / ``_log_threshold``; an alarm when the first
+reaches the second).
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
+from mlflow_kpigate.core.bake import DetectorView, bake_view
 from mlflow_kpigate.core.state import Phase, RolloutState
 from mlflow_kpigate.gate import Decision
 
@@ -63,6 +70,16 @@ class DecisionMetrics:
         self.paused = Gauge("kpigate_rollout_paused",
                             "1 while an operator has paused the rollout's evaluations.",
                             ["deployment"], registry=r)
+        self.bake_remaining = Gauge("kpigate_bake_remaining_seconds",
+                                    "Time left in the bake after promotion (0 once over).",
+                                    ["deployment"], registry=r)
+        self.detector = Gauge("kpigate_bake_detector_log_statistic",
+                              "ln of the bake's change-detector statistic per watched KPI "
+                              "(the stream closest to its threshold).", ["deployment", "kpi"],
+                              registry=r)
+        self.detector_threshold = Gauge("kpigate_bake_detector_log_threshold",
+                                        "ln of that stream's alarm threshold.",
+                                        ["deployment", "kpi"], registry=r)
         for action in ("promote", "hold", "rollback"):
             self.decisions.labels(deployment, action)  # export zeros from the start
         self.evaluations.labels(deployment)
@@ -89,6 +106,7 @@ class DecisionMetrics:
         self.evaluations.labels(d).inc()
         self.last_eval.labels(d).set(now())
         self.unavailable.labels(d).set(1 if decision.meta.get("metrics_unavailable") else 0)
+        self._bake(decision)
         for ev in decision.evidence:
             for role, value in (("baseline", ev.baseline_value),
                                 ("candidate", ev.candidate_value)):
@@ -97,6 +115,20 @@ class DecisionMetrics:
             _set(self.lower.labels(d, ev.kpi), ev.lower)
             _set(self.upper.labels(d, ev.kpi), ev.upper)
             self.samples.labels(d, ev.kpi).set(ev.samples)
+
+    def _bake(self, decision: Decision) -> None:
+        view = bake_view(decision)
+        if view is None:
+            return
+        d = self.deployment
+        self.bake_remaining.labels(d).set(view.remaining_s)
+        closest: dict[str, DetectorView] = {}
+        for det in view.detectors:
+            if det.kpi not in closest or det.margin < closest[det.kpi].margin:
+                closest[det.kpi] = det
+        for kpi, det in closest.items():
+            _set(self.detector.labels(d, kpi), det.log_statistic)
+            _set(self.detector_threshold.labels(d, kpi), det.log_threshold)
 
     def serve(self, host: str, port: int) -> Callable[[], None]:
         """Serve ``/metrics`` on ``host:port`` in a thread; returns a function that stops it."""
