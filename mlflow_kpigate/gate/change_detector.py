@@ -85,7 +85,8 @@ def log_mixture(log_r: ArrayLike) -> NDArray[np.float64]:
     a = np.asarray(log_r, dtype=float)
     top = np.max(a, axis=-1, keepdims=True)
     safe = np.where(np.isfinite(top), top, 0.0)
-    total = np.log(np.sum(np.exp(a - safe), axis=-1)) + safe[..., 0]
+    with np.errstate(divide="ignore"):  # all -inf (no step yet) is log 0 = -inf
+        total = np.log(np.sum(np.exp(a - safe), axis=-1)) + safe[..., 0]
     return np.asarray(total - math.log(a.shape[-1]), dtype=float)
 
 
