@@ -324,3 +324,87 @@ def test_a_candidate_that_returns_labels_is_named_before_the_rollout(env):
         assert "the baseline" not in made.stderr  # version 1 returns probabilities
     finally:
         mlflow_cli(env, "delete", "--name", "labels")
+
+
+DEGRADING_MODEL = '''
+import os
+
+import mlflow
+import numpy as np
+
+FLAG = {flag!r}
+
+
+class Degrading(mlflow.pyfunc.PythonModel):
+    """Scores about as well as the others until FLAG exists, then says the opposite."""
+
+    def predict(self, context, model_input, params=None):
+        p = 1.0 / (1.0 + np.exp(-4.0 * (model_input["a"].to_numpy(dtype=float) - 1.0)))
+        if os.path.exists(FLAG):
+            p = 1.0 - p
+        return np.column_stack([1.0 - p, p])
+
+
+mlflow.models.set_model(Degrading())
+'''
+
+
+def test_a_candidate_that_degrades_after_promotion_is_rolled_back_by_the_bake(env):
+    from mlflow_kpigate.core.state import ROLLED_BACK_AFTER_PROMOTION
+
+    name, client = env["name"], mlflow.MlflowClient()
+    flag = env["root"] / "degrade.flag"
+    code = env["root"] / "degrading_model.py"
+    code.write_text(DEGRADING_MODEL.format(flag=str(flag)))
+    with mlflow.start_run():
+        logged = mlflow.pyfunc.log_model(name="model", python_model=str(code),
+                                         registered_model_name=name)
+    version = str(logged.registered_model_version)
+    client.set_registered_model_alias(name, "prod", "1")
+    policy = env["root"] / "bake.yaml"
+    policy.write_text(FAST + "bake: {duration: 10m, arl: 30d}\n")
+    r = mlflow_cli(env, "create", "--name", "bakes", "-m", f"models:/{name}/{version}",
+                   "-C", f"baseline=models:/{name}/1", "-C", f"policy={policy}",
+                   "-C", "promote_alias=prod")
+    assert r.returncode == 0, r.stderr
+    store = RolloutStore(Path(env["env"]["KPIGATE_STATE_DIR"]) / "bakes")
+    for seed in range(2, 40):  # through 20% and 50%, as a good candidate
+        if store.require().phase.value == "baking":
+            break
+        send(env, "bakes", 200, seed=seed)
+        time.sleep(1.5)
+    state = wait_phase(env, "bakes", {"baking"}, timeout=60)
+    assert state.weights.describe() == "candidate 100%, baseline shadow"
+    assert str(client.get_registered_model(name).aliases["prod"]) == version
+    assert client.get_model_version(name, version).tags["kpigate.status"] == "baking"
+    assert set(send(env, "bakes", 100, seed=41)) == {"candidate"}
+    time.sleep(3)
+    assert store.require().phase.value == "baking"  # no regression yet: it bakes on
+    flag.touch()  # from now on the promoted candidate answers the opposite
+    for seed in range(42, 80):
+        if store.require().phase.value != "baking":
+            break
+        send(env, "bakes", 100, seed=seed)
+        time.sleep(1)
+    state = wait_phase(env, "bakes", {"rolled_back"}, timeout=60)
+    assert state.status == ROLLED_BACK_AFTER_PROMOTION
+    assert state.reason.startswith("rollback after promotion: accuracy regressed during the bake")
+    # traffic, alias and tags are back where they were before the rollout
+    assert set(send(env, "bakes", 20, labels=False, seed=90)) == {"baseline"}
+    assert str(client.get_registered_model(name).aliases["prod"]) == "1"
+    tags = client.get_model_version(name, version).tags
+    assert tags["kpigate.status"] == "rolled_back_after_promotion"
+    assert tags["kpigate.decision"] == "rollback"
+    assert "kpigate.superseded_by" not in client.get_model_version(name, "1").tags
+    kinds = [e.kind for e in store.events()]
+    assert kinds.index("alias_moved") < kinds.index("alias_restored")
+    report = Path(env["env"]["KPIGATE_STATE_DIR"]) / "bakes" / "report" / "report.md"
+    assert "Outcome: ROLLED BACK AFTER PROMOTION." in report.read_text()
+    runs = client.get_run(state.rollout_run_id)
+    assert runs.data.tags["kpigate.outcome"] == "rolled_back_after_promotion"
+    status = kpigate(env, "status", "bakes")
+    assert "bakes: rolled_back_after_promotion at 100%" in status.stdout, status.stdout
+    replayed = kpigate(env, "replay", "bakes")
+    assert replayed.returncode == 0, replayed.stdout + replayed.stderr
+    assert "different action: 0" in replayed.stdout
+    assert mlflow_cli(env, "delete", "--name", "bakes").returncode == 0
