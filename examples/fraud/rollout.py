@@ -6,7 +6,8 @@
 2. starts a staged rollout with ``mlflow deployments create -t kpigate`` (the real MLflow
    CLI) using the time-compressed policy ``examples/policies/fraud_demo.yaml``;
 3. replays transactions through the kpigate router and posts their labels 2 s later,
-   while printing the rollout's progress from its audit log;
+   while printing the rollout's progress from its audit log, through the bake after
+   promotion (the previous version scores a shadow copy while a change detector watches);
 4. ends with the decision, the tags on the candidate's model version, the alias, the
    rollout run and the report path.
 
@@ -42,7 +43,7 @@ from mlflow_kpigate.rollout.replay import Outcome, replay  # noqa: E402
 MODEL = "fraud-detector"
 NAME = "fraud"
 SHOWN = ("created", "promote", "rollback", "operator_rollback", "aborted", "alias_moved",
-         "report_written", "controller_restarted", "router_restarted")
+         "alias_restored", "report_written", "controller_restarted", "router_restarted")
 
 
 def _say(message: str) -> None:
@@ -113,7 +114,9 @@ def main(argv: list[str] | None = None) -> int:
                 seen = rec.seq
                 if rec.kind in SHOWN:
                     body = rec.event.body()
-                    what = body.get("reason") or body.get("weights") or body.get("path") or ""
+                    what = body.get("reason") or body.get("weights") or body.get("path") or (
+                        f"{body['alias']} -> version {body['to_version']}" if "alias" in body
+                        else "")
                     _say(f"      +{time.monotonic() - started:5.0f}s {rec.kind:<12} "
                          f"{body.get('stage', ''):<7} {what}"[:220])
             state = store.require()
@@ -129,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         stop.set()
         traffic.join(30)
     state = store.require()
-    _say(f"[4/4] outcome: {state.phase.value.upper()} — {state.reason}")
+    _say(f"[4/4] outcome: {state.status.upper()} — {state.reason}")
     client = mlflow.MlflowClient()
     tags = client.get_model_version(MODEL, candidate.version).tags
     _say(f"      model-version tags on {candidate.uri}:")

@@ -78,8 +78,8 @@ def bake_streams(decision: Mapping[str, Any] | Decision | None, stage_index: int
             for s in bake.get("streams") or ()}
 
 
-def _watch(policy: Policy, kpi: KpiSpec, strata: Strata, previous: Mapping[tuple[str, str],
-           cd.Stream], log_a_j: float) -> tuple[Evidence, list[Watched]]:
+def _watch(kpi: KpiSpec, strata: Strata, previous: Mapping[tuple[str, str], cd.Stream],
+           log_a_j: float) -> tuple[Evidence, list[Watched]]:
     """Measure ``kpi`` over the bake stratum and step its detectors."""
     critical = kpi.role is Role.CRITICAL
     meas = measure(kpi, strata, 0.0 if critical else 1.0, 1.0)
@@ -156,7 +156,7 @@ def judge_bake(policy: Policy, stage_index: int, elapsed: float,
     evidence: list[Evidence] = []
     watched: list[Watched] = []
     for kpi in kpis:
-        ev, ws = _watch(policy, kpi, strata, previous or {}, log_a_j)
+        ev, ws = _watch(kpi, strata, previous or {}, log_a_j)
         evidence.append(ev)
         watched += ws
     done = elapsed >= bake.duration
