@@ -328,7 +328,13 @@ def evaluate(policy: Policy, stage_index: int, stage_elapsed: float,
     unproven = [e for e in decisive
                 if e.verdict not in (Verdict.NON_INFERIOR, Verdict.BETTER)]
     unmet = [c for c in checks if not c.met]
-    target = "full rollout (promoted)" if next_stage.is_final else next_stage.describe()
+    if not next_stage.is_final:
+        target = next_stage.describe()
+    elif policy.bake.enabled:
+        target = (f"full rollout, baking {format_duration(policy.bake.duration)} before it "
+                  "counts as promoted")
+    else:
+        target = "full rollout (promoted)"
     if not unproven and not unmet and limits_ok:
         total = current.candidate.requests if current else 0
         reason = (f"promote to {target}: all {len(decisive)} critical/guardrail KPIs are "
