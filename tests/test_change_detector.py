@@ -83,12 +83,24 @@ POLICY = policy_from_dict({
 })
 
 
+def _null_score(xb, nb, xc, nc):
+    """(information, score) of the gate's rollback statistic for a critical proportion:
+    adjusted counts x + 2p̄, n + 2 (p̄ pooled), variance p₀(1 − p₀)(1/ñ_c + 1/ñ_b) at the
+    Δ = 0 null with p₀ the adjusted pooled proportion (gate/null_variance.py)."""
+    pbar = (xc + xb + 1) / (nc + nb + 2)
+    ac, ab, mc, mb = xc + 2 * pbar, xb + 2 * pbar, nc + 2, nb + 2
+    p0 = (ac + ab) / (mc + mb)
+    info = 1 / (p0 * (1 - p0) * (1 / mc + 1 / mb))
+    return info, (ac / mc - ab / mb) * info
+
+
 def proportion_run_lengths(rng, paths: int, steps: int, log_threshold: float, *,
                            per_step: int, p_before: float = RECALL, p_after: float = RECALL,
                            change_at: int = 0, threshold: float = 0.0, scale: float = 0.02,
                            trace: list | None = None) -> np.ndarray:
-    """Run lengths of the detector on recall estimated as the gate does (Agresti–Caffo,
-    plug-in variances), the baseline at RECALL, the candidate moving at ``change_at``."""
+    """Run lengths of the detector on recall estimated as the gate's rollback test does
+    (counts adjusted toward the pooled proportion, variance at the Δ = 0 null: a critical
+    KPI), the baseline at RECALL, the candidate moving at ``change_at``."""
     xb = np.zeros(paths)
     xc = np.zeros(paths)
     n = 0
@@ -102,10 +114,7 @@ def proportion_run_lengths(rng, paths: int, steps: int, log_threshold: float, *,
         n += per_step
         if trace is not None:
             trace.append((int(xb[0]), n, int(xc[0]), n))
-        pb, pc = (xb + 1) / (n + 2), (xc + 1) / (n + 2)
-        var = pb * (1 - pb) / (n + 2) + pc * (1 - pc) / (n + 2)
-        info = 1 / var
-        score = (pc - pb) * info
+        info, score = _null_score(xb, n, xc, n)
         if anchor_s is None:  # the first look anchors
             anchor_s, anchor_i = score, info
             continue
@@ -138,9 +147,7 @@ def test_the_simulation_is_the_controllers_arithmetic():
     # replay the same counts through the array functions
     anchor = None
     for xb, nb, xc, nc in trace:
-        pb, pc = (xb + 1) / (nb + 2), (xc + 1) / (nc + 2)
-        info = 1 / (pb * (1 - pb) / (nb + 2) + pc * (1 - pc) / (nc + 2))
-        score = (pc - pb) * info
+        info, score = _null_score(xb, nb, xc, nc)
         if anchor is not None and info > anchor[1]:
             x = np.array([score - anchor[0]])
             log_r = cd.sr_update(log_r, cd.log_likelihood_ratios(x, np.array([info - anchor[1]]),
