@@ -92,6 +92,9 @@ def simulate_command(policy_file: str, scenario: str, scenario_file: str | None,
     streams = resolve(scenario_file or scenario)
     results = []
     for stream in streams:
+        # A scenario may give its rate and horizon in time: count them in this policy's
+        # intervals before the per-interval overrides apply.
+        stream = stream.per_interval(policy.evaluation.interval)
         if requests_per_interval:
             stream = replace(stream, requests_per_interval=requests_per_interval)
         if horizon or not stream.horizon_intervals:

@@ -12,6 +12,15 @@ between the roles (in a shadow stage the candidate scores a copy of every reques
 requests count at once, labelled predictions join their stage's stratum once they are
 mature (label delay and the policy's maturity, rounded up to whole intervals), then the
 controller evaluates and the stage advances, stops (rollback) or stays.
+
+Exposure counts candidate responses when they are served, so requests answered while
+their labels are still pending are exposure too (users got those answers).
+
+After promotion: today the controller's state is terminal once the final (100%) stage is
+reached and the run ends there. When the controller keeps evaluating in the final stage (a
+bake period: its phase is not terminal), the run goes on: the candidate serves every
+request, the baseline scores a shadow copy of each, and a rollback then is a rollback
+"after promotion" (:attr:`Outcome.rolled_back_in_bake`).
 """
 
 from __future__ import annotations
@@ -60,14 +69,31 @@ class Look:
 class Outcome:
     """How a simulated rollout ended."""
 
-    status: str  # promoted | rolled_back | holding
+    status: str  # promoted (reached 100%) | rolled_back (at any time) | holding
     looks: list[Look] = field(default_factory=list)
     final_stage: int = 0
+    promoted_look: int | None = None  # interval of the look that promoted to 100%
+    exposed_at_promotion: int | None = None
+    bake_looks: int = 0  # evaluations with the candidate at 100% (a bake period)
 
     @property
     def exposed_requests(self) -> int:
         """Candidate responses users received before the run ended."""
         return self.looks[-1].exposed_requests if self.looks else 0
+
+    @property
+    def decided_look(self) -> int | None:
+        """Interval of the first promotion to 100% or rollback (None: still holding)."""
+        if self.promoted_look is not None:
+            return self.promoted_look
+        if self.status == "rolled_back" and self.looks:
+            return self.looks[-1].interval
+        return None
+
+    @property
+    def rolled_back_in_bake(self) -> bool:
+        """Rolled back after reaching 100% (only possible when the controller bakes)."""
+        return self.status == "rolled_back" and self.promoted_look is not None
 
 
 def maturity_intervals(policy: Policy, stream: StreamSpec) -> int:
@@ -83,6 +109,7 @@ def registry_from_stream(policy: Policy, stream: StreamSpec, seed: int = 0,
     This is what the registry would hold for the serving model if its KPIs had been logged
     per evaluation window before the rollout (the case study's control-chart baseline).
     """
+    stream = stream.per_interval(policy.evaluation.interval)
     spec = AggregateSpec.from_policy(policy)
     gen = StreamGenerator(stream, spec)
     values: dict[str, list[float]] = {k.name: [] for k in policy.kpis}
@@ -126,12 +153,13 @@ def _initial_state(policy: Policy, stream: StreamSpec) -> RolloutState:
 def run_rollout(policy: Policy, stream: StreamSpec, rule: Rule, *, seed: int = 0,
                 rep: int = 0, registry: RegistryBaseline | None = None,
                 on_look: Callable[[Look], None] | None = None) -> Outcome:
-    """Simulate one rollout until promotion, rollback or the stream's horizon."""
+    """Simulate one rollout until it ends (promotion, rollback) or the stream's horizon."""
+    interval_s = policy.evaluation.interval
+    stream = stream.per_interval(interval_s)
     if stream.horizon_intervals < 1:
         raise ValueError("the stream needs a horizon (evaluation intervals) of at least 1")
     spec = AggregateSpec.from_policy(policy)
     gen = StreamGenerator(stream, spec)
-    interval_s = policy.evaluation.interval
     delay = maturity_intervals(policy, stream)
     clock = _Clock()
     store = InMemoryStateStore(f"simulated-{stream.name}", clock=clock)
@@ -150,16 +178,21 @@ def run_rollout(policy: Policy, stream: StreamSpec, rule: Rule, *, seed: int = 0
         stage = policy.stages[stage_index]
         n = stream.requests_per_interval
         route = rng_for(seed, rep, t, stage_index, 2)
-        if stage.shadow:
+        if stage.shadow or stage.is_final:
+            # Shadow: the candidate scores a copy of every request. Final stage (a bake
+            # period after promotion): the baseline scores the copy.
             n_c, n_b = n, n
         else:
             n_c = int(route.binomial(n, stage.traffic / 100.0))
             n_b = n - n_c
+        if stage.is_final:
+            outcome.bake_looks += 1
         base = gen.draw(rng_for(seed, rep, t, stage_index, BASELINE), stream.baseline, n_b)
-        cand = gen.draw(rng_for(seed, rep, t, stage_index, CANDIDATE),
-                        stream.candidate_at(t), n_c)
+        truth = stream.candidate_at(t, interval_s, _first_full_interval(outcome))
+        cand = gen.draw(rng_for(seed, rep, t, stage_index, CANDIDATE), truth, n_c)
         served += n_c
         if not stage.shadow:
+            # Counted when served: answers given while their labels are pending are exposure.
             exposed += n_c
         s = strata.setdefault(stage_index, StageSample(stage_index, RoleAggregate(spec),
                                                        RoleAggregate(spec)))
@@ -193,14 +226,24 @@ def run_rollout(policy: Policy, stream: StreamSpec, rule: Rule, *, seed: int = 0
         if on_look is not None:
             on_look(look)
         state = store.require()
-        if state.phase in (Phase.ROLLED_BACK, Phase.PROMOTED, Phase.BAKING):
-            # Reaching the bake is the promotion; the bake itself is not simulated here.
-            outcome.status = (Phase.PROMOTED if state.phase is Phase.BAKING
-                              else state.phase).value
-            outcome.final_stage = state.stage_index
+        outcome.final_stage = state.stage_index
+        if outcome.promoted_look is None and policy.stages[state.stage_index].is_final:
+            outcome.promoted_look = t
+            outcome.exposed_at_promotion = exposed
+        if state.phase is Phase.ROLLED_BACK or state.phase is Phase.ABORTED:
+            outcome.status = "rolled_back"
             return outcome
-    outcome.final_stage = store.require().stage_index
+        if state.phase.terminal:
+            outcome.status = "promoted"
+            return outcome
+    if outcome.promoted_look is not None:
+        outcome.status = "promoted"  # still baking at the horizon
     return outcome
+
+
+def _first_full_interval(outcome: Outcome) -> int | None:
+    """The first interval in which the candidate served all traffic (None: not yet)."""
+    return None if outcome.promoted_look is None else outcome.promoted_look + 1
 
 
 class _Clock:

@@ -6,12 +6,14 @@ A scenario file holds one scenario, or several under ``scenarios:``::
     description: candidate misses more fraud
     stream:
       requests_per_interval: 100000   # all requests in one evaluation interval
+      requests_per_second: 2          # or: a rate (times the policy's interval; not both)
       prevalence: 0.015
       segment_field: region
       segments: {eu: 0.5, us: 0.3, apac: 0.2}   # traffic shares
       label_delay: 0s                 # labels arrive this long after the prediction
-      horizon: 48                     # evaluation intervals before the run stops
-                                      # (default: enough for every stage's max_duration)
+      horizon: 48                     # evaluation intervals before the run stops, or a
+                                      # duration such as 30d (default: enough for every
+                                      # stage's max_duration)
     baseline:                         # the serving model's truth
       recall: 0.876
       precision: 0.918
@@ -24,7 +26,16 @@ A scenario file holds one scenario, or several under ``scenarios:``::
       latency_delta_ms: 0
       error_rate: 0.001               # absolute
       fpr_multiplier: {eu: 1.5}       # per-segment false-positive-rate factors
-      recall_drift: 0.0               # recall change spread linearly over the horizon
+      recall_drift: 0.0               # recall change, linear over the drift's span
+      drift_start: 0s                 # when the drift starts: a duration after the
+                                      # rollout's start, or "promotion" (the first interval
+                                      # in which the candidate serves 100%)
+      drift_duration: 4h              # how long the drift takes (default: until the
+                                      # horizon's last interval)
+
+``requests_per_second``, a duration ``horizon``, ``drift_start`` and ``drift_duration``
+were added in Gate v2 (decision-efficiency benchmark); a file without them means what it
+meant before. Errors name the offending field (``scenario.stream.horizon: ...``).
 """
 
 from __future__ import annotations
@@ -39,11 +50,13 @@ from mlflow_kpigate.core.durations import parse_duration
 from mlflow_kpigate.core.errors import UsageError
 from mlflow_kpigate.simulate.stream import RoleModel, StreamSpec
 
-_STREAM_KEYS = {"requests_per_interval", "prevalence", "segment_field", "segments",
-                "label_delay", "horizon"}
+_STREAM_KEYS = {"requests_per_interval", "requests_per_second", "prevalence", "segment_field",
+                "segments", "label_delay", "horizon"}
 _BASE_KEYS = {"recall", "precision", "latency_mean_ms", "latency_log_sd", "error_rate"}
 _CAND_KEYS = {"recall_delta", "precision_delta", "latency_delta_ms", "error_rate",
-              "fpr_multiplier", "recall_drift"}
+              "fpr_multiplier", "recall_drift", "drift_start", "drift_duration"}
+#: ``candidate.drift_start`` value that starts the drift when the candidate has 100%.
+PROMOTION = "promotion"
 
 
 def _check_keys(where: str, data: Mapping[str, Any], allowed: set[str]) -> None:
@@ -91,9 +104,14 @@ def scenario_from_dict(data: Any, where: str = "scenario") -> StreamSpec:
             changes["label_delay_s"] = parse_duration(stream["label_delay"])
         except ValueError as exc:
             raise UsageError(f"{where}.stream.label_delay: {exc}") from None
+    if "requests_per_second" in stream:
+        if "requests_per_interval" in stream:
+            raise UsageError(f"{where}.stream.requests_per_second: give either "
+                             "requests_per_interval or requests_per_second, not both")
+        changes["requests_per_second"] = _num(f"{where}.stream.requests_per_second",
+                                              stream["requests_per_second"], 1e-6, 1e9)
     if "horizon" in stream:
-        changes["horizon_intervals"] = int(_num(f"{where}.stream.horizon", stream["horizon"],
-                                                1, 100_000))
+        changes.update(_horizon(f"{where}.stream.horizon", stream["horizon"]))
     spec = replace(spec, **changes)
 
     base = data.get("baseline") or {}
@@ -140,7 +158,46 @@ def scenario_from_dict(data: Any, where: str = "scenario") -> StreamSpec:
     if cm.latency_mean_s <= 0:
         raise UsageError(f"{where}.candidate.latency_delta_ms: latency must stay positive")
     drift = _num(f"{where}.candidate.recall_drift", cand.get("recall_drift", 0.0), -0.9, 0.9)
-    return replace(spec, baseline=bm, candidate=cm, candidate_recall_drift=drift)
+    timing = _drift_timing(f"{where}.candidate", cand, drift)
+    if not 0.01 <= cm.recall + drift <= 0.999:
+        raise UsageError(f"{where}.candidate.recall_drift: recall after the drift must stay "
+                         "in [0.01, 0.999]")
+    return replace(spec, baseline=bm, candidate=cm, candidate_recall_drift=drift, **timing)
+
+
+def _horizon(where: str, value: Any) -> dict[str, Any]:
+    """``horizon``: evaluation intervals (a number) or a duration (a string such as 30d)."""
+    if isinstance(value, str):
+        try:
+            seconds = parse_duration(value)
+        except ValueError as exc:
+            raise UsageError(f"{where}: {exc}") from None
+        if seconds <= 0:
+            raise UsageError(f"{where}: must be longer than 0s")
+        return {"horizon_s": seconds, "horizon_intervals": 0}
+    return {"horizon_intervals": int(_num(where, value, 1, 100_000)), "horizon_s": 0.0}
+
+
+def _drift_timing(where: str, cand: Mapping[str, Any], drift: float) -> dict[str, Any]:
+    """``drift_start`` and ``drift_duration`` as StreamSpec fields."""
+    out: dict[str, Any] = {}
+    for key in ("drift_start", "drift_duration"):
+        if key in cand and not drift:
+            raise UsageError(f"{where}.{key}: only applies with a recall_drift")
+    start = cand.get("drift_start")
+    if isinstance(start, str) and start.strip().lower() == PROMOTION:
+        out["drift_after_promotion"] = True
+    elif start is not None:
+        try:
+            out["drift_start_s"] = parse_duration(start)
+        except ValueError as exc:
+            raise UsageError(f"{where}.drift_start: {exc} (or '{PROMOTION}')") from None
+    if "drift_duration" in cand:
+        try:
+            out["drift_duration_s"] = parse_duration(cand["drift_duration"])
+        except ValueError as exc:
+            raise UsageError(f"{where}.drift_duration: {exc}") from None
+    return out
 
 
 # The decision-efficiency scenarios (issue: fraud prevalence 1.5%, baseline recall 0.876,
@@ -158,12 +215,31 @@ BUILTIN: dict[str, dict[str, Any]] = {
     "segment-fpr-x1.5": {"description": "false-positive rate ×1.5 in the EU region only",
                          "candidate": {"fpr_multiplier": {"eu": 1.5}}},
     "recall-drift": {"description": "candidate recall drifts from 0.876 down by 5 points "
-                                    "over the horizon",
-                     "candidate": {"recall_drift": -0.05}},
+                                    "over 4 h from the rollout's start",
+                     "candidate": {"recall_drift": -0.05, "drift_duration": "4h"}},
+    "drift-after-promotion": {"description": "candidate equal during the rollout; its recall "
+                                             "drifts down by 5 points over 4 h once it "
+                                             "serves 100%",
+                              "candidate": {"recall_drift": -0.05, "drift_start": PROMOTION,
+                                            "drift_duration": "4h"}},
 }
 
-#: Scenarios in which the candidate should be promoted (a rollback is a false rollback).
-GOOD = ("equal", "recall-plus-3.2")
+#: Scenarios in which the candidate should be promoted (a rollback before promotion is a
+#: false rollback); ``drift-after-promotion`` should then be rolled back in the bake period.
+GOOD = ("equal", "recall-plus-3.2", "drift-after-promotion")
+
+
+def should_promote(spec: StreamSpec) -> bool:
+    """Whether the candidate is no worse than the baseline while the rollout runs.
+
+    Then a rollback before promotion is a false rollback. A drift that starts only once the
+    candidate serves 100% does not count (the bake period should catch it).
+    """
+    c, b = spec.candidate, spec.baseline
+    drifts_worse = spec.candidate_recall_drift < 0 and not spec.drift_after_promotion
+    return (not drifts_worse and c.recall >= b.recall and c.precision >= b.precision
+            and c.latency_mean_s <= b.latency_mean_s and c.error_rate <= b.error_rate
+            and all(f == 1.0 for f in c.fpr_multiplier.values()))
 
 
 def builtin(name: str, stream: Mapping[str, Any] | None = None) -> StreamSpec:

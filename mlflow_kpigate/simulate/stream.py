@@ -57,7 +57,12 @@ class RoleModel:
 
 @dataclass(frozen=True)
 class StreamSpec:
-    """A synthetic stream: traffic volume, segments, label delay, and both roles' truth."""
+    """A synthetic stream: traffic volume, segments, label delay, and both roles' truth.
+
+    Volume and horizon are counted in evaluation intervals; a scenario may give them in time
+    instead (``requests_per_second``, ``horizon_s``), which :meth:`per_interval` turns into
+    intervals once the policy's interval is known.
+    """
 
     name: str = "equal"
     description: str = ""
@@ -70,16 +75,77 @@ class StreamSpec:
     horizon_intervals: int = 0  # 0: not set (the caller picks one from the policy)
     baseline: RoleModel = field(default_factory=RoleModel)
     candidate: RoleModel = field(default_factory=RoleModel)
-    # Linear change of the candidate's recall from the first to the last interval.
+    # Change of the candidate's recall, linear over the drift's span: from the first to the
+    # last interval unless a start and duration are set.
     candidate_recall_drift: float = 0.0
+    requests_per_second: float | None = None  # overrides requests_per_interval when set
+    horizon_s: float = 0.0  # a horizon given as a duration (0: use horizon_intervals)
+    drift_start_s: float = 0.0  # seconds after the rollout's start
+    drift_duration_s: float | None = None  # None: until the horizon's last interval
+    drift_after_promotion: bool = False  # the drift starts when the candidate has 100%
 
-    def candidate_at(self, interval: int) -> RoleModel:
-        """The candidate's truth at ``interval`` (drift applied)."""
+    def per_interval(self, interval_s: float) -> StreamSpec:
+        """This stream with volume and horizon in intervals of ``interval_s`` seconds.
+
+        The time-based fields are cleared, so a later override of the per-interval ones
+        (``--requests-per-interval``, ``--horizon``) sticks and resolving again is a no-op.
+        """
+        if interval_s <= 0:
+            raise ValueError("the evaluation interval must be positive")
+        changes: dict[str, Any] = {}
+        if self.requests_per_second is not None:
+            changes["requests_per_interval"] = max(
+                1, round(self.requests_per_second * interval_s))
+            changes["requests_per_second"] = None
+        if self.horizon_s > 0:
+            changes["horizon_intervals"] = max(1, math.ceil(self.horizon_s / interval_s - 1e-9))
+            changes["horizon_s"] = 0.0
+        return replace(self, **changes) if changes else self
+
+    def drift_fraction(self, interval: int, interval_s: float | None = None,
+                       promoted_at: int | None = None) -> float:
+        """How much of the drift has happened by ``interval`` (0 to 1).
+
+        ``promoted_at`` is the first interval in which the candidate served all traffic
+        (None: not promoted); ``interval_s`` is needed when the drift is timed in seconds.
+        """
         if not self.candidate_recall_drift:
+            return 0.0
+        if self.drift_after_promotion:
+            if promoted_at is None or interval < promoted_at:
+                return 0.0
+            start = float(promoted_at)
+        else:
+            start = self.drift_start_s / _interval(interval_s) if self.drift_start_s else 0.0
+        if self.drift_duration_s is None:
+            span = max(self.horizon_intervals - 1 - start, 1.0)
+        else:
+            span = self.drift_duration_s / _interval(interval_s)
+        if span <= 0:  # a step change
+            return 1.0 if interval >= start else 0.0
+        return min(max((interval - start) / span, 0.0), 1.0)
+
+    def candidate_at(self, interval: int, interval_s: float | None = None,
+                     promoted_at: int | None = None) -> RoleModel:
+        """The candidate's truth at ``interval`` (drift applied)."""
+        frac = self.drift_fraction(interval, interval_s, promoted_at)
+        if not frac:
             return self.candidate
-        frac = interval / max(self.horizon_intervals - 1, 1)
         return replace(self.candidate,
                        recall=self.candidate.recall + self.candidate_recall_drift * frac)
+
+    def drifted(self) -> RoleModel:
+        """The candidate's truth once its drift is complete (itself when it has none)."""
+        if not self.candidate_recall_drift:
+            return self.candidate
+        return replace(self.candidate,
+                       recall=self.candidate.recall + self.candidate_recall_drift)
+
+
+def _interval(interval_s: float | None) -> float:
+    if interval_s is None or interval_s <= 0:
+        raise ValueError("a drift timed in seconds needs the evaluation interval")
+    return interval_s
 
 
 @dataclass
