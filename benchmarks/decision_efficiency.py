@@ -1,174 +1,231 @@
-"""Decision efficiency of three rollout rules, side by side on the same synthetic streams.
+"""Decision efficiency of rollout rules, side by side on the same synthetic streams.
 
-Rules (see mlflow_kpigate/simulate/rules.py):
-  paper    the case study's rule: roll back when a KPI in the latest interval is more than
-           2σ (registry σ of the baseline's per-interval KPI) from the baseline mean;
-  ztest    fixed-horizon one-sided z bounds re-checked at every interval (peeking);
-  kpigate  the gate: anytime-valid confidence sequences, α split across KPIs.
+Rules (see mlflow_kpigate/simulate/):
+  paper           the case study's rule: roll back when a KPI in the latest interval is more
+                  than 2σ (registry σ of the baseline's per-interval KPI) from its mean;
+  ztest           fixed-horizon one-sided z bounds re-checked at every interval (peeking);
+  kpigate         the gate on the policy as given (canary only: 5 -> 25 -> 50 -> 100%);
+  kpigate_shadow  the gate on the same policy with a shadow stage first (simulate/variants.py:
+                  the shadow stage copies the first stage's settings);
+  oracle          Wald's SPRT with the scenario's baseline and candidate truth known, at the
+                  gate's per-KPI rollback α and look schedule; rolls back, never promotes
+                  (simulate/oracle.py). Worse scenarios only ("n/a" elsewhere).
 
-Every rule sees the same random numbers while in the same stage (common random numbers).
-Figures per scenario and rule: false rollback rate (candidates that should be promoted),
-power (rollback rate of worse candidates), exposure to detection (candidate responses
-served to users before the rollback: mean, median, p90), promotion rate, candidate
-requests served until promotion, and the rate still holding at the horizon.
+Scenario sets (--set):
+  main         the built-in scenarios (simulate/scenarios.py) on --policy at
+               --requests-per-interval per interval and --horizon intervals, plus, each with
+               an equal and a recall −5 candidate: prevalence 0.2% (8 h horizon), labels
+               after 15 minutes, and the 20-KPI policy (policies/fraud_20kpis.yaml);
+  low-traffic  2 requests/s, labels after 1 h, a 30-day horizon, policies/low_traffic.yaml
+               (hourly looks), equal and recall −5 candidates;
+  all          both.
+--scenario-file runs a file's scenarios on --policy instead.
+
+The canary-only rules see the same random numbers while in the same stage (common random
+numbers); kpigate_shadow's stages are numbered one later, so its draws are independent.
+Figures per scenario and rule: see mlflow_kpigate/simulate/figures.py.
 
     .venv/bin/python benchmarks/decision_efficiency.py [--reps 200] [--seed 1] [--json]
+        [--set main|low-traffic|all] [--only NAME,...] [--rules RULE,...]
         [--policy FILE] [--scenario-file FILE] [--requests-per-interval N] [--horizon N]
+        [--markdown] [--update-readme README.md]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
+
+from decision_tables import markdown, print_tables, update_readme  # noqa: E402
 
 from mlflow_kpigate.core.errors import KpigateError  # noqa: E402
 from mlflow_kpigate.gate.planning import wald_asn  # noqa: E402
 from mlflow_kpigate.policy import Policy, load_policy  # noqa: E402
 from mlflow_kpigate.simulate import (  # noqa: E402
     BUILTIN,
-    GOOD,
     RULES,
+    KpigateRule,
+    OracleRule,
+    Rule,
+    RunRecord,
     StreamSpec,
     builtin,
     load_scenarios,
+    oracle_tests,
     registry_from_stream,
     run_rollout,
+    should_promote,
+    summarise,
+    with_shadow_stage,
 )
 
-RULE_ORDER = ("paper", "ztest", "kpigate")
-DEFAULT_POLICY = HERE / "policies" / "fraud_benchmark.yaml"
+RULE_ORDER = ("paper", "ztest", "kpigate", "kpigate_shadow", "oracle")
+POLICIES = HERE / "policies"
+DEFAULT_POLICY = POLICIES / "fraud_benchmark.yaml"
 DEFAULT_STREAM = {"requests_per_interval": 200_000, "horizon": 120}
+# Stream conditions: (stream settings, policy file or None for --policy, candidates).
+MAIN_CONDITIONS: dict[str, tuple[dict[str, Any], Path | None, tuple[str, ...]]] = {
+    "prevalence-0.2%": ({"prevalence": 0.002, "horizon": "8h"}, None,
+                        ("equal", "recall-minus-5")),
+    "label-delay-15m": ({"label_delay": "15m"}, None, ("equal", "recall-minus-5")),
+    "20-kpis": ({}, POLICIES / "fraud_20kpis.yaml", ("equal", "recall-minus-5")),
+}
+LOW_TRAFFIC: dict[str, tuple[dict[str, Any], Path | None, tuple[str, ...]]] = {
+    "low-traffic": ({"requests_per_second": 2, "label_delay": "1h", "horizon": "30d"},
+                    POLICIES / "low_traffic.yaml", ("equal", "recall-minus-5")),
+}
+# STATISTICS.md ("Sample sizes"): the oracle SPRT's exposure for recall −5 at 2-minute looks
+# of 10k candidate requests, α = 0.0125 per KPI.
+DOCUMENTED_ORACLE = {"alpha": 0.0125, "exposure": 33_900}
 
 
-def _run_chunk(args: tuple[Policy, StreamSpec, str, int, list[int], Any]
-               ) -> list[tuple[str, int]]:
+@dataclass(frozen=True)
+class Case:
+    """One scenario row: a stream (in its policy's intervals) and the policy it runs on."""
+
+    name: str
+    stream: StreamSpec
+    policy: Policy
+    policy_file: str
+    good: bool
+    group: str = "main"  # the --set it belongs to (its README block)
+
+
+def _make_rule(name: str, stream: StreamSpec) -> Rule:
+    if name == "oracle":
+        return OracleRule(stream)
+    if name == "oracle_wald":  # two boundaries, remembers accepted KPIs: one per run
+        return OracleRule(stream, accept_h0=True)
+    if name == "kpigate_shadow":
+        return KpigateRule()
+    rule: Rule = RULES[name]()
+    return rule
+
+
+def _run_chunk(args: tuple[Policy, StreamSpec, str, int, list[int], Any]) -> list[RunRecord]:
     policy, stream, rule_name, seed, reps, registry = args
-    rule = RULES[rule_name]()
-    out = []
-    for rep in reps:
-        result = run_rollout(policy, stream, rule, seed=seed, rep=rep, registry=registry)
-        out.append((result.status, result.exposed_requests))
-    return out
+    return [RunRecord.of(run_rollout(policy, stream, _make_rule(rule_name, stream), seed=seed,
+                                     rep=rep, registry=registry))
+            for rep in reps]
 
 
-def _summary(results: list[tuple[str, int]], good: bool) -> dict[str, float | None]:
-    n = len(results)
-    statuses = [s for s, _ in results]
-    rolled = [e for s, e in results if s == "rolled_back"]
-    promoted = [e for s, e in results if s == "promoted"]
-    rb_rate = statuses.count("rolled_back") / n
-
-    def stat(values: list[int], fn: Any) -> float | None:
-        return float(fn(values)) if values else None
-
-    return {
-        "false_rollback_rate": rb_rate if good else None,
-        "power": None if good else rb_rate,
-        "exposure_mean": stat(rolled, np.mean),
-        "exposure_median": stat(rolled, np.median),
-        "exposure_p90": stat(rolled, lambda v: np.percentile(v, 90)),
-        "promote_rate": statuses.count("promoted") / n,
-        "requests_to_promote_mean": stat(promoted, np.mean),
-        "hold_rate": statuses.count("holding") / n,
-        "reps": n,
-    }
+def _case(name: str, stream: StreamSpec, policy: Policy, policy_file: str,
+          group: str = "main") -> Case:
+    stream = stream.per_interval(policy.evaluation.interval)
+    return Case(name, stream, policy, policy_file, should_promote(stream), group)
 
 
-def run(policy: Policy, scenarios: list[StreamSpec], reps: int, seed: int, workers: int,
-        good: set[str]) -> dict[str, Any]:
-    """Run every rule on every scenario; return the JSON-shaped results."""
-    jobs = []
-    chunks = [list(range(i, reps, max(1, workers * 2))) for i in range(max(1, workers * 2))]
-    chunks = [c for c in chunks if c]
-    for stream in scenarios:
-        registry = registry_from_stream(policy, stream, seed)
-        for rule in RULE_ORDER:
+def build_cases(which: str, policy: Policy, policy_file: str, base: dict[str, Any]
+                ) -> list[Case]:
+    """The scenario rows of a --set (``base``: the main set's stream settings)."""
+    cases: list[Case] = []
+    conditions: list[tuple[str, str, tuple[dict[str, Any], Path | None, tuple[str, ...]]]] = []
+    if which in ("main", "all"):
+        cases += [_case(n, builtin(n, base), policy, policy_file) for n in BUILTIN]
+        conditions += [("main", k, v) for k, v in MAIN_CONDITIONS.items()]
+    if which in ("low-traffic", "all"):
+        conditions += [("low-traffic", k, v) for k, v in LOW_TRAFFIC.items()]
+    for group, cond, (settings, pfile, candidates) in conditions:
+        pol = policy if pfile is None else load_policy(pfile)
+        stream = {**base, **settings}
+        if "requests_per_second" in settings:
+            stream.pop("requests_per_interval", None)
+        for cand in candidates:
+            cases.append(_case(f"{cond}/{cand}", builtin(cand, stream), pol,
+                               policy_file if pfile is None else str(pfile.relative_to(
+                                   HERE.parent)), group))
+    return cases
+
+
+def run(cases: list[Case], rules: list[str], reps: int, seed: int, workers: int,
+        oracle_check: Case | None = None) -> dict[str, Any]:
+    """Run every rule on every case; return the JSON-shaped results."""
+    n_chunks = max(1, workers * 2)
+    chunks = [c for c in (list(range(i, reps, n_chunks)) for i in range(n_chunks)) if c]
+    jobs: list[tuple[tuple[str, str], tuple[Any, ...]]] = []
+    for case in cases:
+        registry = registry_from_stream(case.policy, case.stream, seed)
+        shadow = with_shadow_stage(case.policy) if "kpigate_shadow" in rules else None
+        for rule in rules:
+            if rule == "oracle" and (case.good or not oracle_tests(case.policy, case.stream,
+                                                                   registry)):
+                continue
+            policy = shadow if rule == "kpigate_shadow" and shadow else case.policy
             for chunk in chunks:
-                jobs.append(((stream.name, rule), (policy, stream, rule, seed, chunk, registry)))
-    collected: dict[tuple[str, str], list[tuple[str, int]]] = {}
+                jobs.append(((case.name, rule), (policy, case.stream, rule, seed, chunk,
+                                                 registry)))
+        if case is oracle_check:
+            for chunk in chunks:
+                jobs.append(((case.name, "oracle_wald"), (case.policy, case.stream,
+                                                          "oracle_wald", seed, chunk, registry)))
+    collected: dict[tuple[str, str], list[RunRecord]] = {}
     with ProcessPoolExecutor(max_workers=workers) as pool:
         futures = [(key, pool.submit(_run_chunk, args)) for key, args in jobs]
         for key, fut in futures:
             collected.setdefault(key, []).extend(fut.result())
-    out: dict[str, Any] = {"scenarios": {}}
-    for stream in scenarios:
-        out["scenarios"][stream.name] = {
-            rule: _summary(collected[(stream.name, rule)], stream.name in good)
-            for rule in RULE_ORDER
-        }
+    out: dict[str, Any] = {"scenarios": {}, "cases": {}}
+    for case in cases:
+        interval = case.policy.evaluation.interval
+        out["scenarios"][case.name] = {
+            rule: summarise(collected[(case.name, rule)], case.good, interval)
+            for rule in rules if (case.name, rule) in collected}
+        out["cases"][case.name] = {
+            "description": case.stream.description, "policy": case.policy_file,
+            "set": case.group,
+            "should_promote": case.good, "interval_seconds": interval,
+            "requests_per_interval": case.stream.requests_per_interval,
+            "horizon_intervals": case.stream.horizon_intervals,
+            "label_delay_seconds": case.stream.label_delay_s,
+            "prevalence": case.stream.prevalence, "decisive_kpis":
+                sum(1 for k in case.policy.kpis if k.decides)}
+        if (case.name, "oracle_wald") in collected:
+            out["oracle_wald"] = summarise(collected[(case.name, "oracle_wald")], False,
+                                           interval)
     return out
 
 
-def _fmt(value: float | None, kind: str) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "—"
-    if kind == "rate":
-        return f"{value * 100:.1f}%"
-    return f"{value:,.0f}"
-
-
-def print_tables(result: dict[str, Any], reps: int) -> None:
-    """One side-by-side table per figure: scenarios × rules."""
-    figures = [
-        ("false rollback rate (should be promoted)", "false_rollback_rate", "rate"),
-        ("power: rollback rate of worse candidates", "power", "rate"),
-        ("exposure to detection, mean (candidate responses before rollback)",
-         "exposure_mean", "count"),
-        ("exposure to detection, median", "exposure_median", "count"),
-        ("exposure to detection, p90", "exposure_p90", "count"),
-        ("promotion rate within the horizon", "promote_rate", "rate"),
-        ("candidate requests served until promotion, mean", "requests_to_promote_mean",
-         "count"),
-        ("still holding at the horizon", "hold_rate", "rate"),
-    ]
-    names = list(result["scenarios"])
-    width = max(len(n) for n in names) + 2
-    for title, key, kind in figures:
-        rows = [n for n in names
-                if any(result["scenarios"][n][r][key] is not None for r in RULE_ORDER)]
-        if not rows:
-            continue
-        print(f"\n{title}  ({reps} runs per cell)")
-        print("scenario".ljust(width) + "".join(r.rjust(12) for r in RULE_ORDER))
-        for n in rows:
-            cells = [_fmt(result["scenarios"][n][r][key], kind) for r in RULE_ORDER]
-            print(n.ljust(width) + "".join(c.rjust(12) for c in cells))
-    bounds = result["bounds"]
-    print(f"\nWald's SPRT expected sample number for recall {bounds['recall_p0']} → "
-          f"{bounds['recall_p1']:.3f} (known baseline, α={bounds['alpha']}, "
-          f"power {bounds['power']}): {bounds['wald_asn_positives']:.0f} labelled positives "
-          f"≈ {bounds['wald_asn_requests']:,.0f} candidate requests")
+def _oracle_check(result: dict[str, Any], case: Case | None) -> dict[str, Any] | None:
+    """The oracle's recall −5 exposure against STATISTICS.md's 33.9k."""
+    wald = result.pop("oracle_wald", None)
+    if case is None or wald is None:
+        return None
+    tests = oracle_tests(case.policy, case.stream)
+    one = result["scenarios"][case.name].get("oracle", {})
+    return {"scenario": case.name, "alpha_per_kpi": tests[0].alpha if tests else None,
+            "documented_exposure": DOCUMENTED_ORACLE["exposure"],
+            "documented_alpha": DOCUMENTED_ORACLE["alpha"],
+            "one_sided_exposure_mean": one.get("exposure_mean"),
+            "two_boundary_exposure_mean": wald["exposure_mean"],
+            "two_boundary_power": wald["power"]}
 
 
 def check_targets(result: dict[str, Any]) -> list[tuple[str, str, bool]]:
     """The issue's targets for kpigate's engine, measured."""
     sc = result["scenarios"]
     rows: list[tuple[str, str, bool]] = []
-    for name in GOOD:
-        if name in sc:
+    for name in ("equal", "recall-plus-3.2"):
+        if name in sc and "kpigate" in sc[name]:
             r = sc[name]["kpigate"]["false_rollback_rate"]
             rows.append((f"false rollback ≤ 5% ({name})", f"{r * 100:.1f}%", r <= 0.05))
-    if "recall-minus-5" in sc:
+    if "recall-minus-5" in sc and "kpigate" in sc["recall-minus-5"]:
         e = sc["recall-minus-5"]["kpigate"]["exposure_mean"]
         w = result["bounds"]["wald_asn_requests"]
         if e is not None:
             rows.append(("exposure to detect −5 points ≤ 1.5× Wald", f"{e / w:.2f}×",
                          e / w <= 1.5))
-    if "recall-plus-3.2" in sc:
+    if "recall-plus-3.2" in sc and "kpigate" in sc["recall-plus-3.2"]:
         p = sc["recall-plus-3.2"]["kpigate"]["promote_rate"]
         rows.append(("≥ 95% of +3.2-point candidates promoted", f"{p * 100:.1f}%", p >= 0.95))
-    if "segment-fpr-x1.5" in sc:
+    if "segment-fpr-x1.5" in sc and "kpigate" in sc["segment-fpr-x1.5"]:
         c = sc["segment-fpr-x1.5"]["kpigate"]["power"]
         promoted = sc["segment-fpr-x1.5"]["kpigate"]["promote_rate"]
         rows.append(("segment FPR ×1.5 rolled back ≥ 90%",
@@ -176,66 +233,116 @@ def check_targets(result: dict[str, Any]) -> list[tuple[str, str, bool]]:
     return rows
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--policy", default=str(DEFAULT_POLICY))
     parser.add_argument("--scenario-file", help="YAML/JSON scenarios instead of the built-in")
+    parser.add_argument("--set", dest="which", choices=("main", "low-traffic", "all"),
+                        default="main", help="built-in scenario set (default: main)")
+    parser.add_argument("--only", help="comma-separated scenario names to run (of the set)")
+    parser.add_argument("--rules", default=",".join(RULE_ORDER),
+                        help=f"comma-separated rules (default: {','.join(RULE_ORDER)})")
     parser.add_argument("--reps", type=int, default=200)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--requests-per-interval", type=int,
                         default=DEFAULT_STREAM["requests_per_interval"])
     parser.add_argument("--horizon", type=int, default=DEFAULT_STREAM["horizon"],
-                        help="evaluation intervals per run")
+                        help="evaluation intervals per run (main set, built-in scenarios)")
     parser.add_argument("--json", action="store_true", help="print JSON only")
-    args = parser.parse_args(argv)
+    parser.add_argument("--markdown", action="store_true", help="print the README's tables")
+    parser.add_argument("--update-readme", metavar="README",
+                        help="replace the tables between the README's markers")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    rules = [r.strip() for r in args.rules.split(",") if r.strip()]
+    unknown = [r for r in rules if r not in RULE_ORDER]
+    if unknown or not rules:
+        print(f"error: --rules: unknown {unknown or 'empty'}; choose from "
+              f"{', '.join(RULE_ORDER)}", file=sys.stderr)
+        return 2
     try:
         policy = load_policy(args.policy)
         if args.scenario_file:
-            scenarios = load_scenarios(args.scenario_file)
-            good = {s.name for s in scenarios if s.candidate == s.baseline or
-                    (s.candidate.recall >= s.baseline.recall and
-                     s.candidate.precision >= s.baseline.precision and
-                     s.candidate.latency_mean_s <= s.baseline.latency_mean_s and
-                     not s.candidate.fpr_multiplier and s.candidate_recall_drift >= 0)}
+            cases = [_case(s.name, s, policy, args.policy, "file")
+                     for s in load_scenarios(args.scenario_file)]
         else:
-            stream = {"requests_per_interval": args.requests_per_interval,
-                      "horizon": args.horizon}
-            scenarios = [builtin(name, stream) for name in BUILTIN]
-            good = set(GOOD)
+            base = {"requests_per_interval": args.requests_per_interval,
+                    "horizon": args.horizon}
+            cases = build_cases(args.which, policy, args.policy, base)
     except KpigateError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if args.only:
+        wanted = [n.strip() for n in args.only.split(",") if n.strip()]
+        missing = sorted(set(wanted) - {c.name for c in cases})
+        if missing:
+            print(f"error: --only: no scenario {', '.join(missing)} in this set; have "
+                  f"{', '.join(c.name for c in cases)}", file=sys.stderr)
+            return 2
+        cases = [c for c in cases if c.name in wanted]
+    check = next((c for c in cases if c.name == "recall-minus-5"), None)
+    check = check if "oracle" in rules and not args.scenario_file else None
     started = time.perf_counter()
-    result = run(policy, scenarios, args.reps, args.seed, args.workers, good)
-    alpha = policy.evaluation.alpha_rollback
-    power = policy.evaluation.power
-    p0, prev = 0.876, 0.015
-    if scenarios:
-        p0, prev = scenarios[0].baseline.recall, scenarios[0].prevalence
-    p1 = p0 - 0.05
-    asn = wald_asn(p0, p1, alpha, 1 - power)
+    result = run(cases, rules, args.reps, args.seed, args.workers, check)
+    first = cases[0]
+    ev = first.policy.evaluation
+    p0, prev = first.stream.baseline.recall, first.stream.prevalence
+    asn = wald_asn(p0, p0 - 0.05, ev.alpha_rollback, 1 - ev.power)
     result["bounds"] = {"wald_asn_requests": asn / prev, "wald_asn_positives": asn,
-                        "recall_p0": p0, "recall_p1": p1, "alpha": alpha, "power": power}
+                        "recall_p0": p0, "recall_p1": p0 - 0.05, "alpha": ev.alpha_rollback,
+                        "power": ev.power, "oracle_check": _oracle_check(result, check)}
+    command = " ".join(["benchmarks/decision_efficiency.py", *(argv or sys.argv[1:])])
     result["settings"] = {"policy": args.policy, "reps": args.reps, "seed": args.seed,
-                          "requests_per_interval": scenarios[0].requests_per_interval,
-                          "horizon_intervals": scenarios[0].horizon_intervals,
-                          "interval_seconds": policy.evaluation.interval,
+                          "requests_per_interval": first.stream.requests_per_interval,
+                          "horizon_intervals": first.stream.horizon_intervals,
+                          "interval_seconds": ev.interval, "set": args.which,
+                          "rules": rules, "workers": args.workers, "command": command,
                           "seconds": round(time.perf_counter() - started, 1)}
+    groups = list(dict.fromkeys(c.group for c in cases))
+    if args.update_readme:
+        update_readme(args.update_readme, {g: markdown(result, g) for g in groups})
     if args.json:
         print(json.dumps(result, indent=2))
-        return 0
+    elif args.markdown:
+        print("\n".join(markdown(result, g) for g in groups), end="")
+    else:
+        _print_text(result, len(cases))
+    return 0
+
+
+def _print_text(result: dict[str, Any], n_cases: int) -> None:
     s = result["settings"]
-    print(f"decision efficiency: {len(scenarios)} scenarios × {len(RULE_ORDER)} rules × "
-          f"{args.reps} runs; {s['requests_per_interval']:,} requests per "
-          f"{s['interval_seconds']:g}s interval, horizon {s['horizon_intervals']} intervals; "
-          f"policy {args.policy}")
-    print_tables(result, args.reps)
-    print("\ntargets (kpigate):")
-    for name, value, ok in check_targets(result):
+    print(f"decision efficiency: {n_cases} scenarios × {len(s['rules'])} rules × {s['reps']} "
+          f"runs; policy {s['policy']} unless a scenario names its own:")
+    for name, case in result["cases"].items():
+        print(f"  {name}: {case['requests_per_interval']:,} requests per "
+              f"{case['interval_seconds']:g} s, horizon {case['horizon_intervals']} looks, "
+              f"labels after {case['label_delay_seconds']:g} s, prevalence "
+              f"{case['prevalence']:.2%}, {case['decisive_kpis']} decisive KPIs"
+              + ("" if case["policy"] == s["policy"] else f", {case['policy']}"))
+    print_tables(result)
+    b = result["bounds"]
+    print(f"\nWald's SPRT expected sample number for recall {b['recall_p0']} → "
+          f"{b['recall_p1']:.3f} (known baseline, α={b['alpha']}, power {b['power']}): "
+          f"{b['wald_asn_positives']:.0f} labelled positives ≈ "
+          f"{b['wald_asn_requests']:,.0f} candidate requests")
+    oc = b["oracle_check"]
+    if oc and oc["one_sided_exposure_mean"] is not None:
+        print(f"oracle check ({oc['scenario']}, α = {oc['alpha_per_kpi']:g} per KPI): "
+              f"one-sided {oc['one_sided_exposure_mean']:,.0f}; Wald's two boundaries "
+              f"{oc['two_boundary_exposure_mean'] or 0:,.0f} over its rollbacks (power "
+              f"{(oc['two_boundary_power'] or 0) * 100:.1f}%); STATISTICS.md "
+              f"{oc['documented_exposure']:,} at α = {oc['documented_alpha']}")
+    targets = check_targets(result)
+    if targets:
+        print("\ntargets (kpigate):")
+    for name, value, ok in targets:
         print(f"  [{'met' if ok else 'NOT met'}] {name}: {value}")
     print(f"\n({s['seconds']} s)")
-    return 0
 
 
 if __name__ == "__main__":
