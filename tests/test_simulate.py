@@ -5,21 +5,34 @@ import math
 import numpy as np
 import pytest
 
+from mlflow_kpigate.core.decision import Decision
 from mlflow_kpigate.core.errors import UsageError
+from mlflow_kpigate.core.state import Phase
 from mlflow_kpigate.gate import Action, Verdict
 from mlflow_kpigate.gate.estimators import kpi_value
-from mlflow_kpigate.kpis import AggregateSpec
+from mlflow_kpigate.kpis import AggregateSpec, Confusion, RoleAggregate
 from mlflow_kpigate.policy import load_policy, policy_from_dict
+from mlflow_kpigate.rollout import transitions
 from mlflow_kpigate.simulate import (
+    BUILTIN,
+    GOOD,
     KpigateRule,
+    OracleRule,
     PaperRule,
+    RuleResult,
+    RunRecord,
     StreamGenerator,
     builtin,
     load_scenarios,
+    oracle_tests,
     registry_from_stream,
     run_rollout,
     scenario_from_dict,
+    should_promote,
+    summarise,
+    with_shadow_stage,
 )
+from mlflow_kpigate.simulate.oracle import Bernoulli, Gaussian
 from mlflow_kpigate.simulate.runner import maturity_intervals
 from mlflow_kpigate.simulate.stream import rng_for
 
@@ -100,6 +113,20 @@ def test_drift_moves_recall_over_the_horizon():
         ({"candidate": {"recall_delta": -0.9}}, r"recall/precision after the change"),
         ({"stream": {"label_delay": "soon"}}, r"scenario\.stream\.label_delay: .*not a duration"),
         ({"bogus": 1}, r"scenario\.bogus: unknown field"),
+        ({"stream": {"requests_per_interval": 10, "requests_per_second": 2}},
+         r"scenario\.stream\.requests_per_second: give either"),
+        ({"stream": {"requests_per_second": "fast"}},
+         r"scenario\.stream\.requests_per_second: must be a number"),
+        ({"stream": {"horizon": "a month"}}, r"scenario\.stream\.horizon: .*not a duration"),
+        ({"stream": {"horizon": "0s"}}, r"scenario\.stream\.horizon: must be longer"),
+        ({"candidate": {"drift_start": "1h"}},
+         r"scenario\.candidate\.drift_start: only applies with a recall_drift"),
+        ({"candidate": {"recall_drift": -0.05, "drift_start": "later"}},
+         r"scenario\.candidate\.drift_start: .*'promotion'"),
+        ({"candidate": {"recall_drift": -0.05, "drift_duration": "long"}},
+         r"scenario\.candidate\.drift_duration: .*not a duration"),
+        ({"candidate": {"recall_drift": -0.9}},
+         r"scenario\.candidate\.recall_drift: recall after the drift"),
     ],
 )
 def test_scenario_errors_name_the_field(data, match):
@@ -178,3 +205,235 @@ def test_registry_from_stream_summarises_full_traffic_windows(bench_policy):
     assert 0.5 < fair.mean <= 1.0
     agg = _draw_total(bench_policy, stream, stream.baseline, 200_000, draws=1)
     assert kpi_value(bench_policy.kpi("latency_p95"), agg) == pytest.approx(0.1422, rel=0.02)
+
+
+# -- time-based stream settings and drift timing ------------------------------------------
+
+def test_rate_and_horizon_in_time_resolve_per_interval():
+    stream = scenario_from_dict({"stream": {"requests_per_second": 2, "horizon": "30d",
+                                            "label_delay": "1h"}})
+    hourly = stream.per_interval(3600)
+    assert (hourly.requests_per_interval, hourly.horizon_intervals) == (7200, 720)
+    assert hourly.per_interval(3600) == hourly  # resolving again changes nothing
+    quarter = stream.per_interval(900)
+    assert (quarter.requests_per_interval, quarter.horizon_intervals) == (1800, 2880)
+    # A file without the new fields means what it meant before.
+    old = scenario_from_dict({"stream": {"requests_per_interval": 5000, "horizon": 7}})
+    assert old.per_interval(120) == old
+
+
+def test_drift_timed_in_seconds_and_after_promotion():
+    timed = scenario_from_dict({"stream": {"horizon": 500},
+                                "candidate": {"recall_drift": -0.05, "drift_start": "1h",
+                                              "drift_duration": "4h"}})
+    at = [timed.candidate_at(t, 120).recall for t in (0, 30, 30 + 60, 30 + 120, 400)]
+    assert at == pytest.approx([0.876, 0.876, 0.851, 0.826, 0.826])
+    with pytest.raises(ValueError, match="needs the evaluation interval"):
+        timed.candidate_at(40)
+    bake = builtin("drift-after-promotion", {"horizon": 400})
+    assert bake.drift_after_promotion
+    assert should_promote(bake)
+    assert bake.candidate_at(300, 120, promoted_at=None).recall == pytest.approx(0.876)
+    assert bake.candidate_at(100, 120, promoted_at=100).recall == pytest.approx(0.876)
+    assert bake.candidate_at(130, 120, promoted_at=100).recall == pytest.approx(0.8635)
+    assert bake.candidate_at(399, 120, promoted_at=100).recall == pytest.approx(0.826)
+    assert bake.drifted().recall == pytest.approx(0.826)
+
+
+def test_should_promote_agrees_with_the_builtin_good_scenarios():
+    for name in BUILTIN:
+        assert should_promote(builtin(name)) == (name in GOOD), name
+    # An equal candidate that drifts down during the rollout is a worse one.
+    assert not should_promote(scenario_from_dict({"candidate": {"recall_drift": -0.05}}))
+
+
+# -- exposure ------------------------------------------------------------------------------
+
+def test_exposure_counts_requests_served_while_labels_are_pending(bench_policy):
+    stream = builtin("recall-minus-10", {"requests_per_interval": 200_000, "horizon": 60,
+                                         "label_delay": "15m"})
+    delay = maturity_intervals(bench_policy, stream)
+    assert delay == 8
+    out = run_rollout(bench_policy, stream, OracleRule(stream), seed=2, rep=0)
+    assert out.status == "rolled_back"
+    last = out.looks[-1]
+    assert last.interval >= delay  # nothing was labelled before
+    # Every candidate answer served counts, those of the last `delay` intervals included.
+    assert out.exposed_requests == last.candidate_requests
+    assert out.exposed_requests > 0.045 * 200_000 * (last.interval + 1)
+
+
+# -- the oracle ----------------------------------------------------------------------------
+
+def test_oracle_tests_only_kpis_whose_truth_is_worse(bench_policy):
+    assert oracle_tests(bench_policy, builtin("equal")) == ()
+    assert oracle_tests(bench_policy, builtin("recall-plus-3.2")) == ()
+    (recall,) = oracle_tests(bench_policy, builtin("recall-minus-5"))
+    assert recall.kpi == "recall"
+    assert recall.alpha == pytest.approx(0.05 / 4)  # the gate's per-KPI rollback share
+    assert recall.threshold == pytest.approx(math.log(0.8 / 0.0125))
+    assert recall.parts == (Bernoulli("recall", None, 0.876, pytest.approx(0.826)),)
+    fpr = {t.kpi: t for t in oracle_tests(bench_policy, builtin("segment-fpr-x1.5"))}
+    assert set(fpr) == {"precision", "fpr_fairness"}
+    (eu,) = fpr["fpr_fairness"].parts
+    assert eu.segment == "eu"
+    assert eu.p1 == pytest.approx(1.5 * eu.p0)
+    (latency,) = oracle_tests(bench_policy, builtin("latency-plus-10ms"))
+    assert isinstance(latency.parts[0], Gaussian)
+    drift = oracle_tests(bench_policy, builtin("recall-drift"))
+    assert drift[0].parts[0].p1 == pytest.approx(0.826)  # the drift's end
+
+
+def test_oracle_llrs_follow_the_formulas():
+    agg = RoleAggregate()
+    agg.confusion.merge(Confusion(tp=80, fn=20, fp=5, tn=895))
+    part = Bernoulli("recall", None, 0.876, 0.826)
+    expected = 80 * math.log(0.826 / 0.876) + 20 * math.log(0.174 / 0.124)
+    assert part.llr(agg, "region") == pytest.approx(expected)
+    agg.latency.update(np.exp(np.random.default_rng(0).normal(-2.5, 0.35, 5000)))
+    g = Gaussian(-2.5, 0.35, -2.4, 0.35)
+    assert g.llr(agg, "region") < 0  # the data are at the baseline's log-mean
+    assert Gaussian(-2.6, 0.35, -2.5, 0.35).llr(agg, "region") > 0
+
+
+def test_oracle_detects_recall_minus_5_near_its_expected_exposure(bench_policy):
+    stream = builtin("recall-minus-5", {"requests_per_interval": 200_000, "horizon": 60})
+    outs = [run_rollout(bench_policy, stream, OracleRule(stream), seed=5, rep=r)
+            for r in range(30)]
+    assert all(o.status == "rolled_back" for o in outs)
+    assert not any(lk.action is Action.PROMOTE for o in outs for lk in o.looks)
+    mean = float(np.mean([o.exposed_requests for o in outs]))
+    # One-sided SPRT at α = 0.0125, 10k candidate requests per look: ~36k on average.
+    assert 20_000 < mean < 60_000
+
+
+def test_oracle_never_promotes_and_wald_accepts_an_equal_candidate(bench_policy):
+    equal = builtin("equal", {"requests_per_interval": 200_000, "horizon": 20})
+    claims_worse = builtin("recall-minus-5", {"requests_per_interval": 200_000,
+                                              "horizon": 20})
+    out = run_rollout(bench_policy, equal, OracleRule(claims_worse), seed=1)
+    assert out.status == "holding"
+    assert {lk.action for lk in out.looks} == {Action.HOLD}
+    rule = OracleRule(claims_worse, accept_h0=True)
+    out = run_rollout(bench_policy, equal, rule, seed=1)
+    assert out.status == "holding"
+    assert "nothing (left) to test" in out.looks[-1].reason
+
+
+# -- shadow stage first --------------------------------------------------------------------
+
+def test_with_shadow_stage_prepends_a_shadow_copy_of_the_first_stage(bench_policy):
+    shadow = with_shadow_stage(bench_policy)
+    first, rest = shadow.stages[0], shadow.stages[1:]
+    assert first.shadow
+    assert first.name == "shadow"
+    assert first.traffic == 0
+    canary = bench_policy.stages[0]
+    assert (first.min_samples, first.min_dwell, first.max_duration, first.on_timeout,
+            first.promote_margin_scale) == (canary.min_samples, canary.min_dwell,
+                                            canary.max_duration, canary.on_timeout,
+                                            canary.promote_margin_scale)
+    assert rest == bench_policy.stages
+    assert shadow.kpis == bench_policy.kpis
+    assert policy_from_dict(shadow.raw).stages == shadow.stages  # a valid document
+    assert with_shadow_stage(shadow) is shadow
+    short = policy_from_dict({"stages": "5,100", "kpis": [
+        {"name": "recall", "kind": "proportion", "metric": "recall", "margin": 0.02}]})
+    assert [s.describe() for s in with_shadow_stage(short).stages] == [
+        "shadow", "5%", "100%"]
+
+
+def test_shadow_first_rollout_catches_a_bad_candidate_without_exposure(bench_policy):
+    shadow = with_shadow_stage(bench_policy)
+    bad = builtin("recall-minus-10", STREAM)
+    out = run_rollout(shadow, bad, KpigateRule(), seed=3, rep=0)
+    assert (out.status, out.final_stage, out.exposed_requests) == ("rolled_back", 0, 0)
+    assert out.looks[-1].candidate_requests == len(out.looks) * STREAM["requests_per_interval"]
+    good = run_rollout(shadow, builtin("equal", STREAM), KpigateRule(), seed=3, rep=0)
+    assert good.status == "promoted"
+    assert next(lk.stage for lk in good.looks if lk.action is Action.PROMOTE) == "shadow"
+
+
+# -- after promotion (bake) ----------------------------------------------------------------
+
+class _ScriptedBake:
+    """Promotes at every look; in the final stage rolls back once recall has dropped."""
+
+    name = "scripted"
+
+    def __call__(self, policy, stage_index, stage_elapsed, samples, window, registry):
+        if not policy.stages[stage_index].is_final:
+            return RuleResult(Action.PROMOTE, "promote")
+        recall = window.candidate.confusion.recall() if window is not None else math.nan
+        if recall < 0.85:
+            return RuleResult(Action.ROLLBACK, f"rollback after promotion: recall {recall:.3f}")
+        return RuleResult(Action.HOLD, "baking")
+
+
+def test_runner_keeps_evaluating_when_the_controller_bakes(monkeypatch, bench_policy):
+    # Stand-in for the bake period being built: the final stage is not terminal.
+    real = transitions.stage_phase
+    monkeypatch.setattr(transitions, "stage_phase",
+                        lambda stage: Phase.CANARY if stage.is_final else real(stage))
+    stream = scenario_from_dict({
+        "name": "bake", "stream": {"requests_per_interval": 20_000, "horizon": 20},
+        "candidate": {"recall_drift": -0.2, "drift_start": "promotion",
+                      "drift_duration": "0s"}})
+    out = run_rollout(bench_policy, stream, _ScriptedBake(), seed=1)
+    assert out.promoted_look == 2  # three gated stages, one look each
+    assert out.status == "rolled_back"
+    assert out.rolled_back_in_bake
+    assert out.decided_look == 2
+    assert out.bake_looks == len(out.looks) - 3 >= 1
+    last = out.looks[-1]
+    assert last.stage == "full"
+    assert "after promotion" in last.reason
+    # At 100% every request is the candidate's answer.
+    assert last.exposed_requests - out.exposed_at_promotion == 20_000 * out.bake_looks
+    evaluated = last.decision
+    assert isinstance(evaluated, Decision)
+    assert evaluated.stage_index == 3
+    record = RunRecord.of(out)
+    figures = summarise([record], should_promote(stream), 120.0)
+    assert figures["bake_rollback_rate"] == 1.0
+    assert figures["false_rollback_rate"] == 0.0
+    assert figures["promote_rate"] == 1.0
+
+
+def test_runner_stops_at_promotion_without_a_bake(bench_policy):
+    out = run_rollout(bench_policy, builtin("drift-after-promotion", STREAM), KpigateRule(),
+                      seed=3)
+    assert out.status == "promoted"
+    assert out.bake_looks == 0
+    assert out.decided_look == out.promoted_look == out.looks[-1].interval
+    figures = summarise([RunRecord.of(out)], True, 120.0)
+    assert figures["bake_rollback_rate"] is None  # no bake period: null, not 0
+
+
+def test_summarise_figures():
+    records = [
+        RunRecord("rolled_back", 30_000, None, 2, 0, False),
+        RunRecord("rolled_back", 50_000, None, 4, 0, False),
+        RunRecord("promoted", 1_000_000, 1_000_000, 29, 0, False),
+        RunRecord("holding", 2_000_000, None, None, 0, False),
+    ]
+    worse = summarise(records, False, 120.0)
+    assert worse["power"] == 0.5
+    assert worse["false_rollback_rate"] is None
+    assert worse["exposure_mean"] == 40_000
+    assert worse["exposure_median"] == 40_000
+    assert (worse["promote_rate"], worse["hold_rate"]) == (0.25, 0.25)
+    assert worse["requests_to_promote_mean"] == 1_000_000
+    assert worse["time_to_decision_hours_mean"] == pytest.approx((3 + 5 + 30) * 120 / 3600 / 3)
+    assert worse["bake_rollback_rate"] is None
+    assert worse["reps"] == 4
+    good = summarise(records, True, 120.0)
+    assert good["false_rollback_rate"] == 0.5
+    assert good["power"] is None
+    none = summarise([RunRecord("holding", 5, None, None, 0, False)], True, 120.0)
+    assert none["time_to_decision_hours_mean"] is None
+    baked = [RunRecord("rolled_back", 9, 5, 3, 4, True), RunRecord("promoted", 9, 5, 3, 9, False)]
+    figures = summarise(baked, True, 120.0)
+    assert figures["bake_rollback_rate"] == 0.5
+    assert figures["false_rollback_rate"] == 0.0
+    assert figures["promote_rate"] == 1.0
