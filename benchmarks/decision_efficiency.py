@@ -28,7 +28,11 @@ Figures per scenario and rule: see mlflow_kpigate/simulate/figures.py.
     .venv/bin/python benchmarks/decision_efficiency.py [--reps 200] [--seed 1] [--json]
         [--set main|low-traffic|all] [--only NAME,...] [--rules RULE,...]
         [--policy FILE] [--scenario-file FILE] [--requests-per-interval N] [--horizon N]
-        [--markdown] [--update-readme README.md]
+        [--markdown] [--update-readme README.md] [--from-json FILE]
+
+Re-measure the README's tables (one command):
+    .venv/bin/python benchmarks/decision_efficiency.py --set all --reps 200 \
+        --update-readme README.md
 """
 
 from __future__ import annotations
@@ -253,11 +257,32 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--markdown", action="store_true", help="print the README's tables")
     parser.add_argument("--update-readme", metavar="README",
                         help="replace the tables between the README's markers")
+    parser.add_argument("--from-json", metavar="FILE", action="append",
+                        help="render saved --json results instead of running (repeatable)")
     return parser
+
+
+def _render_saved(args: argparse.Namespace) -> int:
+    """--markdown / --update-readme / tables from saved --json outputs."""
+    blocks: dict[str, str] = {}
+    for path in args.from_json:
+        result = json.loads(Path(path).read_text(encoding="utf-8"))
+        groups = list(dict.fromkeys(c["set"] for c in result["cases"].values()))
+        for g in groups:
+            blocks[g] = markdown(result, g)
+        if not args.markdown and not args.update_readme:
+            _print_text(result, len(result["cases"]))
+    if args.update_readme:
+        update_readme(args.update_readme, blocks)
+    if args.markdown:
+        print("\n".join(blocks.values()), end="")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.from_json:
+        return _render_saved(args)
     rules = [r.strip() for r in args.rules.split(",") if r.strip()]
     unknown = [r for r in rules if r not in RULE_ORDER]
     if unknown or not rules:
