@@ -108,3 +108,15 @@ def test_plan_prints_a_row_per_stage_and_kpi():
     numbers = [int(tok.replace(",", "")) for tok in recall.split() if tok[0].isdigit()]
     _promote, detect, wald = numbers[:3]
     assert wald < detect  # Wald's SPRT with a known baseline is the lower bound
+
+
+def test_simulate_scenario_in_time_units(tmp_path):
+    # requests_per_second and a duration horizon count in the policy's 2-minute intervals.
+    f = tmp_path / "slow.yaml"
+    f.write_text("name: slow\nstream: {requests_per_second: 1000, horizon: 1h}\n"
+                 "candidate: {recall_delta: -0.2}\n")
+    r = kpigate("simulate", BENCH, "--scenario-file", str(f), "-q")
+    assert r.returncode == 0, r.stderr
+    assert "120,000 requests per 2m (~1,000/s)" in r.stdout
+    assert "horizon 30 intervals (1h)" in r.stdout
+    assert "ROLLED BACK" in r.stdout

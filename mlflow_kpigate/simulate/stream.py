@@ -8,7 +8,9 @@ The model of one role's traffic in one evaluation interval:
   ``z ~ N(m_seg, 1)``, positives ``z ~ N(μ₁, 1)``, flagged when ``z > c``; ``c``, ``μ₁`` and
   ``m_seg`` are solved so that recall and each segment's false-positive rate are exactly
   the configured ones (precision then follows from prevalence and FPR);
-* latency is lognormal with the configured mean and log-σ; errors are Bernoulli.
+* latency is lognormal with the configured mean and log-σ; errors are Bernoulli;
+* the candidate's recall may drift linearly: over the horizon, or from a start time (or
+  from its promotion to 100%) over a set duration (:meth:`StreamSpec.candidate_at`).
 
 Everything is drawn as counts (multinomials over score bins and latency buckets), so an
 interval of a million requests costs the same as one of a thousand. Random numbers are
