@@ -16,12 +16,13 @@ decisive KPI of the policy whose true value is *worse* for the candidate:
 * other kinds (AUC, F1, business values) have no oracle test.
 
 It looks at the gate's intervals, uses the gate's per-KPI rollback α share
-(``alpha_rollback`` / :func:`~mlflow_kpigate.gate.engine.rollback_checks`) and β = 1 −
-``evaluation.power``, and rolls back when any KPI's LLR reaches ln((1−β)/α). It ignores the
-lower boundary and never promotes: it exists to measure detection exposure. For a drifting
-candidate the alternative is its truth once the drift is complete. It tests the truth,
-not the policy's margins, so for a guardrail it answers an easier question than the gate's
-("worse at all" instead of "worse by more than the margin").
+(:func:`~mlflow_kpigate.gate.engine.alpha_per_weight` × the KPI's ``alpha_weight`` ×
+(1 − ``window_share``)) and β = 1 − ``evaluation.power``, and rolls back when any KPI's
+LLR reaches ln((1−β)/α). It ignores the lower boundary and never promotes: it exists to
+measure detection exposure. For a drifting candidate the alternative is its truth once
+the drift is complete. It tests the truth, not the policy's margins, so for a guardrail it
+answers an easier question than the gate's ("worse at all" instead of "worse by more than
+the margin").
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from scipy.stats import norm
 from mlflow_kpigate.core.baseline import RegistryBaseline
 from mlflow_kpigate.core.decision import Action, Decision
 from mlflow_kpigate.core.samples import StageSample
-from mlflow_kpigate.gate.engine import rollback_checks
+from mlflow_kpigate.gate.engine import alpha_per_weight
 from mlflow_kpigate.kpis import Confusion, RoleAggregate
 from mlflow_kpigate.policy import Direction, KpiKind, KpiSpec, Policy
 from mlflow_kpigate.policy.vocabulary import LATENCY
@@ -201,9 +202,10 @@ def _parts(kpi: KpiSpec, stream: StreamSpec, b: RoleModel, c: RoleModel
 def oracle_tests(policy: Policy, stream: StreamSpec,
                  registry: RegistryBaseline | None = None) -> tuple[OracleTest, ...]:
     """The oracle's SPRTs for ``stream`` under ``policy`` (empty: nothing is worse)."""
-    alpha = policy.evaluation.alpha_rollback / rollback_checks(policy, registry)
+    # The gate's pooled rollback share of each KPI: weighted Bonferroni over its checks, of
+    # what the recent-window check leaves (evaluation.window_share).
+    unit = alpha_per_weight(policy, registry) * (1.0 - policy.evaluation.window_share)
     beta = 1.0 - policy.evaluation.power
-    threshold = math.log((1 - beta) / alpha)
     alternative = stream.drifted()
     tests = []
     for kpi in policy.kpis:
@@ -211,7 +213,8 @@ def oracle_tests(policy: Policy, stream: StreamSpec,
             continue
         parts = _parts(kpi, stream, stream.baseline, alternative)
         if parts:
-            tests.append(OracleTest(kpi.name, parts, alpha, threshold))
+            alpha = unit * kpi.alpha_weight
+            tests.append(OracleTest(kpi.name, parts, alpha, math.log((1 - beta) / alpha)))
     return tuple(tests)
 
 
