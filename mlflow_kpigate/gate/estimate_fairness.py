@@ -3,7 +3,12 @@
 For every ordered pair of segments (A, B) the statistic ``ln(r_c,A / r_c,B) − ln FI_b``
 compares the candidate's pair ratio with the baseline's index; log-rate variances by the
 delta method (≈ 1/x − 1/n with +½ continuity); the pairs are a family (Bonferroni within
-the KPI's share of α). Documented in docs/statistics.md.
+the KPI's share of α). With three or more segments the rollback family also compares each
+segment with the pooled rest, both ways: a pooled rate lies between the smallest and the
+largest segment rate, so such a ratio is never below the index and its test is as valid
+as a pair's, while it rests on far more events than a pair with a small segment (the
+harm "one segment's rate moved" is caught sooner). Promotion needs every pair (the index
+itself). Documented in docs/statistics.md.
 
 The rollback tests keep the delta-method variances: a restricted estimate would constrain
 four binomials (and the baseline's argmin/argmax segments) through a ratio, with no closed
@@ -54,9 +59,39 @@ def fairness_index(rates: dict[str, tuple[float, float]]) -> float:
     return min(values) / max(values)
 
 
+def fairness_tests(field: str, b_rates: dict[str, tuple[float, float]],
+                   c_rates: dict[str, tuple[float, float]]
+                   ) -> tuple[tuple[Test, ...], tuple[Test, ...]]:
+    """(pair tests, pooled-rest tests) on the segments both roles saw (two or more).
+
+    Each estimates a log-ratio of two candidate rates, each ratio at least the candidate's
+    index, minus ln FI_b; the baseline's index is set by its lowest- and highest-rate
+    segments, whose log-rate variances every test carries.
+    """
+    common = sorted(set(b_rates) & set(c_rates))
+    b_logs = {s: log_rate(*b_rates[s]) for s in common}
+    lo_seg = min(common, key=lambda s: b_logs[s][0])
+    hi_seg = max(common, key=lambda s: b_logs[s][0])
+    ln_fi_b = b_logs[lo_seg][0] - b_logs[hi_seg][0]
+    var_fi_b = b_logs[lo_seg][1] + b_logs[hi_seg][1]
+    c_logs = {s: log_rate(*c_rates[s]) for s in common}
+    pairs = tuple(Test(f"{field}={a} vs {b}", c_logs[a][0] - c_logs[b][0] - ln_fi_b,
+                       c_logs[a][1] + c_logs[b][1] + var_fi_b)
+                  for a, b in permutations(common, 2))
+    pooled: list[Test] = []
+    if len(common) > 2:  # with two segments the rest is the other one: the pairs again
+        for s in common:
+            rest = log_rate(sum(c_rates[o][0] for o in common if o != s),
+                            sum(c_rates[o][1] for o in common if o != s))
+            var = c_logs[s][1] + rest[1] + var_fi_b
+            pooled += [Test(f"{field}={s} vs the rest", c_logs[s][0] - rest[0] - ln_fi_b, var),
+                       Test(f"{field}=the rest vs {s}", rest[0] - c_logs[s][0] - ln_fi_b, var)]
+    return pairs, tuple(pooled)
+
+
 def measure_fairness(kpi: KpiSpec, samples: Strata,
                      m_rollback: float, m_promote: float) -> Measurement:
-    """One test per ordered segment pair against the baseline's index (data merged)."""
+    """Tests of the candidate's segment ratios against the baseline's index (data merged)."""
     b_rates = segment_rates(kpi, samples.merged("baseline"))
     c_rates = segment_rates(kpi, samples.merged("candidate"))
     common = sorted(set(b_rates) & set(c_rates))
@@ -64,29 +99,19 @@ def measure_fairness(kpi: KpiSpec, samples: Strata,
     if len(common) < 2:
         return no_measurement(kpi, f"needs two or more '{kpi.segment_by}' segments seen by "
                                    "both roles")
-    b_logs = {s: log_rate(*b_rates[s]) for s in common}
-    lo_seg = min(common, key=lambda s: b_logs[s][0])
-    hi_seg = max(common, key=lambda s: b_logs[s][0])
-    ln_fi_b = b_logs[lo_seg][0] - b_logs[hi_seg][0]
-    var_fi_b = b_logs[lo_seg][1] + b_logs[hi_seg][1]
-    c_logs = {s: log_rate(*c_rates[s]) for s in common}
-    tests = []
-    for a, b in permutations(common, 2):
-        delta = c_logs[a][0] - c_logs[b][0] - ln_fi_b
-        var = c_logs[a][1] + c_logs[b][1] + var_fi_b
-        tests.append(Test(f"{kpi.segment_by}={a} vs {b}", delta, var))
+    pairs, pooled = fairness_tests(kpi.segment_by or "", b_rates, c_rates)
     # The index may drop by at most m of the baseline's (higher is better): FI_c ≥ (1−m)·FI_b.
     margin = -math.log1p(-kpi.margin.value) if kpi.margin else NAN
     detect = -math.log1p(-kpi.detect.value) if kpi.detect else NAN
     samples_c = int(sum(n for _, n in c_rates.values()))
     return Measurement(
-        statistic=(f"ln({kpi.metric} ratio between two {kpi.segment_by} segments, candidate)"
-                   " − ln(baseline fairness index)"),
+        statistic=(f"ln({kpi.metric} ratio between two {kpi.segment_by} segments (or one "
+                   "and the rest), candidate) − ln(baseline fairness index)"),
         baseline_value=bv,
         candidate_value=cv,
         samples=samples_c,
-        rollback_tests=tuple(tests),
-        promote_tests=tuple(tests),
+        rollback_tests=pairs + pooled,
+        promote_tests=pairs,
         rollback_threshold=-m_rollback * margin if math.isfinite(margin) else 0.0,
         promote_threshold=-m_promote * margin if math.isfinite(margin) else NAN,
         scale=margin if math.isfinite(margin) else math.log(1.25),
