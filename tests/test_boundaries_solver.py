@@ -138,6 +138,12 @@ def test_the_solved_z_satisfies_its_equation_to_rounding(c):
     assert z == pytest.approx(ref_z_one_sided(c), rel=TOL)
 
 
+def test_the_solver_returns_at_once_without_a_finite_equation():
+    assert new._solve_z(math.inf) == (math.inf, math.inf)
+    assert all(math.isnan(x) for x in new._solve_z(math.nan))
+    assert new.one_sided_radius(1e-310, 1.0, 0.05) == math.inf  # τ²/v overflows
+
+
 @pytest.mark.parametrize("one_sided", [True, False])
 def test_tau2_for_radius_equals_the_brentq_solver(one_sided):
     # Every level of the grid, and the rollback levels 0.05 / k of a Bonferroni split.

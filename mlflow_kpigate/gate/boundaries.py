@@ -84,6 +84,8 @@ def _solve_z(c: float) -> tuple[float, float]:
     f'' ≤ 1 the error after a step of size s is at most s²/(2z), so a step below
     ``_LAST_STEP``·z ends the iteration with the error below 5e-15·z.
     """
+    if not c < math.inf:  # NaN, or inf (a variance so small that τ²/v overflows)
+        return c, c
     if not c > 0:
         return _solve_z_bracketed(c)
     lo = math.sqrt(2.0 * c)
