@@ -275,6 +275,17 @@ class ControllerRestarted(AuditEvent):
 
 
 @dataclass(frozen=True)
+class ForecastWarning(AuditEvent):
+    """The time-to-decision forecast says a stage cannot decide within its max_duration at
+    the measured traffic (said once per rollout; no alert: nothing is wrong yet)."""
+
+    KIND: ClassVar[str] = "forecast_warning"
+    stage: str = ""
+    reason: str = ""
+    basis: str = ""
+
+
+@dataclass(frozen=True)
 class OtherEvent(AuditEvent):
     """A kind this version does not model (a newer kpigate's); kept as it was stored."""
 
@@ -294,7 +305,7 @@ class OtherEvent(AuditEvent):
 _BY_KIND: dict[str, type[AuditEvent]] = {
     cls.KIND: cls for cls in (Created, Aborted, StageReady, ReadinessTimeout, ReadinessAbort,
                               EffectError, AlertSent, AliasMoved, AliasRestored, Resumed,
-                              ReportWritten,
+                              ReportWritten, ForecastWarning,
                               RouterRestarted, ControllerRestarted)
 }
 

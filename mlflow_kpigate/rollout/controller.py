@@ -5,6 +5,7 @@ One evaluation (:meth:`Controller.step`)::
     state = store.require()                   # the committed truth
     samples = source.stage_samples(now)       # matured KPI aggregates per stage
     decision = gate.evaluate(...)             # pure
+    decision.meta["forecast"] = ...           # time to decision (rollout/forecasting.py)
     new = transitions.after_decision(...)     # pure: weights follow from the stage
     store.save(new, Evaluated(...))           # ONE write: state + the evaluation's record
     effects.apply(new)                        # traffic, MLflow, alerts (repeatable)
@@ -52,6 +53,7 @@ from mlflow_kpigate.gate.bake import BAKE_STAGE, hold_without_data
 from mlflow_kpigate.policy import Policy
 from mlflow_kpigate.rollout import transitions
 from mlflow_kpigate.rollout.effects import Effects
+from mlflow_kpigate.rollout.forecasting import Forecaster
 from mlflow_kpigate.rollout.ports import (
     Notifier,
     Registry,
@@ -85,9 +87,11 @@ class Controller:
                  clock: Callable[[], float] = time.time,
                  on_terminal: Callable[[RolloutState], object] | None = None,
                  observer: Callable[[RolloutState, Decision | None], None] | None = None,
-                 judge: Judge = evaluate) -> None:
+                 judge: Judge = evaluate, forecast: bool = True) -> None:
         """``on_terminal`` runs once the rollout has ended (the report); ``observer`` sees
-        every saved state and decision (the cluster controller's Prometheus exposition)."""
+        every saved state and decision (the cluster controller's Prometheus exposition);
+        ``forecast`` adds the time-to-decision forecast to every gate decision (off for
+        simulations of other decision rules, whose decisions it would not describe)."""
         self.store = store
         self.source = source
         self.traffic = traffic
@@ -97,6 +101,7 @@ class Controller:
         self.clock = clock
         self.observer = observer
         self.judge = judge
+        self.forecaster = Forecaster(store, policy, registry_baseline) if forecast else None
         self.effects = Effects(store, policy, traffic, registry=registry, notifier=notifier,
                                on_terminal=on_terminal)
 
@@ -137,6 +142,10 @@ class Controller:
             state = ready_state
         baking = state.phase is Phase.BAKING
         evaluation = self._evaluate_bake(state, now) if baking else self._evaluate(state, now)
+        observed = None
+        if self.forecaster is not None and not baking:
+            # After the judge: the forecast is kept beside the gate's output, not part of it.
+            evaluation, observed = self.forecaster.annotate(evaluation)
         decision = evaluation.decision
         new, _kind = transitions.after_decision(state, self.policy, decision, now)
         new = new.evolve(effects_pending=True)
@@ -150,6 +159,10 @@ class Controller:
             # evaluation starts from it.
             log.info("state changed during evaluation; re-evaluating next interval")
             return None
+        if self.forecaster is not None:
+            warning = self.forecaster.committed(evaluation, observed)
+            if warning is not None:
+                self.store.append(warning)
         kind = "bake_rollback" if baking and decision.action is Action.ROLLBACK else event.kind
         applied = self.effects.apply(saved, decision, kind, evaluation)
         if self.observer is not None:

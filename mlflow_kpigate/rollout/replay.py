@@ -5,7 +5,9 @@ Evaluation`), and the gate is a pure function, so :func:`replay` can ask it agai
 
 * with the rollout's own policy every decision must come out *identical* (the same
   action, reason, and per-KPI evidence to the last digit) — a check that the record is
-  complete and the gate deterministic;
+  complete and the gate deterministic. The time-to-decision forecast the controller keeps
+  in ``meta["forecast"]`` is not the gate's output (it depends on rates over time) and is
+  left out of the comparison (:func:`gate_output`);
 * with another policy it shows where that policy would have decided differently: the
   first divergence and, per KPI, how the evidence reads under it.
 
@@ -28,10 +30,12 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
+from typing import Any
 
 from mlflow_kpigate.core.decision import Decision, Evidence
 from mlflow_kpigate.core.errors import UsageError
 from mlflow_kpigate.core.evaluation import Evaluation, policy_digest
+from mlflow_kpigate.core.forecast import META_KEY
 from mlflow_kpigate.gate import bake_streams, evaluate, judge_bake
 from mlflow_kpigate.gate.change_detector import Stream
 from mlflow_kpigate.policy import Policy
@@ -144,6 +148,14 @@ def _changes(recorded: Decision, replayed: Decision) -> tuple[KpiChange, ...]:
     return tuple(out)
 
 
+def gate_output(decision: Decision) -> dict[str, Any]:
+    """The decision as the gate returned it: without what the controller adds beside it
+    (the time-to-decision forecast in ``meta``, computed from rates over time)."""
+    data = decision.to_dict()
+    data["meta"] = {k: v for k, v in data["meta"].items() if k != META_KEY}
+    return data
+
+
 def rejudge(evaluation: Evaluation, policy: Policy,
             detectors: Mapping[tuple[str, str], Stream] | None = None) -> Rejudged:
     """Ask the gate again about one recorded evaluation (a bake evaluation: the bake's
@@ -161,7 +173,7 @@ def rejudge(evaluation: Evaluation, policy: Policy,
         replayed = evaluate(policy, evaluation.stage_index, evaluation.stage_elapsed_s,
                             list(evaluation.samples), evaluation.registry_baseline)
     recorded = evaluation.decision
-    if replayed.to_dict() == recorded.to_dict():
+    if gate_output(replayed) == gate_output(recorded):
         return Rejudged(evaluation, replayed, Outcome.IDENTICAL)
     outcome = Outcome.SAME_ACTION if replayed.action is recorded.action else Outcome.DIFFERENT
     return Rejudged(evaluation, replayed, outcome, _changes(recorded, replayed))

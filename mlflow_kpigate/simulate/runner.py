@@ -45,7 +45,7 @@ from mlflow_kpigate.rollout.memory import (
     InMemoryStateStore,
     InMemoryTraffic,
 )
-from mlflow_kpigate.simulate.rules import Rule
+from mlflow_kpigate.simulate.rules import KpigateRule, Rule
 from mlflow_kpigate.simulate.stream import IntervalData, StreamGenerator, StreamSpec, rng_for
 
 BASELINE, CANDIDATE = 0, 1
@@ -168,7 +168,8 @@ def run_rollout(policy: Policy, stream: StreamSpec, rule: Rule, *, seed: int = 0
     windows: dict[str, StageSample | None] = {"current": None}
     controller = Controller(store=store, source=source, traffic=InMemoryTraffic(),
                             policy=policy, registry_baseline=registry, clock=clock,
-                            judge=_judge(rule, windows))
+                            judge=_judge(rule, windows),
+                            forecast=isinstance(rule, KpigateRule))
     strata: dict[int, StageSample] = {}
     pending: list[tuple[int, int, IntervalData, IntervalData]] = []
     served = exposed = 0
