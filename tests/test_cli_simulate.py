@@ -64,7 +64,10 @@ def test_simulate_scenario_file(tmp_path):
         (["simulate", "missing.yaml"], "missing.yaml: file not found"),
         (["simulate", BENCH, "--horizon", "0"], "Invalid value for '--horizon'"),
         (["plan", FRAUD, "--baseline-file", "nowhere.yaml"], "cannot read the baseline file"),
-        (["plan", FRAUD], "Missing option '--baseline-file'"),
+        (["plan", FRAUD], "give the baseline's figures: --model NAME"),
+        (["plan", FRAUD, "--baseline-file", BASELINE, "--traffic", "0"], "--traffic 0: must be"),
+        (["plan", FRAUD, "--baseline-file", BASELINE, "--traffic", "2", "--label-delay", "soon"],
+         "--label-delay: 'soon' is not a duration"),
     ],
 )
 def test_bad_input_is_one_clear_line_and_exit_2(args, needle):

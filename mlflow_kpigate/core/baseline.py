@@ -133,6 +133,25 @@ class RegistryBaseline:
         return {"prevalence": self.prevalence, "label_coverage": self.label_coverage,
                 "kpis": kpis, "source": self.source}
 
+    def updated_with(self, other: RegistryBaseline) -> RegistryBaseline:
+        """These figures with ``other``'s on top: its KPI fields where it gives them, its
+        prevalence and (when not the default 1) its label coverage."""
+        kpis = dict(self.kpis)
+        for name, theirs in other.kpis.items():
+            mine = kpis.get(name)
+            if mine is None:
+                kpis[name] = theirs
+                continue
+            kpis[name] = BaselineKpi(
+                theirs.mean, theirs.std if theirs.std is not None else mine.std,
+                theirs.n if theirs.std is not None else mine.n,
+                *(getattr(theirs, f) if getattr(theirs, f) is not None else getattr(mine, f)
+                  for f in ("unit_sd", "rate", "segments")))
+        coverage = other.label_coverage if other.label_coverage != 1.0 else self.label_coverage
+        sources = " + ".join(s for s in (self.source, other.source) if s)
+        return RegistryBaseline(kpis, other.prevalence if other.prevalence is not None
+                                else self.prevalence, coverage, sources or None)
+
     @classmethod
     def from_file(cls, path: str | Path) -> RegistryBaseline:
         """Read a YAML or JSON baseline file; raises ``UsageError`` naming the problem."""

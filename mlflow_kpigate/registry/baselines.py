@@ -17,7 +17,14 @@ Baseline KPIs (:meth:`BaselineKpis.baseline_kpis`)
     two values (σ needs two); otherwise a single value is used (live first) with σ None, so
     no control limit is drawn from it. ``n`` is the number of values behind μ and σ (σ is
     the sample standard deviation). The run metric ``prevalence``, when logged as a
-    fraction, becomes the baseline's prevalence for planning.
+    fraction, becomes the baseline's prevalence for planning, ``label_coverage`` its label
+    coverage.
+
+Planning figures (``kpigate plan --model``, the create-time forecast)
+    A KPI's per-request figures are run metrics named after its registry metric:
+    ``<key>.unit_sd`` (σ of one request's value on the tested scale, e.g. of log-latency),
+    ``<key>.rate`` and ``<key>.segments`` (a fairness KPI's rate in a typical segment and
+    the number of segments).
 """
 
 from __future__ import annotations
@@ -25,6 +32,8 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
 
 from mlflow.entities import RunStatus
 from mlflow.exceptions import MlflowException
@@ -48,6 +57,27 @@ def _summary(values: Sequence[float]) -> BaselineKpi:
     return BaselineKpi(mean=statistics.fmean(values), std=std, n=len(values))
 
 
+def _planning_figures(policy: Policy, metrics: dict[str, float]
+                      ) -> dict[str, dict[str, Any]]:
+    """Each KPI's ``<key>.unit_sd``, ``.rate`` and ``.segments`` run metrics, if logged."""
+    out: dict[str, dict[str, Any]] = {}
+    for kpi in policy.kpis:
+        key = kpi.registry_metric or kpi.name
+        found: dict[str, Any] = {}
+        for field in ("unit_sd", "rate", "segments"):
+            value = metrics.get(f"{key}.{field}")
+            if value is None or not math.isfinite(value) or value < 0:
+                continue
+            if field == "segments":
+                if value >= 2 and value == int(value):
+                    found[field] = int(value)
+            else:
+                found[field] = float(value)
+        if found:
+            out[kpi.name] = found
+    return out
+
+
 class BaselineKpis(MlflowAccess):
     """Reading a version's baseline KPIs (which source wins: the module docstring)."""
 
@@ -55,6 +85,8 @@ class BaselineKpis(MlflowAccess):
         """μ, σ and n per policy KPI for ``ref`` (which source wins: module docstring)."""
         offline: dict[str, list[float]] = {}
         prevalence: float | None = None
+        coverage = 1.0
+        planning: dict[str, dict[str, Any]] = {}
         run_label = ""
         if ref.run_id:
             metrics = self._run_metrics(ref.run_id)
@@ -72,6 +104,10 @@ class BaselineKpis(MlflowAccess):
             value = metrics.get("prevalence")
             if value is not None and 0 < value < 1:
                 prevalence = float(value)
+            value = metrics.get("label_coverage")
+            if value is not None and 0 < value <= 1:
+                coverage = float(value)
+            planning = _planning_figures(policy, metrics)
 
         live = self._rollout_values(ref, policy)
         kpis: dict[str, BaselineKpi] = {}
@@ -88,10 +124,10 @@ class BaselineKpis(MlflowAccess):
                 values, where = ov, run_label
             else:
                 continue
-            kpis[kpi.name] = _summary(values)
+            kpis[kpi.name] = replace(_summary(values), **planning.get(kpi.name, {}))
             notes.append(f"{kpi.name} from {where}")
         detail = "; ".join(notes) if notes else "no matching metrics"
-        return RegistryBaseline(kpis=kpis, prevalence=prevalence,
+        return RegistryBaseline(kpis=kpis, prevalence=prevalence, label_coverage=coverage,
                                 source=f"{ref.uri}: {detail}")
 
     def _run_metrics(self, run_id: str) -> dict[str, float]:
