@@ -44,7 +44,8 @@ CONTROLLER_METRICS = {
     "kpigate_kpi_interval_lower", "kpigate_kpi_interval_upper", "kpigate_kpi_samples",
     "kpigate_decisions_total", "kpigate_evaluations_total",
     "kpigate_last_evaluation_timestamp_seconds", "kpigate_metrics_unavailable",
-    "kpigate_readiness_waiting_seconds",
+    "kpigate_readiness_waiting_seconds", "kpigate_stage_decision_eta_seconds",
+    "kpigate_stage_forecast_duration_seconds", "kpigate_stage_max_duration_seconds",
 }
 #: Series the in-cluster collector exports (histograms by their sample names).
 COLLECTOR_METRICS = {
@@ -658,7 +659,7 @@ EXPECTED_SEVERITY = {
     "KpigateMetricsUnavailable": "warning", "KpigateReadinessWaitingTooLong": "warning",
     "KpigateCollectorRejectingEvents": "warning", "KpigateNoLabelsArriving": "warning",
     "KpigateCollectorDown": "warning", "KpigatePromoted": "info",
-    "KpigateStageAdvanced": "info",
+    "KpigateStageAdvanced": "info", "KpigateStageCannotDecideInTime": "warning",
 }
 
 

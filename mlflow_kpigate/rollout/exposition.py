@@ -9,6 +9,15 @@ exported too: ``kpigate_bake_remaining_seconds`` and, per watched KPI, the chang
 detector's statistic and alarm threshold as natural logs
 (``kpigate_bake_detector_log_statistic`` / ``_log_threshold``; an alarm when the first
 reaches the second).
+
+The time-to-decision forecast (``decision.meta["forecast"]``) is exported per remaining
+stage: ``kpigate_stage_decision_eta_seconds{stage, case}``, seconds from the evaluation
+until the gate could decide (``case="equal"``: an equal candidate promoted;
+``case="at_margin"``: a candidate at −detect rolled back; +Inf: not at this traffic),
+``kpigate_stage_forecast_duration_seconds{stage}`` (how long the stage lasts for an equal
+candidate) and ``kpigate_stage_max_duration_seconds{stage}`` (the policy's limit), so the
+alert rule ``KpigateStageCannotDecideInTime`` compares the two. Series of stages the
+forecast no longer covers (passed, or not reached) are removed.
 """
 
 from __future__ import annotations
@@ -20,6 +29,7 @@ from collections.abc import Callable
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
 from mlflow_kpigate.core.bake import DetectorView, bake_view
+from mlflow_kpigate.core.forecast import forecast_view
 from mlflow_kpigate.core.state import Phase, RolloutState
 from mlflow_kpigate.gate import Decision
 
@@ -80,6 +90,18 @@ class DecisionMetrics:
         self.detector_threshold = Gauge("kpigate_bake_detector_log_threshold",
                                         "ln of that stream's alarm threshold.",
                                         ["deployment", "kpi"], registry=r)
+        self.eta = Gauge("kpigate_stage_decision_eta_seconds",
+                         "Forecast seconds until the gate can decide in each remaining stage "
+                         "(case equal: an equal candidate promoted; at_margin: a candidate "
+                         "at -detect rolled back).", ["deployment", "stage", "case"],
+                         registry=r)
+        self.stage_duration = Gauge("kpigate_stage_forecast_duration_seconds",
+                                    "Forecast length of each remaining stage for an equal "
+                                    "candidate.", ["deployment", "stage"], registry=r)
+        self.max_duration = Gauge("kpigate_stage_max_duration_seconds",
+                                  "The policy's max_duration of each remaining stage that "
+                                  "has one.", ["deployment", "stage"], registry=r)
+        self._forecast_labels: set[tuple[Gauge, tuple[str, ...]]] = set()
         for action in ("promote", "hold", "rollback"):
             self.decisions.labels(deployment, action)  # export zeros from the start
         self.evaluations.labels(deployment)
@@ -107,6 +129,7 @@ class DecisionMetrics:
         self.last_eval.labels(d).set(now())
         self.unavailable.labels(d).set(1 if decision.meta.get("metrics_unavailable") else 0)
         self._bake(decision)
+        self._forecast(decision)
         for ev in decision.evidence:
             for role, value in (("baseline", ev.baseline_value),
                                 ("candidate", ev.candidate_value)):
@@ -129,6 +152,27 @@ class DecisionMetrics:
         for kpi, det in closest.items():
             _set(self.detector.labels(d, kpi), det.log_statistic)
             _set(self.detector_threshold.labels(d, kpi), det.log_threshold)
+
+    def _forecast(self, decision: Decision) -> None:
+        fc = forecast_view(decision)
+        if fc is None and decision.meta.get("metrics_unavailable"):
+            return  # a hold without data: keep the last forecast's series
+        d = self.deployment
+        seen: set[tuple[Gauge, tuple[str, ...]]] = set()
+
+        def put(gauge: Gauge, labels: tuple[str, ...], value: float) -> None:
+            gauge.labels(*labels).set(value)
+            seen.add((gauge, labels))
+
+        for s in fc.stages if fc is not None else ():
+            put(self.eta, (d, s.stage, "equal"), s.equal_s)
+            put(self.eta, (d, s.stage, "at_margin"), s.at_margin_s)
+            put(self.stage_duration, (d, s.stage), s.duration_s)
+            if s.max_duration_s is not None:
+                put(self.max_duration, (d, s.stage), s.max_duration_s)
+        for gauge, labels in self._forecast_labels - seen:
+            gauge.remove(*labels)
+        self._forecast_labels = seen
 
     def serve(self, host: str, port: int) -> Callable[[], None]:
         """Serve ``/metrics`` on ``host:port`` in a thread; returns a function that stops it."""
