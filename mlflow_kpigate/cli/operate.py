@@ -17,6 +17,7 @@ import requests
 from mlflow_kpigate.cli.tables import evidence_table
 from mlflow_kpigate.core.bake import bake_view
 from mlflow_kpigate.core.errors import KpigateError, UsageError
+from mlflow_kpigate.core.forecast import forecast_view
 from mlflow_kpigate.deploy.config import parse_config
 from mlflow_kpigate.deploy.finish import write_report
 from mlflow_kpigate.deploy.local import LocalDeployer
@@ -33,6 +34,24 @@ def _deployer() -> LocalDeployer:
     return LocalDeployer()
 
 
+#: Phases whose forecast is history, not a forecast.
+ENDED = ("promoted", "rolled_back", "aborted", "baking")
+
+
+def forecast_lines(decision: Any, indent: str = "  ") -> list[str]:
+    """The forecast a decision carries, as ``kpigate status`` and ``watch`` show it."""
+    fc = forecast_view(decision) if decision is not None else None
+    if fc is None:
+        return []
+    lines = [f"{indent}forecast: {fc.line()}"]
+    if len(fc.stages) > 1:
+        lines.append(f"{indent}  stages: {fc.path()}")
+    lines.append(f"{indent}  at {fc.basis_line()}")
+    lines += [f"{indent}  not counted: {n}" for n in fc.notes]
+    lines += [f"{indent}warning: {w}" for w in fc.warnings()]
+    return lines
+
+
 def _status_lines(name: str, state_dir: str | None) -> list[str]:
     info = _deployer().describe(name, _config(state_dir))
     lines = [
@@ -47,6 +66,8 @@ def _status_lines(name: str, state_dir: str | None) -> list[str]:
     view = bake_view(decision) if info["phase"] == "baking" else None
     if view is not None:
         lines.append(f"  bake: {view.line()}")
+    if info["phase"] not in ENDED:
+        lines += forecast_lines(decision)
     if decision is not None:
         policy = _deployer().open(name, _config(state_dir)).policy
         lines.append("  evidence (anytime-valid bounds, positive = candidate better):")
@@ -87,6 +108,8 @@ def watch_command(name: str, state_dir: str | None, timeout: float | None) -> No
                 body = rec.event.body()
                 what = body.get("reason") or body.get("weights") or ""
                 click.echo(f"{stamp} {rec.kind:<18} {body.get('stage', ''):<7} {what}"[:240])
+                for line in forecast_lines(body.get("decision"), " " * 9)[:2]:
+                    click.echo(line[:240])
             state = store.require()
             if state.phase.terminal and not state.effects_pending:
                 click.echo(f"{name}: {state.status} — {state.reason}")

@@ -170,6 +170,20 @@ class Forecast:
                     f"{fmt_rate(eta.unit_rate)}")
         return f"{stage.binds} binds"
 
+    def path(self) -> str:
+        """``5% ~3.2 h → 25% ~40.0 h → 50% ~7.2 d``: each stage's length (the current
+        one's time left)."""
+        def left(s: StageEta) -> float:
+            return s.equal_s if s.stage_index == self.stage_index else s.duration_s
+
+        return " → ".join(f"{s.stage} {fmt_eta(left(s))}" for s in self.stages)
+
+    def basis_line(self) -> str:
+        """``2 requests/s, 100% labelled after 1.0 h (measured over 3.0 h of 5%)``."""
+        lag = fmt_eta(self.label_lag_s).lstrip("~") if self.label_lag_s > 0 else "at once"
+        return (f"{self.request_rate:.3g} requests/s, {self.labels_per_request:.0%} labelled "
+                f"after {lag} ({self.basis})")
+
     def warnings(self) -> list[str]:
         """One line per stage that cannot decide within its ``max_duration``."""
         out = []

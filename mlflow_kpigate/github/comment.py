@@ -9,6 +9,8 @@
 3. per stage, the KPI table of the stage's last evaluation (baseline and candidate
    estimates, Δ, the anytime-valid interval, margin, samples seen / needed, verdict), the
    rows of :mod:`mlflow_kpigate.report.kpi_table` as the report shows them;
+   then the time-to-decision forecasts per stage against the actual (and, while the
+   rollout runs, the latest forecast), as the report shows them;
 4. the traffic timeline, and the Mermaid charts of :mod:`.charts`;
 5. every evaluation in a ``<details>`` block, newest first;
 6. the hidden marker ``<!-- kpigate:MODEL -->`` that makes the comment sticky.
@@ -37,12 +39,15 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from mlflow_kpigate.core.decision import Decision
+from mlflow_kpigate.core.forecast import HEADERS
+from mlflow_kpigate.core.state import Phase
 from mlflow_kpigate.github.api import GitHubClient
 from mlflow_kpigate.github.charts import charts
 from mlflow_kpigate.github.outcome import outcome_of
 from mlflow_kpigate.github.record import Evaluation, Links, RolloutRecord
 from mlflow_kpigate.policy import Policy
 from mlflow_kpigate.report.blocks import md_escape
+from mlflow_kpigate.report.forecast import RECORD_HEADERS, latest, record_rows, stage_records
 from mlflow_kpigate.report.formats import DASH, fmt_count
 from mlflow_kpigate.report.kpi_table import Column, kpi_rows, table_cells, verdict_badge
 
@@ -211,6 +216,27 @@ def _stages(record: RolloutRecord) -> list[str]:
     return out
 
 
+def _forecast(record: RolloutRecord) -> list[str]:
+    """Per stage the forecast time to decision against the actual; the latest forecast of
+    a rollout still running (:mod:`mlflow_kpigate.report.forecast`)."""
+    decisions = [e.decision for e in record.evaluations]
+    records = stage_records(decisions, [e.time for e in record.evaluations])
+    phase = record.state.phase
+    fc = latest(decisions) if not phase.terminal and phase is not Phase.BAKING else None
+    if not records and fc is None:
+        return []
+    out = ["#### Time to decision (forecast)", ""]
+    if records:
+        out += [*_table(RECORD_HEADERS, [[text(c) for c in row]
+                                         for row in record_rows(records)]), ""]
+    if fc is not None:
+        out += [f"**Now:** {text(fc.line())}", "", f"**Traffic:** {text(fc.basis_line())}",
+                "", *_table(HEADERS, [[text(c) for c in row] for row in fc.rows()]), ""]
+        out += [f"**Warning:** {text(w)}" for w in fc.warnings()]
+        out += [""] if fc.warnings() else []
+    return out
+
+
 def _timeline(record: RolloutRecord) -> list[str]:
     out = ["#### Traffic timeline", ""]
     if not record.traffic:
@@ -249,7 +275,7 @@ def render(record: RolloutRecord, links: Links, *, model: str | None = None,
     """
     name = model or record.state.model_name
     head = [headline(record, name), "", *_summary(record, links), "",
-            *_stages(record), *_timeline(record), *charts(record)]
+            *_stages(record), *_forecast(record), *_timeline(record), *charts(record)]
     tail = ["", marker(name)] if with_marker else []
     details = _details(record)
     open_tag = [f"<details><summary>Every evaluation ({len(record.evaluations)}, newest "

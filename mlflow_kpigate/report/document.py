@@ -1,7 +1,8 @@
 """The report's sections, as a block list (:mod:`.blocks`) rendered to markdown and HTML.
 
 The outcome and its reason first; then, per stage, the KPI table of the stage's last
-evaluation and the stage's checks; the bake after promotion, if there was one; the
+evaluation and the stage's checks; the time-to-decision forecasts against the stages'
+actual lengths (:mod:`.forecast`); the bake after promotion, if there was one; the
 traffic timeline; a per-KPI summary; every
 decision; the charts (written beforehand by :mod:`.build`).
 """
@@ -17,6 +18,7 @@ from mlflow_kpigate.core.decision import Action, Decision
 from mlflow_kpigate.core.state import ROLLED_BACK_AFTER_PROMOTION, Phase, RolloutState
 from mlflow_kpigate.policy import KpiSpec, Policy
 from mlflow_kpigate.report.blocks import Block, Heading, Image, Para, Table
+from mlflow_kpigate.report.forecast import forecast_blocks
 from mlflow_kpigate.report.formats import (
     DASH,
     finite,
@@ -168,6 +170,8 @@ def document(state: RolloutState, decisions: Sequence[Decision], timestamps: Seq
                  f"{c.needed:,.0f}" if finite(c.needed) else DASH, "yes" if c.met else "no"]
                 for c in d.checks]))
 
+    blocks += forecast_blocks(decisions, timestamps, not state.phase.terminal
+                              and state.phase is not Phase.BAKING)
     blocks += _bake(state, decisions, timestamps)
 
     blocks.append(Heading("Traffic timeline", 2))
