@@ -8,6 +8,7 @@ and what would fix it.
 from __future__ import annotations
 
 import difflib
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -35,6 +36,12 @@ KEYS: dict[str, str] = {
                  "(default $KPIGATE_STATE_DIR or ~/.kpigate)",
     "threshold": "score at or above which a prediction counts as positive (default 0.5)",
     "action": "update only: promote | rollback | pause | resume the running rollout",
+    "expected_rps": "expected live requests per second: create prints the forecast time to "
+                    "decision of every stage from the registry baseline and warns (does not "
+                    "fail) when a stage cannot decide within its max_duration (default: the "
+                    "controller forecasts from the measured traffic and warns once)",
+    "label_delay": "with expected_rps: how long labels take to arrive, e.g. 1h (default: "
+                   "the policy's evaluation.maturity)",
     # Seldon Core on Kubernetes (targets kpigate:/seldon/NAMESPACE)
     "seldon_version": "kpigate:/seldon only: 1 (SeldonDeployment, default) or 2 "
                       "(Model + Experiment)",
@@ -79,6 +86,8 @@ class DeploymentConfig:
     state_dir: Path | None = None
     threshold: float = 0.5
     action: str | None = None
+    expected_rps: float | None = None
+    label_delay: float | None = None
     seldon_version: int = 1
     env_secret: str | None = None
     collector_url: str | None = None
@@ -177,8 +186,32 @@ def parse_config(raw: Mapping[str, Any] | None, *, allow_action: bool = False
         if action not in ACTIONS:
             raise UsageError(f"-C action={raw['action']}: must be one of {', '.join(ACTIONS)}")
         values["action"] = action
+    values.update(_forecast_values(raw))
     values.update(_seldon_values(raw))
     return DeploymentConfig(**values)
+
+
+def _forecast_values(raw: Mapping[str, Any]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    if "expected_rps" in raw:
+        try:
+            rps = float(str(raw["expected_rps"]).strip())
+        except ValueError:
+            raise UsageError(f"-C expected_rps={raw['expected_rps']}: must be a number of "
+                             "requests per second, e.g. 2 or 0.5") from None
+        if not (math.isfinite(rps) and rps > 0):
+            raise UsageError(f"-C expected_rps={raw['expected_rps']}: must be requests per "
+                             "second > 0")
+        values["expected_rps"] = rps
+    if "label_delay" in raw:
+        if "expected_rps" not in raw:
+            raise UsageError("-C label_delay: only with -C expected_rps (it sizes the forecast "
+                             "create prints; the controller measures the delay itself)")
+        try:
+            values["label_delay"] = parse_duration(str(raw["label_delay"]).strip())
+        except ValueError as exc:
+            raise UsageError(f"-C label_delay={raw['label_delay']}: {exc}") from None
+    return values
 
 
 def _url(key: str, value: Any) -> str:

@@ -5,7 +5,10 @@
 * :func:`freeze_policy`: the user's policy with ``-C stages`` applied, copied into the
   rollout's directory so that every later decision (and its replay) uses the same one;
 * :func:`save_registry_baseline` / :func:`load_registry_baseline`: the registry baseline
-  KPIs read at creation, kept beside the state so restarts decide on the same figures.
+  KPIs read at creation, kept beside the state so restarts decide on the same figures;
+* :func:`forecast_lines`: with ``-C expected_rps``, the forecast time to decision of every
+  stage from the registry baseline, and a warning per stage that cannot decide within its
+  ``max_duration`` (a warning only: the rollout starts anyway).
 """
 
 from __future__ import annotations
@@ -18,9 +21,12 @@ from typing import Any
 import yaml
 
 from mlflow_kpigate.core.baseline import RegistryBaseline
+from mlflow_kpigate.core.durations import format_duration
 from mlflow_kpigate.core.errors import UsageError
+from mlflow_kpigate.core.forecast import fmt_eta
 from mlflow_kpigate.core.refs import ModelRef
 from mlflow_kpigate.deploy.config import DeploymentConfig
+from mlflow_kpigate.gate.forecast import plan_forecast
 from mlflow_kpigate.policy import KpiKind, Policy, load_policy
 from mlflow_kpigate.rollout.ports import Registry
 
@@ -82,6 +88,36 @@ def output_warnings(registry: Registry, policy: Policy, refs: dict[str, ModelRef
                        "pyfunc_predict_fn='predict_proba' (the rollout goes on and "
                        "reports this reason for those KPIs)")
     return out
+
+
+def forecast_lines(policy: Policy, baseline: RegistryBaseline | None,
+                   cfg: DeploymentConfig) -> list[str]:
+    """The create-time forecast as progress lines (none without ``-C expected_rps``)."""
+    if cfg.expected_rps is None:
+        return []
+    rps = cfg.expected_rps
+    fc = plan_forecast(policy, baseline or RegistryBaseline(), rps, cfg.label_delay or 0.0,
+                       f"-C expected_rps={rps:g}")
+    decisive = [k.name for k in policy.kpis if k.decides]
+    left_out = [n.split(":", 1)[0] for n in fc.notes if n.split(":", 1)[0] in decisive]
+    if len(left_out) == len(decisive):
+        return [f"kpigate: no forecast: the registry baseline has no planning figures for "
+                f"{', '.join(left_out)} ({'; '.join(fc.notes)}); the controller forecasts "
+                "from the measured traffic once the rollout runs"]
+    lag = format_duration(fc.label_lag_s)
+    lines = [f"kpigate: forecast at {rps:g} requests/s, labels after {lag}: "
+             f"{fc.path()}; full rollout {fmt_eta(fc.full_rollout_s)} for a candidate "
+             "equal to the baseline"]
+    for stage in fc.stages:
+        lines.append(f"kpigate:   {stage.stage}: {fmt_eta(stage.duration_s)} ({stage.binds} "
+                     f"binds); a candidate at −detect rolled back after "
+                     f"{fmt_eta(stage.margin_duration_s)} ({stage.margin_binds or '—'})")
+    if left_out:
+        lines.append(f"kpigate: the forecast leaves out {', '.join(left_out)} (no planning "
+                     "figures in the registry; see `kpigate plan --model`): the controller "
+                     "adds them from the measured traffic")
+    lines += [f"kpigate: warning: {w}" for w in fc.warnings()]
+    return lines
 
 
 def save_registry_baseline(directory: Path, baseline: RegistryBaseline | None) -> Path:

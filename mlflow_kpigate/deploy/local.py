@@ -29,6 +29,7 @@ from mlflow_kpigate.deploy.config import deployment_dir, parse_config, state_dir
 from mlflow_kpigate.deploy.deployer import Progress, Rollout
 from mlflow_kpigate.deploy.finish import finish_rollout
 from mlflow_kpigate.deploy.inputs import (
+    forecast_lines,
     freeze_policy,
     output_warnings,
     resolve_versions,
@@ -44,7 +45,7 @@ from mlflow_kpigate.rollout.ports import Registry
 FLAVOR = "python_function"
 #: Audit event kinds shown while waiting for a rollout.
 PROGRESS_KINDS = ("created", "promote", "hold", "rollback", "aborted", "operator_promote",
-                  "operator_rollback", "operator_pause", "operator_resume")
+                  "operator_rollback", "operator_pause", "operator_resume", "forecast_warning")
 
 
 def mlflow_registry(uri: str) -> Registry:
@@ -99,7 +100,11 @@ class LocalDeployer:
                                                               "baseline": baseline}):
                 if progress:
                     progress(warning)
-            save_registry_baseline(directory, registry.baseline_kpis(baseline, policy))
+            baseline_kpis = registry.baseline_kpis(baseline, policy)
+            save_registry_baseline(directory, baseline_kpis)
+            for line in forecast_lines(policy, baseline_kpis, cfg):
+                if progress:
+                    progress(line)
             run_id = registry.start_rollout_run(
                 deployment=name, candidate=candidate, baseline=baseline,
                 policy_file=policy_file,

@@ -33,6 +33,7 @@ from mlflow_kpigate.deploy.config import DeploymentConfig, parse_config
 from mlflow_kpigate.deploy.deployer import Progress, Rollout
 from mlflow_kpigate.deploy.finish import finish_rollout
 from mlflow_kpigate.deploy.inputs import (
+    forecast_lines,
     freeze_policy,
     output_warnings,
     resolve_versions,
@@ -109,6 +110,9 @@ class SeldonDeployer:
             say(warning)
         check_stages(policy)
         check_policy(policy, target.seldon_version)  # a KPI Prometheus cannot measure: exit 2
+        if cfg.expected_rps is not None:
+            for line in forecast_lines(policy, registry.baseline_kpis(baseline, policy), cfg):
+                say(line)
         first = transitions.stage_weights(policy.stages[0])
         manifests: list[dict[str, Any]]
         if target.seldon_version == 2:

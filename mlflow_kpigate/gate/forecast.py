@@ -16,12 +16,15 @@ request) and count once their label has arrived, L = the label lag after the req
 started less than L ago still adds to the previous stage's stratum. Then, per stage j
 starting at t_j:
 
-* **equal candidate** (Δ = 0): its promotion bound δ̂ − r(v) clears −s_j·m when
-  r(v) ≤ s_j·m, i.e. at the information I*_j = 1 / v* with v* the variance at which the
-  one-sided boundary's radius is s_j·m (α_promote, τ² tuned to m, as the gate; the same
-  v* as the gate's ``samples_needed``). The stage promotes at the latest of: every
-  decisive KPI reaching its I*_j, ``min_dwell``, ``min_samples.requests`` (counted at
-  once) and ``min_samples.labelled`` (after L), rounded up to the next evaluation;
+* **equal candidate** (Δ = 0 from now on): its promotion bound δ̂ − r(v) clears −s_j·m
+  once E[δ̂] − r(v) ≥ −s_j·m and the guard's E[δ̂] > −m, where E[δ̂] carries the
+  candidate's current estimate with the weight of the evidence it rests on
+  (:func:`~.forecast_bounds.equal_clears`; before any estimate, and for one test, this
+  is r(v) ≤ s_j·m: the information I*_j = 1 / v* at which the one-sided radius is s_j·m,
+  α_promote and τ² tuned to m as the gate, the v* of the gate's ``samples_needed``).
+  The stage promotes at the latest of: every decisive KPI clearing, ``min_dwell``,
+  ``min_samples.requests`` (counted at once) and ``min_samples.labelled`` (after L),
+  rounded up to the next evaluation;
 * **at −detect**: a candidate worse by the KPI's ``detect`` (default 1.75 × margin) sits
   d = detect − m_r·m below the rollback threshold; its upper bound falls below the
   threshold when r(v) ≤ d (the KPI's α_rollback share split over its tests, τ² tuned to d,
@@ -29,11 +32,12 @@ starting at t_j:
   staying at stage j (a worse candidate is not promoted); ``on_timeout: rollback`` caps it
   at ``max_duration``.
 
-Both take the estimate at its expected value (Δ = 0, Δ = −detect): they are *median*
-crossing times of the bound, like ``samples_needed``. The simulation check in
-``tests/test_forecast.py`` and the low-traffic benchmark (docs/statistics.md) measure how
-they compare with the gate's actual decisions, which come at the first look the bound
-crosses.
+Both take the estimate at its expected value: they are the times the *expected* bound
+crosses. The gate decides at the first look its random bound crosses; for a Brownian
+estimate and this boundary the mean of that first passage is 0.92–1.0 times the
+information of the expected crossing and its median 0.77–0.91 times (simulated,
+docs/statistics.md), so the forecast estimates the mean time to decision. The simulation
+check in ``tests/test_forecast.py`` and the low-traffic benchmark measure it.
 
 Stage j + 1 starts when stage j promotes; a stage whose ``max_duration`` passes first
 keeps holding (``hold_and_alert``: the gate still promotes once the evidence is there),
@@ -45,12 +49,11 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 
 from mlflow_kpigate.core.baseline import RegistryBaseline
 from mlflow_kpigate.core.forecast import INF, MIN_DWELL, MIN_SAMPLES, Forecast, KpiEta, StageEta
 from mlflow_kpigate.core.samples import StageSample
-from mlflow_kpigate.gate.boundaries import one_sided_radius, tau2_for_radius, variance_for_radius
+from mlflow_kpigate.gate.forecast_bounds import equal_clears, info_to_detect, info_to_promote
 from mlflow_kpigate.gate.forecast_models import KpiModel, kpi_models, total_effective
 from mlflow_kpigate.gate.forecast_traffic import Traffic
 from mlflow_kpigate.policy import OnTimeout, Policy, Stage
@@ -66,32 +69,6 @@ class _Window:
     stage_index: int
     start: float
     end: float
-
-
-@lru_cache(maxsize=1024)
-def _vstar(multiple: float, alpha: float) -> float:
-    """Variance at which the one-sided radius is ``multiple`` with τ² tuned to radius 1.
-
-    Scaling v and τ² together scales the radius by the same square root, so for a scale m
-    the variance is m² times this.
-    """
-    return variance_for_radius(multiple, tau2_for_radius(1.0, alpha), alpha)
-
-
-def info_to_promote(model: KpiModel, stage: Stage) -> float:
-    """I*: the information at which an equal candidate's bound clears −(s · m)."""
-    v = model.scale ** 2 * _vstar(round(stage.promote_margin_scale, 9), round(
-        model.alpha_promote, 12))
-    return 1.0 / v if v > 0 else INF
-
-
-def info_to_detect(model: KpiModel) -> float:
-    """I*_r: the information at which a candidate at −detect is rolled back."""
-    d = model.detect_distance
-    if not (math.isfinite(d) and d > 0):
-        return INF
-    v = d * d * _vstar(1.0, round(model.alpha_rollback, 12))
-    return 1.0 / v if v > 0 else INF
 
 
 def shares(stage: Stage) -> tuple[float, float]:
@@ -138,28 +115,6 @@ def _first(ok: Callable[[float], bool], lo: float) -> float:
         else:
             a = mid
     return b
-
-
-def equal_clears(model: KpiModel, stage: Stage, units: Sequence[tuple[float, float]],
-                 need: float) -> bool:
-    """Whether an equal candidate's promotion bound (and the guard) would clear with
-    ``units`` ((candidate, baseline) per stratum); ``need`` is :func:`info_to_promote`."""
-    info = model.info_promote * total_effective(units, model.merged)
-    if model.family_spread <= 0:
-        return info >= need
-    nc, nb = sum(c for c, _ in units), sum(b for _, b in units)
-    if not (info > 0 and nc > 0 and nb > 0):
-        return False
-    v = 1.0 / info
-    # The worst pair's expected estimate (forecast_models.KpiModel.family_spread): below
-    # 0 by the spread times the candidate's excess sd over the baseline's.
-    shortfall = model.family_spread * (nc ** -0.5 - nb ** -0.5) / math.sqrt(
-        1.0 / nc + 1.0 / nb) * math.sqrt(v)
-    radius = one_sided_radius(v, tau2_for_radius(model.scale, model.alpha_promote),
-                              model.alpha_promote)
-    # The bound clears −s·m, and the guard wants the estimate itself within −m.
-    return (shortfall + radius <= stage.promote_margin_scale * model.scale
-            and shortfall < model.scale)
 
 
 def _on_grid(x: float, interval: float, earliest: float) -> float:

@@ -65,6 +65,16 @@ class KpiModel:
     # baseline's, E ≈ d₂(S)/√2 · (sd_b − sd_c) per unit of the pair's sd (d₂ the expected
     # range of S normals). 0 for a single test.
     family_spread: float = 0.0
+    # Where the candidate stands now (its real estimates, not the baseline's mirror): the
+    # smallest promotion estimate and the promotion guard's estimate, and the effective
+    # units they rest on. An equal candidate's later data pull them towards its expected
+    # value with weight H_now / H (NaN: no estimate, forecast from the expected value).
+    estimate: float = math.nan
+    guard_estimate: float = math.nan
+    h_now: float = 0.0
+    # The margin is in the statistic (quantiles: tested against 0, an equal candidate's
+    # expected estimate is the stage's scale × the margin).
+    margin_in_statistic: bool = False
 
 
 #: d₂(S): the expected range of S independent standard normals (control-chart constants).
@@ -195,10 +205,17 @@ def _measured(policy: Policy, kpi: KpiSpec, strata: Strata, m_promote: float, al
         traffic.labels_per_request if kpi.needs_labels else 1.0)
     # Ordered pairs of S segments: S(S − 1) tests.
     segments = round((1 + math.sqrt(1 + 4 * n_tests)) / 2) if merged else 0
+    # A quantile's statistic moves with the stage's scale (the threshold t(1 + s·m)), so
+    # its estimate now says nothing about a later stage's: forecast it unconditionally.
+    quantile = kpi.kind is KpiKind.QUANTILE
+    usable = [t.delta for t in real.promote_tests if t.usable]
     return KpiModel(kpi.name, unit_name(kpi), kpi.needs_labels, merged,
                     1.0 / max(prom) / h, 1.0 / max(roll) / h, (per, per), units,
                     real.scale, policy.evaluation.alpha_promote, real.rollback_tau_scale,
-                    alpha_r / len(roll), "measured", fairness_spread(segments))
+                    alpha_r / len(roll), "measured", fairness_spread(segments),
+                    math.nan if quantile or not usable else min(usable),
+                    math.nan if quantile else real.guard_estimate,
+                    total_effective([(c, b) for _, c, b in units], merged), quantile)
 
 
 def _planned(policy: Policy, kpi: KpiSpec, registry: RegistryBaseline | None,
@@ -232,4 +249,5 @@ def _planned(policy: Policy, kpi: KpiSpec, registry: RegistryBaseline | None,
     return KpiModel(kpi.name, unit_name(kpi), kpi.needs_labels, fair,
                     info, info, (per, per), (), unit.margin, policy.evaluation.alpha_promote,
                     rollback_distance(unit.margin, unit.detect, m_r), alpha_r / tests,
-                    "registry", fairness_spread(segments) if fair else 0.0)
+                    "registry", fairness_spread(segments) if fair else 0.0,
+                    margin_in_statistic=kpi.kind is KpiKind.QUANTILE)

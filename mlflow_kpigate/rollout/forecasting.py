@@ -12,15 +12,17 @@ compares decisions without this key), from:
   the audit log once when the controller starts and kept in memory after that;
 * the evaluation's own samples and the registry baseline (per-KPI models).
 
-Once per rollout, when the forecast from measured traffic (at least
-:data:`WARN_AFTER_S` into a stage) says a stage cannot decide within its
-``max_duration``, it returns a :class:`~mlflow_kpigate.core.events.ForecastWarning` for
-the audit log: ``create -C wait=true``, ``kpigate watch`` and ``status`` show it; it sends
-no alert (nothing is wrong yet).
+Once per rollout, when the forecast from traffic measured over at least two evaluations
+and :data:`WARN_AFTER_S` of a stage (a tenth of its ``max_duration`` if that is
+shorter) says a stage cannot decide within its ``max_duration``, it returns a
+:class:`~mlflow_kpigate.core.events.ForecastWarning` for the audit log:
+``create -C wait=true``, ``kpigate watch`` and ``status`` show it; it sends no alert
+(nothing is wrong yet).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
 from mlflow_kpigate.core.baseline import RegistryBaseline
@@ -89,9 +91,13 @@ class Forecaster:
         """Record a saved evaluation's observation; the once-only warning, if it is due."""
         if obs is None:
             return None
-        self._history().append(obs)
+        history = self._history()
+        history.append(obs)
         raw = evaluation.decision.meta.get(META_KEY)
-        if self._warned or not isinstance(raw, dict) or obs.elapsed_s < WARN_AFTER_S:
+        stage = self.policy.stages[evaluation.stage_index]
+        due = min(WARN_AFTER_S, 0.1 * (stage.max_duration or math.inf))
+        looks = sum(1 for o in history if o.stage_index == obs.stage_index)
+        if self._warned or not isinstance(raw, dict) or obs.elapsed_s < due or looks < 2:
             return None
         fc = Forecast.from_dict(raw)
         if not (fc.basis.startswith("measured") and fc.request_rate > 0):
@@ -100,5 +106,4 @@ class Forecaster:
         if not warnings:
             return None
         self._warned = True
-        current = self.policy.stages[evaluation.stage_index].describe()
-        return ForecastWarning(current, "forecast: " + "; ".join(warnings), fc.basis)
+        return ForecastWarning(stage.describe(), "forecast: " + "; ".join(warnings), fc.basis)
