@@ -179,10 +179,11 @@ class Forecast:
         return " → ".join(f"{s.stage} {fmt_eta(left(s))}" for s in self.stages)
 
     def basis_line(self) -> str:
-        """``2 requests/s, 100% labelled after 1.0 h (measured over 3.0 h of 5%)``."""
-        lag = fmt_eta(self.label_lag_s).lstrip("~") if self.label_lag_s > 0 else "at once"
+        """``2 requests/s, 100% labelled after 60 min (measured over 3.0 h of 5%)``."""
+        when = f"after {fmt_eta(self.label_lag_s).lstrip('~')}" if self.label_lag_s > 0 \
+            else "at once"
         return (f"{self.request_rate:.3g} requests/s, {self.labels_per_request:.0%} labelled "
-                f"after {lag} ({self.basis})")
+                f"{when} ({self.basis})")
 
     def warnings(self) -> list[str]:
         """One line per stage that cannot decide within its ``max_duration``."""

@@ -17,7 +17,8 @@ labelled predictions in that stage. :func:`measure_traffic` turns them into a
 
 Until the current stage has two labelled evaluations, the figures come from the latest
 earlier stage that had them, else from the ``fallback`` (the registry's label coverage and
-the policy's maturity; with no label yet after ``elapsed``, the lag is at least that).
+the policy's maturity; with no label yet after ``elapsed``, the lag is at least that; with
+one labelled count, the lag that count implies at the fallback's label share).
 Everything here is pure: the controller keeps the observations.
 """
 
@@ -134,10 +135,17 @@ def measure_traffic(policy: Policy, observations: Sequence[Observation], stage_i
         # No label yet after this long: the lag is at least that (a lower bound).
         lag = max(lag, last.elapsed_s)
         basis += f"; no label yet, label delay at least {_span(lag)}"
+    elif last.labelled > 0 and fallback.labels_per_request > 0:
+        # One labelled count: labelled = c · requests(elapsed − L) with the fallback's c.
+        counted = last.requests / last.elapsed_s
+        lag = last.elapsed_s - last.labelled / (fallback.labels_per_request * counted)
+        lag = min(max(lag, policy.evaluation.maturity), last.elapsed_s)
     return replace(fallback, request_rate=rate, label_lag_s=lag, basis=basis)
 
 
 def _span(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
     if seconds < 3600:
         return f"{seconds / 60:.0f} min"
     return f"{seconds / 3600:.1f} h"

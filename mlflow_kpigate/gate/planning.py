@@ -161,7 +161,10 @@ def _unit_of(kpi: KpiSpec, margin_spec: Margin | None, base: BaselineKpi | None,
              registry: RegistryBaseline) -> PlanUnit | Missing | str:
     """The unit for ``kpi`` with ``margin_spec`` on the tested scale as its margin."""
     if base is None:
-        return (_need(kpi, "mean", f"the baseline's value of {kpi.name}"),)
+        # Every figure the KPI lacks, not only its mean: the other checks run on a stand-in.
+        rest = _unit_of(kpi, margin_spec, BaselineKpi(mean=0.5), registry)
+        return (_need(kpi, "mean", f"the baseline's value of {kpi.name}"),
+                *(rest if isinstance(rest, tuple) else ()))
     prev = registry.prevalence
     cov = registry.label_coverage
     margin = margin_spec.value if margin_spec else None
