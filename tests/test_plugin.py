@@ -145,12 +145,21 @@ def wait_phase(env, name, phases, timeout=120):
      "-C policy=/no/such.yaml: file not found"),
     (["--name", "x", "-m", "models:/plugin-model/2", "-C", "stages=5,fifty"],
      "-C stages=5,fifty"),
+    (["--name", "x", "-m", "models:/plugin-model/2", "-C", "expected_rps=abc"],
+     "-C expected_rps=abc: must be a number of requests per second"),
+    (["--name", "x", "-m", "models:/plugin-model/2", "-C", "expected_rps=0"],
+     "-C expected_rps=0: must be requests per second > 0"),
+    (["--name", "x", "-m", "models:/plugin-model/2", "-C", "label_delay=1h"],
+     "-C label_delay: only with -C expected_rps"),
+    (["--name", "x", "-m", "models:/plugin-model/2", "-C", "expected_rps=2", "-C",
+      "label_delay=soon"], "-C label_delay=soon: 'soon' is not a duration"),
 ])
 def test_bad_input_is_one_line_exit_2_and_starts_nothing(env, args, needle):
     r = mlflow_cli(env, "create", *args)
     assert r.returncode == 2, r.stderr
     assert needle in r.stderr
     assert "Traceback" not in r.stderr
+    assert len([ln for ln in r.stderr.splitlines() if needle in ln]) == 1
     assert not (Path(env["env"]["KPIGATE_STATE_DIR"]) / "x").exists()
 
 
@@ -310,18 +319,37 @@ def test_update_with_a_new_model_starts_a_new_rollout(env):
     assert mlflow_cli(env, "delete", "--name", "upd").returncode == 0
 
 
-def test_a_candidate_that_returns_labels_is_named_before_the_rollout(env):
+def test_create_warns_of_label_only_candidates_and_prints_the_forecast(env):
     """AUC needs scores: a label-only candidate is a warning at create time, with the fix,
-    not "insufficient data" for the whole rollout."""
+    not "insufficient data" for the whole rollout. With ``-C expected_rps`` create also
+    prints each stage's forecast time to decision from the registry baseline, and warns
+    (the rollout starts anyway) when a stage cannot decide within its max_duration."""
+    client = mlflow.MlflowClient()
+    run_id = client.get_model_version(env["name"], "1").run_id
+    # The baseline's figures (no σ: no control limits, nothing else in this module changes).
+    client.log_metric(run_id, "error_rate", 0.01)
+    client.log_metric(run_id, "accuracy", 0.8)
     auc = env["root"] / "auc.yaml"
     made = mlflow_cli(env, "create", "--name", "labels", "-m", f"models:/{env['name']}/4",
-                      "-C", f"baseline=models:/{env['name']}/1", "-C", f"policy={auc}")
+                      "-C", f"baseline=models:/{env['name']}/1", "-C", f"policy={auc}",
+                      "-C", "expected_rps=0.05", "-C", "label_delay=1h")
     try:
         assert made.returncode == 0, made.stderr
         assert (f"kpigate: warning: the candidate models:/{env['name']}/4 returns labels, "
                 "not scores: auc need scores; log the model with "
                 "pyfunc_predict_fn='predict_proba'") in made.stderr
-        assert "the baseline" not in made.stderr  # version 1 returns probabilities
+        assert "the baseline models:/" not in made.stderr  # version 1 returns probabilities
+        lines = made.stderr.splitlines()
+        head = next(ln for ln in lines if ln.startswith("kpigate: forecast at "))
+        assert head.startswith("kpigate: forecast at 0.05 requests/s, labels after 1h: 20% ~")
+        # 80 candidate requests at 20% of 0.05 per second: 8,000 s; 40 labelled ones an
+        # hour later at the same rate: 7,600 s. So min_samples binds, past the 10m limit.
+        stage = next(ln for ln in lines if ln.startswith("kpigate:   20%: "))
+        assert stage.startswith("kpigate:   20%: ~2.2 h (min_samples binds)")
+        assert ("kpigate: warning: 20% cannot decide within its max_duration 10m at 0.05 "
+                "requests/s: an equal candidate needs ~2.2 h (min_samples binds); it will "
+                "hold and alert then") in lines
+        assert "deployment labels is created" in made.stdout
     finally:
         mlflow_cli(env, "delete", "--name", "labels")
 

@@ -1,0 +1,149 @@
+"""The forecast where users see it, from a rollout driven by the real controller.
+
+The controller (SQLite store, prediction log; tests/_controller_fixtures.py) keeps the
+forecast in each decision's ``meta["forecast"]`` and warns once, in the audit log, when a
+stage cannot decide within its ``max_duration`` at the measured traffic. ``kpigate
+replay`` reproduces the decisions without it; the Prometheus exposition, ``kpigate
+status``/``watch``, the report and the pull-request comment show it.
+
+The rollout: 40 requests per second (the 5% stage's candidate gets 2 of them) for a stage
+with a 1-minute ``max_duration`` whose ``min_samples`` asks for 300 candidate requests:
+about 150 s, so the forecast warns.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from _controller_fixtures import controller, feed, make_deployment
+from click.testing import CliRunner
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from mlflow_kpigate.cli import main
+from mlflow_kpigate.core.decision import Action
+from mlflow_kpigate.core.events import ForecastWarning
+from mlflow_kpigate.core.forecast import META_KEY, MIN_SAMPLES, forecast_view
+from mlflow_kpigate.core.history import History
+from mlflow_kpigate.deploy.finish import write_report
+from mlflow_kpigate.github.comment import render
+from mlflow_kpigate.github.record import Links, record_of
+from mlflow_kpigate.rollout.exposition import DecisionMetrics
+from mlflow_kpigate.rollout.replay import gate_output, replay
+
+LOOK_S = 5.0
+PER_LOOK = 200  # requests per look: 40 per second
+
+
+@pytest.fixture
+def holding(tmp_path: Path):
+    """Four looks at the 5% stage (the controller restarted before the last one)."""
+    directory, store, policy, clock = make_deployment(tmp_path)
+    metrics = DecisionMetrics("dep")
+    decisions = []
+    ctl = controller(directory, clock, observer=metrics.observe)
+    for look in range(4):
+        if look == 3:
+            # A new controller for the last look: it reads the warning back from the log.
+            ctl = controller(directory, clock, observer=metrics.observe)
+        feed(directory, policy, 0, n=PER_LOOK, seed=look, ts=clock.now)
+        clock.now += LOOK_S
+        decisions.append(ctl.step())
+    assert [d.action for d in decisions] == [Action.HOLD] * 4
+    return tmp_path, directory, store, policy, decisions, metrics
+
+
+def test_each_decision_carries_the_forecast_and_the_warning_comes_once(holding):
+    _root, _directory, store, _policy, decisions, _metrics = holding
+    views = [forecast_view(d) for d in decisions]
+    assert all(v is not None for v in views)
+    last = views[-1]
+    assert last is not None
+    assert last.basis.startswith("measured over")
+    assert last.request_rate == pytest.approx(PER_LOOK / LOOK_S, rel=0.05)
+    now = last.current
+    assert now is not None
+    assert now.stage == "5%"
+    assert now.binds == MIN_SAMPLES
+    # 300 candidate requests at 5% of 40 per second: 150 s from the stage's start.
+    assert now.duration_s == pytest.approx(150, abs=10)
+    assert now.exceeds_max_duration
+    warnings = [r.event for r in store.events() if isinstance(r.event, ForecastWarning)]
+    assert len(warnings) == 1  # once, though three later looks say the same (one restarted)
+    (warning,) = warnings
+    assert warning.stage == "5%"
+    assert warning.reason.startswith("forecast: 5% cannot decide within its max_duration "
+                                     "1m at 40 requests/s: an equal candidate needs")
+    assert "it will hold and alert then" in warning.reason
+    # Not before two looks of the stage: the first look's rate rests on one count.
+    kinds = [r.kind for r in store.events()]
+    assert kinds.index("forecast_warning") == kinds.index("hold") + 2
+
+
+def test_replay_reproduces_the_decisions_without_the_forecast(holding):
+    _root, _directory, store, policy, _decisions, _metrics = holding
+    evaluations = [e.evaluation for e in History.of(store.events()).evaluations()]
+    assert all(META_KEY in e.decision.meta for e in evaluations)
+    result = replay(evaluations, policy)
+    assert result.reproduced
+    for r in result.results:
+        assert r.replayed is not None
+        assert META_KEY not in r.replayed.meta
+        assert gate_output(r.evaluation.decision) == gate_output(r.replayed)
+
+
+def test_prometheus_exports_the_forecast_per_stage_and_case(holding):
+    _root, _directory, _store, _policy, decisions, metrics = holding
+    text = generate_latest(metrics.registry).decode()
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for fam in text_string_to_metric_families(text) for s in fam.samples}
+    fc = forecast_view(decisions[-1])
+    assert fc is not None
+    for stage in fc.stages:
+        labels = (("deployment", "dep"), ("stage", stage.stage))
+        for case, value in (("equal", stage.equal_s), ("at_margin", stage.at_margin_s)):
+            key = ("kpigate_stage_decision_eta_seconds", (("case", case), *labels))
+            assert samples[key] == value
+        assert samples[("kpigate_stage_forecast_duration_seconds", labels)] == \
+            stage.duration_s
+        assert samples[("kpigate_stage_max_duration_seconds", labels)] == 60.0
+    assert {dict(k[1])["stage"] for k in samples
+            if k[0] == "kpigate_stage_decision_eta_seconds"} == {"5%", "50%"}
+
+
+def test_status_and_watch_show_the_forecast(holding):
+    root = holding[0]
+    result = CliRunner().invoke(main, ["status", "dep", "--state-dir", str(root)])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    forecast = next(ln for ln in lines if ln.startswith("  forecast: "))
+    assert " to decide at 5% (min samples bind)" in forecast
+    assert "; full rollout ~" in forecast
+    assert any(ln.startswith("    stages: 5% ~") and "→ 50% ~" in ln for ln in lines)
+    assert any(ln.startswith("    at 40 requests/s, 100% labelled at once (measured over ")
+               for ln in lines), lines
+    assert any(ln.startswith("  warning: 5% cannot decide within its max_duration 1m")
+               for ln in lines)
+    watched = CliRunner().invoke(main, ["watch", "dep", "--state-dir", str(root),
+                                        "--timeout", "0"])
+    assert watched.exit_code == 0, watched.output
+    assert "forecast_warning" in watched.output
+    assert watched.output.count("forecast: ") >= 4  # under every evaluation, and the warning
+
+
+def test_report_and_pull_request_comment_show_the_forecast(holding):
+    _root, directory, store, policy, _decisions, _metrics = holding
+    report = (write_report(directory, store.require(), store, policy) / "report.md").read_text()
+    section = report.split("## Time to decision (forecast)", 1)[1]
+    # The stage's early and last forecast (markdown escapes the "~").
+    assert "| 5% | \\~" in section
+    assert "| running | min\\_samples |" in section
+    assert "Now:" in section
+    assert "Warning:" in section
+    assert "5% cannot decide within its max\\_duration" in section
+    comment = render(record_of(store.require(), History.of(store.events()), policy), Links())
+    part = comment.split("#### Time to decision (forecast)", 1)[1]
+    assert "| forecast early in the stage | forecast at its last evaluation |" in part
+    assert "**Now:**" in part
+    assert "**Warning:** 5% cannot decide within its max\\_duration" in part
