@@ -23,7 +23,9 @@ Scenario sets (--set):
 
 The canary-only rules see the same random numbers while in the same stage (common random
 numbers); kpigate_shadow's stages are numbered one later, so its draws are independent.
-Figures per scenario and rule: see mlflow_kpigate/simulate/figures.py.
+Figures per scenario and rule: see mlflow_kpigate/simulate/figures.py; the kpigate rules
+also get the forecast time to decision beside the simulated one (decision_forecast.py:
+``forecast_hours``, ``forecast_hours_mean``).
 
     .venv/bin/python benchmarks/decision_efficiency.py [--reps 200] [--seed 1] [--json]
         [--set main|low-traffic|all] [--only NAME,...] [--rules RULE,...]
@@ -49,6 +51,11 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
+from decision_forecast import (  # noqa: E402
+    FORECASTING,
+    created_hours,
+    equal_while_rolling_out,
+)
 from decision_tables import markdown, print_tables, update_readme  # noqa: E402
 
 from mlflow_kpigate.core.errors import KpigateError  # noqa: E402
@@ -117,8 +124,10 @@ def _make_rule(name: str, stream: StreamSpec) -> Rule:
 
 def _run_chunk(args: tuple[Policy, StreamSpec, str, int, list[int], Any]) -> list[RunRecord]:
     policy, stream, rule_name, seed, reps, registry = args
+    # The controller's forecast is kept for the gate's rules on equal candidates.
+    forecast = rule_name in FORECASTING and equal_while_rolling_out(stream)
     return [RunRecord.of(run_rollout(policy, stream, _make_rule(rule_name, stream), seed=seed,
-                                     rep=rep, registry=registry))
+                                     rep=rep, registry=registry), policy if forecast else None)
             for rep in reps]
 
 
@@ -156,8 +165,9 @@ def run(cases: list[Case], rules: list[str], reps: int, seed: int, workers: int,
     n_chunks = max(1, workers * 2)
     chunks = [c for c in (list(range(i, reps, n_chunks)) for i in range(n_chunks)) if c]
     jobs: list[tuple[tuple[str, str], tuple[Any, ...]]] = []
+    registries = {}
     for case in cases:
-        registry = registry_from_stream(case.policy, case.stream, seed)
+        registry = registries[case.name] = registry_from_stream(case.policy, case.stream, seed)
         shadow = with_shadow_stage(case.policy) if "kpigate_shadow" in rules else None
         for rule in rules:
             if rule == "oracle" and (case.good or not oracle_tests(case.policy, case.stream,
@@ -182,6 +192,12 @@ def run(cases: list[Case], rules: list[str], reps: int, seed: int, workers: int,
         out["scenarios"][case.name] = {
             rule: summarise(collected[(case.name, rule)], case.good, interval)
             for rule in rules if (case.name, rule) in collected}
+        for rule, cell in out["scenarios"][case.name].items():
+            policy = with_shadow_stage(case.policy) if rule == "kpigate_shadow" \
+                else case.policy
+            cell["forecast_hours"] = created_hours(policy, case.stream,
+                                                   registries[case.name]) \
+                if rule in FORECASTING else None
         out["cases"][case.name] = {
             "description": case.stream.description, "policy": case.policy_file,
             "set": case.group,

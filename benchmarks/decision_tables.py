@@ -11,6 +11,9 @@ import math
 from pathlib import Path
 from typing import Any
 
+from decision_forecast import markdown as forecast_markdown
+from decision_forecast import print_table as print_forecast
+
 
 def begin_marker(group: str) -> str:
     """The README line after which a scenario set's generated tables start."""
@@ -85,6 +88,7 @@ def print_tables(result: dict[str, Any]) -> None:
         for n in rows:
             cells = [_cell(result, n, r, key, kind) for r in rules]
             print(n.ljust(width) + "".join(c.rjust(16) for c in cells))
+    print_forecast(result)
     bake = [n for n in names if any(c is not None and c.get("bake_rollback_rate") is not None
                                     for c in result["scenarios"][n].values())]
     if bake:
@@ -151,6 +155,7 @@ def markdown(result: dict[str, Any], group: str | None = None) -> str:
                   "(mean over the runs that decided)", rules,
                   [(n, [_cell(result, n, r, "time_to_decision_hours_mean", "hours")
                         for r in rules]) for n in names])
+    out += forecast_markdown(result, names)
     good = [n for n in names if cases[n]["should_promote"]]
     if good:
         out += _table("Candidate responses served to users until promotion (mean)", rules,

@@ -11,7 +11,8 @@ def run(*args):
 
 FIGURES = {"false_rollback_rate", "power", "exposure_mean", "exposure_median", "exposure_p90",
            "promote_rate", "requests_to_promote_mean", "hold_rate", "reps",
-           "time_to_decision_hours_mean", "bake_rollback_rate"}
+           "time_to_decision_hours_mean", "bake_rollback_rate", "forecast_hours",
+           "forecast_hours_mean"}
 
 
 def test_decision_efficiency_json_shape(tmp_path):
@@ -42,6 +43,13 @@ def test_decision_efficiency_json_shape(tmp_path):
     assert worse["oracle"]["promote_rate"] == 0.0  # the oracle never promotes
     assert worse["kpigate_shadow"]["exposure_mean"] == 0  # caught in shadow
     assert 0 < worse["kpigate"]["time_to_decision_hours_mean"] <= 12 * 120 / 3600
+    # The forecast beside the simulated time: the gate's rules only (decision_forecast.py).
+    assert same["kpigate"]["forecast_hours"] > 0
+    assert same["kpigate"]["forecast_hours_mean"] is None or \
+        same["kpigate"]["forecast_hours_mean"] > 0
+    assert worse["kpigate"]["forecast_hours"] > 0  # recall −20 points: its rollback
+    assert worse["kpigate"]["forecast_hours_mean"] is None  # equal candidates only
+    assert same["paper"]["forecast_hours"] is None
     assert 12_000 < data["bounds"]["wald_asn_requests"] < 12_500
     assert data["cases"]["same"]["should_promote"] is True
     assert data["cases"]["much-worse"]["should_promote"] is False

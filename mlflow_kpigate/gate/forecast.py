@@ -34,10 +34,11 @@ starting at t_j:
 
 Both take the estimate at its expected value: they are the times the *expected* bound
 crosses. The gate decides at the first look its random bound crosses; for a Brownian
-estimate and this boundary the mean of that first passage is 0.92–1.0 times the
-information of the expected crossing and its median 0.77–0.91 times (simulated,
-docs/statistics.md), so the forecast estimates the mean time to decision. The simulation
-check in ``tests/test_forecast.py`` and the low-traffic benchmark measure it.
+estimate and this boundary the mean of that first passage is 0.94–1.02 times the
+information of the expected crossing and its median 0.77–0.94 times
+(``benchmarks/forecast_first_passage.py``, docs/statistics.md), so the forecast estimates
+the mean time to decision. ``tests/test_forecast_accuracy.py`` and the low-traffic
+benchmark compare it with the gate's simulated decisions.
 
 Stage j + 1 starts when stage j promotes; a stage whose ``max_duration`` passes first
 keeps holding (``hold_and_alert``: the gate still promotes once the evidence is there),

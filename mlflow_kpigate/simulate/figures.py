@@ -14,7 +14,11 @@ them); :func:`summarise` turns a scenario's records into the figures
   promotion to 100% or rollback, over the runs that decided (null when none did);
 * ``bake_rollback_rate``: of the runs the controller kept evaluating after promotion (a
   bake period), the share rolled back then; null, not 0, when no run had a bake period
-  (a policy without one, or a controller that stops at promotion).
+  (a policy without one, or a controller that stops at promotion);
+* ``forecast_hours_mean``: the time to decision the controller forecast for an *equal*
+  candidate (hours from the start until the full rollout), as recorded at the first look
+  once the first stage has been served for its ``min_dwell`` (:meth:`RunRecord.of` with
+  the policy; null when not asked for, or when no run got that far in its first stage).
 
 So before-promotion rollbacks, promotions and holds partition the runs, and each of
 today's fields keeps its meaning for a rollout without a bake period.
@@ -22,12 +26,15 @@ today's fields keeps its meaning for a rollout without a bake period.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from mlflow_kpigate.core.forecast import forecast_view
+from mlflow_kpigate.policy import Policy
 from mlflow_kpigate.simulate.runner import Outcome
 
 
@@ -41,12 +48,14 @@ class RunRecord:
     decided_look: int | None  # interval of the first promotion to 100% or rollback
     bake_looks: int
     rolled_back_in_bake: bool
+    forecast_s: float | None = None  # the controller's forecast full rollout (module doc)
 
     @classmethod
-    def of(cls, outcome: Outcome) -> RunRecord:
-        """The record of ``outcome``."""
+    def of(cls, outcome: Outcome, policy: Policy | None = None) -> RunRecord:
+        """The record of ``outcome`` (with ``policy``: and its forecast, module docstring)."""
         return cls(outcome.status, outcome.exposed_requests, outcome.exposed_at_promotion,
-                   outcome.decided_look, outcome.bake_looks, outcome.rolled_back_in_bake)
+                   outcome.decided_look, outcome.bake_looks, outcome.rolled_back_in_bake,
+                   None if policy is None else _forecast_s(outcome, policy))
 
     @property
     def rolled_back_before_promotion(self) -> bool:
@@ -57,6 +66,21 @@ class RunRecord:
     def reached_full(self) -> bool:
         """Promoted to the final (100%) stage at some point."""
         return self.exposed_at_promotion is not None
+
+
+def _forecast_s(outcome: Outcome, policy: Policy) -> float | None:
+    """The full rollout the controller forecast at the first look past the first stage's
+    ``min_dwell`` (seconds from the start; None: no such look, or no finite forecast)."""
+    interval = policy.evaluation.interval
+    dwell = max(policy.stages[0].min_dwell, interval)
+    for look in outcome.looks:
+        if look.stage_index != 0 or (look.interval + 1) * interval < dwell - 1e-9:
+            continue
+        fc = forecast_view(look.decision) if look.decision is not None else None
+        if fc is None or not math.isfinite(fc.full_rollout_s):
+            return None
+        return fc.at + fc.full_rollout_s
+    return None
 
 
 def _stat(values: Sequence[float], fn: Any) -> float | None:
@@ -89,4 +113,6 @@ def summarise(records: Sequence[RunRecord], should_promote: bool,
         "time_to_decision_hours_mean": _stat(decided, np.mean),
         "bake_rollback_rate": (sum(r.rolled_back_in_bake for r in baked) / len(baked)
                                if baked else None),
+        "forecast_hours_mean": _stat([r.forecast_s / 3600.0 for r in records
+                                      if r.forecast_s is not None], np.mean),
     }

@@ -27,7 +27,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 
@@ -37,7 +38,7 @@ from mlflow_kpigate.core.samples import StageSample
 from mlflow_kpigate.core.state import Phase, RolloutState
 from mlflow_kpigate.gate.estimators import kpi_value
 from mlflow_kpigate.kpis import AggregateSpec, RoleAggregate
-from mlflow_kpigate.policy import Policy
+from mlflow_kpigate.policy import LATENCY, KpiKind, KpiSpec, Policy
 from mlflow_kpigate.rollout import transitions
 from mlflow_kpigate.rollout.controller import Controller, Judge
 from mlflow_kpigate.rollout.memory import (
@@ -107,7 +108,9 @@ def registry_from_stream(policy: Policy, stream: StreamSpec, seed: int = 0,
     """The baseline's KPI μ and σ over ``windows`` intervals at full traffic.
 
     This is what the registry would hold for the serving model if its KPIs had been logged
-    per evaluation window before the rollout (the case study's control-chart baseline).
+    per evaluation window before the rollout (the case study's control-chart baseline),
+    with the planning figures of :func:`_planning_figures` (the gate does not read them;
+    the forecast does).
     """
     stream = stream.per_interval(policy.evaluation.interval)
     spec = AggregateSpec.from_policy(policy)
@@ -121,11 +124,30 @@ def registry_from_stream(policy: Policy, stream: StreamSpec, seed: int = 0,
         for kpi in policy.kpis:
             values[kpi.name].append(kpi_value(kpi, agg))
     kpis = {}
-    for name, xs in values.items():
-        arr = np.array([x for x in xs if math.isfinite(x)])
+    for kpi in policy.kpis:
+        arr = np.array([x for x in values[kpi.name] if math.isfinite(x)])
         if arr.size >= 2:
-            kpis[name] = BaselineKpi(float(arr.mean()), float(arr.std(ddof=1)), int(arr.size))
+            kpis[kpi.name] = replace(BaselineKpi(float(arr.mean()), float(arr.std(ddof=1)),
+                                                 int(arr.size)), **_planning_figures(kpi, stream))
     return RegistryBaseline(kpis, prevalence=stream.prevalence, source=f"simulated:{stream.name}")
+
+
+def _planning_figures(kpi: KpiSpec, stream: StreamSpec) -> dict[str, Any]:
+    """The per-request figures ``kpigate plan`` and the forecast need, from the stream's
+    truth (what the training run would log as ``<kpi>.unit_sd``, ``.rate``, ``.segments``):
+    σ of log-latency (of latency for a plain mean), and a fairness rate's value in a typical
+    segment with the number of segments."""
+    b = stream.baseline
+    if kpi.kind is KpiKind.QUANTILE or (kpi.kind is KpiKind.MEAN and kpi.source == LATENCY):
+        sd = b.latency_log_sd if kpi.kind is KpiKind.QUANTILE or kpi.log \
+            else b.latency_mean_s * math.sqrt(math.expm1(b.latency_log_sd ** 2))
+        return {"unit_sd": sd}
+    if kpi.kind is KpiKind.FAIRNESS and len(stream.segments) >= 2:
+        fpr = b.base_fpr(stream.prevalence)
+        rate = {"false_positive_rate": fpr, "true_negative_rate": 1 - fpr, "recall": b.recall,
+                "false_negative_rate": 1 - b.recall}.get(kpi.metric or "")
+        return {} if rate is None else {"rate": rate, "segments": len(stream.segments)}
+    return {}
 
 
 def _judge(rule: Rule, windows: dict[str, StageSample | None]) -> Judge:
