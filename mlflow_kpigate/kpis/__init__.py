@@ -9,6 +9,7 @@ from mlflow_kpigate.kpis.aggregate import RoleAggregate
 from mlflow_kpigate.kpis.confusion import RATE_METRICS, Confusion
 from mlflow_kpigate.kpis.latency import LatencyHistogram
 from mlflow_kpigate.kpis.moments import CoMoments, Moments
+from mlflow_kpigate.kpis.paired import PairedAggregate
 from mlflow_kpigate.kpis.scores import ScoreHistogram
 from mlflow_kpigate.kpis.spec import AggregateSpec
 
@@ -19,6 +20,7 @@ __all__ = [
     "Confusion",
     "LatencyHistogram",
     "Moments",
+    "PairedAggregate",
     "RoleAggregate",
     "ScoreHistogram",
 ]
