@@ -28,9 +28,10 @@ SYMBOLS = {
     Verdict.OUTSIDE_CONTROL_LIMITS: "X",
     Verdict.REPORTED: ".",
     Verdict.NO_REGRESSION: "=",
+    Verdict.NOT_MEASURABLE: "-",
 }
 LEGEND = ("verdicts: + better  = within margin  ~ inconclusive  ? not enough data  "
-          "X worse/limit  . reported")
+          "X worse/limit  . reported  - not measurable in shadow")
 
 
 def default_horizon(policy: Policy) -> int:

@@ -29,6 +29,9 @@ class Verdict(str, Enum):
     INSUFFICIENT_DATA = "insufficient_data"  # too little data for an estimate
     REPORTED = "reported"  # info KPI: estimate only
     NO_REGRESSION = "no_regression"  # while baking: the change detector has not alarmed
+    # Its values describe the served answer, so a shadow stage (or the bake) cannot compare
+    # the roles: excluded from that stage's decision (neither blocks nor rolls back).
+    NOT_MEASURABLE = "not_measurable"
 
     @property
     def blocks_rollout(self) -> bool:

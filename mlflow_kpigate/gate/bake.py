@@ -14,6 +14,12 @@ the gate's own estimator measures Δ over the bake stratum, and the change detec
   for a KPI holds, alerting once, rather than calling it "no regression");
 * **hold** otherwise.
 
+The bake is paired (both versions answer every request): where the sample carries the
+joint outcomes the estimator's variances are the paired ones, so the detector's increments
+have their actual variance instead of an upper bound. KPIs of values that describe the
+served answer (business values) cannot compare the versions here and are reported as
+``not_measurable``, neither watched nor waited for.
+
 The detectors' state rides in the decision (``meta["bake"]["streams"]``): the controller
 hands the previous decision's back (:func:`bake_streams`), so it is saved atomically with
 the state, survives any restart, and a replay re-derives it evaluation by evaluation.
@@ -33,7 +39,7 @@ from mlflow_kpigate.core.durations import format_duration
 from mlflow_kpigate.core.samples import StageSample
 from mlflow_kpigate.gate import change_detector as cd
 from mlflow_kpigate.gate.estimators import measure
-from mlflow_kpigate.gate.strata import Strata
+from mlflow_kpigate.gate.strata import Strata, not_measurable_reason
 from mlflow_kpigate.policy import KpiKind, KpiSpec, Policy, Role
 
 #: The ``stage_name`` of bake decisions (the report's and replay's stage label).
@@ -152,10 +158,19 @@ def judge_bake(policy: Policy, stage_index: int, elapsed: float,
     steps = cd.threshold_steps(bake.arl, policy.evaluation.interval)
     log_a_j = math.log(steps * max(len(kpis), 1))
     stratum = [s for s in samples if s.stage_index == stage_index]
-    strata = Strata(stratum)
+    strata = Strata(stratum, frozenset({stage_index}))
     evidence: list[Evidence] = []
     watched: list[Watched] = []
     for kpi in kpis:
+        if kpi.depends_on_served_answer:
+            # Both roles' rows carry the served (candidate's) outcome: nothing to compare,
+            # and nothing the bake could wait for.
+            evidence.append(Evidence(
+                verdict=Verdict.NOT_MEASURABLE, reason=not_measurable_reason(kpi, bake=True),
+                kpi=kpi.name, kind=kpi.kind.value, role=kpi.role.value,
+                direction=kpi.direction.value,
+                margin=str(kpi.margin) if kpi.margin else None, limit=kpi.limit))
+            continue
         ev, ws = _watch(kpi, strata, previous or {}, log_a_j)
         evidence.append(ev)
         watched += ws

@@ -12,6 +12,11 @@ Rules (docs/statistics.md has the reasoning):
   met;
 * **hold** otherwise; at the stage's ``max_duration`` the policy's ``on_timeout`` applies.
 
+In a shadow stage a KPI whose values describe the served answer (business values) is
+``not_measurable``: reported with that reason and left out of the stage's decision (it
+neither blocks promotion nor rolls back); later split stages measure it on their own
+strata (:meth:`~.strata.Strata.for_kpi`).
+
 Error budget: rollback fires on *any* of R tests, so ``alpha_rollback`` is split over the R
 rollback checks by weighted Bonferroni: each check gets ``alpha_rollback · w / W``, where w
 is its KPI's ``alpha_weight`` (a KPI's hard-limit and control-limit checks carry its
@@ -41,7 +46,13 @@ from mlflow_kpigate.core.samples import StageSample
 from mlflow_kpigate.gate.boundaries import one_sided_radius, tau2_for_radius, variance_for_radius
 from mlflow_kpigate.gate.estimators import measure
 from mlflow_kpigate.gate.own_value import OwnValue, own_value
-from mlflow_kpigate.gate.strata import Measurement, Strata, Test
+from mlflow_kpigate.gate.strata import (
+    Measurement,
+    Strata,
+    Test,
+    not_measurable_reason,
+    shadow_stages,
+)
 from mlflow_kpigate.policy import KpiKind, KpiSpec, OnTimeout, Policy, Role, Stage
 
 NAN = math.nan
@@ -152,12 +163,17 @@ def _kpi_evidence(policy: Policy, stage: Stage, kpi: KpiSpec, samples: Strata,
     critical = kpi.role is Role.CRITICAL
     m_r = 0.0 if critical else 1.0
     m_p = stage.promote_margin_scale
-    meas: Measurement = measure(kpi, samples, m_r, m_p)
     base: dict[str, Any] = dict(kpi=kpi.name, kind=kpi.kind.value, role=kpi.role.value,
                 direction=kpi.direction.value, margin=str(kpi.margin) if kpi.margin else None,
                 limit=kpi.limit,
                 alpha_rollback=alpha_r if kpi.decides or kpi.limit is not None else NAN,
                 alpha_promote=alpha_p)
+    if stage.shadow and kpi.depends_on_served_answer:
+        return Evidence(verdict=Verdict.NOT_MEASURABLE,
+                        reason=not_measurable_reason(kpi, bake=False), **base), True
+    # Own-value checks too: the candidate's values in shadow strata are the baseline's.
+    samples = samples.for_kpi(kpi)
+    meas: Measurement = measure(kpi, samples, m_r, m_p)
 
     # Hard limit and registry control limit: the candidate's own value.
     cand = samples.merged("candidate") if len(samples) else None
@@ -301,7 +317,8 @@ def evaluate(policy: Policy, stage_index: int, stage_elapsed: float,
         raise ValueError("the final 100% stage is the promotion itself; nothing to evaluate")
     n_checks = rollback_checks(policy, registry)
     alpha_unit = alpha_per_weight(policy, registry)
-    strata = Strata([s for s in samples if s.stage_index <= stage_index])
+    strata = Strata([s for s in samples if s.stage_index <= stage_index],
+                    shadow_stages(policy))
     current = next((s for s in strata if s.stage_index == stage_index), None)
 
     evidence: list[Evidence] = []
@@ -324,7 +341,8 @@ def evaluate(policy: Policy, stage_index: int, stage_elapsed: float,
         reason = "rollback: " + "; ".join(e.reason for e in failing)
         return Decision(Action.ROLLBACK, reason, alert=True, **common)
 
-    decisive = [e for e in evidence if e.role in ("critical", "guardrail")]
+    decisive = [e for e in evidence if e.role in ("critical", "guardrail")
+                and e.verdict is not Verdict.NOT_MEASURABLE]
     unproven = [e for e in decisive
                 if e.verdict not in (Verdict.NON_INFERIOR, Verdict.BETTER)]
     unmet = [c for c in checks if not c.met]

@@ -7,10 +7,15 @@ so there is no restricted estimate short of a model for them.
 A stratum contributes only when each role has a third of :data:`~.strata.MIN_UNITS`
 positives and as many negatives (DeLong's variance needs both classes). A role whose
 labelled predictions carry no score at all returns labels: the KPI says so.
+
+In a stratum with a paired part (both roles scored the same labelled requests) the
+difference is taken over those requests with DeLong's variance of correlated AUCs,
+``V_c + V_b − 2·Cov`` (DeLong, DeLong & Clarke-Pearson 1988; :mod:`.paired`).
 """
 
 from __future__ import annotations
 
+from mlflow_kpigate.gate.paired import paired_auc
 from mlflow_kpigate.gate.strata import (
     MIN_UNITS,
     Measurement,
@@ -38,6 +43,12 @@ def measure_auc(kpi: KpiSpec, samples: Strata,
                                        "pyfunc_predict_fn='predict_proba')")
     parts = []
     for s in samples:
+        paired = samples.paired(s)
+        if paired is not None:
+            diff, var, scarce = paired_auc(paired)
+            if scarce >= MIN_UNITS // 3:
+                parts.append((sign * diff, var))
+            continue
         sb, sc = s.baseline.scores, s.candidate.scores
         if min(sb.n_pos, sb.n_neg, sc.n_pos, sc.n_neg) < MIN_UNITS // 3:
             continue

@@ -13,12 +13,19 @@ Variance estimates (documented in docs/statistics.md):
   fixes the ratio's difference, not the co-moments.
 
 A stratum contributes only when both roles have :data:`~.strata.MIN_UNITS` values.
+
+In a stratum with a paired part (both roles on the same requests) the latency mean is the
+mean of the per-request differences of log-latency, with variance s²_d/n (paired t), when
+at least :data:`~.strata.MIN_UNITS` requests have both latencies; logged values and
+business ratios describe the served answer and are not measurable in shadow
+(:meth:`~.strata.Strata.for_kpi` leaves those strata out).
 """
 
 from __future__ import annotations
 
 import math
 
+from mlflow_kpigate.gate.paired import paired_log_latency
 from mlflow_kpigate.gate.strata import (
     MIN_UNITS,
     NAN,
@@ -41,6 +48,12 @@ def measure_mean(kpi: KpiSpec, samples: Strata,
     parts = []
     if kpi.source == LATENCY:
         for s in samples:
+            paired = samples.paired(s)
+            if paired is not None:
+                diff, var, pairs = paired_log_latency(paired)
+                if pairs >= MIN_UNITS:
+                    parts.append((sign * diff, var))
+                continue
             hb, hc = s.baseline.latency, s.candidate.latency
             if hb.n < MIN_UNITS or hc.n < MIN_UNITS:
                 continue

@@ -12,13 +12,25 @@ Variance estimates (documented in docs/statistics.md):
   requests for error rate);
 * F1: ratio estimator 2TP / (2TP + FP + FN), delta-method variance, for both tests (F1 is
   not a binomial proportion: its null variance has no closed form).
+
+In a stratum with a paired part (both roles on the same requests) the counts are those of
+the paired requests and every variance above becomes ``v_c + v_b − 2ρ√(v_c v_b)`` with the
+delta-method correlation ρ of the two roles' rates on the joint table (:mod:`.paired`);
+the null proportions still come from all strata. Custom proportions count business
+values and are not measurable in shadow (:meth:`~.strata.Strata.for_kpi`).
 """
 
 from __future__ import annotations
 
 import math
 
-from mlflow_kpigate.gate.null_variance import adjust_toward_pooled, stratified_null_variances
+from mlflow_kpigate.gate.null_variance import adjust_toward_pooled, stratified_null_arm_variances
+from mlflow_kpigate.gate.paired import (
+    correlated_variance,
+    f1_correlation,
+    paired_confusions,
+    paired_counts,
+)
 from mlflow_kpigate.gate.strata import (
     NAN,
     Measurement,
@@ -29,7 +41,7 @@ from mlflow_kpigate.gate.strata import (
     pooled_measurement,
     resolve_margin,
 )
-from mlflow_kpigate.kpis import RoleAggregate
+from mlflow_kpigate.kpis import Confusion, RoleAggregate
 from mlflow_kpigate.policy import KpiSpec
 
 
@@ -56,9 +68,9 @@ def counts(kpi: KpiSpec, agg: RoleAggregate) -> tuple[float, float]:
     return float(x), float(n)
 
 
-def f1(agg: RoleAggregate) -> tuple[float, float, int]:
+def f1(agg: RoleAggregate | Confusion) -> tuple[float, float, int]:
     """F1, its delta-method variance, and the number of units (TP+FP+FN)."""
-    c = agg.confusion
+    c = agg.confusion if isinstance(agg, RoleAggregate) else agg
     den = 2 * c.tp + c.fp + c.fn
     if den == 0:
         return NAN, NAN, 0
@@ -81,9 +93,16 @@ def measure_proportion(kpi: KpiSpec, samples: Strata,
         cv, _, cn = f1(c_all)
         parts = []
         for s in samples:
-            rb, vb, _ = f1(s.baseline)
-            rc, vc, _ = f1(s.candidate)
-            parts.append((sign * (rc - rb), vb + vc))
+            paired = samples.paired(s)
+            if paired is None:
+                rb, vb, _ = f1(s.baseline)
+                rc, vc, _ = f1(s.candidate)
+                parts.append((sign * (rc - rb), vb + vc))
+                continue
+            conf_b, conf_c = paired_confusions(paired)
+            rb, vb, _ = f1(conf_b)
+            rc, vc, _ = f1(conf_c)
+            parts.append((sign * (rc - rb), correlated_variance(vc, vb, f1_correlation(paired))))
         margin = resolve_margin(kpi.margin, bv)
         return pooled_measurement(kpi, "F1 difference (candidate − baseline)", bv, cv, cn,
                                   pool(parts), margin, m_rollback, m_promote,
@@ -99,24 +118,35 @@ def measure_proportion(kpi: KpiSpec, samples: Strata,
     # (a lower-is-better rate is *higher* by the margin at the null boundary). Without a
     # margin the rollback threshold is 0.
     null_diff = -sign * m_rollback * margin if m_rollback and math.isfinite(margin) else 0.0
-    parts, adjusted, unrestricted = [], [], []
+    parts, adjusted, unrestricted, rhos = [], [], [], []
     for s in samples:
-        sxb, snb = counts(kpi, s.baseline)
-        sxc, snc = counts(kpi, s.candidate)
+        paired = samples.paired(s)
+        pair = paired_counts(kpi, paired) if paired is not None else None
+        if pair is not None:
+            # Both roles on the same requests: their counts, correlated by ρ.
+            sxb, snb, sxc, snc, rho = pair.xb, pair.nb, pair.xc, pair.nc, pair.rho
+        else:
+            sxb, snb = counts(kpi, s.baseline)
+            sxc, snc = counts(kpi, s.candidate)
+            rho = 0.0
         if snb == 0 or snc == 0:
             continue
         pb, vb = agresti_caffo(sxb, snb)
         pc, vc = agresti_caffo(sxc, snc)
-        parts.append((sign * (pc - pb), vb + vc))
+        vu = correlated_variance(vc, vb, rho)
+        parts.append((sign * (pc - pb), vu))
         adjusted.append(adjust_toward_pooled(sxc, snc, sxb, snb))
-        unrestricted.append(vb + vc)
+        unrestricted.append(vu)
+        rhos.append(rho)
     # Variances at the null boundary, with the null proportions estimated from all strata
     # (NaN only when no pair of proportions differs by the margin: then the unrestricted
-    # variance stands in).
-    null_parts = [(sign * (ac / nc_ - ab / nb_), v0 if v0 > 0 else vu)
-                  for (ac, nc_, ab, nb_), v0, vu in zip(
-                      adjusted, stratified_null_variances(adjusted, null_diff), unrestricted,
-                      strict=True)]
+    # variance stands in); a paired stratum's arms are correlated by its ρ.
+    null_parts = []
+    for (ac, nc_, ab, nb_), (v0c, v0b), vu, rho in zip(
+            adjusted, stratified_null_arm_variances(adjusted, null_diff), unrestricted, rhos,
+            strict=True):
+        v0 = correlated_variance(v0c, v0b, rho)
+        null_parts.append((sign * (ac / nc_ - ab / nb_), v0 if v0 > 0 else vu))
     statistic = f"{kpi.metric} difference (candidate − baseline)"
     test = pool(parts)
     # The rollback statistic pools the strata with its own (null) inverse variances.

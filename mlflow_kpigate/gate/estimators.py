@@ -9,6 +9,10 @@ This module dispatches on the KPI's kind; each kind's estimator and its variance
 (documented in docs/statistics.md) live in their own module:
 
 * proportions and F1: :mod:`.estimate_proportions` (Agresti–Caffo; delta method);
+* in strata where both roles answered the same requests and the sample carries their
+  joint outcomes, paired variances (:mod:`.paired`) for proportions, F1, log-latency
+  means and AUC; KPIs of values that depend on the served answer leave shadow strata out
+  (:meth:`~.strata.Strata.for_kpi`);
 * latency and logged-value means, business ratios: :mod:`.estimate_means` (Welch; delta
   method from the co-moments);
 * AUC: :mod:`.estimate_auc` (DeLong per arm);
@@ -69,6 +73,7 @@ def measure(kpi: KpiSpec, samples: Strata, m_rollback: float,
     ``m_rollback`` and ``m_promote`` multiply the KPI's margin for the two thresholds
     (0 and 1 for a critical KPI; 1 and the stage's ``promote_margin_scale`` otherwise).
     """
+    samples = samples.for_kpi(kpi)
     if not samples:
         return no_measurement(kpi, "no samples yet")
     return _MEASURES[kpi.kind](kpi, samples, m_rollback, m_promote)

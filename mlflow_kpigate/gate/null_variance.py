@@ -135,11 +135,21 @@ def stratified_null_variances(strata: Sequence[tuple[float, float, float, float]
     under-stating it (p(1 − p) is concave: the average of the strata's p(1 − p) is at most
     that of their average p). NaN for every stratum when there is no restricted estimate.
     """
+    return [vc + vb for vc, vb in stratified_null_arm_variances(strata, diff)]
+
+
+def stratified_null_arm_variances(strata: Sequence[tuple[float, float, float, float]],
+                                  diff: float) -> list[tuple[float, float]]:
+    """Per stratum, the two arms' variances (v_c, v_b) at the common restricted proportions.
+
+    :func:`stratified_null_variances` adds them; a paired stratum combines them with the
+    correlation of its two arms instead (:func:`mlflow_kpigate.gate.paired.correlated_variance`).
+    """
     totals = [sum(col) for col in zip(*strata, strict=True)] if strata else [0.0] * 4
     qc, qb = restricted_proportions(totals[0], totals[1], totals[2], totals[3], diff)
     if not (math.isfinite(qc) and math.isfinite(qb)):
-        return [NAN] * len(strata)
-    return [qc * (1.0 - qc) / nc + qb * (1.0 - qb) / nb for _, nc, _, nb in strata]
+        return [(NAN, NAN)] * len(strata)
+    return [(qc * (1.0 - qc) / nc, qb * (1.0 - qb) / nb) for _, nc, _, nb in strata]
 
 
 def restricted_variance(xc: float, nc: float, xb: float, nb: float, diff: float) -> float:

@@ -9,6 +9,16 @@ traffic share or time of day between stages cannot masquerade as a KPI differenc
 pooled score keeps independent increments (the condition under which the confidence
 sequences are valid).
 
+**Shadow strata.** In a shadow stage (and in the bake, the final stage) both roles answer
+the same requests. Where the sample carries their joint outcomes (``StageSample.paired``)
+the estimators use paired variances (:mod:`.paired`); without it (a source that cannot
+pair) the two roles are compared as independent samples, which over-states the variance of
+positively correlated outcomes. KPIs computed from values that describe the outcome of the
+*served* answer (business values posted with labels, custom proportions of them, means of
+logged values: :attr:`~mlflow_kpigate.policy.KpiSpec.depends_on_served_answer`) cannot
+compare the roles there, since the shadow role's rows carry the served role's values:
+:meth:`Strata.for_kpi` leaves shadow strata out for them, in every stage.
+
 Also here: the helpers several kinds share (orientation, margins in KPI units, where the
 rollback boundary is tuned, turning pooled tests into a measurement).
 """
@@ -20,8 +30,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from mlflow_kpigate.core.samples import StageSample
-from mlflow_kpigate.kpis import RoleAggregate
-from mlflow_kpigate.policy import Direction, KpiSpec, Margin
+from mlflow_kpigate.kpis import PairedAggregate, RoleAggregate
+from mlflow_kpigate.policy import Direction, KpiSpec, Margin, Policy
 
 NAN = math.nan
 
@@ -95,12 +105,39 @@ class Measurement:
         return min((t.delta for t in tests), default=NAN)
 
 
-class Strata:
-    """The strata of one evaluation, with each role's data merged across them (cached)."""
+def shadow_stages(policy: Policy) -> frozenset[int]:
+    """Stage indexes whose strata have both roles answer every request: shadow stages and
+    the final stage (sampled only while baking, when the previous version scores a copy)."""
+    return frozenset(i for i, st in enumerate(policy.stages) if st.shadow or st.is_final)
 
-    def __init__(self, samples: Sequence[StageSample]) -> None:
+
+class Strata:
+    """The strata of one evaluation, with each role's data merged across them (cached).
+
+    ``shadow`` names the stage indexes in which both roles answered the same requests
+    (:func:`shadow_stages`); strata that carry a paired part count as shadow strata too.
+    """
+
+    def __init__(self, samples: Sequence[StageSample],
+                 shadow: frozenset[int] = frozenset()) -> None:
         self.samples = tuple(samples)
+        self.shadow = frozenset(shadow) | {s.stage_index for s in self.samples
+                                           if s.paired is not None}
         self._merged: dict[str, RoleAggregate] = {}
+
+    def paired(self, sample: StageSample) -> PairedAggregate | None:
+        """The stratum's joint outcomes, when it has them (shadow strata of a pairing
+        source); None means: compare the roles as independent samples."""
+        return sample.paired
+
+    def for_kpi(self, kpi: KpiSpec) -> Strata:
+        """The strata that can measure ``kpi``: without the shadow strata for a KPI whose
+        values depend on the served answer (see the module docstring), else these."""
+        if not kpi.depends_on_served_answer or not any(
+                s.stage_index in self.shadow for s in self.samples):
+            return self
+        return Strata([s for s in self.samples if s.stage_index not in self.shadow],
+                      self.shadow)
 
     def __iter__(self) -> Iterator[StageSample]:
         return iter(self.samples)
@@ -164,6 +201,15 @@ def rollback_distance(margin: float, detect: float, m_rollback: float) -> float:
     if not (math.isfinite(detect) and detect > 0):
         detect = DETECT_FACTOR * margin
     return max(detect - m_rollback * margin, DETECT_FLOOR * margin)
+
+
+def not_measurable_reason(kpi: KpiSpec, *, bake: bool) -> str:
+    """Why a KPI of served-answer values is left out of a shadow stage's (or the bake's)
+    decision."""
+    later = ("the bake neither watches nor waits for it" if bake else
+             "excluded from this stage's decision; the split stages measure it")
+    return (f"{kpi.name}: not measurable in shadow (its values describe the outcome of the "
+            f"served answer, and both roles' rows carry the served one's); {later}")
 
 
 def no_measurement(kpi: KpiSpec, why: str) -> Measurement:

@@ -36,7 +36,7 @@ from mlflow_kpigate.core.samples import StageSample
 from mlflow_kpigate.gate import engine
 from mlflow_kpigate.gate.boundaries import one_sided_radius, tau2_for_radius
 from mlflow_kpigate.gate.estimators import measure
-from mlflow_kpigate.gate.strata import Strata
+from mlflow_kpigate.gate.strata import Strata, shadow_stages
 from mlflow_kpigate.policy import Policy, Role
 
 
@@ -89,7 +89,8 @@ def check_window(policy: Policy, stage_index: int, samples: Sequence[StageSample
     out: list[WindowFinding] = []
     for kpi in decisive:
         critical = kpi.role is Role.CRITICAL
-        meas = measure(kpi, Strata(current), 0.0 if critical else 1.0, 1.0)
+        meas = measure(kpi, Strata(current, shadow_stages(policy)), 0.0 if critical else 1.0,
+                       1.0)
         usable = [t for t in meas.rollback_tests if t.usable]
         if meas.missing is not None or not usable or not meas.scale > 0:
             continue

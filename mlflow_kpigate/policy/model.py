@@ -73,6 +73,19 @@ class KpiSpec:
             return False
         return not (self.kind is KpiKind.PROPORTION and self.metric == "error_rate")
 
+    @property
+    def depends_on_served_answer(self) -> bool:
+        """Whether the KPI is computed from per-request values (business values posted with
+        labels, or a custom query's values) that describe the outcome of the answer the
+        caller was *served*. In a shadow stage (and the bake) both roles' rows carry the
+        served role's values, so such a KPI cannot compare them there: it is "not
+        measurable in shadow"."""
+        if self.kind is KpiKind.BUSINESS:
+            return True
+        if self.kind is KpiKind.MEAN:
+            return self.source != LATENCY
+        return self.kind is KpiKind.PROPORTION and self.metric == "custom"
+
 
 @dataclass(frozen=True)
 class MinSamples:
