@@ -375,3 +375,97 @@ def test_a_failing_writer_surfaces_and_keeps_the_rows(tmp_path: Path):
         c.log([Prediction("more", T0, "baseline", "1", 0, False, 0.01, False, 0.5, 1)])
     with pytest.raises(CollectorError, match="3 predictions were not written"):
         c.close()
+
+
+# --- the paired part of shadow strata -----------------------------------------------------
+
+
+def _shadow_row(rng, rid: str, ts: float, stage: int, shared: float, role: str,
+                shadow: bool, lag: float = 0.0, *, error: bool = False) -> Prediction:
+    """One role's row of a request whose difficulty ``shared`` both roles see."""
+    z = 0.8 * shared + 0.6 * rng.normal()
+    score = None if error or rng.random() < 0.05 else float(1 / (1 + math.exp(-z)))
+    predicted = None if error else (int(rng.random() < 0.4) if score is None
+                                    else int(score >= 0.5))
+    latency = float(math.exp(-2.5 + 0.3 * shared + 0.2 * rng.normal()))
+    return Prediction(rid, ts + lag, role, "2" if role == "candidate" else "1", stage, shadow,
+                      None if rng.random() < 0.05 else latency, error, score, predicted)
+
+
+def shadow_log(n: int, seed: int = 3) -> list[Prediction]:
+    """A shadow stage (0: baseline answers, candidate copies), a split stage (1) and a bake
+    (2: candidate answers, baseline copies), with skipped and late copies, failures, a
+    fallback answer, unknown latencies and score-less rows."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        stage = int(rng.choice([0, 1, 2], p=[0.5, 0.2, 0.3]))
+        key = (rng, f"p{i}", T0 + i + rng.random(), stage, rng.normal())
+        fallback = [_shadow_row(*key, "candidate", False, error=True),
+                    _shadow_row(*key, "baseline", False, 0.01)]
+        if stage == 1:  # split: one role, or a candidate failure with the baseline's answer
+            rows += fallback if rng.random() < 0.05 else [
+                _shadow_row(*key, "candidate" if rng.random() < 0.5 else "baseline", False)]
+            continue
+        if stage == 2 and rng.random() < 0.03:  # the candidate failed: the baseline answers
+            rows += fallback
+            continue
+        served, copier = ("baseline", "candidate") if stage == 0 else ("candidate", "baseline")
+        rows.append(_shadow_row(*key, served, False))
+        if rng.random() < 0.95:  # some copies are skipped (too many in flight)
+            rows.append(_shadow_row(*key, copier, True, float(rng.exponential(2.0)),
+                                    error=bool(rng.random() < 0.03)))
+    return rows
+
+
+def brute_force_pairs(rows: list[Prediction], labels: dict[str, int], cutoff: float,
+                      since: float | None):
+    """The paired part by joining the rows in Python."""
+    from mlflow_kpigate.kpis import PairedAggregate
+
+    shadow = {p.stage_index for p in rows if p.shadow and (since is None or p.ts >= since)}
+    by_key: dict[tuple[str, int], dict[str, Prediction]] = {}
+    for p in rows:
+        by_key.setdefault((p.request_id, p.stage_index), {})[p.role] = p
+    out = {s: PairedAggregate(SPEC.score_bins) for s in shadow}
+    for (rid, stage), pair in by_key.items():
+        b, c = pair.get("baseline"), pair.get("candidate")
+        if stage not in shadow or b is None or c is None:
+            continue
+        if since is not None and (b.ts < since or c.ts < since):
+            continue
+        agg = out[stage]
+        if b.latency_s is not None and c.latency_s is not None:
+            agg.add_requests([b.error], [c.error], [b.latency_s], [c.latency_s])
+        else:
+            agg.add_requests([b.error], [c.error])
+        if (rid in labels and b.predicted is not None and c.predicted is not None
+                and b.ts <= cutoff and c.ts <= cutoff):
+            scores = ((None, None) if b.score is None or c.score is None
+                      else ([b.score], [c.score]))
+            agg.add_labelled([labels[rid]], [b.predicted], [c.predicted], *scores)
+    return out
+
+
+@pytest.mark.parametrize("since", [None, T0 + 500])
+def test_paired_part_equals_a_brute_force_join(plain: Collector, since):
+    rows = shadow_log(4000)
+    rng = np.random.default_rng(4)
+    labelled_ids = sorted({p.request_id for p in rows if rng.random() < 0.8})
+    # Half the shadow copies are logged after their label arrived: they must join it.
+    late = [p for i, p in enumerate(rows) if p.shadow and i % 2]
+    plain.log([p for i, p in enumerate(rows) if not (p.shadow and i % 2)])
+    labels = {rid: int(rng.random() < 0.3) for rid in labelled_ids}
+    assert plain.add_labels([Label(rid, y) for rid, y in labels.items()]).unknown == ()
+    plain.log(late)
+    now, maturity = T0 + 5000, 2000.0
+    samples = plain.stage_samples(now, maturity, since=since)
+    want = brute_force_pairs(rows, labels, now - maturity, since)
+    got = {s.stage_index: s.paired for s in samples if s.paired is not None}
+    assert sorted(got) == sorted(want) == [0, 2]  # never the split stage
+    for stage, paired in want.items():
+        assert paired.requests > 100
+        assert paired.labelled > 100
+        assert_close(got[stage].to_dict(), paired.to_dict(), f"stage {stage}")
+    # The role aggregates are unchanged by pairing, and a split stage has no paired part.
+    assert next(s for s in samples if s.stage_index == 1).paired is None

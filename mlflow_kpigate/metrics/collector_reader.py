@@ -12,6 +12,9 @@ and maximum (used to interpolate quantiles in the edge buckets) survive; results
 
 Rows of unknown latency (bucket ``-1``) count as requests and errors but stay out of the
 latency histogram, so latency KPIs are "missing" rather than made up.
+
+Stages with shadow rows (a shadow stage, the bake) also get their paired part, the two
+roles' rows of each request joined (:mod:`.collector_paired`), in the same snapshot.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from mlflow_kpigate.core.samples import StageSample
 from mlflow_kpigate.kpis import CoMoments, Confusion, LatencyHistogram, RoleAggregate
 from mlflow_kpigate.kpis.moments import _chan
 from mlflow_kpigate.metrics.collector_db import Connections, transaction
+from mlflow_kpigate.metrics.collector_paired import read_paired
 from mlflow_kpigate.metrics.collector_schema import OUTCOME, UNKNOWN_LATENCY_BIN, Layout
 
 __all__ = ["LogReader"]
@@ -77,10 +81,12 @@ class LogReader:
             _read_labelled(conn, layout, labelled, labelled_args, agg)
             _read_segments(conn, layout, labelled, labelled_args, agg)
             _read_values(conn, layout, labelled, labelled_args, agg)
+            paired = read_paired(conn, layout, since, labelled_args[0])
         finally:
             conn.execute("COMMIT")
         stages = sorted({stage for stage, _ in aggregates})
-        return [StageSample(stage, agg(stage, 0), agg(stage, 1)) for stage in stages]
+        return [StageSample(stage, agg(stage, 0), agg(stage, 1), paired.get(stage))
+                for stage in stages]
 
     def counts(self) -> tuple[int, int, int]:
         """Rows stored, of which labelled, and labels for unknown ids (cumulative)."""
