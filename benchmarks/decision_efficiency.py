@@ -6,7 +6,9 @@ Rules (see mlflow_kpigate/simulate/):
   ztest           fixed-horizon one-sided z bounds re-checked at every interval (peeking);
   kpigate         the gate on the policy as given (canary only: 5 -> 25 -> 50 -> 100%);
   kpigate_shadow  the gate on the same policy with a shadow stage first (simulate/variants.py:
-                  the shadow stage copies the first stage's settings);
+                  the shadow stage copies the first stage's settings; both models' outcomes
+                  on its requests correlate at the scenario's candidate.correlation, 0.8 by
+                  default, and the gate compares them paired);
   oracle          Wald's SPRT with the scenario's baseline and candidate truth known, at the
                   gate's per-KPI rollback α and look schedule; rolls back, never promotes
                   (simulate/oracle.py). Worse scenarios only ("n/a" elsewhere).

@@ -418,3 +418,119 @@ def test_summarise_figures():
     assert figures["bake_rollback_rate"] == 0.5
     assert figures["false_rollback_rate"] == 0.0
     assert figures["promote_rate"] == 1.0
+
+
+# --- shadow stages: both models on the same requests ---------------------------------------
+
+
+def _paired_draws(policy, stream, rho, n=200_000, draws=4):
+    from mlflow_kpigate.simulate.paired_stream import PairedGenerator
+
+    gen = PairedGenerator(StreamGenerator(stream, AggregateSpec.from_policy(policy)))
+    return [gen.draw(np.random.default_rng(i), stream.baseline, stream.candidate, n, rho)
+            for i in range(draws)]
+
+
+def test_paired_draw_has_each_roles_law_and_consistent_margins(bench_policy):
+    """The joint draw's margins are the roles' own aggregates (what the independent
+    estimators see) with the configured truth; its paired part is a valid record."""
+    from mlflow_kpigate.kpis import PairedAggregate
+
+    stream = builtin("recall-minus-5")
+    b, c = Confusion(), Confusion()
+    for d in _paired_draws(bench_policy, stream, 0.8):
+        b.merge(d.baseline.labelled.confusion)
+        c.merge(d.candidate.labelled.confusion)
+        paired = d.labelled
+        # Each role's labelled data are the margins of the outcome table.
+        m_b, m_c = paired.outcomes.sum(axis=2), paired.outcomes.sum(axis=1)
+        assert d.baseline.labelled.confusion.to_dict() == {
+            "tp": m_b[1, 1], "fp": m_b[0, 1], "tn": m_b[0, 0], "fn": m_b[1, 0]}
+        assert d.candidate.labelled.confusion.to_dict() == {
+            "tp": m_c[1, 1], "fp": m_c[0, 1], "tn": m_c[0, 0], "fn": m_c[1, 0]}
+        assert np.array_equal(paired.candidate_scores.pos, d.candidate.labelled.scores.pos)
+        assert PairedAggregate.from_dict(paired.to_dict()).labelled == paired.labelled
+        assert d.requests.errors.sum() == d.baseline.requests.requests
+        assert d.requests.errors[1].sum() == d.baseline.requests.errors
+        assert d.requests.log_latency.mean == pytest.approx(
+            d.candidate.requests.latency.mean_log() - d.baseline.requests.latency.mean_log())
+        segments = d.candidate.labelled.segments["region"]
+        assert sum(s.n for s in segments.values()) == d.candidate.labelled.confusion.n
+    assert b.recall() == pytest.approx(0.876, abs=0.01)
+    assert c.recall() == pytest.approx(0.826, abs=0.01)
+    assert c.precision() == pytest.approx(b.precision(), abs=0.01)
+
+
+def test_correlation_sets_how_often_the_models_disagree(bench_policy):
+    """The discordant fractions of the positives are those of the binormal truth: latent
+    scores N(Φ⁻¹(recall), 1) per role, correlated at ρ, flagged above 0."""
+    from scipy.stats import multivariate_normal, norm
+
+    stream = builtin("recall-minus-5")
+    a_b, a_c = norm.ppf(stream.baseline.recall), norm.ppf(stream.candidate.recall)
+    seen = {}
+    for rho in (0.0, 0.8, 0.95):
+        t = sum(d.labelled.outcomes for d in _paired_draws(bench_policy, stream, rho,
+                                                           draws=2))[1]
+        both = multivariate_normal([0, 0], [[1, rho], [rho, 1]]).cdf([a_b, a_c])
+        n = t.sum()
+        for got, p in ((t[1, 0], norm.cdf(a_b) - both), (t[0, 1], norm.cdf(a_c) - both)):
+            assert abs(got / n - p) < 4 * math.sqrt(p * (1 - p) / n)
+        seen[rho] = (t[1, 0] + t[0, 1]) / n
+    # Independent models disagree on p_b(1 − p_c) + p_c(1 − p_b); correlated ones far less.
+    assert seen[0.8] < 0.5 * seen[0.0]
+    assert seen[0.95] < seen[0.8]
+
+
+def test_paired_draw_margins_have_each_roles_score_law(bench_policy):
+    """Each role's fine score histogram from the joint draw follows that role's own law
+    (chi-square tests of the positives and of the negatives, whose law is the mixture of
+    the segments' laws at the segments' drawn counts)."""
+    from scipy.stats import chi2
+
+    stream = builtin("segment-fpr-x1.5")
+    gen = StreamGenerator(stream, AggregateSpec.from_policy(bench_policy))
+    draws = _paired_draws(bench_policy, stream, 0.8, n=500_000, draws=2)
+    for role, model in (("baseline", stream.baseline), ("candidate", stream.candidate)):
+        pos_law, neg_laws = gen._score_probs(model)
+        labelled = [getattr(d, role).labelled for d in draws]
+        negatives = {name: sum(a.segments["region"][name].fp + a.segments["region"][name].tn
+                               for a in labelled) for name in gen.segment_names}
+        expected_neg = sum(negatives[name] * law
+                           for name, law in zip(gen.segment_names, neg_laws, strict=True))
+        for observed, expected in (
+                (sum(a.scores.pos for a in labelled),
+                 pos_law * sum(a.confusion.positives for a in labelled)),
+                (sum(a.scores.neg for a in labelled), expected_neg)):
+            big = expected >= 5
+            obs = np.append(observed[big], observed[~big].sum())
+            exp = np.append(expected[big], expected[~big].sum())
+            stat = float(((obs - exp) ** 2 / exp).sum())
+            assert chi2.sf(stat, obs.size - 1) > 1e-4, role
+
+
+def test_scenario_correlation_field():
+    assert scenario_from_dict({}).correlation == 0.8
+    assert scenario_from_dict({"candidate": {"correlation": 0.3}}).correlation == 0.3
+    with pytest.raises(UsageError, match=r"candidate\.correlation: must be between"):
+        scenario_from_dict({"candidate": {"correlation": 1.5}})
+
+
+def test_a_shadow_first_rollout_judges_paired_strata(bench_policy):
+    """The simulated shadow stage carries its paired part to the gate, as the collector's
+    does; the split stages carry none."""
+    stream = scenario_from_dict({"name": "equal", "stream": STREAM})
+    judged = []
+
+    class Recording(KpigateRule):
+        def __call__(self, policy, stage_index, elapsed, samples, window, registry):
+            judged.append(list(samples))
+            return super().__call__(policy, stage_index, elapsed, samples, window, registry)
+
+    outcome = run_rollout(with_shadow_stage(bench_policy), stream, Recording(), seed=3)
+    assert outcome.looks[0].stage == "shadow"
+    assert outcome.final_stage > 1
+    last = judged[-1]
+    assert last[0].paired is not None
+    assert last[0].paired.labelled == last[0].candidate.labelled > 0
+    assert all(s.paired is None for s in last[1:])

@@ -1,7 +1,8 @@
 """Simulated staged rollouts on synthetic streams (``kpigate simulate`` and the benchmarks).
 
 Try a policy before going live: the same gate decides, on a stream whose truth you set.
-Modules: :mod:`.stream` (synthetic data), :mod:`.scenarios` (built-in scenarios and the
+Modules: :mod:`.stream` (synthetic data), :mod:`.paired_stream` (both models on the same
+requests: shadow stages and the bake), :mod:`.scenarios` (built-in scenarios and the
 file format), :mod:`.rules` (the gate and its foils), :mod:`.oracle` (the known-truth SPRT
 reference), :mod:`.variants` (derived policies: shadow stage first), :mod:`.runner` (one
 rollout through the real controller) and :mod:`.figures` (figures over many runs).

@@ -22,6 +22,7 @@ from typing import Protocol
 from mlflow_kpigate.core.decision import Decision
 from mlflow_kpigate.gate import Action, RegistryBaseline, StageSample, evaluate
 from mlflow_kpigate.gate.estimators import Strata, kpi_value, measure
+from mlflow_kpigate.gate.strata import shadow_stages
 from mlflow_kpigate.policy import Policy, Role, Stage
 
 Z_95 = 1.6448536269514722
@@ -77,7 +78,8 @@ class ZTestRule:
                  samples: Sequence[StageSample], window: StageSample | None,
                  registry: RegistryBaseline | None) -> RuleResult:
         stage = policy.stages[stage_index]
-        strata = Strata([s for s in samples if s.stage_index <= stage_index])
+        strata = Strata([s for s in samples if s.stage_index <= stage_index],
+                        shadow_stages(policy))
         all_ok = True
         for kpi in policy.kpis:
             if not kpi.decides:

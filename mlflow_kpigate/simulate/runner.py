@@ -8,7 +8,9 @@ simulated rollout moves through the same state machine, transitions and audit ev
 real one; only the decision rule can be swapped for the foils it is compared with.
 
 Per evaluation interval: the stage the committed state says is served splits the traffic
-between the roles (in a shadow stage the candidate scores a copy of every request),
+between the roles (in a shadow stage the candidate scores a copy of every request: both
+roles' outcomes on those requests are drawn jointly, correlated, and the stratum carries
+their paired part, as the embedded collector's does; :mod:`.paired_stream`),
 requests count at once, labelled predictions join their stage's stratum once they are
 mature (label delay and the policy's maturity, rounded up to whole intervals), then the
 controller evaluates and the stage advances, stops (rollback) or stays.
@@ -37,7 +39,7 @@ from mlflow_kpigate.core.decision import Action, Decision
 from mlflow_kpigate.core.samples import StageSample
 from mlflow_kpigate.core.state import Phase, RolloutState
 from mlflow_kpigate.gate.estimators import kpi_value
-from mlflow_kpigate.kpis import AggregateSpec, RoleAggregate
+from mlflow_kpigate.kpis import AggregateSpec, PairedAggregate, RoleAggregate
 from mlflow_kpigate.policy import LATENCY, KpiKind, KpiSpec, Policy
 from mlflow_kpigate.rollout import transitions
 from mlflow_kpigate.rollout.controller import Controller, Judge
@@ -46,10 +48,12 @@ from mlflow_kpigate.rollout.memory import (
     InMemoryStateStore,
     InMemoryTraffic,
 )
+from mlflow_kpigate.simulate.paired_stream import PairedGenerator
 from mlflow_kpigate.simulate.rules import KpigateRule, Rule
 from mlflow_kpigate.simulate.stream import IntervalData, StreamGenerator, StreamSpec, rng_for
 
 BASELINE, CANDIDATE = 0, 1
+PAIRED = 3  # the joint draw of a stage where both roles answer every request
 
 
 @dataclass(frozen=True)
@@ -192,8 +196,9 @@ def run_rollout(policy: Policy, stream: StreamSpec, rule: Rule, *, seed: int = 0
                             policy=policy, registry_baseline=registry, clock=clock,
                             judge=_judge(rule, windows),
                             forecast=isinstance(rule, KpigateRule))
+    pgen = PairedGenerator(gen)
     strata: dict[int, StageSample] = {}
-    pending: list[tuple[int, int, IntervalData, IntervalData]] = []
+    pending: list[tuple[int, int, IntervalData, IntervalData, PairedAggregate | None]] = []
     served = exposed = 0
     outcome = Outcome("holding")
     for t in range(stream.horizon_intervals):
@@ -210,34 +215,49 @@ def run_rollout(policy: Policy, stream: StreamSpec, rule: Rule, *, seed: int = 0
             n_b = n - n_c
         if stage.is_final:
             outcome.bake_looks += 1
-        base = gen.draw(rng_for(seed, rep, t, stage_index, BASELINE), stream.baseline, n_b)
         truth = stream.candidate_at(t, interval_s, _first_full_interval(outcome))
-        cand = gen.draw(rng_for(seed, rep, t, stage_index, CANDIDATE), truth, n_c)
+        paired_requests = paired_labelled = None
+        if stage.shadow or stage.is_final:
+            # Both roles answer the same requests: one joint draw, outcomes correlated.
+            both = pgen.draw(rng_for(seed, rep, t, stage_index, PAIRED), stream.baseline,
+                             truth, n, stream.correlation)
+            base, cand = both.baseline, both.candidate
+            paired_requests, paired_labelled = both.requests, both.labelled
+        else:
+            base = gen.draw(rng_for(seed, rep, t, stage_index, BASELINE), stream.baseline, n_b)
+            cand = gen.draw(rng_for(seed, rep, t, stage_index, CANDIDATE), truth, n_c)
         served += n_c
         if not stage.shadow:
             # Counted when served: answers given while their labels are pending are exposure.
             exposed += n_c
-        s = strata.setdefault(stage_index, StageSample(stage_index, RoleAggregate(spec),
-                                                       RoleAggregate(spec)))
+        s = strata.setdefault(stage_index, StageSample(
+            stage_index, RoleAggregate(spec), RoleAggregate(spec),
+            PairedAggregate(spec.score_bins) if paired_requests is not None else None))
         s.baseline.merge(base.requests)
         s.candidate.merge(cand.requests)
-        pending.append((t + delay, stage_index, base, cand))
+        if s.paired is not None and paired_requests is not None:
+            s.paired.merge(paired_requests)
+        pending.append((t + delay, stage_index, base, cand, paired_labelled))
         # Window = what became visible in this interval (the paper's rule looks at it).
         window = StageSample(stage_index, base.requests.copy(), cand.requests.copy())
-        still: list[tuple[int, int, IntervalData, IntervalData]] = []
-        for due, idx, b, c in pending:
+        still: list[tuple[int, int, IntervalData, IntervalData, PairedAggregate | None]] = []
+        for due, idx, b, c, p in pending:
             if due <= t:
                 strata[idx].baseline.merge(b.labelled)
                 strata[idx].candidate.merge(c.labelled)
+                target = strata[idx].paired
+                if target is not None and p is not None:
+                    target.merge(p)
                 if idx == stage_index:
                     window.baseline.merge(b.labelled)
                     window.candidate.merge(c.labelled)
             else:
-                still.append((due, idx, b, c))
+                still.append((due, idx, b, c, p))
         pending = still
         # The source hands out copies, as a real one reads fresh aggregates per look: the
         # evaluation records must not change when the strata grow.
-        source.samples = [StageSample(i, x.baseline.copy(), x.candidate.copy())
+        source.samples = [StageSample(i, x.baseline.copy(), x.candidate.copy(),
+                                      None if x.paired is None else x.paired.copy())
                           for i, x in strata.items()]
         windows["current"] = window
         clock.now = (t + 1) * interval_s

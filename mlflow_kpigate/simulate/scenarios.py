@@ -32,10 +32,15 @@ A scenario file holds one scenario, or several under ``scenarios:``::
                                       # in which the candidate serves 100%)
       drift_duration: 4h              # how long the drift takes (default: until the
                                       # horizon's last interval)
+      correlation: 0.8                # correlation of the two models' latent values on a
+                                      # request, where both answer it (shadow, bake)
 
 ``requests_per_second``, a duration ``horizon``, ``drift_start`` and ``drift_duration``
 were added in Gate v2 (decision-efficiency benchmark); a file without them means what it
-meant before. Errors name the offending field (``scenario.stream.horizon: ...``).
+meant before. ``candidate.correlation`` (optional, default 0.8, in [0, 0.999]) came with
+paired shadow comparisons: where both models score every request their outcomes are drawn
+jointly (:mod:`.paired_stream`); split traffic is drawn as before. Errors name the
+offending field (``scenario.stream.horizon: ...``).
 """
 
 from __future__ import annotations
@@ -54,7 +59,8 @@ _STREAM_KEYS = {"requests_per_interval", "requests_per_second", "prevalence", "s
                 "segments", "label_delay", "horizon"}
 _BASE_KEYS = {"recall", "precision", "latency_mean_ms", "latency_log_sd", "error_rate"}
 _CAND_KEYS = {"recall_delta", "precision_delta", "latency_delta_ms", "error_rate",
-              "fpr_multiplier", "recall_drift", "drift_start", "drift_duration"}
+              "fpr_multiplier", "recall_drift", "drift_start", "drift_duration",
+              "correlation"}
 #: ``candidate.drift_start`` value that starts the drift when the candidate has 100%.
 PROMOTION = "promotion"
 
@@ -162,7 +168,10 @@ def scenario_from_dict(data: Any, where: str = "scenario") -> StreamSpec:
     if not 0.01 <= cm.recall + drift <= 0.999:
         raise UsageError(f"{where}.candidate.recall_drift: recall after the drift must stay "
                          "in [0.01, 0.999]")
-    return replace(spec, baseline=bm, candidate=cm, candidate_recall_drift=drift, **timing)
+    correlation = _num(f"{where}.candidate.correlation", cand.get("correlation", 0.8), 0.0,
+                       0.999)
+    return replace(spec, baseline=bm, candidate=cm, candidate_recall_drift=drift,
+                   correlation=correlation, **timing)
 
 
 def _horizon(where: str, value: Any) -> dict[str, Any]:

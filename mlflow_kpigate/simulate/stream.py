@@ -12,6 +12,11 @@ The model of one role's traffic in one evaluation interval:
 * the candidate's recall may drift linearly: over the horizon, or from a start time (or
   from its promotion to 100%) over a set duration (:meth:`StreamSpec.candidate_at`).
 
+This module draws each role's traffic on its own (split traffic: different requests).
+Where both roles answer the same requests (a shadow stage, the bake) the runner draws them
+jointly with :mod:`.paired_stream`, their latent values correlated at
+``StreamSpec.correlation``.
+
 Everything is drawn as counts (multinomials over score bins and latency buckets), so an
 interval of a million requests costs the same as one of a thousand. Random numbers are
 keyed by (seed, repetition, interval, stage), so two decision rules run on the same stream
@@ -85,6 +90,10 @@ class StreamSpec:
     drift_start_s: float = 0.0  # seconds after the rollout's start
     drift_duration_s: float | None = None  # None: until the horizon's last interval
     drift_after_promotion: bool = False  # the drift starts when the candidate has 100%
+    # Correlation of the two models' latent values on the same request (scores, errors,
+    # log-latency): how alike their outcomes are where both answer every request (a shadow
+    # stage, the bake; see :mod:`.paired_stream`).
+    correlation: float = 0.8
 
     def per_interval(self, interval_s: float) -> StreamSpec:
         """This stream with volume and horizon in intervals of ``interval_s`` seconds.

@@ -5,8 +5,9 @@ benchmark policy. The shadow stage copies the first canary stage's settings
 (``min_samples``, ``min_dwell``, ``max_duration``, ``on_timeout``,
 ``promote_margin_scale``): the only change is where the rollout starts, so the comparison
 shows what scoring every request in shadow before any user sees the candidate buys. In
-shadow the candidate scores a copy of every request (see :mod:`.runner`); the gate treats
-the shadow stratum's two roles as independent samples, as it does in every stage.
+shadow the candidate scores a copy of every request; the runner draws both roles'
+outcomes on those requests jointly (:mod:`.paired_stream`) and hands the gate the
+stratum's paired part, so it compares the roles with paired variances there.
 
 The derived policy is built from the raw document and validated like a user's file, so it
 is a policy someone could write (its ``raw`` is the document it came from).
