@@ -1,4 +1,4 @@
-"""AUC KPIs: the difference of binned-score AUCs, DeLong variance per arm, arms independent.
+"""AUC KPIs: the difference of binned-score AUCs, DeLong variances (split strata: per arm).
 
 The rollback test keeps DeLong's unrestricted variance: AUC_c = AUC_b (or = AUC_b −
 margin) does not determine the variance, which depends on the whole score distributions,

@@ -4,7 +4,8 @@ In a shadow stage the router logs the baseline's answer and the candidate's shad
 under the same request id and stage (during the bake it is the reverse), and a label
 joins both rows. :func:`read_paired` joins the two roles' rows of each request for the
 stages that have shadow rows and returns one
-:class:`~mlflow_kpigate.kpis.PairedAggregate` per such stage (docs/collector.md):
+:class:`~mlflow_kpigate.kpis.PairedAggregate` per such stage (docs/statistics.md, "Paired
+comparison in shadow"):
 
 * every request both roles answered (the ``since`` window on both rows): the error 2×2
   table, and the candidate − baseline log-latency when both latencies are known. The
