@@ -84,35 +84,55 @@ def bake_streams(decision: Mapping[str, Any] | Decision | None, stage_index: int
             for s in bake.get("streams") or ()}
 
 
+def _log_threshold(kpi: KpiSpec, weight: float, log_a_j: float, log_n: float) -> float:
+    """A stream's alarm level in logs: ``A·J/w`` for a change detector; ``A·J/(w·N)`` (its
+    share of the bake's false-alarm bound) for a fairness KPI's confidence sequences."""
+    return log_a_j - math.log(weight) - (log_n if kpi.kind is KpiKind.FAIRNESS else 0.0)
+
+
 def _watch(kpi: KpiSpec, strata: Strata, previous: Mapping[tuple[str, str], cd.Stream],
-           log_a_j: float) -> tuple[Evidence, list[Watched]]:
-    """Measure ``kpi`` over the bake stratum and step its detectors."""
+           log_a_j: float, log_n: float) -> tuple[Evidence, list[Watched]]:
+    """Measure ``kpi`` over the bake stratum and step its detectors.
+
+    A fairness KPI's tests are judged by confidence sequences on the bake's cumulative
+    estimate, not by change detectors (its baseline index is re-chosen from the data:
+    :mod:`.change_detector`, "statistics that are not sums of increments").
+    """
     critical = kpi.role is Role.CRITICAL
     meas = measure(kpi, strata, 0.0 if critical else 1.0, 1.0)
     mine = [s for (name, _), s in previous.items() if name == kpi.name]
     several = kpi.kind is KpiKind.FAIRNESS
+    labels = [s.label for s in mine]
     watched: list[Watched] = []
     for test in meas.rollback_tests:
         label = test.label or kpi.name
         old = previous.get((kpi.name, label))
-        stream = (cd.step(old, test.delta, test.variance, meas.rollback_threshold, meas.scale)
-                  if old is not None else
-                  cd.start(label, test.delta, test.variance, meas.rollback_threshold,
-                           meas.scale))
+        rank = 1 + (labels.index(label) if label in labels else len(labels))
+        weight = cd.fairness_weight(rank) if several else 1.0
+        log_level = _log_threshold(kpi, weight, log_a_j, log_n)
+        if several:
+            stream = cd.sequence_stream(old, label, test.delta, test.variance,
+                                        meas.rollback_threshold, meas.scale,
+                                        math.exp(-log_level))
+        elif old is not None:
+            stream = cd.step(old, test.delta, test.variance, meas.rollback_threshold,
+                             meas.scale)
+        else:
+            stream = cd.start(label, test.delta, test.variance, meas.rollback_threshold,
+                              meas.scale)
         if stream is None:
             continue
-        if old is None:
+        if label not in labels:
+            labels.append(label)
             mine.append(stream)
-        rank = 1 + [s.label for s in mine].index(label)
-        weight = cd.fairness_weight(rank) if several else 1.0
-        watched.append(Watched(kpi.name, stream, weight, log_a_j - math.log(weight)))
+        watched.append(Watched(kpi.name, stream, weight, log_level))
     # Streams without a usable estimate this time keep their state.
     seen = {w.stream.label for w in watched}
     for s in mine:
         if s.label not in seen:
-            rank = 1 + [m.label for m in mine].index(s.label)
-            weight = cd.fairness_weight(rank) if several else 1.0
-            watched.append(Watched(kpi.name, s, weight, log_a_j - math.log(weight)))
+            weight = cd.fairness_weight(1 + labels.index(s.label)) if several else 1.0
+            watched.append(Watched(kpi.name, s, weight,
+                                   _log_threshold(kpi, weight, log_a_j, log_n)))
     base: dict[str, Any] = dict(kpi=kpi.name, kind=kpi.kind.value, role=kpi.role.value,
                                 direction=kpi.direction.value,
                                 margin=str(kpi.margin) if kpi.margin else None,
@@ -127,8 +147,9 @@ def _watch(kpi: KpiSpec, strata: Strata, previous: Mapping[tuple[str, str], cd.S
     where = f" [{worst.stream.label}]" if several else ""
     delta = next((t.delta for t in meas.rollback_tests if (t.label or kpi.name)
                   == worst.stream.label), math.nan)
-    level = (f"detector {fmt_e(worst.stream.log_statistic)} of threshold "
-             f"{fmt_e(worst.log_threshold)} after {worst.stream.steps} increments")
+    what, steps = ("confidence sequence", "looks") if several else ("detector", "increments")
+    level = (f"{what} {fmt_e(worst.stream.log_statistic)} of threshold "
+             f"{fmt_e(worst.log_threshold)} after {worst.stream.steps} {steps}")
     if worst.alarm:
         verdict = Verdict.WORSE
         reason = (f"{kpi.name} regressed during the bake{where}: Δ {delta:+.4g} over the "
@@ -138,6 +159,11 @@ def _watch(kpi: KpiSpec, strata: Strata, previous: Mapping[tuple[str, str], cd.S
         reason = f"{kpi.name}: no regression detected ({level}; Δ {delta:+.4g} over the bake)"
     return Evidence(verdict=verdict, reason=reason, delta=delta,
                     rollback_threshold=meas.rollback_threshold, **base), watched
+
+
+def _bake_evaluations(policy: Policy) -> float:
+    """N: the evaluations a bake lasts (at least 1)."""
+    return max(math.ceil(policy.bake.duration / policy.evaluation.interval - 1e-9), 1)
 
 
 def judge_bake(policy: Policy, stage_index: int, elapsed: float,
@@ -157,6 +183,7 @@ def judge_bake(policy: Policy, stage_index: int, elapsed: float,
     kpis = policy.baked_kpis
     steps = cd.threshold_steps(bake.arl, policy.evaluation.interval)
     log_a_j = math.log(steps * max(len(kpis), 1))
+    log_n = math.log(_bake_evaluations(policy))
     stratum = [s for s in samples if s.stage_index == stage_index]
     strata = Strata(stratum, frozenset({stage_index}))
     evidence: list[Evidence] = []
@@ -171,7 +198,7 @@ def judge_bake(policy: Policy, stage_index: int, elapsed: float,
                 direction=kpi.direction.value,
                 margin=str(kpi.margin) if kpi.margin else None, limit=kpi.limit))
             continue
-        ev, ws = _watch(kpi, strata, previous or {}, log_a_j)
+        ev, ws = _watch(kpi, strata, previous or {}, log_a_j, log_n)
         evidence.append(ev)
         watched += ws
     done = elapsed >= bake.duration
@@ -213,12 +240,14 @@ def hold_without_data(policy: Policy, stage_index: int, elapsed: float,
     kpis = policy.baked_kpis
     steps = cd.threshold_steps(policy.bake.arl, policy.evaluation.interval)
     log_a_j = math.log(steps * max(len(kpis), 1))
+    log_n = math.log(_bake_evaluations(policy))
     kept = []
     for kpi in kpis:
         mine = [s for (name, _), s in streams.items() if name == kpi.name]
         for rank, s in enumerate(mine, 1):
             weight = cd.fairness_weight(rank) if kpi.kind is KpiKind.FAIRNESS else 1.0
-            kept.append(Watched(kpi.name, s, weight, log_a_j - math.log(weight)).to_dict())
+            kept.append(Watched(kpi.name, s, weight,
+                                _log_threshold(kpi, weight, log_a_j, log_n)).to_dict())
     meta = {"metrics_unavailable": why,
             "bake": {"elapsed_s": elapsed, "duration_s": policy.bake.duration,
                      "arl_s": policy.bake.arl, "threshold_steps": steps, "streams": kept}}
