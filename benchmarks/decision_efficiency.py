@@ -20,7 +20,10 @@ Scenario sets (--set):
                after 15 minutes, and the 20-KPI policy (policies/fraud_20kpis.yaml);
   low-traffic  2 requests/s, labels after 1 h, a 30-day horizon, policies/low_traffic.yaml
                (hourly looks), equal and recall −5 candidates;
-  all          both.
+  bake         the main stream with a 24-hour bake after promotion (policies/fraud_bake.yaml):
+               equal, recall drifting −5 points over 4 h from the start and from the
+               promotion; a 27-hour horizon;
+  all          all three.
 --scenario-file runs a file's scenarios on --policy instead.
 
 The canary-only rules see the same random numbers while in the same stage (common random
@@ -30,7 +33,7 @@ also get the forecast time to decision beside the simulated one (decision_foreca
 ``forecast_hours``, ``forecast_hours_mean``).
 
     .venv/bin/python benchmarks/decision_efficiency.py [--reps 200] [--seed 1] [--json]
-        [--set main|low-traffic|all] [--only NAME,...] [--rules RULE,...]
+        [--set main|low-traffic|bake|all] [--only NAME,...] [--rules RULE,...]
         [--policy FILE] [--scenario-file FILE] [--requests-per-interval N] [--horizon N]
         [--markdown] [--update-readme README.md] [--from-json FILE]
 
@@ -92,6 +95,12 @@ MAIN_CONDITIONS: dict[str, tuple[dict[str, Any], Path | None, tuple[str, ...]]] 
     "label-delay-15m": ({"label_delay": "15m"}, None, ("equal", "recall-minus-5")),
     "20-kpis": ({}, POLICIES / "fraud_20kpis.yaml", ("equal", "recall-minus-5")),
 }
+# A 24-hour bake after promotion (fraud_bake.yaml): false rollbacks over a whole bake, and
+# drift caught after promotion (from the start, and starting at the promotion).
+BAKE: dict[str, tuple[dict[str, Any], Path | None, tuple[str, ...]]] = {
+    "bake-24h": ({"horizon": "27h"}, POLICIES / "fraud_bake.yaml",
+                 ("equal", "recall-drift", "drift-after-promotion")),
+}
 LOW_TRAFFIC: dict[str, tuple[dict[str, Any], Path | None, tuple[str, ...]]] = {
     "low-traffic": ({"requests_per_second": 2, "label_delay": "1h", "horizon": "30d"},
                     POLICIES / "low_traffic.yaml", ("equal", "recall-minus-5")),
@@ -149,6 +158,8 @@ def build_cases(which: str, policy: Policy, policy_file: str, base: dict[str, An
         conditions += [("main", k, v) for k, v in MAIN_CONDITIONS.items()]
     if which in ("low-traffic", "all"):
         conditions += [("low-traffic", k, v) for k, v in LOW_TRAFFIC.items()]
+    if which in ("bake", "all"):
+        conditions += [("bake", k, v) for k, v in BAKE.items()]
     for group, cond, (settings, pfile, candidates) in conditions:
         pol = policy if pfile is None else load_policy(pfile)
         stream = {**base, **settings}
@@ -259,7 +270,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--policy", default=str(DEFAULT_POLICY))
     parser.add_argument("--scenario-file", help="YAML/JSON scenarios instead of the built-in")
-    parser.add_argument("--set", dest="which", choices=("main", "low-traffic", "all"),
+    parser.add_argument("--set", dest="which", choices=("main", "low-traffic", "bake", "all"),
                         default="main", help="built-in scenario set (default: main)")
     parser.add_argument("--only", help="comma-separated scenario names to run (of the set)")
     parser.add_argument("--rules", default=",".join(RULE_ORDER),
