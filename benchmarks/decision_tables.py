@@ -161,12 +161,28 @@ def markdown(result: dict[str, Any], group: str | None = None) -> str:
         out += _table("Candidate responses served to users until promotion (mean)", rules,
                       [(n, [_cell(result, n, r, "requests_to_promote_mean", "count")
                             for r in rules]) for n in good])
-    baked = any(c is not None and c.get("bake_rollback_rate") is not None
-                for n in names for c in sc[n].values())
-    if not baked:
-        out += ["`bake_rollback_rate` is null in every cell: the controller stops at "
-                "promotion, so there is no bake period to evaluate yet.", ""]
+    baked = [n for n in names if any(c is not None and c.get("bake_rollback_rate") is not None
+                                     for c in sc[n].values())]
+    if baked:
+        out += _table("Rolled back after promotion, during the bake (% of the runs that "
+                      "reached 100%) / rolled back at any time (% of all runs)", rules,
+                      [(n, [_bake_cell(sc[n].get(r)) for r in rules]) for n in baked])
+    else:
+        out += ["`bake_rollback_rate` is null in every cell: this set's policies have no "
+                "bake (the controller stops at promotion; see `--set bake`).", ""]
     return "\n".join(out).rstrip() + "\n"
+
+
+def _bake_cell(cell: dict[str, Any] | None) -> str:
+    if cell is None:
+        return "n/a"
+    rate = cell.get("bake_rollback_rate")
+    if rate is None:
+        return "—"
+    before = cell.get("power") if cell.get("power") is not None else cell.get(
+        "false_rollback_rate") or 0.0
+    promoted = cell.get("promote_rate") or 0.0
+    return f"{fmt(rate, 'rate')} / {fmt(before + promoted * rate, 'rate')}"
 
 
 def _ratio(cells: dict[str, Any], key: str) -> str:
