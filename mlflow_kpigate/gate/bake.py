@@ -85,9 +85,34 @@ def bake_streams(decision: Mapping[str, Any] | Decision | None, stage_index: int
 
 
 def _log_threshold(kpi: KpiSpec, weight: float, log_a_j: float, log_n: float) -> float:
-    """A stream's alarm level in logs: ``A·J/w`` for a change detector; ``A·J/(w·N)`` (its
-    share of the bake's false-alarm bound) for a fairness KPI's confidence sequences."""
-    return log_a_j - math.log(weight) - (log_n if kpi.kind is KpiKind.FAIRNESS else 0.0)
+    """A stream's alarm level in logs: ``A·J/(w·N)`` (its share of the bake's false-alarm
+    bound) for a fairness KPI's confidence sequences; ``2·A·J/w`` for a change detector,
+    which shares its KPI's budget with the whole-bake sequence (:func:`_whole_bake`)."""
+    if kpi.kind is KpiKind.FAIRNESS:
+        return log_a_j - math.log(weight) - log_n
+    return log_a_j - math.log(weight) + math.log(2.0)
+
+
+def _whole_bake(kpi: KpiSpec, meas: Any, log_a_j: float, log_n: float
+                ) -> tuple[float, float, float, str] | None:
+    """The worst test's (log M, log level, Δ, label) of the confidence sequence on the whole
+    bake's estimate, when it alarms (else None).
+
+    The detector skips evaluations whose plug-in information did not grow; a regression
+    that inflates the variance (a candidate whose hits become the baseline's misses turns
+    the paired correlation negative) would be skipped for as long as that lasts. This
+    check needs no increments: at level N/(2·A·J) per KPI it keeps the bake's N/A bound.
+    """
+    level = log_a_j - log_n + math.log(2.0)
+    alpha = math.exp(-level)
+    worst = None
+    for test in meas.rollback_tests:
+        s = cd.sequence_stream(None, test.label or kpi.name, test.delta, test.variance,
+                               meas.rollback_threshold, meas.scale, alpha)
+        if s is not None and s.log_statistic >= level and (
+                worst is None or s.log_statistic > worst[0]):
+            worst = (s.log_statistic, level, test.delta, s.label)
+    return worst
 
 
 def _watch(kpi: KpiSpec, strata: Strata, previous: Mapping[tuple[str, str], cd.Stream],
@@ -139,6 +164,15 @@ def _watch(kpi: KpiSpec, strata: Strata, previous: Mapping[tuple[str, str], cd.S
                                 limit=kpi.limit, statistic=meas.statistic,
                                 baseline_value=meas.baseline_value,
                                 candidate_value=meas.candidate_value, samples=meas.samples)
+    whole = None if several else _whole_bake(kpi, meas, log_a_j, log_n)
+    if whole is not None:
+        log_m, log_level, delta_w, _ = whole
+        return Evidence(
+            verdict=Verdict.WORSE, delta=delta_w, rollback_threshold=meas.rollback_threshold,
+            reason=(f"{kpi.name} regressed during the bake: Δ {delta_w:+.4g} over the bake "
+                    f"against threshold {meas.rollback_threshold:+.4g} (confidence sequence "
+                    f"over the whole bake {fmt_e(log_m)} of threshold {fmt_e(log_level)})"),
+            **base), watched
     worst = max(watched, key=lambda w: w.stream.log_statistic - w.log_threshold, default=None)
     if worst is None or worst.stream.steps == 0:
         why = meas.missing or "first look at the bake; the detector starts from here"
