@@ -1,7 +1,10 @@
 """The ``kpigate`` command: the click group and the commands it holds.
 
 Each command lives in the module named for it and stays thin: it parses, calls a
-Deployer or a part, and prints. Errors are reported by :mod:`.errors`.
+Deployer or a part, and prints. Errors are reported by :mod:`.errors`. The group imports
+a command's module only when that command runs (:mod:`.lazy`), so ``kpigate --version``
+and ``kpigate --help`` import neither the parts nor scipy, pandas or MLflow; a command
+added here names its ``module:attribute`` and the first paragraph of its help.
 """
 
 from __future__ import annotations
@@ -9,39 +12,58 @@ from __future__ import annotations
 import click
 
 from mlflow_kpigate import __version__
-from mlflow_kpigate.cli.collector import collector_command
-from mlflow_kpigate.cli.errors import KpigateGroup
-from mlflow_kpigate.cli.github import github_group
-from mlflow_kpigate.cli.operate import (
-    feedback_command,
-    report_command,
-    serve_command,
-    status_command,
-    steer_commands,
-    watch_command,
-)
-from mlflow_kpigate.cli.plan import plan_command
-from mlflow_kpigate.cli.policy import policy_group
-from mlflow_kpigate.cli.render import render_command
-from mlflow_kpigate.cli.replay import replay_command
-from mlflow_kpigate.cli.simulate import simulate_command
-from mlflow_kpigate.cli.webhook_bridge import webhook_bridge_command
+from mlflow_kpigate.cli.lazy import LazyCommand, LazyGroup
+
+_CLI = "mlflow_kpigate.cli"
+_STEER_HELP = "the running rollout NAME now (recorded in the audit log as an operator action)."
+
+COMMANDS: dict[str, LazyCommand] = {
+    "policy": LazyCommand(f"{_CLI}.policy:policy_group",
+                          "Work with rollout policy files (see docs/policy.md)."),
+    "plan": LazyCommand(f"{_CLI}.plan:plan_command",
+                        "Size POLICY_FILE's stages: requests needed to promote or to detect, "
+                        "per KPI."),
+    "simulate": LazyCommand(f"{_CLI}.simulate:simulate_command",
+                            "Run POLICY_FILE's staged rollout against a synthetic stream and "
+                            "show each decision."),
+    "render": LazyCommand(f"{_CLI}.render:render_command",
+                          "Print the Seldon manifests and JSON patches of a rollout, without a "
+                          "cluster."),
+    "replay": LazyCommand(f"{_CLI}.replay:replay_command",
+                          "Re-judge every recorded evaluation of rollout NAME (or of "
+                          "--run-id)."),
+    "collector": LazyCommand(f"{_CLI}.collector:collector_command",
+                             "Collect Seldon request-logger CloudEvents and labels; export KPIs "
+                             "for Prometheus."),
+    "webhook-bridge": LazyCommand(f"{_CLI}.webhook_bridge:webhook_bridge_command",
+                                  "Forward MLflow registry webhooks to GitHub as "
+                                  "repository_dispatch events."),
+    "github": LazyCommand(f"{_CLI}.github:github_group",
+                          "Report rollouts to GitHub: pull request comment, job summary, "
+                          "outputs, status."),
+    "status": LazyCommand(f"{_CLI}.operate:status_command",
+                          "Stage, weights, per-KPI evidence and the last decision of rollout "
+                          "NAME."),
+    "watch": LazyCommand(f"{_CLI}.operate:watch_command",
+                         "Follow rollout NAME through its stages until it ends (Ctrl-C stops "
+                         "watching only)."),
+    "report": LazyCommand(f"{_CLI}.operate:report_command",
+                          "Write rollout NAME's report (markdown, HTML, charts) and print where "
+                          "it is."),
+    "feedback": LazyCommand(f"{_CLI}.operate:feedback_command",
+                            "Send late-arriving labels for rollout NAME's predictions, matched "
+                            "by request id."),
+    "serve": LazyCommand(f"{_CLI}.operate:serve_command",
+                         "Run a rollout in the foreground until it ends, then keep serving "
+                         "until Ctrl-C."),
+    **{action: LazyCommand(f"{_CLI}.operate:{action}_command",
+                           f"{action.capitalize()} {_STEER_HELP}")
+       for action in ("promote", "rollback", "pause", "resume")},
+}
 
 
-@click.group(cls=KpigateGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=LazyGroup, lazy_commands=COMMANDS,
+             context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "--version", prog_name="kpigate")
 def main() -> None:
     """Staged rollouts of MLflow model versions, decided by KPI evidence."""
-
-
-main.add_command(policy_group)
-main.add_command(plan_command)
-main.add_command(simulate_command)
-main.add_command(render_command)
-main.add_command(replay_command)
-main.add_command(collector_command)
-main.add_command(webhook_bridge_command)
-main.add_command(github_group)
-for _command in (status_command, watch_command, report_command, feedback_command,
-                 serve_command, *steer_commands):
-    main.add_command(_command)

@@ -149,7 +149,10 @@ def _steer(action: str) -> click.Command:
     return command
 
 
-steer_commands = [_steer(a) for a in ("promote", "rollback", "pause", "resume")]
+promote_command = _steer("promote")
+rollback_command = _steer("rollback")
+pause_command = _steer("pause")
+resume_command = _steer("resume")
 
 
 def _read_labels(path: Path) -> list[dict[str, Any]]:
