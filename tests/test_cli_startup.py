@@ -1,5 +1,5 @@
-"""Start-up: what `kpigate --version`, `--help` and completion import, and that every
-listed command resolves (real processes)."""
+"""Start-up: what `kpigate --version`, `--help` and completion import, that every listed
+command resolves, and what the MLflow target adds to `mlflow deployments` (real processes)."""
 
 from __future__ import annotations
 
@@ -126,3 +126,20 @@ def test_lazy_command_must_name_a_click_command():
     assert isinstance(LazyCommand("mlflow_kpigate.cli.plan:plan_command", "x").load(),
                       click.Command)
 
+
+def test_the_mlflow_target_adds_no_heavy_module_to_mlflow_deployments():
+    # MLflow imports the plugin for every `mlflow deployments ... -t kpigate`; on top of
+    # what MLflow itself imported, the plugin and the embedded Deployer (what `create`
+    # runs) add kpigate's own modules only: no scipy.stats for the gate, nothing else.
+    code = ("import json, sys\nimport mlflow.deployments.cli\nbefore = set(sys.modules)\n"
+            "import mlflow_kpigate.plugin\n"
+            "from mlflow_kpigate.deploy.targets import deployer_for\n"
+            "deployer_for('kpigate')\n"
+            "print(json.dumps(sorted(set(sys.modules) - before)))\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    added = json.loads(result.stdout)
+    assert "mlflow_kpigate.deploy.local" in added
+    assert [m for m in added if m.split(".")[0] != "mlflow_kpigate"
+            and m not in ("sqlite3", "sqlite3.dbapi2", "_sqlite3")] == []

@@ -26,7 +26,6 @@ from mlflow_kpigate.core.errors import UsageError
 from mlflow_kpigate.core.forecast import fmt_eta
 from mlflow_kpigate.core.refs import ModelRef
 from mlflow_kpigate.deploy.config import DeploymentConfig
-from mlflow_kpigate.gate.forecast import plan_forecast
 from mlflow_kpigate.policy import KpiKind, Policy, load_policy
 from mlflow_kpigate.rollout.ports import Registry
 
@@ -95,6 +94,10 @@ def forecast_lines(policy: Policy, baseline: RegistryBaseline | None,
     """The create-time forecast as progress lines (none without ``-C expected_rps``)."""
     if cfg.expected_rps is None:
         return []
+    # Imported here: the forecast needs scipy.stats (half a second), and every create,
+    # status or delete imports this module.
+    from mlflow_kpigate.gate.forecast import plan_forecast
+
     rps = cfg.expected_rps
     fc = plan_forecast(policy, baseline or RegistryBaseline(), rps, cfg.label_delay or 0.0,
                        f"-C expected_rps={rps:g}")

@@ -10,6 +10,10 @@
 Their process ids are in ``pids.json``; their output in ``router.log`` and
 ``controller.log``. SIGTERM stops both children (TERM, then KILL after a grace period)
 and then the supervisor.
+
+The children are started before the supervisor imports the state store (which it needs
+only to record a restart): ``mlflow deployments create`` waits for the router, and the
+store's imports (the policy model, numpy) would come first otherwise.
 """
 
 from __future__ import annotations
@@ -21,9 +25,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-
-from mlflow_kpigate.backends.local.state_store import RolloutStore
-from mlflow_kpigate.core.events import ControllerRestarted, RouterRestarted
 
 GRACE_S = 10.0
 RESTART_BACKOFF_S = 1.0
@@ -68,7 +69,6 @@ def _write_pids(directory: Path, children: list[_Child]) -> None:
 
 def supervise(directory: Path) -> int:
     """Run until SIGTERM/SIGINT; returns the exit code."""
-    store = RolloutStore(directory)
     router = _Child("router", "mlflow_kpigate.backends.local.server", directory)
     controller = _Child("controller", "mlflow_kpigate.deploy.local_controller", directory)
     stopping = False
@@ -82,6 +82,10 @@ def supervise(directory: Path) -> int:
     router.start()
     controller.start()
     _write_pids(directory, [router, controller])
+    from mlflow_kpigate.backends.local.state_store import RolloutStore
+    from mlflow_kpigate.core.events import ControllerRestarted, RouterRestarted
+
+    store = RolloutStore(directory)
     controller_done = False
     while not stopping:
         time.sleep(0.2)

@@ -29,9 +29,9 @@ from collections.abc import Callable
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
 from mlflow_kpigate.core.bake import DetectorView, bake_view
+from mlflow_kpigate.core.decision import Decision
 from mlflow_kpigate.core.forecast import forecast_view
 from mlflow_kpigate.core.state import Phase, RolloutState
-from mlflow_kpigate.gate import Decision
 
 
 class DecisionMetrics:

@@ -14,8 +14,8 @@ the baseline's shadow stops); a rollback sends everything back to the baseline, 
 
 from __future__ import annotations
 
+from mlflow_kpigate.core.decision import Action, Decision
 from mlflow_kpigate.core.state import Phase, RolloutState, Weights
-from mlflow_kpigate.gate import Action, Decision
 from mlflow_kpigate.policy import Policy, Stage
 
 
