@@ -11,13 +11,20 @@ Their process ids are in ``pids.json``; their output in ``router.log`` and
 ``controller.log``. SIGTERM stops both children (TERM, then KILL after a grace period)
 and then the supervisor.
 
-The children are started before the supervisor imports the state store (which it needs
-only to record a restart): ``mlflow deployments create`` waits for the router, and the
-store's imports (the policy model, numpy) would come first otherwise.
+Start-up order: ``mlflow deployments create`` waits until the router answers, and the
+router's start is mostly loading the models, so nothing else competes with it for the
+CPU. The router is started first, before the supervisor imports the state store (which it
+needs only to record a restart; its imports, the policy model and numpy, would otherwise
+come first); the controller is started once the router answers HTTP (any status), or
+after ``KPIGATE_START_TIMEOUT`` seconds (180) if it never does. The controller has nothing
+to judge before the router serves: its first act, the rollout's pending side effects
+(model-version tags, the rollout run, alerts), follows the router's start by the
+controller's own start-up, a few seconds. Restarts of either child do not wait.
 """
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import signal
@@ -28,6 +35,8 @@ from pathlib import Path
 
 GRACE_S = 10.0
 RESTART_BACKOFF_S = 1.0
+TICK_S = 0.2
+CONTROLLER_WAIT_S = float(os.environ.get("KPIGATE_START_TIMEOUT", "180"))
 
 
 class _Child:
@@ -67,6 +76,19 @@ def _write_pids(directory: Path, children: list[_Child]) -> None:
     tmp.replace(directory / "pids.json")
 
 
+def _answers(port: int) -> bool:
+    """Whether something answers HTTP on 127.0.0.1:``port`` (the router, once it serves)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+    try:
+        conn.request("GET", "/health")
+        conn.getresponse().read()
+        return True
+    except (OSError, http.client.HTTPException):
+        return False
+    finally:
+        conn.close()
+
+
 def supervise(directory: Path) -> int:
     """Run until SIGTERM/SIGINT; returns the exit code."""
     router = _Child("router", "mlflow_kpigate.backends.local.server", directory)
@@ -79,16 +101,18 @@ def supervise(directory: Path) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    started = time.monotonic()
     router.start()
-    controller.start()
-    _write_pids(directory, [router, controller])
+    _write_pids(directory, [router])
     from mlflow_kpigate.backends.local.state_store import RolloutStore
     from mlflow_kpigate.core.events import ControllerRestarted, RouterRestarted
 
     store = RolloutStore(directory)
+    state = store.load()
+    port = state.port if state is not None else None
     controller_done = False
     while not stopping:
-        time.sleep(0.2)
+        time.sleep(TICK_S)
         code = router.exit_code()
         if code is not None and not stopping:
             store.append(RouterRestarted(code))
@@ -96,6 +120,12 @@ def supervise(directory: Path) -> int:
             router.restarts += 1
             router.start()
             _write_pids(directory, [router, controller])
+        if controller.proc is None:
+            if not stopping and (port is None or _answers(port)
+                                 or time.monotonic() - started > CONTROLLER_WAIT_S):
+                controller.start()
+                _write_pids(directory, [router, controller])
+            continue
         code = controller.exit_code()
         if code is not None and not controller_done and not stopping:
             state = store.load()
