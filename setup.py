@@ -32,6 +32,7 @@ setup(
         "jsonschema>=4",
         "requests>=2.31",
         "urllib3>=2",
+        "orjson>=3.9",
     ],
     extras_require={
         "examples": ["xgboost>=2", "lightgbm>=4"],

@@ -5,6 +5,9 @@ and never raises: a model failure becomes an :class:`Attempt` with an ``error`` 
 ``invalid_input`` when MLflow rejected the input against the model's signature). Latency
 is the model's ``predict`` time for the whole request, recorded on each of its rows
 (:func:`prediction_rows`, with the :class:`RequestInfo` all rows of a request share).
+:func:`predict_attempt` is the same call on a model object, for the candidate's worker
+process (:mod:`.candidate_worker`), which has no :class:`RouterConfig`;
+:func:`input_schema` reads the input schema a model's payloads are parsed with.
 """
 
 from __future__ import annotations
@@ -17,7 +20,15 @@ from mlflow_kpigate.backends.local.config import RouterConfig
 from mlflow_kpigate.core.payloads import ModelOutput, ParsedPayload, interpret_output
 from mlflow_kpigate.core.records import Prediction
 
-__all__ = ["Attempt", "RequestInfo", "call_model", "prediction_rows"]
+__all__ = [
+    "Attempt",
+    "RequestInfo",
+    "call_model",
+    "describe_error",
+    "input_schema",
+    "predict_attempt",
+    "prediction_rows",
+]
 
 _SCHEMA_FAILURE = "SCHEMA_ENFORCEMENT_FAILED"  # MlflowException.error_class of pyfunc
 
@@ -33,6 +44,9 @@ class Attempt:
     latency_s: float
     output: ModelOutput
     invalid_input: bool = False  # MLflow rejected the input against the model's signature
+    # The response body to send, when the call was made elsewhere (the candidate's worker
+    # process, :mod:`.candidate_client`): there ``raw`` is None, the output stayed there.
+    body: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -46,21 +60,40 @@ class RequestInfo:
     features: list[dict[str, Any]] | None
 
 
-def _describe(exc: BaseException) -> str:
+def describe_error(exc: BaseException) -> str:
     """``Type: first line of the message`` (one line for logs and error bodies)."""
     text = str(exc).strip()
     return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
 
 
+def input_schema(model: Any) -> Any:
+    """The MLflow input schema of a pyfunc ``model``, or ``None`` if it has none."""
+    metadata = getattr(model, "metadata", None)
+    getter = getattr(metadata, "get_input_schema", None)
+    if getter is None:
+        return None
+    try:
+        return getter()
+    except Exception:  # a model without a readable signature has no schema
+        return None
+
+
 def call_model(config: RouterConfig, role: str, payload: ParsedPayload) -> Attempt:
     """Call one model; exceptions become an errored attempt, never propagate."""
     if role == "baseline":
-        model, version, frame = config.baseline_model, config.baseline_version, payload.frame
-    else:
-        # The candidate gets its own copy: a model that edits its input in place must
-        # not change what the baseline sees on fallback or concurrently in shadow.
-        model, version = config.candidate_model, config.candidate_version or ""
-        frame = payload.frame.copy()
+        return predict_attempt(config.baseline_model, role, config.baseline_version,
+                               payload, config.threshold)
+    # The candidate gets its own copy: a model that edits its input in place must not
+    # change what the baseline sees on fallback or concurrently in shadow.
+    return predict_attempt(config.candidate_model, role, config.candidate_version or "",
+                           payload, config.threshold, copy=True)
+
+
+def predict_attempt(model: Any, role: str, version: str, payload: ParsedPayload,
+                    threshold: float, *, copy: bool = False) -> Attempt:
+    """``model.predict`` on ``payload`` (a copy of its frame if ``copy``) as an
+    :class:`Attempt`; exceptions become an errored attempt, never propagate."""
+    frame = payload.frame.copy() if copy else payload.frame
     n = len(payload.frame)
     start = time.perf_counter()
     try:
@@ -71,7 +104,7 @@ def call_model(config: RouterConfig, role: str, payload: ParsedPayload) -> Attem
     except Exception as exc:  # any model failure is an error outcome
         latency = max(time.perf_counter() - start, 1e-9)
         invalid = getattr(exc, "error_class", None) == _SCHEMA_FAILURE
-        message = _describe(exc)
+        message = describe_error(exc)
         if invalid:
             # MLflow's message embeds the whole input; its cause is the last part.
             cause = str(getattr(exc, "message", exc)).rpartition("Error: ")[2]
@@ -79,7 +112,7 @@ def call_model(config: RouterConfig, role: str, payload: ParsedPayload) -> Attem
         return Attempt(role, version, None, message, latency,
                        ModelOutput([None] * n, [None] * n, False), invalid)
     latency = max(time.perf_counter() - start, 1e-9)
-    return Attempt(role, version, raw, None, latency, interpret_output(raw, n, config.threshold))
+    return Attempt(role, version, raw, None, latency, interpret_output(raw, n, threshold))
 
 
 def prediction_rows(attempt: Attempt, info: RequestInfo, shadow: bool) -> list[Prediction]:
