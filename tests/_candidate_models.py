@@ -22,7 +22,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-
 from mlflow.pyfunc import PythonModel
 
 

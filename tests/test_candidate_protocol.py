@@ -111,19 +111,22 @@ def test_the_predictor_answers_what_the_router_would(sklearn_model):
         payload = parse_payload(body.encode(), content_type, schema)
         raw = sklearn_model.predict(payload.frame)
         expected = interpret_output(raw, len(payload.frame), 0.3)
-        assert response.ok and response.error is None
+        assert response.ok
+        assert response.error is None
         assert response.body == format_predictions(raw).encode()
         assert (response.scores, response.predicted, response.understood) == (
             expected.scores, expected.predicted, True)
         assert response.latency_s > 0
-    assert predictor.running == 0 and predictor.oldest_age() is None
+    assert predictor.running == 0
+    assert predictor.oldest_age() is None
 
 
 def test_the_predictor_reports_parse_errors_and_signature_rejections(sklearn_model):
     predictor = Predictor(sklearn_model, "7", 0.5)
     bad = predictor.predict(PredictRequest(b"{not json", None))
     assert (bad.ok, bad.parse_status) == (False, 400)
-    assert bad.error is not None and bad.error.startswith("body is not valid JSON")
+    assert bad.error is not None
+    assert bad.error.startswith("body is not valid JSON")
     unsupported = predictor.predict(PredictRequest(b"a=1", "text/plain"))
     assert unsupported.parse_status == 415
     missing = predictor.predict(PredictRequest(
@@ -146,11 +149,13 @@ def test_a_client_with_nobody_listening_fails_at_once_as_unavailable():
         attempt, counters = asyncio.run(scenario(directory / "none.sock"))
         assert attempt.error is not None
         assert attempt.error.startswith("candidate process unavailable: ")
-        assert attempt.output.scores == [None, None] and attempt.body is None
+        assert attempt.output.scores == [None, None]
+        assert attempt.body is None
         assert counters["unavailable"] == 1
         # A socket file nobody listens on (a dead worker's): refused, also unavailable.
         stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         stale.bind(str(directory / "stale.sock"))
         stale.close()
         attempt, _ = asyncio.run(scenario(directory / "stale.sock"))
-        assert attempt.error is not None and "unavailable" in attempt.error
+        assert attempt.error is not None
+        assert "unavailable" in attempt.error

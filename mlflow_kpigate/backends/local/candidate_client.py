@@ -13,7 +13,8 @@ never raises (only cancels, when its caller is cancelled). A failure is an attem
 * ``candidate busy: N requests in flight``: ``max_inflight`` requests are already waiting,
   so this one fails at once rather than queue behind a slow model;
 * ``candidate process unavailable: …``: no socket, or nobody listening (a restart);
-* ``candidate process exited during the request``: the connection dropped mid-request;
+* ``candidate process exited during the request``: the connection dropped mid-request
+  (also for a request that connects while the kernel tears down a dead worker's socket);
 * the worker's own errors (the model raised, the input does not match its signature or
   does not parse with its schema: ``invalid_input``), with the model's ``latency_s``.
 

@@ -158,6 +158,14 @@ class CandidateProcess:
         if ping(self.socket_path, PING_TIMEOUT_S):
             self._ready = True
             return
+        try:
+            # A dying process closes its sockets before it can be waited for.
+            code = process.wait(timeout=0.5)
+        except subprocess.TimeoutExpired:
+            pass
+        else:
+            self._failed(f"exited with {_describe_exit(code)}")
+            return
         if self._ready:
             reason = f"did not answer a ping within {PING_TIMEOUT_S:g} s"
         elif now - self._started_at > START_TIMEOUT_S:
