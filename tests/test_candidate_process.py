@@ -20,6 +20,7 @@ from _candidate_models import body, read_log, save_behaviour, save_sklearn, sock
 
 from mlflow_kpigate.backends.local.candidate_client import CandidateClient
 from mlflow_kpigate.backends.local.candidate_process import ping
+from mlflow_kpigate.backends.local.candidate_worker import EXIT_LOAD_FAILED
 from mlflow_kpigate.backends.local.model_calls import input_schema
 from mlflow_kpigate.backends.local.process_tie import EXIT_ORPHANED
 from mlflow_kpigate.core.payloads import format_predictions, interpret_output, parse_payload
@@ -325,3 +326,13 @@ def test_a_worker_whose_parent_is_already_gone_exits_at_once(models, tmp_path):
         assert result.returncode == EXIT_ORPHANED
         assert b"is gone" in result.stderr
         assert not (sockets / "cand.sock").exists()
+
+
+def test_a_second_worker_does_not_steal_a_live_workers_socket(models, tmp_path):
+    with started(models["sklearn"], tmp_path) as process:
+        result = subprocess.run(
+            _worker_command(process.socket_path, models["sklearn"], tmp_path, os.getpid()),
+            capture_output=True, timeout=120)
+        assert result.returncode == EXIT_LOAD_FAILED
+        assert b"another process is listening on" in result.stderr
+        assert ping(process.socket_path, 5.0)

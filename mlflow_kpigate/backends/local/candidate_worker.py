@@ -49,7 +49,7 @@ from mlflow_kpigate.backends.local.candidate_protocol import (
 from mlflow_kpigate.backends.local.predictor import Predictor
 from mlflow_kpigate.backends.local.process_tie import tie_to_parent
 
-__all__ = ["EXIT_HUNG", "EXIT_LOAD_FAILED", "WorkerOptions", "main", "parse_args"]
+__all__ = ["EXIT_HUNG", "EXIT_LOAD_FAILED", "SocketTaken", "WorkerOptions", "main", "parse_args"]
 
 logger = logging.getLogger("mlflow_kpigate.candidate_worker")
 
@@ -110,13 +110,17 @@ def parse_args(argv: Sequence[str] | None = None) -> WorkerOptions:
                          args.drain_s)
 
 
+class SocketTaken(RuntimeError):
+    """The socket path is not free: another worker answers there, or it is not a socket."""
+
+
 def _replace_stale_socket(path: str) -> None:
     try:
         mode = os.stat(path).st_mode
     except FileNotFoundError:
         return
     if not stat.S_ISSOCK(mode):
-        raise RuntimeError(f"{path} exists and is not a socket; not replacing it")
+        raise SocketTaken(f"{path} exists and is not a socket; not replacing it")
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
         probe.settimeout(1.0)
         try:
@@ -124,7 +128,7 @@ def _replace_stale_socket(path: str) -> None:
         except OSError:  # refused: nobody listens, a dead worker's leftover
             os.unlink(path)
             return
-    raise RuntimeError(f"another process is listening on {path}")
+    raise SocketTaken(f"another process is listening on {path}")
 
 
 class WorkerServer:
@@ -246,7 +250,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     predictor = Predictor(model, options.version, options.threshold)
     try:
         return asyncio.run(WorkerServer(predictor, options).run())
-    except RuntimeError as exc:  # the socket path is taken
+    except SocketTaken as exc:
         logger.error("%s", exc)
         return EXIT_LOAD_FAILED
 
