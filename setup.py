@@ -23,6 +23,7 @@ setup(
     install_requires=[
         "mlflow>=3.3,<4",
         "numpy>=1.24",
+        "orjson>=3.9",
         "scipy>=1.10",
         "pyyaml>=6",
         "click>=8.1",
