@@ -1,11 +1,13 @@
 """The prediction log's tables, its binning check, and the columns of the policy's fields.
 
 One ``predictions`` row per logged prediction, with a ``meta`` table (binning, schema
-version, the count of labels for unknown ids) and a ``fields`` table naming the dynamic
-columns: the policy's segment fields are stored in ``s0``, ``s1``…, its business values in
-``v0``, ``v1``…, so no user string ever becomes an SQL identifier. A spec with new segment
-fields or value names adds columns (older rows read as ``"unknown"`` / no value); a spec
-with other binning is refused, since stored bins could not be compared.
+version, the count of labels for unknown ids), a ``segment_offsets`` table (how much of
+each router segment file is ingested, :mod:`.segment_ingest`; created in existing files
+too) and a ``fields`` table naming the dynamic columns: the policy's segment fields are
+stored in ``s0``, ``s1``…, its business values in ``v0``, ``v1``…, so no user string ever
+becomes an SQL identifier. A spec with new segment fields or value names adds columns
+(older rows read as ``"unknown"`` / no value); a spec with other binning is refused, since
+stored bins could not be compared.
 
 Privacy by design: a row holds what the KPIs need (id, time, role, version, stage, shadow
 flag, latency, error flag, score, predicted label, the policy's segment values, the label
@@ -72,6 +74,11 @@ CREATE TABLE IF NOT EXISTS fields (
     name TEXT NOT NULL,
     col TEXT NOT NULL UNIQUE,
     PRIMARY KEY (kind, name)
+);
+CREATE TABLE IF NOT EXISTS segment_offsets (
+    name TEXT PRIMARY KEY,
+    "offset" INTEGER NOT NULL,
+    torn INTEGER NOT NULL DEFAULT 0
 );
 """
 
