@@ -7,6 +7,13 @@ the gate consumes. Router and controller are separate processes with separate
 ``Collector`` instances on the same file, which SQLite's WAL mode lets one read while the
 other writes. :meth:`Collector.purge` deletes rows past the retention.
 
+With ``segments=DIR`` the collector also ingests the router's segment files in ``DIR``
+(each router process appends its predictions there before answering,
+:mod:`.segment_log`): :meth:`Collector.ingest_segments` commits them exactly once, and
+:meth:`Collector.flush` (so :meth:`~Collector.add_labels` and
+:meth:`~Collector.stage_samples`) ingests first, so a label posted right after its
+answer finds its prediction.
+
 :class:`Collector` is the facade over one file; each part lives in its own module:
 
 * :mod:`.collector_db`: connections, transactions, durability;
@@ -17,7 +24,11 @@ other writes. :meth:`Collector.purge` deletes rows past the retention.
 * :mod:`.collector_rows`: how predictions become rows (binning at insert time, unknown
   latencies, labels copied onto late rows);
 * :mod:`.collector_labels`: the label join (the first label wins);
-* :mod:`.collector_reader`: stage samples in SQL, and retention.
+* :mod:`.collector_reader`: stage samples in SQL, and retention;
+* :mod:`.segment_format`, :mod:`.segment_log`: the router's append-only segment files
+  (one JSON line per prediction, written before the answer);
+* :mod:`.segment_ingest`: committing segment files into the log exactly once, and
+  :class:`~.segment_ingest.IngestLoop`.
 """
 
 from __future__ import annotations
@@ -35,8 +46,9 @@ from mlflow_kpigate.metrics.collector_labels import check_labels, join_labels
 from mlflow_kpigate.metrics.collector_reader import LogReader
 from mlflow_kpigate.metrics.collector_schema import open_schema
 from mlflow_kpigate.metrics.collector_writer import PredictionWriter
+from mlflow_kpigate.metrics.segment_ingest import IngestResult, ingest, pending_bytes
 
-__all__ = ["Collector", "CollectorError"]
+__all__ = ["Collector", "CollectorError", "IngestResult"]
 
 
 class Collector:
@@ -45,7 +57,8 @@ class Collector:
     Thread-safe. ``spec`` fixes which segment fields and business values are kept and the
     score/latency binning; the binning must match the file's (``ValueError`` otherwise),
     while new segment fields or value names are added as columns (older rows read as
-    ``"unknown"`` / no value).
+    ``"unknown"`` / no value). ``segments`` is the directory of the router's segment
+    files (:mod:`.segment_log`) this instance ingests; ``None``: none.
     """
 
     def __init__(
@@ -57,6 +70,7 @@ class Collector:
         store_features: bool = False,
         flush_interval_s: float = 0.1,
         batch_size: int = 500,
+        segments: Path | None = None,
     ) -> None:
         if not isinstance(spec, AggregateSpec):
             raise ValueError(f"spec must be an AggregateSpec, not {type(spec).__name__}")
@@ -72,6 +86,7 @@ class Collector:
         self.store_features = bool(store_features)
         self.flush_interval_s = float(flush_interval_s)
         self.batch_size = batch_size
+        self.segments = None if segments is None else Path(segments)
 
         self._connections = Connections(self.db_path)
         self.db_path.parent.mkdir(parents=True, exist_ok=True)
@@ -93,8 +108,19 @@ class Collector:
         self._writer.log(predictions)
 
     def flush(self) -> None:
-        """Block until every prediction logged so far is committed."""
+        """Block until every prediction logged so far is committed (with ``segments``:
+        and every complete line of the segment files, :meth:`ingest_segments`)."""
         self._writer.flush()
+        if self.segments is not None:
+            self.ingest_segments()
+
+    def ingest_segments(self) -> IngestResult:
+        """Commit what the segment files hold beyond the log, on this thread's connection,
+        and delete finished files (nothing to do without ``segments``)."""
+        if self.segments is None:
+            return IngestResult()
+        return ingest(self._connections.this_thread(), self._layout, self.segments,
+                      store_features=self.store_features)
 
     def log_atomically(
         self, decide: Callable[[sqlite3.Connection], Sequence[Prediction]]
@@ -144,14 +170,19 @@ class Collector:
 
     def stats(self) -> dict[str, int]:
         """Counts: ``predictions`` and ``labelled`` rows stored, ``unknown_labels``
-        (cumulative, across processes), ``pending`` (queued in this instance)."""
+        (cumulative, across processes), ``pending`` (queued in this instance); with
+        ``segments``, ``segments_pending_bytes`` (in segment files, not yet ingested)."""
         predictions, labelled, unknown = self._reader.counts()
-        return {
+        out = {
             "predictions": predictions,
             "labelled": labelled,
             "unknown_labels": unknown,
             "pending": self._writer.pending(),
         }
+        if self.segments is not None:
+            out["segments_pending_bytes"] = pending_bytes(
+                self._connections.this_thread(), self.segments)
+        return out
 
     def purge(self, now: float) -> int:
         """Delete rows served more than ``retention_s`` before ``now``; returns how many."""
