@@ -17,12 +17,15 @@ writer in the process that appends (after any fork): the lock belongs to the ope
 Rotation: once the current file holds ``max_bytes`` or more, the next append first opens a
 new segment; the old one is closed (and so unlocked) only after the new one is in place.
 
-A failed write (``ENOSPC``, ``EIO``, ``EFBIG``…) is cut back off the file with
-``ftruncate`` to the size before that append, so no torn line is left for later appends to
-follow, and :class:`~.collector_db.CollectorError` is raised with one line naming the
-file and the errno. If even the truncation fails, the next append starts a new segment
-(the ingester skips the torn tail of the old one; complete lines of the failed append that
-did reach the file before the failure may then be ingested).
+A failed write (``ENOSPC``, ``EIO``, ``EFBIG``…, or the ``fdatasync`` of ``"always"``) is
+cut back off the file with ``ftruncate`` to the size before that append, so no torn line
+is left, and :class:`~.collector_db.CollectorError` is raised with one line naming the
+file and the errno. The next append then starts a new segment: an ingester may have read
+complete lines of the failed append before they were cut (a short write is visible until
+then), and its stored offset would point past the cut, into whatever came next. Such
+lines, and the complete ones left when even the truncation fails (the ingester drops the
+torn tail), are predictions the caller was told were not recorded; they are rare and
+harmless to the KPIs (counted as requests, never labelled).
 
 Durability against a machine crash or power loss, by ``fsync`` policy
 (:data:`FSYNC_POLICIES`, :meth:`SegmentWriter.describe`):
@@ -118,7 +121,7 @@ class SegmentWriter:
         self._lock = threading.Lock()
         self._last_ns = 0
         self._closed = False
-        self._rotate = False  # set when a failed append could not be cut back off
+        self._rotate = False  # set by a failed append: the next one starts a new file
         self._dirty = False
         self.directory.mkdir(parents=True, exist_ok=True)
         self._fd, self._path = self._open_segment()
@@ -212,14 +215,13 @@ class SegmentWriter:
             if self.fsync == "always":
                 os.fdatasync(self._fd)
         except OSError as exc:
+            # Later appends go to a new file: see the module docstring for why.
+            self._rotate = True
             cut = f"the file was cut back to {start} bytes"
             try:
                 os.ftruncate(self._fd, start)
             except OSError as trunc_exc:
-                # A torn line stays; later lines must not follow it in this file.
-                self._rotate = True
-                cut = (f"cutting it back failed ({_errno_name(trunc_exc)}); the next append "
-                       "starts a new segment")
+                cut = f"cutting it back failed ({_errno_name(trunc_exc)})"
             raise CollectorError(
                 f"could not append {count} predictions to {self._path} "
                 f"({_errno_name(exc)}); {cut}"
