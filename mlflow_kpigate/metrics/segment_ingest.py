@@ -118,12 +118,14 @@ class _Segment:
         self.read = self.deleted = False
 
     def ingest(self, fd: int) -> None:
-        """Commit the file's complete lines, chunk by chunk."""
+        """Commit the file's complete lines, chunk by chunk, up to its size now (so a
+        writer faster than the database cannot keep one call going forever)."""
+        size = os.fstat(fd).st_size
         while True:
             # A look without the lock first: an idle file costs no write transaction.
             # The stored offset only grows while the file exists, so this never skips.
             peek = _offset(self.conn, self.name) or 0
-            if os.fstat(fd).st_size <= peek:
+            if size <= peek:
                 return
             with transaction(self.conn):
                 offset = _offset(self.conn, self.name)
@@ -170,7 +172,7 @@ class _Segment:
             tail = os.fstat(fd).st_size - offset
             if tail > 0:
                 if b"\n" in os.pread(fd, tail, offset):
-                    return  # lines came in since ingest(): the next run takes them
+                    return  # complete lines are left (a longer file): the next run
                 self.torn += 1
                 logger.warning("dropped a torn last line (%d bytes, never answered) of the "
                                "prediction segment %s, whose writer is gone", tail, self.path)
