@@ -13,6 +13,8 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import time
+from collections import Counter
 from pathlib import Path
 
 from mlflow_kpigate.kpis import AggregateSpec
@@ -21,14 +23,16 @@ from mlflow_kpigate.metrics import Collector
 SPEC = AggregateSpec(segment_fields=("region",), value_names=("amount",))
 ROOT = Path(__file__).resolve().parents[1]
 
-# Appends batches of 1 + i % PER rows (ids NAME-i/j), printing i after each append returned.
+# Appends COUNT batches of 1 + i % PER rows (ids NAME-i/j), printing i after each append
+# returned, then sleeping PAUSE seconds.
 APPENDER = """
-import sys
+import sys, time
 from pathlib import Path
 from mlflow_kpigate.core.records import Prediction
 from mlflow_kpigate.metrics.segment_log import SegmentWriter
 
 directory, name, count, per, max_bytes = sys.argv[1], sys.argv[2], *map(int, sys.argv[3:6])
+pause = float(sys.argv[6])
 features = {f"f{k}": k * 0.5 for k in range(40)}  # large batches span several pages
 w = SegmentWriter(Path(directory), name, fsync="never", max_bytes=max_bytes)
 i = 0
@@ -37,6 +41,7 @@ while count < 0 or i < count:
                          False, 0.5, 1, {"region": "eu"}, features)
               for j in range(1 + i % per)])
     print(i, flush=True)
+    time.sleep(pause)
     i += 1
 w.close()
 """
@@ -84,11 +89,12 @@ except CollectorError as exc:
     error = str(exc)
 after = w.path.stat().st_size
 tail = open(w.path, "rb").read()[-1:]
+failed_path = str(w.path)
 w.append(rows("later", 2))
 ok += ["later/0", "later/1"]
 w.close()
 print(json.dumps({"error": error, "before": before, "after": after, "tail": tail.decode(),
-                  "ok": ok, "path": str(w.path)}))
+                  "ok": ok, "path": failed_path, "later_path": str(w.path)}))
 """
 
 
@@ -125,7 +131,8 @@ def test_threads_and_processes_ingest_concurrently_each_row_once(tmp_path: Path)
     for t in threads:
         t.start()
     batches, per = 300, 4
-    appender = python(APPENDER, seg, "w0", batches, per, 20_000, stdout=subprocess.PIPE)
+    appender = python(APPENDER, seg, "w0", batches, per, 20_000, 0.001,
+                      stdout=subprocess.PIPE)
     out, _ = appender.communicate(timeout=120)
     assert appender.returncode == 0
     assert out.split()[-1] == str(batches - 1)
@@ -145,35 +152,51 @@ def test_threads_and_processes_ingest_concurrently_each_row_once(tmp_path: Path)
 
 def test_sigkilled_writer_loses_no_returned_append(tmp_path: Path) -> None:
     db, seg = tmp_path / "predictions.db", tmp_path / "seg"
-    per = 40
-    writer = python(APPENDER, seg, "w0", -1, per, 64 * 2**20, stdout=subprocess.PIPE,
-                    start_new_session=True)
+    per = 20  # batches of up to 20 rows of ~700 bytes: several pages per write
+    # At most ~500 batches a second, so it is killed in the middle of its run; bounded
+    # (20000 batches) in case the test fails before killing it.
+    writer = python(APPENDER, seg, "w0", 20_000, per, 64 * 2**20, 0.002,
+                    stdout=subprocess.PIPE, start_new_session=True)
     assert writer.stdout is not None
-    returned = -1
-    with Collector(db, SPEC, segments=seg) as collector:
-        while returned < 400:
-            line = writer.stdout.readline()
-            assert line, "the writer ended early"
-            returned = int(line)
-            if returned == 200:
-                collector.ingest_segments()  # a live writer's file: ingested, kept
-                assert len(list(seg.glob("*.seg"))) == 1
-        os.kill(writer.pid, signal.SIGKILL)
-        rest, _ = writer.communicate(timeout=30)
-        assert writer.returncode == -signal.SIGKILL
-        returned = max([returned, *map(int, rest.split())])
-        result = collector.ingest_segments()
-        assert result.segments_deleted == 1
-        assert result.torn_lines <= 1
+    stdout = writer.stdout
+    returned: list[int] = []
+    # Drained on a thread, so the writer is busy appending (not blocked on the pipe)
+    # when it is killed.
+    reader = threading.Thread(target=lambda: returned.extend(int(x) for x in stdout))
+    reader.start()
+
+    def wait_for(n: int) -> None:
+        deadline = time.monotonic() + 60
+        while len(returned) < n:
+            assert writer.poll() is None, "the writer ended early"
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+
+    try:
+        with Collector(db, SPEC, segments=seg) as collector:
+            wait_for(100)
+            assert collector.ingest_segments().rows > 0
+            assert len(list(seg.glob("*.seg"))) == 1  # a live writer's file is kept
+            wait_for(len(returned) + 100)
+            os.kill(writer.pid, signal.SIGKILL)
+            assert writer.wait(timeout=30) == -signal.SIGKILL
+            reader.join()
+            last = returned[-1]
+            assert last < 19_999  # killed while appending
+            result = collector.ingest_segments()
+            assert result.segments_deleted == 1
+            assert result.torn_lines <= 1
+    finally:
+        if writer.poll() is None:
+            writer.kill()
     assert list(seg.glob("*.seg")) == []
     with sqlite3.connect(db) as conn:
         ids = [r for (r,) in conn.execute("SELECT request_id FROM predictions")]
     assert len(ids) == len(set(ids))
-    batches = {int(i.split("-")[1].split("/")[0]) for i in ids}
+    per_batch = Counter(int(i.split("-")[1].split("/")[0]) for i in ids)
     # Every append that returned is in, complete; only the one in progress may be missing.
-    assert set(range(returned + 1)) <= batches <= set(range(returned + 2))
-    for i in batches:
-        assert sum(1 for x in ids if x.startswith(f"w0-{i}/")) == 1 + i % per
+    assert set(range(last + 1)) <= set(per_batch) <= set(range(last + 2))
+    assert all(n == 1 + i % per for i, n in per_batch.items())
 
 
 def test_failed_write_is_cut_back_and_later_appends_work(tmp_path: Path) -> None:
@@ -189,10 +212,11 @@ def test_failed_write_is_cut_back_and_later_appends_work(tmp_path: Path) -> None
     assert report["path"] in error
     assert report["after"] == report["before"]  # nothing of the failed append is left
     assert report["tail"] == "\n"
+    assert report["later_path"] != report["path"]  # a failed append ends its segment
     with Collector(tmp_path / "predictions.db", SPEC, segments=seg) as collector:
         result = collector.ingest_segments()
         assert (result.rows, result.torn_lines, result.segments_deleted) == (
-            len(report["ok"]), 0, 1)
+            len(report["ok"]), 0, 2)
         with sqlite3.connect(collector.db_path) as conn:
             ids = sorted(r for (r,) in conn.execute("SELECT request_id FROM predictions"))
     assert ids == sorted(report["ok"])
