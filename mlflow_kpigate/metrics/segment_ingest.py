@@ -46,7 +46,8 @@ from mlflow_kpigate.metrics.segment_format import decode_line
 from mlflow_kpigate.metrics.segment_log import SEGMENT_SUFFIX
 
 __all__ = [
-    "CHUNK_BYTES", "CHUNK_LINES", "IngestLoop", "IngestResult", "ingest", "pending_bytes",
+    "CHUNK_BYTES", "CHUNK_LINES", "IngestLoop", "IngestResult", "SegmentSource", "ingest",
+    "pending_bytes",
 ]
 
 logger = logging.getLogger(__name__)
