@@ -4,7 +4,8 @@ The router accepts what ``mlflow models serve`` accepts: a JSON object with exac
 of ``dataframe_split``, ``dataframe_records``, ``instances`` or ``inputs`` (plus optional
 ``params``), or a CSV table (``text/csv``). Parsing reuses MLflow's own converters (with
 the model's input schema for type casting), so a payload means the same thing here as
-behind MLflow's scoring server. Unlike MLflow, everything becomes a pandas DataFrame,
+behind MLflow's scoring server (all-float inputs take an equivalent fast path,
+:mod:`.payloads_numeric`). Unlike MLflow, everything becomes a pandas DataFrame,
 because the router reads routing keys and segment values from input columns: tensor
 payloads (``instances``/``inputs`` lists of rows) are read as rows of the schema's
 columns when the model has named inputs. Problems raise :class:`PayloadError` with one
@@ -21,7 +22,10 @@ from io import StringIO
 from typing import Any
 
 import numpy as np
+import orjson
 import pandas as pd
+
+from mlflow_kpigate.core.payloads_numeric import float_schema, numeric_frame
 
 __all__ = [
     "FORMATS",
@@ -118,11 +122,33 @@ def _parse_csv(text: str, schema: Any) -> pd.DataFrame:
         raise PayloadError(f"text/csv body is not a CSV table: {_one_line(exc)}") from None
 
 
+_PLANS: dict[int, tuple[Any, tuple[list[str], Any] | None]] = {}
+
+
+def _fast_plan(schema: Any) -> tuple[list[str], Any] | None:
+    """:func:`float_schema` of ``schema``, computed once per schema object."""
+    if schema is None:
+        return None
+    cached = _PLANS.get(id(schema))
+    if cached is not None and cached[0] is schema:
+        return cached[1]
+    plan = float_schema(schema)
+    if len(_PLANS) > 64:  # one router holds two schemas; never grow without bound
+        _PLANS.clear()
+    _PLANS[id(schema)] = (schema, plan)
+    return plan
+
+
 def _parse_json(text: str, schema: Any) -> tuple[pd.DataFrame, dict[str, Any] | None]:
     try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise PayloadError(f"body is not valid JSON: {exc}") from None
+        data = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        # orjson is strict where Python's json (and so MLflow's server) is not: NaN and
+        # Infinity literals, integers beyond 64 bits. Those bodies take the slow path.
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise PayloadError(f"body is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise PayloadError(
             f"JSON body must be an object with one of {list(FORMATS)}, "
@@ -141,6 +167,10 @@ def _parse_json(text: str, schema: Any) -> tuple[pd.DataFrame, dict[str, Any] | 
     if params is not None and not isinstance(params, dict):
         raise PayloadError(f"'params' must be an object, got {type(params).__name__}")
     fmt = keys[0]
+    plan = _fast_plan(schema)
+    fast = numeric_frame(fmt, data[fmt], plan) if plan is not None else None
+    if fast is not None:
+        return fast, params
     try:
         frame = _to_frame(fmt, data[fmt], schema)
     except PayloadError:
