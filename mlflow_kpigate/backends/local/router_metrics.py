@@ -1,5 +1,11 @@
 """The embedded router's Prometheus metrics (``GET /metrics``), one registry per app.
 
+With several router workers on one port a scrape reaches any one of them, so the workers
+run prometheus_client's multiprocess mode (``PROMETHEUS_MULTIPROC_DIR``, set by the
+router's main process): each writes its values to files there and ``/metrics`` adds them
+up over all workers, the ones that died included (counters never go back), while the
+weight and stage gauges show the most recent value of a live worker.
+
 Model calls by role and outcome and their ``predict`` time, labelled predictions by
 confusion cell, labels received, the traffic weights and stage being served, shadow copies
 by outcome, requests the baseline's signature rejected, and prediction batches the
@@ -8,7 +14,10 @@ collector refused.
 
 from __future__ import annotations
 
+import os
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from mlflow_kpigate.backends.local.model_calls import Attempt
 from mlflow_kpigate.core.records import LabelResult
@@ -42,10 +51,10 @@ class RouterMetrics:
             ["deployment", "status"], registry=r)
         self.weight = Gauge(
             "kpigate_traffic_weight", "Share of live traffic served by each role (0-1).",
-            ["deployment", "role"], registry=r)
+            ["deployment", "role"], registry=r, multiprocess_mode="livemostrecent")
         self.stage = Gauge(
             "kpigate_stage_index", "Rollout stage the router is serving.", ["deployment"],
-            registry=r)
+            registry=r, multiprocess_mode="livemostrecent")
         self.shadow = Counter(
             "kpigate_shadow_requests", "Mirrored requests scored off the response path (by the "
             "candidate in shadow, by the baseline while baking), by version and "
@@ -57,6 +66,16 @@ class RouterMetrics:
         self.collector_errors = Counter(
             "kpigate_collector_errors", "Prediction batches the collector refused.",
             ["deployment"], registry=r)
+        self._shown: tuple[Weights, int] | None = None
+
+    def exposition(self) -> CollectorRegistry:
+        """The registry ``/metrics`` renders: this worker's, or every worker's."""
+        directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        if not directory:
+            return self.registry
+        merged = CollectorRegistry()
+        MultiProcessCollector(merged, path=directory)
+        return merged
 
     def observe(self, attempt: Attempt) -> None:
         """Count one model call and time its ``predict``."""
@@ -66,7 +85,10 @@ class RouterMetrics:
             attempt.latency_s)
 
     def set_weights(self, weights: Weights, stage_index: int) -> None:
-        """Show the weights and stage being served."""
+        """Show the weights and stage being served (the gauges change only on a change)."""
+        if self._shown == (weights, stage_index):
+            return
+        self._shown = (weights, stage_index)
         live = weights.candidate_attached and not weights.shadow
         share = weights.candidate_percent / 100.0 if live else 0.0
         self.weight.labels(self.deployment, "candidate").set(share)

@@ -104,18 +104,31 @@ class CachedWeights:
     def refresh(self) -> tuple[Weights, int]:
         """Read now (``load()``), falling back to the cached value if that fails."""
         with self._lock:
-            try:
-                self._value = self._load()
-            except Exception:
-                if self._value is None:
-                    raise
-                logger.warning("could not re-read the traffic weights; keeping the last ones",
-                               exc_info=True)
-            self._read_at = time.monotonic()
-            return self._value
+            return self._read()
 
-    def __call__(self) -> tuple[Weights, int]:
+    def _read(self) -> tuple[Weights, int]:
+        try:
+            self._value = self._load()
+        except Exception:
+            if self._value is None:
+                raise
+            logger.warning("could not re-read the traffic weights; keeping the last ones",
+                           exc_info=True)
+        self._read_at = time.monotonic()
+        return self._value
+
+    def _fresh(self) -> tuple[Weights, int] | None:
         value = self._value
         if value is None or time.monotonic() - self._read_at >= self._ttl_s:
-            return self.refresh()
+            return None
         return value
+
+    def __call__(self) -> tuple[Weights, int]:
+        value = self._fresh()
+        if value is not None:
+            return value
+        with self._lock:
+            # Checked again under the lock: the threads that queued behind the one that
+            # just read must use its value, not read again (one read per TTL).
+            value = self._fresh()
+            return value if value is not None else self._read()
