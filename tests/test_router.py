@@ -585,7 +585,7 @@ def test_server_end_to_end_in_a_subprocess(tmp_path: Path, models: Models):
             process.wait()
         log.close()
     output = (tmp_path / "server.log").read_text()
-    assert "prediction log flushed" in output, output
+    assert "prediction log ingested" in output, output
     spec = AggregateSpec.from_policy(load_policy(policy_file))
     with Collector(directory / "predictions.db", spec) as reader:
         assert reader.stats()["predictions"] == 30
@@ -602,3 +602,23 @@ def _family(registry: Any, name: str) -> list[Any]:
         if metric.name == name:
             return list(metric.samples)
     raise AssertionError(f"no metric {name}")
+
+
+def test_cached_weights_read_once_per_interval_however_many_threads_wait():
+    release = threading.Event()
+    reads = []
+
+    def load() -> tuple[Weights, int]:
+        reads.append(1)
+        release.wait(30)
+        return Weights(5.0), 1
+
+    cached = CachedWeights(load, ttl_s=60)
+    with ThreadPoolExecutor(8) as pool:
+        futures = [pool.submit(cached) for _ in range(8)]
+        threading.Event().wait(0.3)  # the others queue behind the first read
+        release.set()
+        assert {f.result() for f in futures} == {(Weights(5.0), 1)}
+    assert len(reads) == 1  # the threads that waited took the fresh value
+    cached.refresh()
+    assert len(reads) == 2  # /admin/reload still reads at once

@@ -90,11 +90,14 @@ class CandidateClient:
         self._counts[outcome] += 1
         return Attempt(self.role, self.version, None, error,
                        max(time.perf_counter() - start, 1e-9),
-                       ModelOutput([None] * n_rows, [None] * n_rows, False))
+                       ModelOutput([None] * n_rows, [None] * n_rows, False),
+                       refused=outcome == "busy", timed_out=outcome == "timeout")
 
-    async def score(self, body: bytes, content_type: str | None, n_rows: int) -> Attempt:
-        """The worker's answer to one ``/invocations`` body of ``n_rows`` rows (never
-        raises; see the module doc for the failure outcomes)."""
+    async def score(self, body: bytes, content_type: str | None, n_rows: int,
+                    timeout_s: float | None = None) -> Attempt:
+        """The worker's answer to one ``/invocations`` body of ``n_rows`` rows within
+        ``timeout_s`` (default: the client's); never raises (see the module doc for the
+        failure outcomes)."""
         start = time.perf_counter()
         if self._inflight >= self.max_inflight:
             return self._failed("busy", f"candidate busy: {self._inflight} requests in "
@@ -109,7 +112,8 @@ class CandidateClient:
                                 start, n_rows)
         self._inflight += 1
         try:
-            data, problem = await self._request(frame)
+            data, problem = await self._request(
+                frame, self.timeout_s if timeout_s is None else timeout_s)
         finally:
             self._inflight -= 1
         if problem is not None:
@@ -139,7 +143,7 @@ class CandidateClient:
         return Attempt(self.role, self.version, None, None, response.latency_s, output,
                        body=response.body)
 
-    async def _request(self, frame: bytes
+    async def _request(self, frame: bytes, timeout_s: float
                        ) -> tuple[dict[str, object] | None, tuple[str, str] | None]:
         """Send ``frame`` on a pooled connection and read the answer, within the timeout:
         ``(answer, None)`` or ``(None, (outcome, error))``."""
@@ -151,10 +155,10 @@ class CandidateClient:
             return await self._exchange(connection, frame)
 
         try:
-            data = await asyncio.wait_for(round_trip(), self.timeout_s)
+            data = await asyncio.wait_for(round_trip(), timeout_s)
         except asyncio.TimeoutError:
             self._discard(held)
-            return None, ("timeout", f"timeout after {self.timeout_s:g} s")
+            return None, ("timeout", f"timeout after {timeout_s:g} s")
         except ProtocolError as exc:
             self._discard(held)
             return None, ("protocol", f"candidate protocol error: {exc}")

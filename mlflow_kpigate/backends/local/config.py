@@ -33,6 +33,12 @@ class RouterConfig:
     store_features: bool = False
     shadow_max_inflight: int = 16
     salt: str | None = None
+    # A live candidate call that takes longer is answered by the baseline (and logged as
+    # a candidate error); shadow copies have their own, longer, timeout.
+    candidate_timeout_s: float = 1.0
+    # Threads scoring the baseline (and parsing requests): one is fastest for models
+    # that hold the GIL (most scikit-learn); more help models that release it.
+    scoring_threads: int = 1
 
     def __post_init__(self) -> None:
         if not isinstance(self.deployment, str) or not self.deployment:
@@ -43,6 +49,13 @@ class RouterConfig:
             raise ValueError(f"threshold must be in (0, 1], got {self.threshold!r}")
         if not (isinstance(self.shadow_timeout_s, (int, float)) and self.shadow_timeout_s > 0):
             raise ValueError(f"shadow_timeout_s must be > 0, got {self.shadow_timeout_s!r}")
+        if not (isinstance(self.candidate_timeout_s, (int, float))
+                and self.candidate_timeout_s > 0):
+            raise ValueError(
+                f"candidate_timeout_s must be > 0, got {self.candidate_timeout_s!r}")
+        if not (isinstance(self.scoring_threads, int) and self.scoring_threads >= 1):
+            raise ValueError(
+                f"scoring_threads must be an integer >= 1, got {self.scoring_threads!r}")
         if not (isinstance(self.shadow_max_inflight, int) and self.shadow_max_inflight >= 1):
             raise ValueError(
                 f"shadow_max_inflight must be an integer >= 1, got {self.shadow_max_inflight!r}"

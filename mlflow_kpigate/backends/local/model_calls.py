@@ -25,6 +25,7 @@ __all__ = [
     "RequestInfo",
     "call_model",
     "describe_error",
+    "failed_attempt",
     "input_schema",
     "predict_attempt",
     "prediction_rows",
@@ -44,9 +45,11 @@ class Attempt:
     latency_s: float
     output: ModelOutput
     invalid_input: bool = False  # MLflow rejected the input against the model's signature
-    # The response body to send, when the call was made elsewhere (the candidate's worker
-    # process, :mod:`.candidate_client`): there ``raw`` is None, the output stayed there.
+    # The response body already encoded (a model in another process sends its answer
+    # as MLflow's server would); ``None``: the router encodes ``raw`` itself.
     body: bytes | None = None
+    refused: bool = False  # never reached the model: too many calls in flight
+    timed_out: bool = False  # no answer within the timeout
 
 
 @dataclass(frozen=True)
@@ -113,6 +116,14 @@ def predict_attempt(model: Any, role: str, version: str, payload: ParsedPayload,
                        ModelOutput([None] * n, [None] * n, False), invalid)
     latency = max(time.perf_counter() - start, 1e-9)
     return Attempt(role, version, raw, None, latency, interpret_output(raw, n, threshold))
+
+
+def failed_attempt(role: str, version: str, n_rows: int, started: float, error: str, *,
+                   refused: bool = False, timed_out: bool = False) -> Attempt:
+    """A call that produced no answer (``started``: its ``time.perf_counter()`` start)."""
+    return Attempt(role, version, None, error, max(time.perf_counter() - started, 1e-9),
+                   ModelOutput([None] * n_rows, [None] * n_rows, False),
+                   refused=refused, timed_out=timed_out)
 
 
 def prediction_rows(attempt: Attempt, info: RequestInfo, shadow: bool) -> list[Prediction]:

@@ -1,22 +1,28 @@
 """Scoring ``POST /invocations``: the role choice, candidate fallback and prediction log.
 
-:meth:`Router.serve` answers one request in MLflow's scoring protocol. The whole request
-goes to one role, chosen by the sticky split (:mod:`.routing`); per-row prediction ids are
-``REQID`` for a one-row request and ``REQID/i`` for row ``i`` of a larger one. The response
-carries ``X-Kpigate-Request-Id``, ``X-Kpigate-Role`` and ``X-Kpigate-Version`` (of the model
-whose answer it is). A client may send its own ``X-Kpigate-Request-Id`` (e.g. its
-transaction id) and later post labels under it. Callers never see the candidate fail: if
-it raises on live traffic the baseline answers (``X-Kpigate-Fallback: candidate-error``)
-and both attempts are logged. In shadow mode the baseline answers and the request is
-handed back for a shadow copy (:mod:`.shadow`); while the rollout bakes (the weights'
-``baseline_shadow``) it is the reverse: the candidate answers every request and the
-baseline scores the copy (none when the baseline already answered, after a fallback).
+:meth:`Router.handle` reads one request in MLflow's scoring protocol and picks its role
+by the sticky split (:mod:`.routing`): the whole request goes to one role. The baseline
+is answered there and then (on the router's scoring thread); for the candidate it hands
+back a :class:`Routed` request, which the app awaits on the candidate's
+:class:`~.scorers.Scorer` (its own process, with a timeout) and finishes with
+:meth:`Router.answer`, or, if the candidate failed, :meth:`Router.fall_back`: callers
+never see the candidate fail; the baseline answers (``X-Kpigate-Fallback:
+candidate-error``) and both attempts are logged, so the failure is candidate evidence.
+Per-row prediction ids are ``REQID`` for a one-row request and ``REQID/i`` for row ``i``
+of a larger one. The response carries ``X-Kpigate-Request-Id``, ``X-Kpigate-Role`` and
+``X-Kpigate-Version`` (of the model whose answer it is). A client may send its own
+``X-Kpigate-Request-Id`` (e.g. its transaction id) and later post labels under it. In
+shadow mode the baseline answers and the request is handed back for a shadow copy
+(:mod:`.shadow`); while the rollout bakes (the weights' ``baseline_shadow``) it is the
+reverse: the candidate answers every request and the baseline scores the copy (none when
+the baseline already answered, after a fallback).
 
-Every prediction is logged to the :class:`~mlflow_kpigate.metrics.Collector`. If the
-collector fails, serving goes on (a metrics fault must not become an outage) but
-:meth:`Router.health` reports it and ``kpigate_collector_errors_total`` counts the lost
-batches. Errors are answered in the shape of MLflow's scoring server
-(:func:`error_response`).
+Every prediction is logged before its answer is built (:meth:`Router.log`: in a router
+worker, an append to its segment of the prediction log). If logging fails, serving goes
+on with the baseline (a metrics fault must not become an outage) but the candidate gets
+no traffic until a write succeeds, :meth:`Router.health` reports the fault and
+``kpigate_collector_errors_total`` counts it. Errors are answered in the shape of MLflow's
+scoring server (:func:`error_response`).
 """
 
 from __future__ import annotations
@@ -38,10 +44,12 @@ from mlflow_kpigate.backends.local.model_calls import (
     Attempt,
     RequestInfo,
     call_model,
+    input_schema,
     prediction_rows,
 )
 from mlflow_kpigate.backends.local.router_metrics import RouterMetrics
 from mlflow_kpigate.backends.local.routing import RoutingKey, choose_role, unit_interval
+from mlflow_kpigate.backends.local.scorers import Scorer, ThreadScorer
 from mlflow_kpigate.backends.local.shadow import ShadowCopies
 from mlflow_kpigate.core.payloads import (
     ParsedPayload,
@@ -53,7 +61,8 @@ from mlflow_kpigate.core.records import Prediction
 from mlflow_kpigate.core.state import Weights
 from mlflow_kpigate.metrics import Collector, CollectorError
 
-__all__ = ["REQUEST_ID_HEADER", "UNKNOWN_SEGMENT", "Router", "Served", "error_response"]
+__all__ = ["REQUEST_ID_HEADER", "UNKNOWN_SEGMENT", "Routed", "Router", "Served",
+           "error_response"]
 
 logger = logging.getLogger(__name__)
 
@@ -70,20 +79,9 @@ def error_response(status: int, message: str, headers: Mapping[str, str]) -> Res
                         headers=dict(headers))
 
 
-def _input_schema(model: Any) -> Any:
-    metadata = getattr(model, "metadata", None)
-    getter = getattr(metadata, "get_input_schema", None)
-    if getter is None:
-        return None
-    try:
-        return getter()
-    except Exception:  # a model without a readable signature has no schema
-        return None
-
-
 @dataclass(frozen=True)
 class Served:
-    """What the threadpool part of ``/invocations`` hands back to the event loop."""
+    """The answer to one ``/invocations`` call, and the shadow copy it asks for."""
 
     response: Response
     # (payload, rows' info, the role that scores the copy: candidate in shadow, baseline
@@ -91,21 +89,50 @@ class Served:
     shadow: tuple[ParsedPayload, RequestInfo, str] | None = None
 
 
+@dataclass(frozen=True)
+class Routed:
+    """A parsed request the split sent to the candidate: the event loop awaits its scorer."""
+
+    payload: ParsedPayload
+    info: RequestInfo
+    weights: Weights
+    headers: dict[str, str]
+
+
 class Router:
-    """The state behind one app: models, split, metrics, shadow copies, collector."""
+    """The state behind one app: models, split, metrics, shadow copies, prediction log.
+
+    ``log`` appends predictions durably before a response is sent (a segment writer;
+    default: ``collector.log``, which only queues them). ``candidate`` is the candidate's
+    :class:`~.scorers.Scorer` (its own process in production; default: the config's
+    in-process ``candidate_model`` on a thread pool of its own).
+    """
 
     def __init__(self, config: RouterConfig, collector: Collector,
-                 weights: Callable[[], tuple[Weights, int]]) -> None:
+                 weights: Callable[[], tuple[Weights, int]], *,
+                 log: Callable[[Sequence[Prediction]], None] | None = None,
+                 candidate: Scorer | None = None) -> None:
         self.config = config
         self.collector = collector
         self.weights_source = weights
+        self._append = log if log is not None else collector.log
         self.key = RoutingKey.parse(config.routing_key)
         self.salt = config.salt if config.salt is not None else (
             f"{config.deployment}:{config.candidate_version}")
         self.metrics = RouterMetrics(config.deployment)
-        self.schema = _input_schema(config.baseline_model)
+        self.schema = input_schema(config.baseline_model)
         self.collector_error: str | None = None
-        self.shadow = ShadowCopies(config, self.metrics, self.log)
+        self.log_failing = False
+        if candidate is None and config.candidate_model is not None:
+            candidate = ThreadScorer(config, "candidate",
+                                     max_inflight=config.shadow_max_inflight)
+        self.candidate = candidate
+        scorers: dict[str, Scorer] = {
+            "baseline": ThreadScorer(config, "baseline",
+                                     max_inflight=config.shadow_max_inflight)}
+        if candidate is not None:
+            scorers["candidate"] = candidate
+        self.shadow = ShadowCopies(config, self.metrics, self.log, scorers)
 
     # -- weights ------------------------------------------------------------------------
 
@@ -121,7 +148,9 @@ class Router:
         return weights, stage
 
     def candidate_available(self, weights: Weights) -> bool:
-        return weights.candidate_attached and self.config.candidate_model is not None
+        # No evidence can be recorded while the log fails: the candidate gets no traffic.
+        return (weights.candidate_attached and self.candidate is not None
+                and self.candidate.ready and not self.log_failing)
 
     # -- serving ------------------------------------------------------------------------
 
@@ -152,17 +181,24 @@ class Router:
         return [{name: col[i] for name, col in columns.items()} for i in range(n)]
 
     def log(self, rows: Sequence[Prediction]) -> None:
+        """Append ``rows`` to the prediction log; a failure is reported, never raised."""
         try:
-            self.collector.log(rows)
+            self._append(rows)
         except CollectorError as exc:
-            # Serving goes on; /health reports the fault and the counter shows the loss.
+            # Serving goes on (the baseline's answers are the production service), but
+            # /health reports the fault, the counter shows the loss, and the candidate
+            # gets no traffic until a write succeeds again.
             self.collector_error = str(exc)
+            self.log_failing = True
             self.metrics.collector_errors.labels(self.config.deployment).inc()
             logger.error("prediction log failed: %s", exc)
+        else:
+            self.log_failing = False
 
-    def serve(self, body: bytes, content_type: str | None,
-              headers: Mapping[str, str]) -> Served:
-        """Answer one request (blocking: the app runs it in a worker thread)."""
+    def handle(self, body: bytes, content_type: str | None,
+               headers: Mapping[str, str]) -> Served | Routed:
+        """Parse and route one request; answer it at once unless the candidate is chosen
+        (blocking: runs on the router's scoring thread)."""
         ts = time.time()
         request_id = headers.get(REQUEST_ID_HEADER)
         if request_id is None:
@@ -178,9 +214,8 @@ class Router:
             return Served(error_response(exc.status, str(exc), out_headers))
         frame = payload.frame
         weights, stage = self.weights()
-        available = self.candidate_available(weights)
         role = "baseline"
-        if available:
+        if self.candidate_available(weights):
             key = self._routing_value(headers, frame) or request_id
             role = choose_role(unit_interval(key, self.salt), weights)
         n = len(frame)
@@ -189,16 +224,22 @@ class Router:
             ts=ts, stage_index=stage, segments=self._segments(frame),
             features=frame.to_dict(orient="records") if self.config.store_features else None,
         )
-        attempts: list[Attempt] = []
+        routed = Routed(payload, info, weights, out_headers)
         if role == "candidate":
-            attempts.append(call_model(self.config, "candidate", payload))
-            if attempts[0].error is not None:
-                out_headers["X-Kpigate-Fallback"] = "candidate-error"
-                logger.warning("candidate failed on request %s, baseline answers: %s",
-                               request_id, attempts[0].error)
-        if not attempts or attempts[0].error is not None:
-            attempts.append(call_model(self.config, "baseline", payload))
-        served = attempts[-1]
+            return routed
+        return self.answer(routed, [call_model(self.config, "baseline", payload)])
+
+    def fall_back(self, routed: Routed, failed: Attempt) -> Served:
+        """The baseline answers a request the candidate failed (blocking)."""
+        routed.headers["X-Kpigate-Fallback"] = "candidate-error"
+        logger.warning("candidate failed on request %s, baseline answers: %s",
+                       routed.info.ids[0], failed.error)
+        return self.answer(routed, [failed, call_model(self.config, "baseline",
+                                                       routed.payload)])
+
+    def answer(self, routed: Routed, attempts: list[Attempt]) -> Served:
+        """Log every attempt, then build the response from the last one."""
+        served, out_headers = attempts[-1], routed.headers
         out_headers["X-Kpigate-Role"] = served.role
         out_headers["X-Kpigate-Version"] = served.version
         if served.role == "baseline" and served.invalid_input:
@@ -210,25 +251,32 @@ class Router:
         rows: list[Prediction] = []
         for attempt in attempts:
             self.metrics.observe(attempt)
-            rows += prediction_rows(attempt, info, shadow=False)
+            rows += prediction_rows(attempt, routed.info, shadow=False)
+        # Logged before the answer exists: a crash after this point loses no evidence.
         self.log(rows)
         if served.error is not None:
             # As MLflow's scoring server: a model that cannot score the input is a 400.
             return Served(error_response(400, f"model failed to predict: {served.error}",
                                          out_headers))
-        try:
-            body_out = format_predictions(served.raw)
-        except Exception as exc:  # output MLflow's encoder cannot serialise
-            return Served(error_response(
-                500, f"model output is not JSON-serialisable: {type(exc).__name__}: {exc}",
-                out_headers))
+        body_out: bytes | str
+        if served.body is not None:
+            body_out = served.body
+        else:
+            try:
+                body_out = format_predictions(served.raw)
+            except Exception as exc:  # output MLflow's encoder cannot serialise
+                return Served(error_response(
+                    500, f"model output is not JSON-serialisable: {type(exc).__name__}: "
+                    f"{exc}", out_headers))
         response = Response(body_out, status_code=200, media_type="application/json",
                             headers=out_headers)
+        weights = routed.weights
         shadow = None
-        if available and weights.shadow:
-            shadow = (payload, info, "candidate")
-        elif available and weights.baseline_shadow and served.role == "candidate":
-            shadow = (payload, info, "baseline")
+        if self.candidate_available(weights) and weights.shadow:
+            shadow = (routed.payload, routed.info, "candidate")
+        elif (self.candidate_available(weights) and weights.baseline_shadow
+              and served.role == "candidate"):
+            shadow = (routed.payload, routed.info, "baseline")
         return Served(response, shadow)
 
     # -- health and status --------------------------------------------------------------
@@ -238,8 +286,12 @@ class Router:
         if self.config.baseline_model is None:
             problems.append("baseline model is not loaded")
         weights, _ = self.weights()
-        if weights.candidate_attached and self.config.candidate_model is None:
+        if weights.candidate_attached and self.candidate is None:
             problems.append("candidate model is not loaded")
+        elif weights.candidate_attached and self.candidate is not None and \
+                not self.candidate.ready:
+            problems.append("candidate process is starting (it gets traffic once it "
+                            "answers)")
         if self.collector_error:
             problems.append(f"collector: {self.collector_error}")
         return not problems, problems
@@ -260,4 +312,7 @@ class Router:
             "collector": stats,
             "collector_error": self.collector_error,
             "shadow_inflight": self.shadow.inflight,
+            "candidate": None if self.candidate is None else {
+                "ready": self.candidate.ready, "inflight": self.candidate.inflight},
+            "log_failing": self.log_failing,
         }
