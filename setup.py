@@ -24,6 +24,9 @@ setup(
         "mlflow>=3.3,<4",
         "numpy>=1.24",
         "orjson>=3.9",
+        # uvloop and httptools: the router's event loop and HTTP parser (h11 and asyncio's
+        # loop cost ~0.3 ms of CPU more per request)
+        "uvicorn[standard]>=0.30",
         "scipy>=1.10",
         "pyyaml>=6",
         "click>=8.1",
@@ -33,7 +36,6 @@ setup(
         "jsonschema>=4",
         "requests>=2.31",
         "urllib3>=2",
-        "orjson>=3.9",
     ],
     extras_require={
         "examples": ["xgboost>=2", "lightgbm>=4"],

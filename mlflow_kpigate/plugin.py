@@ -24,7 +24,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INTERNAL_ERROR, INVALID_PARAMETER_VALUE
 
 from mlflow_kpigate.core.errors import USAGE_EXIT_CODE, KpigateError, UsageError
-from mlflow_kpigate.deploy.config import SELDON_KEYS, help_lines, parse_config
+from mlflow_kpigate.deploy.config import LOCAL_KEYS, SELDON_KEYS, help_lines, parse_config
 from mlflow_kpigate.deploy.deployer import Deployer
 from mlflow_kpigate.deploy.targets import deployer_for
 
@@ -99,13 +99,16 @@ def target_help() -> str:
     ])
 
 
-def _local_only(deployer: Deployer, config: dict[str, Any] | None) -> None:
+def _check_target_keys(deployer: Deployer, config: dict[str, Any] | None) -> None:
+    """Refuse -C keys of the other target (the embedded router's or Seldon's)."""
     from mlflow_kpigate.deploy.local import LocalDeployer
 
-    if not isinstance(deployer, LocalDeployer):
-        return
+    local = isinstance(deployer, LocalDeployer)
     for key in config or {}:
-        if key in SELDON_KEYS:
+        if not local and key in LOCAL_KEYS:
+            raise UsageError(f"-C {key}: only for the embedded router (-t kpigate); on "
+                             "Kubernetes, size the predictors with -C replicas")
+        if local and key in SELDON_KEYS:
             raise UsageError(f"-C {key}: only for -t kpigate:/seldon/NAMESPACE; remove it for "
                              "the embedded backend")
 
@@ -115,7 +118,7 @@ def run_local(name: str, model_uri: str, flavor: str | None = None,
               config: dict[str, Any] | None = None) -> None:
     """``mlflow deployments run-local -t kpigate``: a rollout that blocks until it ends."""
     deployer = deployer_for("kpigate")
-    _local_only(deployer, config)
+    _check_target_keys(deployer, config)
     deployer.create(name, model_uri, {**(config or {}), "wait": "true"}, progress=_progress)
 
 
@@ -139,7 +142,7 @@ class KpigateDeploymentClient(BaseDeploymentClient):
         """Start a staged rollout of ``model_uri`` (returns once the router serves, or at
         the end with ``-C wait=true``)."""
         self._check_flavor(flavor)
-        _local_only(self.deployer, config)
+        _check_target_keys(self.deployer, config)
         return self.deployer.create(name, model_uri, config, progress=_progress)
 
     @_translate
@@ -150,7 +153,7 @@ class KpigateDeploymentClient(BaseDeploymentClient):
         self._check_flavor(flavor)
         config = dict(config or {})
         cfg = parse_config(config, allow_action=True)
-        _local_only(self.deployer, config)
+        _check_target_keys(self.deployer, config)
         if cfg.action and model_uri:
             raise UsageError("give either -m (a new rollout) or -C action=..., not both")
         if cfg.action:

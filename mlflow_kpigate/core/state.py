@@ -110,6 +110,10 @@ class Readiness:
     failed: bool = False
 
 
+_ROUTER_DEFAULTS: dict[str, Any] = {"workers": 1, "candidate_timeout_s": 1.0,
+                                     "log_fsync": "interval"}
+
+
 @dataclass(frozen=True)
 class RolloutState:
     """Everything needed to resume a rollout after any crash."""
@@ -149,6 +153,10 @@ class RolloutState:
     # When the candidate began serving 100% under a bake (None: never baked). Kept after
     # the bake ends, so a rollback after promotion can be told from one before it.
     bake_started_at: float | None = None
+    # The embedded router's options (-C workers, candidate_timeout, log_fsync).
+    workers: int = 1
+    candidate_timeout_s: float = 1.0
+    log_fsync: str = "interval"
 
     @property
     def status(self) -> str:
@@ -171,6 +179,9 @@ class RolloutState:
         d["alert_keys"] = list(self.alert_keys)
         if self.bake_started_at is None:
             del d["bake_started_at"]  # a rollout without a bake keeps its old JSON form
+        for name, default in _ROUTER_DEFAULTS.items():
+            if d[name] == default:
+                del d[name]  # likewise a router with default options
         return d
 
     @classmethod

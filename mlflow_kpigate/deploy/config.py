@@ -42,6 +42,14 @@ KEYS: dict[str, str] = {
                     "controller forecasts from the measured traffic and warns once)",
     "label_delay": "with expected_rps: how long labels take to arrive, e.g. 1h (default: "
                    "the policy's evaluation.maturity)",
+    "workers": "embedded router: processes serving the port (default 1; each scores on "
+               "its own core)",
+    "candidate_timeout": "embedded router: a live candidate call slower than this is "
+                         "answered by the baseline and counted as a candidate error "
+                         "(default 1s)",
+    "log_fsync": "embedded router: when the prediction log reaches the disk: interval "
+                 "(default: every second), always (before each answer), never (the OS "
+                 "decides); every answered prediction survives a process crash in all three",
     # Seldon Core on Kubernetes (targets kpigate:/seldon/NAMESPACE)
     "seldon_version": "kpigate:/seldon only: 1 (SeldonDeployment, default) or 2 "
                       "(Model + Experiment)",
@@ -61,6 +69,8 @@ KEYS: dict[str, str] = {
                "applying them",
 }
 
+#: Keys that only apply to the embedded router.
+LOCAL_KEYS = ("workers", "candidate_timeout", "log_fsync")
 #: Keys that only apply to the Seldon target.
 SELDON_KEYS = ("seldon_version", "env_secret", "collector_url", "gateway_url",
                "prometheus_url", "kubeconfig", "kube_context", "replicas", "dry_run")
@@ -97,6 +107,9 @@ class DeploymentConfig:
     kube_context: str | None = None
     replicas: int = 1
     dry_run: bool = False
+    workers: int = 1
+    candidate_timeout: float = 1.0
+    log_fsync: str = "interval"
     extra: Mapping[str, Any] = field(default_factory=dict)
 
 
@@ -187,6 +200,7 @@ def parse_config(raw: Mapping[str, Any] | None, *, allow_action: bool = False
             raise UsageError(f"-C action={raw['action']}: must be one of {', '.join(ACTIONS)}")
         values["action"] = action
     values.update(_forecast_values(raw))
+    values.update(_router_values(raw))
     values.update(_seldon_values(raw))
     return DeploymentConfig(**values)
 
@@ -211,6 +225,34 @@ def _forecast_values(raw: Mapping[str, Any]) -> dict[str, Any]:
             values["label_delay"] = parse_duration(str(raw["label_delay"]).strip())
         except ValueError as exc:
             raise UsageError(f"-C label_delay={raw['label_delay']}: {exc}") from None
+    return values
+
+
+def _router_values(raw: Mapping[str, Any]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    if "workers" in raw:
+        text = str(raw["workers"]).strip()
+        if not text.isdigit() or not 1 <= int(text) <= 64:
+            raise UsageError(f"-C workers={raw['workers']}: must be a whole number from 1 "
+                             f"to 64 (about one per core: this machine has "
+                             f"{os.cpu_count() or 1})")
+        values["workers"] = int(text)
+    if "candidate_timeout" in raw:
+        try:
+            timeout = parse_duration(str(raw["candidate_timeout"]).strip())
+        except ValueError as exc:
+            raise UsageError(f"-C candidate_timeout={raw['candidate_timeout']}: {exc}"
+                             ) from None
+        if not 0 < timeout <= 600:
+            raise UsageError(f"-C candidate_timeout={raw['candidate_timeout']}: must be "
+                             "more than 0 and at most 10m, e.g. 500ms or 2s")
+        values["candidate_timeout"] = timeout
+    if "log_fsync" in raw:
+        policy = str(raw["log_fsync"]).strip().lower()
+        if policy not in ("interval", "always", "never"):
+            raise UsageError(f"-C log_fsync={raw['log_fsync']}: must be interval, always "
+                             "or never")
+        values["log_fsync"] = policy
     return values
 
 

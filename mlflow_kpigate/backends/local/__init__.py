@@ -7,9 +7,14 @@ Public API::
 * :func:`create_app` (:mod:`.routes`) builds the ASGI app from a :class:`RouterConfig`
   (:mod:`.config`), a :class:`~mlflow_kpigate.metrics.Collector` and a weights source;
 * :func:`serve` (or ``python -m mlflow_kpigate.backends.local.server DIR``) runs it for a
-  deployment directory holding a saved rollout state;
+  deployment directory holding a saved rollout state: a main process (:mod:`.server`)
+  with ``workers`` worker processes (:mod:`.worker`) on one port and one candidate
+  process each (:mod:`.candidate_worker`, :mod:`.candidate_process`); paths in
+  :mod:`.layout`;
 * :mod:`.serving` scores a request (role choice, candidate fallback, prediction log),
-  calling the models through :mod:`.model_calls`; :mod:`.shadow` runs shadow copies and
+  calling the baseline through :mod:`.model_calls` and the candidate through a
+  :mod:`.scorers` ``Scorer`` (:mod:`.candidate_scorer` → :mod:`.candidate_client` →
+  :mod:`.candidate_protocol`); :mod:`.shadow` runs shadow copies and
   :mod:`.router_metrics` holds the Prometheus metrics;
 * :mod:`.routing` is the sticky split (MLflow's scoring protocol is
   :mod:`mlflow_kpigate.core.payloads`).

@@ -1,148 +1,243 @@
-"""Run the embedded router for one deployment directory.
+"""Run the embedded router for one deployment directory: the router's main process.
 
 ``python -m mlflow_kpigate.backends.local.server DEPLOYMENT_DIR`` reads the rollout state
-saved there (:class:`.state_store.RolloutStore`), points MLflow at the state's
-tracking URI, loads the baseline and candidate with ``mlflow.pyfunc.load_model``, opens the
-prediction log ``DEPLOYMENT_DIR/predictions.db`` and serves on ``127.0.0.1:<port>`` with
-one uvicorn worker (one process owns the prediction log's writer). SIGTERM or SIGINT shut
-it down gracefully: in-flight requests and shadow copies finish and every logged
-prediction is written before the process exits 0.
+saved there, reserves ``127.0.0.1:<port>`` and starts, for each of the state's ``workers``
+(``-C workers``, default 1):
 
-The traffic weights are re-read from the store at most every 0.5 s (``POST
-/admin/reload`` re-reads at once). If the saved state names another candidate version
-than the one this process loaded (a new rollout was started), the router serves the
-baseline only until it is restarted: it never sends traffic to a model the state did not
-approve. Rows past the collector's retention are purged at start and hourly.
+* a router worker (:mod:`.worker`) listening on that port (``SO_REUSEPORT``): HTTP,
+  routing, the baseline, the prediction log's segment, metrics;
+* the worker's candidate process (:mod:`.candidate_worker`): the candidate model alone,
+  reached over a Unix socket, so a candidate that hangs or exits costs the baseline's
+  callers nothing.
+
+It restarts a worker or candidate process that dies (backoff 1 s doubling to 30 s; a
+candidate that stops answering pings is killed and restarted), stops the candidate
+processes while the state has the candidate detached, and ingests the workers' segments
+into ``predictions.db`` every 0.1 s (idempotently: a crash anywhere neither loses nor
+doubles a row; see :mod:`mlflow_kpigate.metrics.segment_log`). Rows past the collector's
+retention are purged at start and hourly. Children die with this process. SIGTERM or
+SIGINT: workers finish their requests in flight, then the candidate processes stop, the
+segments are ingested a last time, and the process exits 0.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
-from mlflow_kpigate.backends.local.config import RouterConfig
-from mlflow_kpigate.backends.local.routes import create_app
-from mlflow_kpigate.backends.local.routing import CachedWeights, RoutingKey
+from prometheus_client.multiprocess import mark_process_dead
+
+from mlflow_kpigate.backends.local.candidate_process import CandidateProcess
+from mlflow_kpigate.backends.local.layout import candidate_socket, load_rollout, segments_dir
+from mlflow_kpigate.backends.local.routing import RoutingKey
 from mlflow_kpigate.backends.local.state_store import RolloutStore
 from mlflow_kpigate.core.errors import KpigateError, UsageError
 from mlflow_kpigate.core.records import PREDICTIONS_DB
-from mlflow_kpigate.core.signals import signals_end_the_server
-from mlflow_kpigate.core.state import RolloutState, Weights
+from mlflow_kpigate.core.state import RolloutState
 from mlflow_kpigate.kpis import AggregateSpec
 from mlflow_kpigate.metrics import Collector
-from mlflow_kpigate.policy import Policy, load_policy
 
-__all__ = ["PREDICTIONS_DB", "load_models", "main", "serve"]
+__all__ = ["PREDICTIONS_DB", "main", "serve"]
 
 logger = logging.getLogger("mlflow_kpigate.router")
 
 HOST = "127.0.0.1"
 _PURGE_EVERY_S = 3600.0
+_INGEST_EVERY_S = 0.1
+_GRACE_S = 35.0  # the workers' graceful shutdown is 30 s
+_BACKOFF_MAX_S = 30.0
 
 
-def _policy(state: RolloutState, directory: Path) -> Policy:
-    path = Path(state.policy_file).expanduser()
-    if not path.is_absolute() and not path.exists() and (directory / path).exists():
-        path = directory / path
-    return load_policy(path)
+class _Worker:
+    """One worker process, restarted with backoff when it dies."""
 
+    def __init__(self, directory: Path, index: int, metrics_dir: Path) -> None:
+        self.directory, self.index = directory, index
+        self.metrics_dir = metrics_dir
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.backoff_s = 1.0
+        self.next_start = 0.0
+        self.started_at = 0.0
 
-def load_models(state: RolloutState) -> tuple[Any, Any | None]:
-    """``(baseline, candidate)`` pyfunc models from the state's URIs and tracking URI.
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "mlflow_kpigate.backends.local.worker",
+             str(self.directory), "--index", str(self.index),
+             "--parent", str(os.getpid())],
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(self.metrics_dir)})
+        self.started_at = time.monotonic()
 
-    A candidate that fails to load is tolerated (``None``) only when the state has already
-    detached it; otherwise the error propagates, since the rollout cannot proceed.
-    """
-    import mlflow
-
-    mlflow.set_tracking_uri(state.tracking_uri)
-    baseline = mlflow.pyfunc.load_model(state.baseline_uri)
-    try:
-        candidate = mlflow.pyfunc.load_model(state.candidate_uri)
-    except Exception:
-        if state.weights.candidate_attached:
-            raise
-        logger.warning("candidate %s could not be loaded; it is detached, serving the "
-                       "baseline only", state.candidate_uri, exc_info=True)
-        candidate = None
-    return baseline, candidate
-
-
-def _weights_loader(store: RolloutStore, candidate_version: str
-                    ) -> Callable[[], tuple[Weights, int]]:
-    def load() -> tuple[Weights, int]:
-        state = store.require()
-        if state.candidate_version != candidate_version:
-            return Weights.baseline_only(), state.stage_index
-        return state.weights, state.stage_index
-
-    return load
-
-
-def _purge_loop(collector: Collector, stop: threading.Event) -> None:
-    while True:
-        try:
-            removed = collector.purge(time.time())
-            if removed:
-                logger.info("purged %d predictions past the retention period", removed)
-        except Exception:
-            logger.warning("purging old predictions failed", exc_info=True)
-        if stop.wait(_PURGE_EVERY_S):
+    def check(self, now: float) -> None:
+        if self.proc is None or self.proc.poll() is None:
+            if self.proc is not None and now - self.started_at > 60:
+                self.backoff_s = 1.0  # a minute of health forgives earlier crashes
             return
+        if self.next_start == 0.0:
+            # Its live gauges go; its counters stay in the sums (they never go back).
+            mark_process_dead(self.proc.pid, str(self.metrics_dir))
+            logger.error("router worker %d exited with %s; restarting in %.0f s", self.index,
+                         self.proc.returncode, self.backoff_s)
+            self.next_start = now + self.backoff_s
+            self.backoff_s = min(self.backoff_s * 2, _BACKOFF_MAX_S)
+        elif now >= self.next_start:
+            self.next_start = 0.0
+            self.start()
+
+    def terminate(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+
+    def wait(self, deadline: float) -> None:
+        if self.proc is None:
+            return
+        try:
+            self.proc.wait(max(deadline - time.monotonic(), 0.1))
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def _reserve(port: int) -> socket.socket:
+    """Bind the port (``SO_REUSEPORT``, not listening): fails at once, with the reason, if
+    another program holds it; the workers then listen on it with sockets of their own."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    # A restarted router binds while the workers of the one that died may still be
+    # finishing their requests on their sockets.
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        sock.bind((HOST, port))
+    except OSError as exc:
+        sock.close()
+        raise KpigateError(f"cannot listen on {HOST}:{port}: {exc.strerror}") from None
+    return sock
+
+
+def _fresh_dir(path: Path) -> Path:
+    """``path``, emptied (the workers' metric files of an earlier run of the router)."""
+    shutil.rmtree(path, ignore_errors=True)
+    path.parent.mkdir(mode=0o700, exist_ok=True)
+    path.mkdir(mode=0o700)
+    return path
+
+
+def _background(collector: Collector, stop: threading.Event) -> None:
+    """Ingest the segments every 0.1 s and purge old rows hourly, until ``stop``."""
+    next_purge = 0.0
+    while not stop.is_set():
+        try:
+            collector.ingest_segments()
+        except Exception:
+            logger.warning("ingesting the prediction log's segments failed", exc_info=True)
+        if time.monotonic() >= next_purge:
+            next_purge = time.monotonic() + _PURGE_EVERY_S
+            try:
+                removed = collector.purge(time.time())
+                if removed:
+                    logger.info("purged %d predictions past the retention period", removed)
+            except Exception:
+                logger.warning("purging old predictions failed", exc_info=True)
+        stop.wait(_INGEST_EVERY_S)
+
+
+def _candidates(directory: Path, state: RolloutState) -> list[CandidateProcess]:
+    return [
+        CandidateProcess(candidate_socket(directory, i), state.candidate_uri,
+                         state.tracking_uri, state.candidate_version, state.threshold,
+                         directory / f"candidate-{i}.log")
+        for i in range(state.workers)
+    ]
 
 
 def serve(directory: Path) -> None:
     """Serve deployment ``directory`` until SIGTERM/SIGINT (blocks; see module doc)."""
-    import uvicorn
-
     directory = Path(directory).expanduser()
-    if not directory.is_dir():
-        raise UsageError(f"deployment directory {directory} does not exist")
-    store = RolloutStore(directory)
-    state = store.require()
-    policy = _policy(state, directory)
+    store, state, policy = load_rollout(directory)
     try:
         RoutingKey.parse(state.routing_key)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    baseline, candidate = load_models(state)
-    collector = Collector(directory / PREDICTIONS_DB, AggregateSpec.from_policy(policy))
-    stop = threading.Event()
+    collector = Collector(directory / PREDICTIONS_DB, AggregateSpec.from_policy(policy),
+                          segments=segments_dir(directory))
+    sock = _reserve(int(state.port))
+    stopping = threading.Event()
+
+    def on_signal(*_: object) -> None:
+        stopping.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    candidates = _candidates(directory, state)
+    metrics_dir = _fresh_dir(directory / "run" / "metrics")
+    workers = [_Worker(directory, i, metrics_dir)
+               for i in range(state.workers)]
+    background = threading.Thread(target=_background, args=(collector, stopping),
+                                  name="kpigate-ingest", daemon=True)
+    candidates_on = False
     try:
-        config = RouterConfig(
-            deployment=state.name,
-            baseline_version=state.baseline_version,
-            candidate_version=state.candidate_version,
-            baseline_model=baseline,
-            candidate_model=candidate,
-            routing_key=state.routing_key,
-            segment_fields=policy.segment_fields,
-            threshold=state.threshold,
-        )
-        weights = CachedWeights(_weights_loader(store, state.candidate_version))
-        app = create_app(config, collector, weights)
-        purger = threading.Thread(target=_purge_loop, args=(collector, stop),
-                                  name="kpigate-purge", daemon=True)
-        purger.start()
-        server = uvicorn.Server(uvicorn.Config(
-            app, host=HOST, port=int(state.port), workers=1, log_level="warning",
-            access_log=False, lifespan="on", timeout_graceful_shutdown=30,
-        ))
-        logger.info("router for %s on http://%s:%d (baseline %s, candidate %s)",
-                    state.name, HOST, state.port, state.baseline_version,
+        background.start()
+        for worker in workers:
+            worker.start()
+        logger.info("router for %s on http://%s:%d: %d worker(s) (baseline %s, candidate %s)",
+                    state.name, HOST, state.port, state.workers, state.baseline_version,
                     state.candidate_version)
-        with signals_end_the_server():
-            server.run()
+        next_state_check = 0.0
+        while not stopping.is_set():
+            now = time.monotonic()
+            for worker in workers:
+                worker.check(now)
+            if now >= next_state_check:  # about once a second: a store read, pings
+                next_state_check = now + 1.0
+                wanted = _candidate_wanted(store, state)
+                if wanted and not candidates_on:
+                    for c in candidates:
+                        c.start()
+                elif not wanted and candidates_on:
+                    logger.info("the candidate is detached: stopping its processes")
+                    for c in candidates:
+                        c.stop(5.0)
+                elif wanted:
+                    for c in candidates:
+                        c.check()
+                candidates_on = wanted
+            stopping.wait(0.2)
     finally:
-        stop.set()
-        collector.close()
-    logger.info("router for %s stopped; prediction log flushed", state.name)
+        deadline = time.monotonic() + _GRACE_S
+        for worker in workers:
+            worker.terminate()
+        for worker in workers:
+            worker.wait(deadline)
+        for c in candidates:
+            c.stop(5.0)
+        sock.close()
+        stopping.set()
+        background.join()
+        try:
+            collector.ingest_segments()
+        finally:
+            collector.close()
+    logger.info("router for %s stopped; prediction log ingested", state.name)
+
+
+def _candidate_wanted(store: RolloutStore, state: RolloutState) -> bool:
+    """Whether the candidate's processes should run: the state has it attached."""
+    try:
+        current = store.require()
+    except Exception:  # an unreadable state keeps what runs; the workers decide traffic
+        return True
+    return bool(current.candidate_version == state.candidate_version
+                and current.weights.candidate_attached)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
