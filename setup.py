@@ -41,6 +41,7 @@ setup(
         "examples": ["xgboost>=2", "lightgbm>=4"],
         "test": [
             "pytest>=8",
+            "pytest-xdist>=3.5",
             "scikit-learn>=1.3",
             "ruff>=0.5",
             "xgboost>=2",
