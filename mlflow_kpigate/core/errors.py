@@ -43,3 +43,15 @@ class MetricsUnavailable(KpigateError):
 
 class StateConflict(KpigateError):
     """Another process saved the rollout's state since it was loaded (compare-and-set)."""
+
+
+class PayloadError(ValueError):
+    """A request body the router cannot read; ``status`` is the HTTP status to answer.
+
+    (Here rather than in :mod:`.payloads`, so that the prediction records, which raise it
+    for a bad ``/feedback`` body, do not import pandas with the payload parsers.)
+    """
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status

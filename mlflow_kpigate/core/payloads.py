@@ -25,6 +25,7 @@ import numpy as np
 import orjson
 import pandas as pd
 
+from mlflow_kpigate.core.errors import PayloadError
 from mlflow_kpigate.core.payloads_numeric import float_schema, numeric_frame
 
 __all__ = [
@@ -41,14 +42,6 @@ CONTENT_TYPE_JSON = "application/json"
 CONTENT_TYPE_CSV = "text/csv"
 #: The JSON input formats of MLflow's scoring protocol.
 FORMATS: tuple[str, ...] = ("dataframe_split", "dataframe_records", "instances", "inputs")
-
-
-class PayloadError(ValueError):
-    """A request body the router cannot read; ``status`` is the HTTP status to answer."""
-
-    def __init__(self, message: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from mlflow_kpigate.core.payloads import PayloadError
+from mlflow_kpigate.core.errors import PayloadError
 
 #: The two roles a prediction can be logged under.
 ROLES: tuple[str, str] = ("baseline", "candidate")

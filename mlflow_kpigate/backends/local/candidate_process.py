@@ -27,13 +27,13 @@ import time
 from pathlib import Path
 
 from mlflow_kpigate.backends.local.candidate_protocol import (
+    EXIT_HUNG,
     PingRequest,
     Pong,
     ProtocolError,
     encode_frame,
     recv_frame,
 )
-from mlflow_kpigate.backends.local.candidate_worker import EXIT_HUNG
 
 __all__ = ["HEALTHY_AFTER_S", "MAX_BACKOFF_S", "PING_TIMEOUT_S", "CandidateProcess", "ping"]
 

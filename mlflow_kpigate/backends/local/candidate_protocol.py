@@ -28,7 +28,13 @@ from typing import Any
 
 import orjson
 
+#: The candidate worker's exit code when its watchdog found a predict running longer
+#: than ``--hang-after`` (here, not in the worker's module, so that the supervising side
+#: does not import pandas and MLflow's parsing with it).
+EXIT_HUNG = 70
+
 __all__ = [
+    "EXIT_HUNG",
     "MAX_FRAME",
     "PingRequest",
     "Pong",

@@ -37,6 +37,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from mlflow_kpigate.backends.local.candidate_protocol import (
+    EXIT_HUNG,
     PingRequest,
     Pong,
     PredictRequest,
@@ -53,8 +54,6 @@ __all__ = ["EXIT_HUNG", "EXIT_LOAD_FAILED", "SocketTaken", "WorkerOptions", "mai
 
 logger = logging.getLogger("mlflow_kpigate.candidate_worker")
 
-#: Exit code when the watchdog found a predict running longer than ``--hang-after``.
-EXIT_HUNG = 70
 #: Exit code when the model could not be loaded or the socket not bound.
 EXIT_LOAD_FAILED = 2
 

@@ -14,11 +14,14 @@ import hashlib
 import os
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mlflow_kpigate.backends.local.state_store import RolloutStore
 from mlflow_kpigate.core.errors import UsageError
 from mlflow_kpigate.core.state import RolloutState
-from mlflow_kpigate.policy import Policy, load_policy
+
+if TYPE_CHECKING:
+    from mlflow_kpigate.policy import Policy
 
 __all__ = ["candidate_socket", "load_rollout", "segments_dir"]
 
@@ -48,6 +51,10 @@ def candidate_socket(directory: Path, index: int) -> Path:
 
 def load_rollout(directory: Path) -> tuple[RolloutStore, RolloutState, Policy]:
     """The rollout store of ``directory``, its saved state and its frozen policy."""
+    # Imported here: the router's main process starts its children before it needs the
+    # policy model (and numpy under it).
+    from mlflow_kpigate.policy import load_policy
+
     directory = Path(directory).expanduser()
     if not directory.is_dir():
         raise UsageError(f"deployment directory {directory} does not exist")

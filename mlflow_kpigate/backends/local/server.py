@@ -34,6 +34,7 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from prometheus_client.multiprocess import mark_process_dead
 
@@ -44,8 +45,9 @@ from mlflow_kpigate.backends.local.state_store import RolloutStore
 from mlflow_kpigate.core.errors import KpigateError, UsageError
 from mlflow_kpigate.core.records import PREDICTIONS_DB
 from mlflow_kpigate.core.state import RolloutState
-from mlflow_kpigate.kpis import AggregateSpec
-from mlflow_kpigate.metrics import Collector
+
+if TYPE_CHECKING:
+    from mlflow_kpigate.metrics import Collector
 
 __all__ = ["PREDICTIONS_DB", "main", "serve"]
 
@@ -151,6 +153,16 @@ def _background(collector: Collector, stop: threading.Event) -> None:
         stop.wait(_INGEST_EVERY_S)
 
 
+def _collector(directory: Path) -> Collector:
+    """The prediction log, ingesting the workers' segments."""
+    from mlflow_kpigate.kpis import AggregateSpec
+    from mlflow_kpigate.metrics import Collector
+
+    _, _, policy = load_rollout(directory)
+    return Collector(directory / PREDICTIONS_DB, AggregateSpec.from_policy(policy),
+                     segments=segments_dir(directory))
+
+
 def _candidates(directory: Path, state: RolloutState) -> list[CandidateProcess]:
     return [
         CandidateProcess(candidate_socket(directory, i), state.candidate_uri,
@@ -163,13 +175,14 @@ def _candidates(directory: Path, state: RolloutState) -> list[CandidateProcess]:
 def serve(directory: Path) -> None:
     """Serve deployment ``directory`` until SIGTERM/SIGINT (blocks; see module doc)."""
     directory = Path(directory).expanduser()
-    store, state, policy = load_rollout(directory)
+    if not directory.is_dir():
+        raise UsageError(f"deployment directory {directory} does not exist")
+    store = RolloutStore(directory)
+    state = store.require()
     try:
         RoutingKey.parse(state.routing_key)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    collector = Collector(directory / PREDICTIONS_DB, AggregateSpec.from_policy(policy),
-                          segments=segments_dir(directory))
     sock = _reserve(int(state.port))
     stopping = threading.Event()
 
@@ -180,19 +193,27 @@ def serve(directory: Path) -> None:
     signal.signal(signal.SIGINT, on_signal)
     candidates = _candidates(directory, state)
     metrics_dir = _fresh_dir(directory / "run" / "metrics")
-    workers = [_Worker(directory, i, metrics_dir)
-               for i in range(state.workers)]
-    background = threading.Thread(target=_background, args=(collector, stopping),
-                                  name="kpigate-ingest", daemon=True)
+    workers = [_Worker(directory, i, metrics_dir) for i in range(state.workers)]
     candidates_on = False
+    collector: Collector | None = None
+    background: threading.Thread | None = None
     try:
-        background.start()
+        # The children first: loading their models is most of the start-up, and this
+        # process's own imports (the policy model, numpy) need not delay it.
         for worker in workers:
             worker.start()
+        if _candidate_wanted(store, state):
+            for c in candidates:
+                c.start()
+            candidates_on = True
+        collector = _collector(directory)
+        background = threading.Thread(target=_background, args=(collector, stopping),
+                                      name="kpigate-ingest", daemon=True)
+        background.start()
         logger.info("router for %s on http://%s:%d: %d worker(s) (baseline %s, candidate %s)",
                     state.name, HOST, state.port, state.workers, state.baseline_version,
                     state.candidate_version)
-        next_state_check = 0.0
+        next_state_check = time.monotonic() + 1.0
         while not stopping.is_set():
             now = time.monotonic()
             for worker in workers:
@@ -222,11 +243,13 @@ def serve(directory: Path) -> None:
             c.stop(5.0)
         sock.close()
         stopping.set()
-        background.join()
-        try:
-            collector.ingest_segments()
-        finally:
-            collector.close()
+        if background is not None:
+            background.join()
+        if collector is not None:
+            try:
+                collector.ingest_segments()
+            finally:
+                collector.close()
     logger.info("router for %s stopped; prediction log ingested", state.name)
 
 
