@@ -142,6 +142,8 @@ def _parse_json(text: str, schema: Any) -> tuple[pd.DataFrame, dict[str, Any] | 
             data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise PayloadError(f"body is not valid JSON: {exc}") from None
+        except RecursionError:
+            raise PayloadError("body is nested too deeply to be a model input") from None
     if not isinstance(data, dict):
         raise PayloadError(
             f"JSON body must be an object with one of {list(FORMATS)}, "
@@ -168,6 +170,8 @@ def _parse_json(text: str, schema: Any) -> tuple[pd.DataFrame, dict[str, Any] | 
         frame = _to_frame(fmt, data[fmt], schema)
     except PayloadError:
         raise
+    except RecursionError:
+        raise PayloadError(f"{fmt} is nested too deeply to be a model input") from None
     except Exception as exc:  # MLflow's converters raise several types
         raise PayloadError(f"{fmt}: {_one_line(exc)}") from None
     return frame, params

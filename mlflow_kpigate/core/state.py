@@ -111,7 +111,7 @@ class Readiness:
 
 
 _ROUTER_DEFAULTS: dict[str, Any] = {"workers": 1, "candidate_timeout_s": 1.0,
-                                     "log_fsync": "interval"}
+                                     "log_fsync": "interval", "max_body_bytes": 16 * 2**20}
 
 
 @dataclass(frozen=True)
@@ -157,6 +157,7 @@ class RolloutState:
     workers: int = 1
     candidate_timeout_s: float = 1.0
     log_fsync: str = "interval"
+    max_body_bytes: int = 16 * 2**20
 
     @property
     def status(self) -> str:

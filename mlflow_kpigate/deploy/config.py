@@ -50,6 +50,8 @@ KEYS: dict[str, str] = {
     "log_fsync": "embedded router: when the prediction log reaches the disk: interval "
                  "(default: every second), always (before each answer), never (the OS "
                  "decides); every answered prediction survives a process crash in all three",
+    "max_body": "embedded router: largest /invocations or /feedback body accepted, e.g. "
+                "64MB (default 16MiB); larger ones get 413",
     # Seldon Core on Kubernetes (targets kpigate:/seldon/NAMESPACE)
     "seldon_version": "kpigate:/seldon only: 1 (SeldonDeployment, default) or 2 "
                       "(Model + Experiment)",
@@ -70,7 +72,7 @@ KEYS: dict[str, str] = {
 }
 
 #: Keys that only apply to the embedded router.
-LOCAL_KEYS = ("workers", "candidate_timeout", "log_fsync")
+LOCAL_KEYS = ("workers", "candidate_timeout", "log_fsync", "max_body")
 #: Keys that only apply to the Seldon target.
 SELDON_KEYS = ("seldon_version", "env_secret", "collector_url", "gateway_url",
                "prometheus_url", "kubeconfig", "kube_context", "replicas", "dry_run")
@@ -110,6 +112,7 @@ class DeploymentConfig:
     workers: int = 1
     candidate_timeout: float = 1.0
     log_fsync: str = "interval"
+    max_body: int = 16 * 2**20
     extra: Mapping[str, Any] = field(default_factory=dict)
 
 
@@ -253,7 +256,26 @@ def _router_values(raw: Mapping[str, Any]) -> dict[str, Any]:
             raise UsageError(f"-C log_fsync={raw['log_fsync']}: must be interval, always "
                              "or never")
         values["log_fsync"] = policy
+    if "max_body" in raw:
+        values["max_body"] = _size("max_body", raw["max_body"])
     return values
+
+
+_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10,
+          "mib": 2**20, "gib": 2**30}
+
+
+def _size(key: str, value: Any) -> int:
+    import re
+
+    match = re.fullmatch(r"\s*(\d+)\s*([a-zA-Z]*)\s*", str(value))
+    unit = match.group(2).lower() if match else ""
+    if match is None or unit not in _UNITS or int(match.group(1)) < 1:
+        raise UsageError(f"-C {key}={value}: must be a size such as 512KB, 16MiB or 1GB")
+    size = int(match.group(1)) * _UNITS[unit]
+    if size < 1024:
+        raise UsageError(f"-C {key}={value}: must be at least 1KiB")
+    return size
 
 
 def _url(key: str, value: Any) -> str:

@@ -16,6 +16,7 @@ import sys
 import threading
 from pathlib import Path
 
+from mlflow_kpigate.backends.local.evidence import RecordedEvidence
 from mlflow_kpigate.backends.local.layout import segments_dir
 from mlflow_kpigate.backends.local.state_store import RolloutStore
 from mlflow_kpigate.backends.local.traffic import LocalRouterTraffic
@@ -41,8 +42,10 @@ def controller_for(directory: Path) -> Controller:
     policy = load_policy(state.policy_file)
     # Reading ingests the router's log segments first, so each evaluation sees every
     # prediction answered until then.
-    source = Collector(directory / PREDICTIONS_DB, AggregateSpec.from_policy(policy),
-                       segments=segments_dir(directory))
+    log = Collector(directory / PREDICTIONS_DB, AggregateSpec.from_policy(policy),
+                    segments=segments_dir(directory))
+    # ... and holds while the router reports predictions it could not record.
+    source = RecordedEvidence(log, state.port)
     return Controller(store=store, source=source, traffic=LocalRouterTraffic(), policy=policy,
                       registry=registry, notifier=notifier_from_policy(policy),
                       registry_baseline=load_registry_baseline(directory),

@@ -39,6 +39,9 @@ class RouterConfig:
     # Threads scoring the baseline (and parsing requests): one is fastest for models
     # that hold the GIL (most scikit-learn); more help models that release it.
     scoring_threads: int = 1
+    # /invocations and /feedback bodies above this are refused (413) before they are read
+    # whole: a client must not be able to make the router hold gigabytes.
+    max_body_bytes: int = 16 * 2**20
 
     def __post_init__(self) -> None:
         if not isinstance(self.deployment, str) or not self.deployment:
@@ -53,6 +56,9 @@ class RouterConfig:
                 and self.candidate_timeout_s > 0):
             raise ValueError(
                 f"candidate_timeout_s must be > 0, got {self.candidate_timeout_s!r}")
+        if not (isinstance(self.max_body_bytes, int) and self.max_body_bytes >= 1):
+            raise ValueError(f"max_body_bytes must be an integer >= 1, got "
+                             f"{self.max_body_bytes!r}")
         if not (isinstance(self.scoring_threads, int) and self.scoring_threads >= 1):
             raise ValueError(
                 f"scoring_threads must be an integer >= 1, got {self.scoring_threads!r}")

@@ -8,8 +8,8 @@ weight and stage gauges show the most recent value of a live worker.
 
 Model calls by role and outcome and their ``predict`` time, labelled predictions by
 confusion cell, labels received, the traffic weights and stage being served, shadow copies
-by outcome, requests the baseline's signature rejected, and prediction batches the
-collector refused.
+by outcome, requests the baseline's signature rejected, prediction batches the
+collector refused, predictions it could not record and whether it is failing now.
 """
 
 from __future__ import annotations
@@ -66,6 +66,14 @@ class RouterMetrics:
         self.collector_errors = Counter(
             "kpigate_collector_errors", "Prediction batches the collector refused.",
             ["deployment"], registry=r)
+        self.unrecorded = Counter(
+            "kpigate_unrecorded_predictions", "Predictions the log could not record (the "
+            "baseline answered them; the candidate gets no traffic meanwhile).",
+            ["deployment"], registry=r)
+        self.log_failing = Gauge(
+            "kpigate_prediction_log_failing", "1 while the prediction log cannot be "
+            "written.", ["deployment"], registry=r, multiprocess_mode="livemax")
+        self.unrecorded_total = 0
         self._shown: tuple[Weights, int] | None = None
 
     def exposition(self) -> CollectorRegistry:
@@ -76,6 +84,16 @@ class RouterMetrics:
         merged = CollectorRegistry()
         MultiProcessCollector(merged, path=directory)
         return merged
+
+    def log_unrecorded(self, rows: int) -> None:
+        """Count predictions the log refused; the log is failing."""
+        self.unrecorded_total += rows
+        self.unrecorded.labels(self.deployment).inc(rows)
+        self.log_failing.labels(self.deployment).set(1)
+
+    def log_recovered(self) -> None:
+        """The log records again."""
+        self.log_failing.labels(self.deployment).set(0)
 
     def observe(self, attempt: Attempt) -> None:
         """Count one model call and time its ``predict``."""

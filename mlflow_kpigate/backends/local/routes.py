@@ -80,9 +80,28 @@ def create_app(
                   docs_url=None, redoc_url=None, openapi_url=None)
     app.state.router = router
 
+    async def read_body(request: Request) -> bytes | Response:
+        """The body, or a 413 once it passes ``max_body_bytes`` (read no further)."""
+        limit = config.max_body_bytes
+        too_large = error_response(
+            413, f"request body is larger than the router's limit of {limit:,} bytes "
+            "(-C max_body)", {})
+        length = request.headers.get("content-length", "")
+        if length.isdigit() and int(length) > limit:
+            return too_large
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                return too_large
+            chunks.append(chunk)
+        return b"".join(chunks)
+
     @app.post("/invocations")
     async def invocations(request: Request) -> Response:
-        body = await request.body()
+        body = await read_body(request)
+        if isinstance(body, Response):
+            return body
         content_type = request.headers.get("content-type")
         loop = asyncio.get_running_loop()
         result = await loop.run_in_executor(scoring, router.handle, body, content_type,
@@ -94,7 +113,9 @@ def create_app(
             attempt = await scorer.score(result.payload, body, content_type,
                                          config.candidate_timeout_s)
             if attempt.error is None:
-                served = router.answer(result, [attempt])
+                recorded = router.answer_candidate(result, attempt)
+                served = recorded if recorded is not None else await loop.run_in_executor(
+                    scoring, router.serve_baseline, result)
             else:
                 served = await loop.run_in_executor(scoring, router.fall_back, result,
                                                     attempt)
@@ -107,8 +128,11 @@ def create_app(
 
     @app.post("/feedback")
     async def feedback(request: Request) -> Response:
+        body = await read_body(request)
+        if isinstance(body, Response):
+            return body
         try:
-            data = orjson.loads(await request.body())
+            data = orjson.loads(body)
         except orjson.JSONDecodeError as exc:
             return error_response(400, f"body is not valid JSON: {exc}", {})
         try:

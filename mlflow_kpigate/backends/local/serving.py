@@ -5,7 +5,7 @@ by the sticky split (:mod:`.routing`): the whole request goes to one role. The b
 is answered there and then (on the router's scoring thread); for the candidate it hands
 back a :class:`Routed` request, which the app awaits on the candidate's
 :class:`~.scorers.Scorer` (its own process, with a timeout) and finishes with
-:meth:`Router.answer`, or, if the candidate failed, :meth:`Router.fall_back`: callers
+:meth:`Router.answer_candidate`, or, if the candidate failed, :meth:`Router.fall_back`: callers
 never see the candidate fail; the baseline answers (``X-Kpigate-Fallback:
 candidate-error``) and both attempts are logged, so the failure is candidate evidence.
 Per-row prediction ids are ``REQID`` for a one-row request and ``REQID/i`` for row ``i``
@@ -19,10 +19,12 @@ the baseline already answered, after a fallback).
 
 Every prediction is logged before its answer is built (:meth:`Router.log`: in a router
 worker, an append to its segment of the prediction log). If logging fails, serving goes
-on with the baseline (a metrics fault must not become an outage) but the candidate gets
-no traffic until a write succeeds, :meth:`Router.health` reports the fault and
-``kpigate_collector_errors_total`` counts it. Errors are answered in the shape of MLflow's
-scoring server (:func:`error_response`).
+on with the baseline (a metrics fault must not become an outage), but a candidate answer
+never goes out unrecorded (the baseline answers that request instead), the candidate gets
+no traffic until a write succeeds, :meth:`Router.health` reports the fault, and
+``kpigate_unrecorded_predictions_total`` / ``kpigate_prediction_log_failing`` show it (the
+controller holds on them: :mod:`.evidence`). The next append that succeeds ends it.
+Errors are answered in the shape of MLflow's scoring server (:func:`error_response`).
 """
 
 from __future__ import annotations
@@ -180,20 +182,27 @@ class Router:
             ]
         return [{name: col[i] for name, col in columns.items()} for i in range(n)]
 
-    def log(self, rows: Sequence[Prediction]) -> None:
-        """Append ``rows`` to the prediction log; a failure is reported, never raised."""
+    def log(self, rows: Sequence[Prediction]) -> bool:
+        """Append ``rows`` to the prediction log; ``False`` (reported, never raised) if it
+        could not."""
         try:
             self._append(rows)
         except CollectorError as exc:
             # Serving goes on (the baseline's answers are the production service), but
-            # /health reports the fault, the counter shows the loss, and the candidate
+            # /health reports the fault, the counters show the loss, and the candidate
             # gets no traffic until a write succeeds again.
             self.collector_error = str(exc)
             self.log_failing = True
             self.metrics.collector_errors.labels(self.config.deployment).inc()
+            self.metrics.log_unrecorded(len(rows))
             logger.error("prediction log failed: %s", exc)
-        else:
+            return False
+        if self.log_failing:
+            logger.info("the prediction log records again")
+            self.collector_error = None
             self.log_failing = False
+            self.metrics.log_recovered()
+        return True
 
     def handle(self, body: bytes, content_type: str | None,
                headers: Mapping[str, str]) -> Served | Routed:
@@ -239,21 +248,46 @@ class Router:
 
     def answer(self, routed: Routed, attempts: list[Attempt]) -> Served:
         """Log every attempt, then build the response from the last one."""
-        served, out_headers = attempts[-1], routed.headers
-        out_headers["X-Kpigate-Role"] = served.role
-        out_headers["X-Kpigate-Version"] = served.version
+        served = attempts[-1]
         if served.role == "baseline" and served.invalid_input:
             # The serving model's signature rejects the input: the client's mistake, so it
             # is counted apart and logged for neither model (it would otherwise raise both
             # error rates, the baseline's twice when the request fell back).
             self.metrics.invalid.labels(self.config.deployment).inc()
-            return Served(error_response(400, served.error or "invalid input", out_headers))
+            return Served(error_response(400, served.error or "invalid input",
+                                         self._headers(routed, served)))
+        self._record(routed, attempts)
+        return self._respond(routed, served)
+
+    def answer_candidate(self, routed: Routed, attempt: Attempt) -> Served | None:
+        """The candidate's answer, if it could be recorded; ``None`` if the log failed:
+        a candidate answer never goes out unrecorded (the baseline answers instead)."""
+        if not self._record(routed, [attempt]):
+            return None
+        return self._respond(routed, attempt)
+
+    def serve_baseline(self, routed: Routed) -> Served:
+        """The baseline answers a request (blocking): after the candidate's answer could
+        not be recorded."""
+        return self.answer(routed, [call_model(self.config, "baseline", routed.payload)])
+
+    def _record(self, routed: Routed, attempts: list[Attempt]) -> bool:
         rows: list[Prediction] = []
         for attempt in attempts:
             self.metrics.observe(attempt)
             rows += prediction_rows(attempt, routed.info, shadow=False)
         # Logged before the answer exists: a crash after this point loses no evidence.
-        self.log(rows)
+        return self.log(rows)
+
+    @staticmethod
+    def _headers(routed: Routed, served: Attempt) -> dict[str, str]:
+        headers = dict(routed.headers)
+        headers["X-Kpigate-Role"] = served.role
+        headers["X-Kpigate-Version"] = served.version
+        return headers
+
+    def _respond(self, routed: Routed, served: Attempt) -> Served:
+        out_headers = self._headers(routed, served)
         if served.error is not None:
             # As MLflow's scoring server: a model that cannot score the input is a 400.
             return Served(error_response(400, f"model failed to predict: {served.error}",
@@ -315,4 +349,5 @@ class Router:
             "candidate": None if self.candidate is None else {
                 "ready": self.candidate.ready, "inflight": self.candidate.inflight},
             "log_failing": self.log_failing,
+            "unrecorded_predictions": self.metrics.unrecorded_total,
         }

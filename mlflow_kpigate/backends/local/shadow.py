@@ -28,7 +28,7 @@ class ShadowCopies:
     """The shadow copies of one app; ``log`` records their predictions."""
 
     def __init__(self, config: RouterConfig, metrics: RouterMetrics,
-                 log: Callable[[Sequence[Prediction]], None],
+                 log: Callable[[Sequence[Prediction]], object],
                  scorers: Mapping[str, Scorer]) -> None:
         self.config, self.metrics, self.log = config, metrics, log
         self.scorers = dict(scorers)
