@@ -29,6 +29,7 @@ import requests
 from _router_fixtures import MODEL_NAME, Registry, make_frame, register_models
 from processes import free_port
 
+from mlflow_kpigate.backends.local.server import metrics_path
 from mlflow_kpigate.backends.local.state_store import RolloutStore
 from mlflow_kpigate.core.events import OtherEvent
 from mlflow_kpigate.core.state import Phase, RolloutState, Weights
@@ -261,7 +262,7 @@ def test_two_workers_share_the_port_and_count_every_request_once(
         totals = {_metric_total(url, "kpigate_requests_total") for _ in range(6)}
         assert totals == {400.0}
         # Both served: a worker's counter file appears with its first model call.
-        assert len(list((directory / "run" / "metrics").glob("counter_*.db"))) == 2
+        assert len(list(metrics_path(directory).glob("counter_*.db"))) == 2
         process.send_signal(signal.SIGTERM)
         assert process.wait(90) == 0, log.read_text()[-3000:]
     finally:
@@ -272,3 +273,69 @@ def test_two_workers_share_the_port_and_count_every_request_once(
     assert sum(rows.values()) == 400
     assert max(rows.values()) == 1
     assert Counter(role for _, role in rows.elements()) == roles
+
+
+@contextmanager
+def _tmpfs(path: Path, size: str) -> Iterator[Path]:
+    path.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700",
+                              "tmpfs", str(path)], capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.strip()}); the in-process "
+                    "fault test (tests/test_router_faults.py) still runs")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+def test_a_full_disk_serves_the_baseline_unrecorded_and_recovers_when_space_returns(
+        tmp_path: Path, registry: Registry) -> None:
+    with _tmpfs(tmp_path / "disk", "8m") as disk:
+        directory, port = _deployment(disk, registry, workers=1)
+        url = f"http://127.0.0.1:{port}"
+        log = tmp_path / "router.log"
+        process = _start(directory, log)
+        try:
+            _wait_healthy(url, process, log)
+            bodies = [make_frame(1, seed=i).to_json(orient="split", index=False)
+                      for i in range(20)]
+
+            def send(n: int) -> Counter[str]:
+                roles: Counter[str] = Counter()
+                with requests.Session() as session:
+                    for i in range(n):
+                        response = session.post(
+                            f"{url}/invocations",
+                            data='{"dataframe_split": ' + bodies[i % 20] + "}", timeout=30,
+                            headers={"Content-Type": "application/json",
+                                     "X-Kpigate-Routing-Key": f"user-{i}"})
+                        assert response.status_code == 200, response.text
+                        roles[response.headers["X-Kpigate-Role"]] += 1
+                return roles
+
+            assert send(60)["candidate"] > 0
+            filler = disk / "filler"
+            with filler.open("wb", buffering=0) as out:  # fill it to the last byte
+                for chunk in (65536, 4096, 512, 1):
+                    with suppress(OSError):
+                        while True:
+                            out.write(b"\0" * chunk)
+            # The segment's last page still takes a few rows (recorded, rightly served by
+            # either model); once an append fails, every answer is the baseline's.
+            send(40)
+            assert send(60) == Counter(baseline=60)
+            assert requests.get(f"{url}/health", timeout=30).status_code == 503
+            filler.unlink()  # space is back
+            recovered = send(60)
+            assert recovered["candidate"] > 0
+            assert requests.get(f"{url}/health", timeout=30).status_code == 200
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(90) == 0, log.read_text()[-3000:]
+        finally:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(30)
+        rows = _served_rows(directory / "predictions.db")
+        assert sum(rows.values()) >= 120  # the healthy and the recovered requests
+        assert sum(rows.values()) < 160  # not the ones answered on the full disk

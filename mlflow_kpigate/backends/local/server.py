@@ -23,6 +23,7 @@ segments are ingested a last time, and the process exits 0.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import logging
 import os
 import shutil
@@ -30,6 +31,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Sequence
@@ -49,7 +51,7 @@ from mlflow_kpigate.core.state import RolloutState
 if TYPE_CHECKING:
     from mlflow_kpigate.metrics import Collector
 
-__all__ = ["PREDICTIONS_DB", "main", "serve"]
+__all__ = ["PREDICTIONS_DB", "main", "metrics_path", "serve"]
 
 logger = logging.getLogger("mlflow_kpigate.router")
 
@@ -63,7 +65,7 @@ _BACKOFF_MAX_S = 30.0
 class _Worker:
     """One worker process, restarted with backoff when it dies."""
 
-    def __init__(self, directory: Path, index: int, metrics_dir: Path) -> None:
+    def __init__(self, directory: Path, index: int, metrics_dir: Path | None) -> None:
         self.directory, self.index = directory, index
         self.metrics_dir = metrics_dir
         self.proc: subprocess.Popen[bytes] | None = None
@@ -77,7 +79,7 @@ class _Worker:
              str(self.directory), "--index", str(self.index),
              "--parent", str(os.getpid())],
             stdin=subprocess.DEVNULL,
-            env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(self.metrics_dir)})
+            env=_worker_env(self.metrics_dir))
         self.started_at = time.monotonic()
 
     def check(self, now: float) -> None:
@@ -87,7 +89,8 @@ class _Worker:
             return
         if self.next_start == 0.0:
             # Its live gauges go; its counters stay in the sums (they never go back).
-            mark_process_dead(self.proc.pid, str(self.metrics_dir))
+            if self.metrics_dir is not None:
+                mark_process_dead(self.proc.pid, str(self.metrics_dir))
             logger.error("router worker %d exited with %s; restarting in %.0f s", self.index,
                          self.proc.returncode, self.backoff_s)
             self.next_start = now + self.backoff_s
@@ -126,10 +129,32 @@ def _reserve(port: int) -> socket.socket:
     return sock
 
 
-def _fresh_dir(path: Path) -> Path:
-    """``path``, emptied (the workers' metric files of an earlier run of the router)."""
+def _worker_env(metrics_dir: Path | None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+    if metrics_dir is not None:
+        env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+    return env
+
+
+def metrics_path(directory: Path) -> Path:
+    """The workers' metric files of the deployment in ``directory`` (see below)."""
+    digest = hashlib.sha256(os.fsencode(directory.resolve())).hexdigest()[:16]
+    base = Path("/dev/shm") if Path("/dev/shm").is_dir() else Path(tempfile.gettempdir())
+    return base / f"kpigate-{os.getuid()}-{digest}-metrics"
+
+
+def _metrics_dir(directory: Path, workers: int) -> Path | None:
+    """Where several workers keep their metric values (``None`` for one worker).
+
+    prometheus_client's multiprocess files are memory-mapped: a worker that touches a new
+    page of one on a full file system dies of SIGBUS. They live in ``/dev/shm`` (memory),
+    not in the deployment directory, so that a full state disk costs predictions, which
+    the router handles, and never the workers; emptied at start (an earlier run's files).
+    """
+    if workers == 1:
+        return None
+    path = metrics_path(directory)
     shutil.rmtree(path, ignore_errors=True)
-    path.parent.mkdir(mode=0o700, exist_ok=True)
     path.mkdir(mode=0o700)
     return path
 
@@ -192,7 +217,7 @@ def serve(directory: Path) -> None:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     candidates = _candidates(directory, state)
-    metrics_dir = _fresh_dir(directory / "run" / "metrics")
+    metrics_dir = _metrics_dir(directory, state.workers)
     workers = [_Worker(directory, i, metrics_dir) for i in range(state.workers)]
     candidates_on = False
     collector: Collector | None = None
@@ -242,6 +267,8 @@ def serve(directory: Path) -> None:
         for c in candidates:
             c.stop(5.0)
         sock.close()
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
         stopping.set()
         if background is not None:
             background.join()
