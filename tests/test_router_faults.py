@@ -152,3 +152,35 @@ def test_bodies_past_the_limit_get_413_and_deep_nesting_400(
             assert requests.get(f"{url}/health", timeout=30).status_code == 200
     finally:
         collector.close()
+
+
+def test_an_unreadable_state_keeps_the_last_weights_and_health_says_why(
+        tmp_path: Path, models: tuple[Any, Any]) -> None:
+    from mlflow_kpigate.backends.local import CachedWeights
+    from mlflow_kpigate.core.errors import StateUnreadable
+
+    broken = {"now": False}
+
+    def load() -> tuple[Weights, int]:
+        if broken["now"]:
+            raise StateUnreadable("the state of deployment 'fraud' cannot be read (file is "
+                                  "not a database: state.db)")
+        return Weights(50.0), 1
+
+    weights = CachedWeights(load, ttl_s=0.0)
+    collector = Collector(tmp_path / "p.db", SPEC)
+    cfg = RouterConfig(deployment="fraud", baseline_version="1", candidate_version="2",
+                       baseline_model=models[0], candidate_model=models[1],
+                       segment_fields=("region",))
+    try:
+        with running(create_app(cfg, collector, weights)) as url:
+            assert requests.get(f"{url}/health", timeout=30).status_code == 200
+            broken["now"] = True
+            assert _send(url, 20)["candidate"] > 0  # the last approved weights still hold
+            health = requests.get(f"{url}/health", timeout=30)
+            assert health.status_code == 503
+            assert "rollout state: StateUnreadable" in health.text
+            broken["now"] = False
+            assert requests.get(f"{url}/health", timeout=30).status_code == 200
+    finally:
+        collector.close()

@@ -41,6 +41,11 @@ class MetricsUnavailable(KpigateError):
     """
 
 
+class StateUnreadable(KpigateError):
+    """A deployment's saved state is damaged or not a database (one line: which file, and
+    what to do); commands on other deployments are unaffected."""
+
+
 class StateConflict(KpigateError):
     """Another process saved the rollout's state since it was loaded (compare-and-set)."""
 

@@ -204,8 +204,15 @@ class LocalDeployer:
             return []
         out = []
         for d in sorted(p for p in base.iterdir() if p.is_dir() and not p.name.startswith(".")):
-            if (d / "state.db").exists() and RolloutStore(d).load() is not None:
-                out.append(self.describe(d.name, config))
+            if not (d / "state.db").exists():
+                continue
+            try:
+                if RolloutStore(d).load() is not None:
+                    out.append(self.describe(d.name, config))
+            except KpigateError as exc:
+                # One damaged deployment must not hide the others.
+                out.append({"name": d.name, "flavor": FLAVOR, "status": "unreadable",
+                            "error": str(exc), "state_dir": str(d)})
         return out
 
     def open(self, name: str, config: Mapping[str, Any] | None = None) -> Rollout:

@@ -100,6 +100,8 @@ class CachedWeights:
         self._lock = threading.Lock()
         self._value: tuple[Weights, int] | None = None
         self._read_at = 0.0
+        #: Why the last read failed (``None`` after a good one): shown by ``/health``.
+        self.error: str | None = None
 
     def refresh(self) -> tuple[Weights, int]:
         """Read now (``load()``), falling back to the cached value if that fails."""
@@ -109,9 +111,11 @@ class CachedWeights:
     def _read(self) -> tuple[Weights, int]:
         try:
             self._value = self._load()
-        except Exception:
+            self.error = None
+        except Exception as exc:
             if self._value is None:
                 raise
+            self.error = f"{type(exc).__name__}: {exc}"
             logger.warning("could not re-read the traffic weights; keeping the last ones",
                            exc_info=True)
         self._read_at = time.monotonic()

@@ -328,6 +328,10 @@ class Router:
                             "answers)")
         if self.collector_error:
             problems.append(f"collector: {self.collector_error}")
+        state_error = getattr(self.weights_source, "error", None)
+        if state_error:
+            # Still serving the last approved weights, but nothing can change them.
+            problems.append(f"rollout state: {state_error}")
         return not problems, problems
 
     def status(self) -> dict[str, Any]:

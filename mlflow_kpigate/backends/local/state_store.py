@@ -28,7 +28,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from mlflow_kpigate.core.errors import StateConflict, UsageError
+from mlflow_kpigate.core.errors import StateConflict, StateUnreadable, UsageError
 from mlflow_kpigate.core.events import AuditEvent, Recorded
 from mlflow_kpigate.core.state import RolloutState
 
@@ -60,13 +60,26 @@ class RolloutStore:
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self.db_path, timeout=30, isolation_level=None)
+        try:
+            db = sqlite3.connect(self.db_path, timeout=30, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise self._unreadable(exc) from None
         try:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
             yield db
+        except sqlite3.OperationalError:
+            raise  # locked, busy, disk full: the file is fine, the moment is not
+        except sqlite3.DatabaseError as exc:
+            # "file is not a database", "database disk image is malformed": damaged.
+            raise self._unreadable(exc) from None
         finally:
             db.close()
+
+    def _unreadable(self, exc: BaseException) -> StateUnreadable:
+        return StateUnreadable(
+            f"the state of deployment {self.dir.name!r} cannot be read ({exc}: "
+            f"{self.db_path}); restore the file from a backup, or delete the deployment")
 
     # -- state ------------------------------------------------------------------------------
     def exists(self) -> bool:
@@ -77,7 +90,12 @@ class RolloutStore:
         """The last saved state, or ``None``."""
         with self._connect() as db:
             row = db.execute("SELECT body FROM state WHERE id = 1").fetchone()
-        return RolloutState.from_dict(json.loads(row[0])) if row else None
+        if not row:
+            return None
+        try:
+            return RolloutState.from_dict(json.loads(row[0]))
+        except (ValueError, TypeError, KeyError) as exc:
+            raise self._unreadable(exc) from None
 
     def require(self) -> RolloutState:
         """The saved state; ``UsageError`` naming the deployment if there is none."""
@@ -177,20 +195,41 @@ class RolloutStore:
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
+    def _cut_torn_line(self) -> None:
+        """Drop a partial last line (a crash mid-write) so the file stays parseable; the
+        event it began is committed in the database and is written again whole."""
+        if not self.audit_path.exists():
+            return
+        with self.audit_path.open("r+b") as fh:
+            size = fh.seek(0, os.SEEK_END)
+            if size == 0:
+                return
+            fh.seek(size - 1)
+            if fh.read(1) == b"\n":
+                return
+            keep = 0
+            chunk = 1 << 16
+            while True:  # find the last newline, reading back from the end
+                start = max(0, size - chunk)
+                fh.seek(start)
+                block = fh.read(size - start)
+                at = block.rfind(b"\n")
+                if at >= 0:
+                    keep = start + at + 1
+                    break
+                if start == 0:
+                    break
+                chunk *= 4
+            fh.truncate(keep)
+
     def _sync_locked(self) -> None:
         # The stored rows as they are (not decoded): the file mirrors what was committed.
         missing = [{"seq": s, "ts": ts, "kind": k, **body}
                    for s, ts, k, body in self._rows(self._last_mirrored())]
         if not missing:
             return
+        self._cut_torn_line()
         with self.audit_path.open("ab") as fh:
-            data = fh.tell()
-            if data:
-                # Start on a fresh line if a crash left a partial one behind.
-                with self.audit_path.open("rb") as rd:
-                    rd.seek(data - 1)
-                    if rd.read(1) != b"\n":
-                        fh.write(b"\n")
             for ev in missing:
                 fh.write(json.dumps(ev, allow_nan=False, default=str).encode() + b"\n")
             fh.flush()
