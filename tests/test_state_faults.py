@@ -70,3 +70,15 @@ def test_a_torn_audit_line_is_cut_and_the_event_written_again_whole(tmp_path: Pa
     events = [json.loads(line) for line in audit.read_text().splitlines()]
     assert [e["seq"] for e in events] == [1, 2]
     assert audit.read_bytes() == whole
+
+
+def test_state_and_prediction_logs_are_private_to_the_user(tmp_path: Path) -> None:
+    from mlflow_kpigate.kpis import AggregateSpec
+    from mlflow_kpigate.metrics import Collector
+
+    store = _save(tmp_path, "delta")
+    with Collector(store.dir / "predictions.db", AggregateSpec()):
+        pass
+    assert store.dir.stat().st_mode & 0o777 == 0o700
+    for name in ("state.db", "audit.jsonl", "predictions.db"):
+        assert (store.dir / name).stat().st_mode & 0o777 == 0o600, name

@@ -33,6 +33,7 @@ answer finds its prediction.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -89,7 +90,9 @@ class Collector:
         self.segments = None if segments is None else Path(segments)
 
         self._connections = Connections(self.db_path)
-        self.db_path.parent.mkdir(parents=True, exist_ok=True)
+        self.db_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # Private to the user (SQLite gives its -wal and -shm files this file's mode).
+        os.close(os.open(self.db_path, os.O_CREAT | os.O_WRONLY, 0o600))
         self._layout = open_schema(self._connections.this_thread(), self.db_path, spec)
         self._writer = PredictionWriter(
             self._connections, self._layout, store_features=self.store_features,

@@ -51,9 +51,14 @@ class RolloutStore:
 
     def __init__(self, directory: str | Path) -> None:
         self.dir = Path(directory)
-        self.dir.mkdir(parents=True, exist_ok=True)
+        # Private to the user: the state, audit log and prediction log are evidence.
+        self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.db_path = self.dir / "state.db"
         self.audit_path = self.dir / "audit.jsonl"
+        for path in (self.db_path, self.audit_path):
+            # Created 0600 before SQLite or the mirror opens them (SQLite gives its -wal
+            # and -shm files the database file's mode).
+            os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
         with self._connect() as db:
             db.executescript(_SCHEMA)
         self.sync_audit_file()
