@@ -979,7 +979,62 @@ def test_not_utf8(tmp_path: Path) -> None:
     path = tmp_path / "latin1.yaml"
     path.write_bytes(b"name: caf\xe9\n")
     _, found = load_problems(path)
-    assert found[0].startswith("cannot be read:")
+    assert found == ["is not a text (UTF-8) file; give the policy YAML file"]
+
+
+def test_duplicate_key_is_refused_with_both_lines(tmp_path: Path) -> None:
+    path = tmp_path / "dup.yaml"
+    path.write_text("stages: shadow,5,100\nevaluation: {interval: 1m}\nkpis: []\n"
+                    "evaluation:\n  interval: 5m\n")
+    _, found = load_problems(path)
+    assert found == ["line 4: duplicate key 'evaluation' (first on line 2); keep one of them"]
+
+
+def test_duplicate_key_inside_a_kpi(tmp_path: Path) -> None:
+    path = tmp_path / "dup.yaml"
+    path.write_text("stages: shadow,5,100\nkpis:\n  - name: a\n    kind: auc\n"
+                    "    name: b\n")
+    _, found = load_problems(path)
+    assert found == ["line 5: duplicate key 'name' (first on line 3); keep one of them"]
+
+
+def test_yaml_merge_keys_are_not_duplicates(tmp_path: Path) -> None:
+    path = tmp_path / "merge.yaml"
+    path.write_text("stage_defaults: &d {min_dwell: 1m}\nstages:\n"
+                    "  - {<<: *d, traffic: 5, min_dwell: 2m}\n  - 100\n"
+                    "kpis: [{name: e, kind: proportion, metric: error_rate, margin: 0.01}]\n")
+    policy = load_policy(path)
+    assert policy.stages[0].min_dwell == 120
+
+
+@pytest.mark.parametrize("text", [
+    "stages:\n" + "".join("  " * i + "- a:\n" for i in range(1, 5001)),
+    "stages: " + "[" * 5000 + "]" * 5000 + "\n",
+    "stages: " + "{a: " * 5000 + "1" + "}" * 5000 + "\n",
+])
+def test_deep_nesting_is_one_line(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "deep.yaml"
+    path.write_text(text)
+    _, found = load_problems(path)
+    assert len(found) == 1
+    assert found[0].startswith("line ")
+    assert found[0].endswith("nested more than 64 levels deep; a policy needs only a few "
+                             "(see docs/policy.md)")
+
+
+def test_a_file_that_is_not_a_policy_is_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "passwd.yaml"
+    path.write_text("".join(f"user{i}: x:{i}:{i}::/home/u{i}:/bin/sh\n" for i in range(29)))
+    _, found = load_problems(path)
+    assert found == ["is not a rollout policy (none of its 29 top-level keys is a policy "
+                     "field such as stages or kpis); give a policy YAML, see docs/policy.md"]
+
+
+def test_misspelt_policy_keys_still_get_hints(tmp_path: Path) -> None:
+    path = tmp_path / "typo.yaml"
+    path.write_text("stagse: shadow,5,100\nkpi: []\n")
+    _, found = load_problems(path)
+    assert "stagse: unknown field; did you mean 'stages'?" in found
 
 
 def test_yaml_syntax_error_has_line_number(tmp_path: Path) -> None:
