@@ -7,7 +7,8 @@ Target URIs: ``kpigate`` and ``kpigate:/local`` (the embedded backend on this ma
 ``kpigate:/seldon/NAMESPACE`` (Seldon Core canaries on Kubernetes).
 
 Errors: from the ``mlflow deployments`` CLI a user error is one ``Error: …`` line and exit
-code 2 (the MLflow CLI would otherwise print a traceback); from Python it is an
+code 2 (the MLflow CLI would otherwise print a traceback) — an invalid policy gives its
+heading and then one line per problem; from Python it is an
 ``MlflowException`` with ``INVALID_PARAMETER_VALUE``.
 """
 
@@ -23,7 +24,12 @@ from mlflow.deployments import BaseDeploymentClient
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INTERNAL_ERROR, INVALID_PARAMETER_VALUE
 
-from mlflow_kpigate.core.errors import USAGE_EXIT_CODE, KpigateError, UsageError
+from mlflow_kpigate.core.errors import (
+    USAGE_EXIT_CODE,
+    KpigateError,
+    PolicyError,
+    UsageError,
+)
 from mlflow_kpigate.deploy.config import LOCAL_KEYS, SELDON_KEYS, help_lines, parse_config
 from mlflow_kpigate.deploy.deployer import Deployer
 from mlflow_kpigate.deploy.targets import deployer_for
@@ -61,6 +67,8 @@ def _translate(func: F) -> F:
             return func(*args, **kwargs)
         except KpigateError as exc:
             message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            if isinstance(exc, PolicyError):  # its heading, then one line per problem
+                message = str(exc)
             if _in_mlflow_cli():
                 cls = _CliUsageError if exc.exit_code == USAGE_EXIT_CODE else _CliError
                 raise cls(message) from None
