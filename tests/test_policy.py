@@ -1089,13 +1089,66 @@ def test_alerts_section_parses_env_names() -> None:
     doc = base()
     doc["alerts"] = {"slack": {"webhook_url_env": "KPIGATE_SLACK"},
                      "pagerduty": {"routing_key_env": "PD_KEY", "url": "http://127.0.0.1:9/x"},
-                     "min_severity": "critical"}
+                     "min_severity": "critical", "allow_custom_hosts": True}
     alerts = policy_from_dict(doc).alerts
     assert alerts is not None
     assert (alerts.slack_webhook_env, alerts.pagerduty_key_env) == ("KPIGATE_SLACK", "PD_KEY")
     assert alerts.pagerduty_url == "http://127.0.0.1:9/x"
     assert alerts.min_severity == "critical"
+    assert alerts.allow_custom_hosts is True
     assert policy_from_dict(base()).alerts is None
+    default = policy_from_dict({**base(), "alerts": {"pagerduty": {"routing_key_env": "K"}}})
+    assert default.alerts is not None
+    assert default.alerts.pagerduty_url == "https://events.pagerduty.com/v2/enqueue"
+    assert default.alerts.allow_custom_hosts is False
+
+
+OFFICIAL_ONLY = ("must be an https:// URL on events.pagerduty.com or events.eu.pagerduty.com "
+                 "(the alert's secret is sent there); for another host set "
+                 "alerts.allow_custom_hosts: true")
+LOOPBACK_ONLY = ("http:// is allowed only for a loopback test endpoint (127.0.0.1, ::1, "
+                 "localhost); use https://")
+METADATA = ("169.254.169.254 is a link-local address (a cloud metadata service); alerts are "
+            "never sent there")
+
+
+@pytest.mark.parametrize(("url", "custom", "problem"), [
+    ("https://events.pagerduty.com/v2/enqueue", False, None),
+    ("https://events.eu.pagerduty.com/v2/enqueue", False, None),
+    ("https://EVENTS.PagerDuty.com:443/v2/enqueue", False, None),
+    ("http://events.pagerduty.com/v2/enqueue", False, OFFICIAL_ONLY),
+    ("https://events.pagerduty.com.evil.example/v2/enqueue", False, OFFICIAL_ONLY),
+    ("https://proxy.corp.example/pd", False, OFFICIAL_ONLY),
+    ("http://127.0.0.1:9/x", False, OFFICIAL_ONLY),
+    ("http://169.254.169.254/latest/meta-data/", False, METADATA),
+    ("http://169.254.169.254/latest/meta-data/", True, METADATA),
+    ("https://169.254.169.254/", True, METADATA),
+    ("http://[fe80::1]/x", True, "fe80::1 is a link-local address (a cloud metadata "
+                                 "service); alerts are never sent there"),
+    ("https://proxy.corp.example/pd", True, None),
+    ("http://proxy.corp.example/pd", True, LOOPBACK_ONLY),
+    ("http://10.0.0.7/pd", True, LOOPBACK_ONLY),
+    ("http://events.pagerduty.com/v2/enqueue", True, LOOPBACK_ONLY),
+    ("http://127.0.0.1:9/x", True, None),
+    ("http://localhost:9/x", True, None),
+    ("http://[::1]:9/x", True, None),
+    ("ftp://events.pagerduty.com/x", True, "must be an https:// URL"),
+    ("https://", True, "must be an https:// URL"),
+    ("https://events.pagerduty.com:port/x", False, "is not a valid URL"),
+])
+def test_pagerduty_url_hosts(url: str, custom: bool, problem: str | None) -> None:
+    doc = base()
+    doc["alerts"] = {"pagerduty": {"routing_key_env": "K", "url": url},
+                     "allow_custom_hosts": custom}
+    if problem is None:
+        alerts = policy_from_dict(doc).alerts
+        assert alerts is not None
+        assert alerts.pagerduty_url == url
+        return
+    with pytest.raises(PolicyError) as info:
+        policy_from_dict(doc)
+    assert info.value.problems == [f"alerts.pagerduty.url: {problem}"]
+    assert str(info.value) == f"alerts.pagerduty.url: {problem}"  # one line, the field named
 
 
 @pytest.mark.parametrize(("alerts", "path", "fragment"), [
@@ -1103,8 +1156,13 @@ def test_alerts_section_parses_env_names() -> None:
      "NAME of an environment variable"),
     ({"slack": {}}, "alerts.slack", "needs 'webhook_url_env'"),
     ({"pagerduty": {"routing_key_env": "K", "url": "ftp://x"}}, "alerts.pagerduty.url",
-     "must be an http(s) URL"),
-    ({"pagerduty": {"url": "https://x"}}, "alerts.pagerduty", "needs 'routing_key_env'"),
+     "must be an https:// URL"),
+    ({"pagerduty": {"routing_key_env": "K", "url": 7}}, "alerts.pagerduty.url",
+     "must be an https:// URL"),
+    ({"pagerduty": {"url": "https://events.pagerduty.com/x"}}, "alerts.pagerduty",
+     "needs 'routing_key_env'"),
+    ({"allow_custom_hosts": "yes"}, "alerts.allow_custom_hosts",
+     "must be true or false, got text"),
     ({"min_severity": "loud"}, "alerts.min_severity", "must be info, warning or critical"),
     ({"email": {}}, "alerts.email", "unknown field"),
     ("slack", "alerts", "must be a mapping"),

@@ -42,6 +42,7 @@ from mlflow_kpigate.deploy.inputs import (
     tracking_uri,
 )
 from mlflow_kpigate.deploy.operator import commit_operator_action
+from mlflow_kpigate.notify import notifier_from_policy
 from mlflow_kpigate.policy import Policy, load_policy
 from mlflow_kpigate.rollout import transitions
 from mlflow_kpigate.rollout.effects import Effects
@@ -102,6 +103,7 @@ class LocalDeployer:
         directory.mkdir(parents=True, exist_ok=True)
         try:
             policy, policy_file = freeze_policy(cfg, directory)
+            notifier_from_policy(policy)  # its secrets and URLs, before anything starts
             for warning in output_warnings(registry, policy, {"candidate": candidate,
                                                               "baseline": baseline}):
                 if progress:
