@@ -255,6 +255,10 @@ def test_cli_lifecycle_promotes_and_moves_the_alias(env):
     assert "canary" in got.stdout
     listed = mlflow_cli(env, "list")
     assert "good" in listed.stdout
+    # the audit log's first event records the traffic the first stage really serves
+    created = RolloutStore(Path(env["env"]["KPIGATE_STATE_DIR"]) / "good").events(0)[0]
+    assert created.kind == "created"
+    assert created.event.body()["weights_percent"] == 20.0
     # predict through the CLI: its -I file is read with pandas.read_json (records)
     inp = env["root"] / "input.json"
     inp.write_text(json.dumps([dict(zip(COLUMNS, [0.1, 0.2, 0.3, 0.4], strict=True))]))

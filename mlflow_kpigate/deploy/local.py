@@ -128,8 +128,8 @@ class LocalDeployer:
                 candidate_timeout_s=cfg.candidate_timeout, log_fsync=cfg.log_fsync)
             state = transitions.initial(state, policy, time.time()).evolve(effects_pending=True)
             RolloutStore(directory).save(state, Created(
-                policy.stages[0].describe(), state.weights.describe(), 0.0, candidate.uri,
-                baseline.uri, port=port))
+                policy.stages[0].describe(), state.weights.describe(),
+                traffic_percent(state.weights), candidate.uri, baseline.uri, port=port))
         except BaseException:
             shutil.rmtree(directory, ignore_errors=True)
             raise
