@@ -130,6 +130,23 @@ def run_local(name: str, model_uri: str, flavor: str | None = None,
     deployer.create(name, model_uri, {**(config or {}), "wait": "true"}, progress=_progress)
 
 
+#: Column sets of a DataFrame that ``pd.read_json`` made of an MLflow scoring payload (or
+#: a split-oriented frame) instead of the rows it holds.
+_WRAPPED = ({"dataframe_split"}, {"dataframe_records"}, {"instances"},
+            {"columns", "data"}, {"columns", "data", "index"})
+
+
+def _check_read_json_frame(inputs: Any) -> None:
+    """``mlflow deployments predict -I FILE`` reads FILE with ``pandas.read_json``, so a
+    file holding ``{"dataframe_split": …}`` arrives as one column of that name: say so."""
+    columns = getattr(inputs, "columns", None)
+    if columns is not None and {str(c) for c in columns} in _WRAPPED:
+        raise UsageError("-I: the input file holds an MLflow payload or a split frame, but "
+                         "mlflow deployments predict reads it with pandas.read_json; write "
+                         'the rows as records, e.g. [{"a": 1.0, "b": 2.0}], or as columns, '
+                         'e.g. {"a": [1.0], "b": [2.0]}')
+
+
 class KpigateDeploymentClient(BaseDeploymentClient):
     """Deployment client for ``mlflow.deployments.get_deploy_client("kpigate")``."""
 
@@ -195,6 +212,7 @@ class KpigateDeploymentClient(BaseDeploymentClient):
         """Score ``inputs`` through the deployment's router (baseline/candidate split)."""
         if not deployment_name:
             raise UsageError("--name: the deployment to send the input to")
+        _check_read_json_frame(inputs)
         return self.deployer.predict(deployment_name, inputs)
 
     @_translate

@@ -265,6 +265,18 @@ def test_cli_lifecycle_promotes_and_moves_the_alias(env):
     pred = mlflow_cli(env, "predict", "--name", "good", "-I", str(inp))
     assert pred.returncode == 0, pred.stderr
     assert "predictions" in pred.stdout
+    inp.write_text(json.dumps({c: [0.1 * i] for i, c in enumerate(COLUMNS)}))  # columns
+    pred = mlflow_cli(env, "predict", "--name", "good", "-I", str(inp))
+    assert pred.returncode == 0, pred.stderr
+    # an MLflow payload is not what pandas.read_json reads as rows: one line saying so
+    inp.write_text(json.dumps({"dataframe_split": {"columns": COLUMNS,
+                                                   "data": [[0.1, 0.2, 0.3, 0.4]]}}))
+    pred = mlflow_cli(env, "predict", "--name", "good", "-I", str(inp))
+    assert pred.returncode == 2
+    assert pred.stderr.strip().splitlines() == [
+        "Error: -I: the input file holds an MLflow payload or a split frame, but mlflow "
+        "deployments predict reads it with pandas.read_json; write the rows as records, e.g. "
+        '[{"a": 1.0, "b": 2.0}], or as columns, e.g. {"a": [1.0], "b": [2.0]}']
     roles = send(env, "good", 200)
     assert set(roles) == {"baseline", "candidate"}
     store = RolloutStore(Path(env["env"]["KPIGATE_STATE_DIR"]) / "good")
