@@ -7,7 +7,8 @@ Target URIs: ``kpigate`` and ``kpigate:/local`` (the embedded backend on this ma
 ``kpigate:/seldon/NAMESPACE`` (Seldon Core canaries on Kubernetes).
 
 Errors: from the ``mlflow deployments`` CLI a user error is one ``Error: …`` line and exit
-code 2 (the MLflow CLI would otherwise print a traceback); from Python it is an
+code 2 (the MLflow CLI would otherwise print a traceback) — an invalid policy gives its
+heading and then one line per problem; from Python it is an
 ``MlflowException`` with ``INVALID_PARAMETER_VALUE``.
 """
 
@@ -23,7 +24,12 @@ from mlflow.deployments import BaseDeploymentClient
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INTERNAL_ERROR, INVALID_PARAMETER_VALUE
 
-from mlflow_kpigate.core.errors import USAGE_EXIT_CODE, KpigateError, UsageError
+from mlflow_kpigate.core.errors import (
+    USAGE_EXIT_CODE,
+    KpigateError,
+    PolicyError,
+    UsageError,
+)
 from mlflow_kpigate.deploy.config import LOCAL_KEYS, SELDON_KEYS, help_lines, parse_config
 from mlflow_kpigate.deploy.deployer import Deployer
 from mlflow_kpigate.deploy.targets import deployer_for
@@ -61,6 +67,8 @@ def _translate(func: F) -> F:
             return func(*args, **kwargs)
         except KpigateError as exc:
             message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            if isinstance(exc, PolicyError):  # its heading, then one line per problem
+                message = str(exc)
             if _in_mlflow_cli():
                 cls = _CliUsageError if exc.exit_code == USAGE_EXIT_CODE else _CliError
                 raise cls(message) from None
@@ -120,6 +128,23 @@ def run_local(name: str, model_uri: str, flavor: str | None = None,
     deployer = deployer_for("kpigate")
     _check_target_keys(deployer, config)
     deployer.create(name, model_uri, {**(config or {}), "wait": "true"}, progress=_progress)
+
+
+#: Column sets of a DataFrame that ``pd.read_json`` made of an MLflow scoring payload (or
+#: a split-oriented frame) instead of the rows it holds.
+_WRAPPED = ({"dataframe_split"}, {"dataframe_records"}, {"instances"},
+            {"columns", "data"}, {"columns", "data", "index"})
+
+
+def _check_read_json_frame(inputs: Any) -> None:
+    """``mlflow deployments predict -I FILE`` reads FILE with ``pandas.read_json``, so a
+    file holding ``{"dataframe_split": …}`` arrives as one column of that name: say so."""
+    columns = getattr(inputs, "columns", None)
+    if columns is not None and {str(c) for c in columns} in _WRAPPED:
+        raise UsageError("-I: the input file holds an MLflow payload or a split frame, but "
+                         "mlflow deployments predict reads it with pandas.read_json; write "
+                         'the rows as records, e.g. [{"a": 1.0, "b": 2.0}], or as columns, '
+                         'e.g. {"a": [1.0], "b": [2.0]}')
 
 
 class KpigateDeploymentClient(BaseDeploymentClient):
@@ -187,6 +212,7 @@ class KpigateDeploymentClient(BaseDeploymentClient):
         """Score ``inputs`` through the deployment's router (baseline/candidate split)."""
         if not deployment_name:
             raise UsageError("--name: the deployment to send the input to")
+        _check_read_json_frame(inputs)
         return self.deployer.predict(deployment_name, inputs)
 
     @_translate

@@ -344,11 +344,18 @@ def test_bad_input(tmp_path: Path, collector: Collector):
     values = {"loss": 1.0, "amount": 2.0}
     with pytest.raises(ValueError, match=r"labels\[1\]\.label must be 0 or 1, got 2"):
         collector.add_labels([Label("r", 1, values), Label("r", 2, values)])
-    with pytest.raises(ValueError, match=r"labels\[0\]\.label"):
+    with pytest.raises(ValueError, match=r"^label must be 0 or 1, got '1'$"):
         collector.add_labels([Label("r", "1", values)])
-    with pytest.raises(ValueError, match=r"labels\[0\]\.values is missing 'amount'"):
+    # A single label is named as such, with the fix spelt out (not "labels[0]").
+    with pytest.raises(ValueError, match=r"^values is missing") as missing:
         collector.add_labels([Label("r", 1, {"loss": 1.0})])
-    with pytest.raises(ValueError, match=r"labels\[0\]\.values\['loss'\]"):
+    assert str(missing.value) == (
+        "values is missing 'amount': the policy's business KPIs need 'loss', 'amount' with "
+        'every label, e.g. {"request_id": "r", "label": 1, "values": {"loss": 12.5, '
+        '"amount": 12.5}}')
+    with pytest.raises(ValueError, match=r"labels\[1\]\.values is missing 'amount'"):
+        collector.add_labels([Label("r", 1, values), Label("r", 1, {"loss": 1.0})])
+    with pytest.raises(ValueError, match=r"^values\['loss'\] must be a finite number"):
         collector.add_labels([Label("r", 1, {"loss": math.inf, "amount": 1.0})])
     # Nothing was recorded by the rejected batches.
     assert collector.stats()["labelled"] == 0

@@ -113,9 +113,11 @@ def _policy(alerts):
 
 
 def test_notifier_from_policy_reads_secrets_from_env(endpoint, monkeypatch):
+    # A loopback test endpoint over http: allowed once the policy opts in to custom hosts.
     policy = _policy({"slack": {"webhook_url_env": "KPIGATE_TEST_SLACK"},
                       "pagerduty": {"routing_key_env": "KPIGATE_TEST_PD",
-                                    "url": endpoint.url + "/pd"}})
+                                    "url": endpoint.url + "/pd"},
+                      "allow_custom_hosts": True})
     with pytest.raises(UsageError, match="KPIGATE_TEST_SLACK is not set"):
         notifier_from_policy(policy)
     monkeypatch.setenv("KPIGATE_TEST_SLACK", endpoint.url + "/slack")
@@ -125,3 +127,40 @@ def test_notifier_from_policy_reads_secrets_from_env(endpoint, monkeypatch):
                    details=DETAILS)
     assert sorted(p for p, _ in endpoint.posts) == ["/pd", "/slack"]
     assert notifier_from_policy(_policy(None)) is None
+
+
+@pytest.mark.parametrize(("url", "custom", "problem"), [
+    ("https://hooks.example.com/services/T0/B0/SECRET", False,
+     "must be an https:// URL on hooks.slack.com (the alert's secret is sent there); for "
+     "another host set alerts.allow_custom_hosts: true"),
+    ("http://hooks.slack.com/services/T0/B0/SECRET", False,
+     "must be an https:// URL on hooks.slack.com (the alert's secret is sent there); for "
+     "another host set alerts.allow_custom_hosts: true"),
+    ("http://169.254.169.254/latest/SECRET", True,
+     "169.254.169.254 is a link-local address (a cloud metadata service); alerts are never "
+     "sent there"),
+    ("http://relay.example.com/SECRET", True,
+     "http:// is allowed only for a loopback test endpoint (127.0.0.1, ::1, localhost); use "
+     "https://"),
+])
+def test_slack_webhook_url_from_env_is_checked(monkeypatch, url, custom, problem):
+    monkeypatch.setenv("KPIGATE_TEST_SLACK", url)
+    policy = _policy({"slack": {"webhook_url_env": "KPIGATE_TEST_SLACK"},
+                      "allow_custom_hosts": custom})
+    with pytest.raises(UsageError) as info:
+        notifier_from_policy(policy)
+    assert str(info.value) == (f"alerts.slack.webhook_url_env: the URL in KPIGATE_TEST_SLACK: "
+                               f"{problem}")
+    assert "SECRET" not in str(info.value)  # the webhook URL is the secret
+
+
+def test_official_hosts_need_no_opt_in(monkeypatch):
+    monkeypatch.setenv("KPIGATE_TEST_SLACK", "https://hooks.slack.com/services/T0/B0/x")
+    monkeypatch.setenv("KPIGATE_TEST_PD", "key-1")
+    notifier = notifier_from_policy(_policy({
+        "slack": {"webhook_url_env": "KPIGATE_TEST_SLACK"},
+        "pagerduty": {"routing_key_env": "KPIGATE_TEST_PD",
+                      "url": "https://events.eu.pagerduty.com/v2/enqueue"}}))
+    assert notifier is not None
+    assert [type(c).__name__ for c in notifier.channels] == ["SlackNotifier",
+                                                            "PagerDutyNotifier"]

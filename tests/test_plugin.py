@@ -163,6 +163,79 @@ def test_bad_input_is_one_line_exit_2_and_starts_nothing(env, args, needle):
     assert not (Path(env["env"]["KPIGATE_STATE_DIR"]) / "x").exists()
 
 
+def _error_lines(r):
+    assert r.returncode == 2, r.stderr
+    assert "Traceback" not in r.stderr
+    return r.stderr.strip().splitlines()
+
+
+def test_stage_problems_are_listed_and_blamed_on_c_stages(env):
+    model = f"models:/{env['name']}/2"
+    r = mlflow_cli(env, "create", "--name", "x", "-m", model, "-C", "stages=shadow,5,5,100")
+    assert _error_lines(r) == [
+        "Error: -C stages=shadow,5,5,100: 2 problems:",
+        "  stages[2].traffic: must be greater than the previous stage's 5; traffic only "
+        "increases during a rollout",
+        "  stages[2].name: 'canary-5' is already used by stages[1]",
+    ]
+    r = mlflow_cli(env, "create", "--name", "x", "-m", model, "-C", "stages=100,50")
+    lines = _error_lines(r)
+    assert lines[0] == "Error: -C stages=100,50: 2 problems:"
+    assert lines[1:] == [
+        "  stages[1].traffic: must be greater than the previous stage's 100; traffic only "
+        "increases during a rollout",
+        "  stages[1]: the last stage must be traffic: 100 (full rollout)",
+    ]
+    assert "default.yaml" not in r.stderr
+    assert not (Path(env["env"]["KPIGATE_STATE_DIR"]) / "x").exists()
+
+
+def test_a_file_that_is_not_a_policy_is_one_line_naming_c_policy(env):
+    model = f"models:/{env['name']}/2"
+    passwd = env["root"] / "passwd"
+    passwd.write_text("".join(f"u{i}:x:{i}:{i}::/home/u{i}:/bin/sh\n" for i in range(29)))
+    r = mlflow_cli(env, "create", "--name", "x", "-m", model, "-C", f"policy={passwd}")
+    assert _error_lines(r) == [
+        f"Error: -C policy={passwd}: the policy must be a YAML mapping, got text"]
+    table = env["root"] / "table.yaml"
+    table.write_text("".join(f"u{i}: x:{i}:{i}::/home/u{i}:/bin/sh\n" for i in range(29)))
+    r = mlflow_cli(env, "create", "--name", "x", "-m", model, "-C", f"policy={table}")
+    assert _error_lines(r) == [
+        f"Error: -C policy={table}: is not a rollout policy (none of its 29 top-level keys is "
+        "a policy field such as stages or kpis); give a policy YAML, see docs/policy.md"]
+    # /etc/shadow: unreadable for a user, not a policy for root; one line either way
+    r = mlflow_cli(env, "create", "--name", "x", "-m", model, "-C", "policy=/etc/shadow")
+    lines = _error_lines(r)
+    assert len(lines) == 1
+    assert lines[0].startswith("Error: -C policy=/etc/shadow: ")
+    assert ("cannot be read (Permission denied)" in lines[0]
+            or "is not a rollout policy" in lines[0]
+            or "must be a YAML mapping" in lines[0])
+
+
+@pytest.mark.parametrize("where", ["/proc/1", "/dev/null", "a file", "read-only"])
+def test_an_unusable_state_dir_is_one_line_naming_c_state_dir(env, where):
+    path = where
+    if where == "a file":
+        path = str(env["root"] / "state-file")
+        Path(path).write_text("not a directory")
+    if where == "read-only":
+        if os.geteuid() == 0:
+            pytest.skip("root may write a read-only directory")
+        Path(path := str(env["root"] / "read-only")).mkdir(exist_ok=True)
+        os.chmod(path, 0o500)
+    r = mlflow_cli(env, "create", "--name", "x", "-m", f"models:/{env['name']}/2", "-C",
+                   f"state_dir={path}")
+    lines = _error_lines(r)
+    assert len(lines) == 1
+    if where in ("/dev/null", "a file"):
+        assert lines[0] == (f"Error: -C state_dir={path}: is not a directory; give a directory "
+                            "kpigate may write (it is created if missing), e.g. ~/.kpigate")
+    else:
+        assert lines[0].startswith(f"Error: -C state_dir={path}: cannot create files there (")
+        assert lines[0].endswith("); give a directory kpigate may write, e.g. ~/.kpigate")
+
+
 def test_invalid_policy_names_the_field(env):
     r = mlflow_cli(env, "create", "--name", "x", "-m", f"models:/{env['name']}/2", "-C",
                    f"policy={env['root'] / 'bad.yaml'}")
@@ -182,12 +255,28 @@ def test_cli_lifecycle_promotes_and_moves_the_alias(env):
     assert "canary" in got.stdout
     listed = mlflow_cli(env, "list")
     assert "good" in listed.stdout
+    # the audit log's first event records the traffic the first stage really serves
+    created = RolloutStore(Path(env["env"]["KPIGATE_STATE_DIR"]) / "good").events(0)[0]
+    assert created.kind == "created"
+    assert created.event.body()["weights_percent"] == 20.0
     # predict through the CLI: its -I file is read with pandas.read_json (records)
     inp = env["root"] / "input.json"
     inp.write_text(json.dumps([dict(zip(COLUMNS, [0.1, 0.2, 0.3, 0.4], strict=True))]))
     pred = mlflow_cli(env, "predict", "--name", "good", "-I", str(inp))
     assert pred.returncode == 0, pred.stderr
     assert "predictions" in pred.stdout
+    inp.write_text(json.dumps({c: [0.1 * i] for i, c in enumerate(COLUMNS)}))  # columns
+    pred = mlflow_cli(env, "predict", "--name", "good", "-I", str(inp))
+    assert pred.returncode == 0, pred.stderr
+    # an MLflow payload is not what pandas.read_json reads as rows: one line saying so
+    inp.write_text(json.dumps({"dataframe_split": {"columns": COLUMNS,
+                                                   "data": [[0.1, 0.2, 0.3, 0.4]]}}))
+    pred = mlflow_cli(env, "predict", "--name", "good", "-I", str(inp))
+    assert pred.returncode == 2
+    assert pred.stderr.strip().splitlines() == [
+        "Error: -I: the input file holds an MLflow payload or a split frame, but mlflow "
+        "deployments predict reads it with pandas.read_json; write the rows as records, e.g. "
+        '[{"a": 1.0, "b": 2.0}], or as columns, e.g. {"a": [1.0], "b": [2.0]}']
     roles = send(env, "good", 200)
     assert set(roles) == {"baseline", "candidate"}
     store = RolloutStore(Path(env["env"]["KPIGATE_STATE_DIR"]) / "good")

@@ -979,7 +979,62 @@ def test_not_utf8(tmp_path: Path) -> None:
     path = tmp_path / "latin1.yaml"
     path.write_bytes(b"name: caf\xe9\n")
     _, found = load_problems(path)
-    assert found[0].startswith("cannot be read:")
+    assert found == ["is not a text (UTF-8) file; give the policy YAML file"]
+
+
+def test_duplicate_key_is_refused_with_both_lines(tmp_path: Path) -> None:
+    path = tmp_path / "dup.yaml"
+    path.write_text("stages: shadow,5,100\nevaluation: {interval: 1m}\nkpis: []\n"
+                    "evaluation:\n  interval: 5m\n")
+    _, found = load_problems(path)
+    assert found == ["line 4: duplicate key 'evaluation' (first on line 2); keep one of them"]
+
+
+def test_duplicate_key_inside_a_kpi(tmp_path: Path) -> None:
+    path = tmp_path / "dup.yaml"
+    path.write_text("stages: shadow,5,100\nkpis:\n  - name: a\n    kind: auc\n"
+                    "    name: b\n")
+    _, found = load_problems(path)
+    assert found == ["line 5: duplicate key 'name' (first on line 3); keep one of them"]
+
+
+def test_yaml_merge_keys_are_not_duplicates(tmp_path: Path) -> None:
+    path = tmp_path / "merge.yaml"
+    path.write_text("stage_defaults: &d {min_dwell: 1m}\nstages:\n"
+                    "  - {<<: *d, traffic: 5, min_dwell: 2m}\n  - 100\n"
+                    "kpis: [{name: e, kind: proportion, metric: error_rate, margin: 0.01}]\n")
+    policy = load_policy(path)
+    assert policy.stages[0].min_dwell == 120
+
+
+@pytest.mark.parametrize("text", [
+    "stages:\n" + "".join("  " * i + "- a:\n" for i in range(1, 5001)),
+    "stages: " + "[" * 5000 + "]" * 5000 + "\n",
+    "stages: " + "{a: " * 5000 + "1" + "}" * 5000 + "\n",
+])
+def test_deep_nesting_is_one_line(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "deep.yaml"
+    path.write_text(text)
+    _, found = load_problems(path)
+    assert len(found) == 1
+    assert found[0].startswith("line ")
+    assert found[0].endswith("nested more than 64 levels deep; a policy needs only a few "
+                             "(see docs/policy.md)")
+
+
+def test_a_file_that_is_not_a_policy_is_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "passwd.yaml"
+    path.write_text("".join(f"user{i}: x:{i}:{i}::/home/u{i}:/bin/sh\n" for i in range(29)))
+    _, found = load_problems(path)
+    assert found == ["is not a rollout policy (none of its 29 top-level keys is a policy "
+                     "field such as stages or kpis); give a policy YAML, see docs/policy.md"]
+
+
+def test_misspelt_policy_keys_still_get_hints(tmp_path: Path) -> None:
+    path = tmp_path / "typo.yaml"
+    path.write_text("stagse: shadow,5,100\nkpi: []\n")
+    _, found = load_problems(path)
+    assert "stagse: unknown field; did you mean 'stages'?" in found
 
 
 def test_yaml_syntax_error_has_line_number(tmp_path: Path) -> None:
@@ -1034,13 +1089,66 @@ def test_alerts_section_parses_env_names() -> None:
     doc = base()
     doc["alerts"] = {"slack": {"webhook_url_env": "KPIGATE_SLACK"},
                      "pagerduty": {"routing_key_env": "PD_KEY", "url": "http://127.0.0.1:9/x"},
-                     "min_severity": "critical"}
+                     "min_severity": "critical", "allow_custom_hosts": True}
     alerts = policy_from_dict(doc).alerts
     assert alerts is not None
     assert (alerts.slack_webhook_env, alerts.pagerduty_key_env) == ("KPIGATE_SLACK", "PD_KEY")
     assert alerts.pagerduty_url == "http://127.0.0.1:9/x"
     assert alerts.min_severity == "critical"
+    assert alerts.allow_custom_hosts is True
     assert policy_from_dict(base()).alerts is None
+    default = policy_from_dict({**base(), "alerts": {"pagerduty": {"routing_key_env": "K"}}})
+    assert default.alerts is not None
+    assert default.alerts.pagerduty_url == "https://events.pagerduty.com/v2/enqueue"
+    assert default.alerts.allow_custom_hosts is False
+
+
+OFFICIAL_ONLY = ("must be an https:// URL on events.pagerduty.com or events.eu.pagerduty.com "
+                 "(the alert's secret is sent there); for another host set "
+                 "alerts.allow_custom_hosts: true")
+LOOPBACK_ONLY = ("http:// is allowed only for a loopback test endpoint (127.0.0.1, ::1, "
+                 "localhost); use https://")
+METADATA = ("169.254.169.254 is a link-local address (a cloud metadata service); alerts are "
+            "never sent there")
+
+
+@pytest.mark.parametrize(("url", "custom", "problem"), [
+    ("https://events.pagerduty.com/v2/enqueue", False, None),
+    ("https://events.eu.pagerduty.com/v2/enqueue", False, None),
+    ("https://EVENTS.PagerDuty.com:443/v2/enqueue", False, None),
+    ("http://events.pagerduty.com/v2/enqueue", False, OFFICIAL_ONLY),
+    ("https://events.pagerduty.com.evil.example/v2/enqueue", False, OFFICIAL_ONLY),
+    ("https://proxy.corp.example/pd", False, OFFICIAL_ONLY),
+    ("http://127.0.0.1:9/x", False, OFFICIAL_ONLY),
+    ("http://169.254.169.254/latest/meta-data/", False, METADATA),
+    ("http://169.254.169.254/latest/meta-data/", True, METADATA),
+    ("https://169.254.169.254/", True, METADATA),
+    ("http://[fe80::1]/x", True, "fe80::1 is a link-local address (a cloud metadata "
+                                 "service); alerts are never sent there"),
+    ("https://proxy.corp.example/pd", True, None),
+    ("http://proxy.corp.example/pd", True, LOOPBACK_ONLY),
+    ("http://10.0.0.7/pd", True, LOOPBACK_ONLY),
+    ("http://events.pagerduty.com/v2/enqueue", True, LOOPBACK_ONLY),
+    ("http://127.0.0.1:9/x", True, None),
+    ("http://localhost:9/x", True, None),
+    ("http://[::1]:9/x", True, None),
+    ("ftp://events.pagerduty.com/x", True, "must be an https:// URL"),
+    ("https://", True, "must be an https:// URL"),
+    ("https://events.pagerduty.com:port/x", False, "is not a valid URL"),
+])
+def test_pagerduty_url_hosts(url: str, custom: bool, problem: str | None) -> None:
+    doc = base()
+    doc["alerts"] = {"pagerduty": {"routing_key_env": "K", "url": url},
+                     "allow_custom_hosts": custom}
+    if problem is None:
+        alerts = policy_from_dict(doc).alerts
+        assert alerts is not None
+        assert alerts.pagerduty_url == url
+        return
+    with pytest.raises(PolicyError) as info:
+        policy_from_dict(doc)
+    assert info.value.problems == [f"alerts.pagerduty.url: {problem}"]
+    assert str(info.value) == f"alerts.pagerduty.url: {problem}"  # one line, the field named
 
 
 @pytest.mark.parametrize(("alerts", "path", "fragment"), [
@@ -1048,8 +1156,13 @@ def test_alerts_section_parses_env_names() -> None:
      "NAME of an environment variable"),
     ({"slack": {}}, "alerts.slack", "needs 'webhook_url_env'"),
     ({"pagerduty": {"routing_key_env": "K", "url": "ftp://x"}}, "alerts.pagerduty.url",
-     "must be an http(s) URL"),
-    ({"pagerduty": {"url": "https://x"}}, "alerts.pagerduty", "needs 'routing_key_env'"),
+     "must be an https:// URL"),
+    ({"pagerduty": {"routing_key_env": "K", "url": 7}}, "alerts.pagerduty.url",
+     "must be an https:// URL"),
+    ({"pagerduty": {"url": "https://events.pagerduty.com/x"}}, "alerts.pagerduty",
+     "needs 'routing_key_env'"),
+    ({"allow_custom_hosts": "yes"}, "alerts.allow_custom_hosts",
+     "must be true or false, got text"),
     ({"min_severity": "loud"}, "alerts.min_severity", "must be info, warning or critical"),
     ({"email": {}}, "alerts.email", "unknown field"),
     ("slack", "alerts", "must be a mapping"),

@@ -13,6 +13,7 @@ import pytest
 from mlflow import MlflowClient
 
 from mlflow_kpigate.core.errors import KpigateError, UsageError
+from mlflow_kpigate.core.state import Phase, RolloutState, Weights
 from mlflow_kpigate.gate import Action, Decision, Evidence, Verdict
 from mlflow_kpigate.policy import Policy, policy_from_dict
 from mlflow_kpigate.registry import (
@@ -22,6 +23,8 @@ from mlflow_kpigate.registry import (
     Registry,
     truncate,
 )
+from mlflow_kpigate.rollout.effects import Effects
+from mlflow_kpigate.rollout.memory import InMemoryStateStore, InMemoryTraffic
 
 POLICY = policy_from_dict({
     "stages": "5,25,100",
@@ -254,6 +257,34 @@ def test_status_tags_are_visible_on_the_model_version(registered_model):
     old = client(registered_model).get_model_version(name, "1").tags
     assert old["kpigate.superseded_by"] == f"{name}/2"
     assert old["kpigate.status"] == "superseded"
+
+
+def test_a_version_promoted_again_loses_its_stale_superseded_tag(registered_model):
+    """v2 replaced v1 (v1 tagged superseded_by v2); a later rollout of v1 against v2 is
+    promoted: v1 must not keep saying it is superseded, and v2 is now the superseded one."""
+    registry = Registry(registered_model.tracking_uri)
+    name = registered_model.name
+    v1, v2 = registry.resolve(f"models:/{name}/1"), registry.resolve(f"models:/{name}/2")
+    registry.mark_superseded(v1, by=v2)
+    registry.set_tags(v1, {"kpigate.custom": "kept"})
+    store = InMemoryStateStore("again")
+    promoted = store.save(RolloutState(
+        name="again", model_name=name, candidate_version="1", baseline_version="2",
+        candidate_uri=v1.uri, baseline_uri=v2.uri, policy_file="policy.yaml",
+        tracking_uri=registered_model.tracking_uri, port=0,
+        stage_index=len(POLICY.stages) - 1, phase=Phase.PROMOTED, weights=Weights(100.0),
+        effects_pending=True))
+    done = Effects(store, POLICY, InMemoryTraffic(), registry=registry).apply(
+        promoted, None, "promote")
+    assert not done.effects_pending
+    again = client(registered_model).get_model_version(name, "1").tags
+    assert "kpigate.superseded_by" not in again
+    assert again["kpigate.status"] == "promoted"
+    assert again["kpigate.custom"] == "kept"
+    assert client(registered_model).get_model_version(name, "2").tags[
+        "kpigate.superseded_by"] == f"{name}/1"
+    registry.clear_superseded(v1)  # nothing to clear: no error, nothing else touched
+    assert client(registered_model).get_model_version(name, "1").tags == again
 
 
 def test_move_alias_returns_the_previous_version(registered_model):

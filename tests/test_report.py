@@ -274,3 +274,22 @@ def test_formatting_helpers():
 def test_one_timestamp_per_decision(tmp_path, policy, rollout):
     with pytest.raises(ValueError, match="one time per decision"):
         build(tmp_path, policy, rollout, timestamps=rollout["timestamps"][:-1])
+
+
+def test_a_rollback_is_worded_once(tmp_path, policy, rollout):
+    """The gate's reasons start with their action ("rollback: …"); the report names the
+    action beside them, so it drops that prefix instead of saying "rollback: rollback:"."""
+    from dataclasses import replace
+
+    why = "rollback: recall is confidently worse than the baseline by more than 0.05"
+    decisions = [*rollout["decisions"][:-1],
+                 replace(rollout["decisions"][-1], action=Action.ROLLBACK, reason=why)]
+    files = build(tmp_path, policy, rollout, decisions=decisions,
+                  state=state(phase=Phase.ROLLED_BACK, reason=why, weights=Weights(0.0)))
+    md = files.markdown.read_text()
+    assert "rollback: rollback" not in md
+    lines = [line for line in md.splitlines() if line.strip()]
+    bare = why.removeprefix("rollback: ")
+    assert lines[1] == f"**Outcome: ROLLED BACK.** {why}"
+    assert f"**Last decision:** rollback: {bare}" in md
+    assert ["canary-25", "rollback", bare] in [row[2:] for row in table_rows(md)]

@@ -50,7 +50,7 @@ COMMANDS: dict[str, LazyCommand] = {
     "report": LazyCommand(f"{_CLI}.operate:report_command",
                           "Write rollout NAME's report (markdown, HTML, charts) and print where "
                           "it is."),
-    "feedback": LazyCommand(f"{_CLI}.operate:feedback_command",
+    "feedback": LazyCommand(f"{_CLI}.feedback:feedback_command",
                             "Send late-arriving labels for rollout NAME's predictions, matched "
                             "by request id."),
     "serve": LazyCommand(f"{_CLI}.operate:serve_command",

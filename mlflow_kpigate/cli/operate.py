@@ -1,22 +1,19 @@
-"""Operators' commands for embedded rollouts: status, watch, report, steer, feedback, serve.
+"""Operators' commands for embedded rollouts: status, watch, report, steer, serve.
 
 Thin: each parses its options and calls :class:`~mlflow_kpigate.deploy.local.LocalDeployer`.
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import time
-from pathlib import Path
 from typing import Any
 
 import click
-import requests
 
 from mlflow_kpigate.cli.tables import evidence_table
 from mlflow_kpigate.core.bake import bake_view
-from mlflow_kpigate.core.errors import KpigateError, UsageError
+from mlflow_kpigate.core.errors import UsageError
 from mlflow_kpigate.core.forecast import forecast_view
 from mlflow_kpigate.deploy.config import parse_config
 from mlflow_kpigate.deploy.finish import write_report
@@ -153,84 +150,6 @@ promote_command = _steer("promote")
 rollback_command = _steer("rollback")
 pause_command = _steer("pause")
 resume_command = _steer("resume")
-
-
-def _read_labels(path: Path) -> list[dict[str, Any]]:
-    """Labels from CSV (header with request_id,label[,values...]) or JSON lines."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise UsageError(f"{path}: cannot read the labels file ({exc.strerror})") from None
-    labels: list[dict[str, Any]] = []
-    if path.suffix in (".jsonl", ".ndjson", ".json"):
-        for i, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                item = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise UsageError(f"{path}:{i}: not JSON ({exc.msg})") from None
-            labels.append(_check_label(path, i, item))
-        return labels
-    reader = csv.DictReader(text.splitlines())
-    if not reader.fieldnames or not {"request_id", "label"} <= set(reader.fieldnames):
-        raise UsageError(f"{path}: the CSV needs a header with request_id and label columns")
-    for i, row in enumerate(reader, 2):
-        values = {k: v for k, v in row.items() if k not in ("request_id", "label") and v != ""}
-        try:
-            parsed = {k: float(v) for k, v in values.items()}
-        except ValueError:
-            raise UsageError(f"{path}:{i}: value columns must be numbers") from None
-        entry: dict[str, Any] = {"request_id": row["request_id"], "label": row["label"]}
-        if parsed:
-            entry["values"] = parsed
-        labels.append(_check_label(path, i, entry))
-    return labels
-
-
-def _check_label(path: Path, line: int, item: Any) -> dict[str, Any]:
-    if not isinstance(item, dict) or not item.get("request_id"):
-        raise UsageError(f"{path}:{line}: needs a request_id")
-    label = str(item.get("label")).strip().lower()
-    mapping = {"1": 1, "0": 0, "true": 1, "false": 0, "1.0": 1, "0.0": 0}
-    if label not in mapping:
-        raise UsageError(f"{path}:{line}: label must be 0 or 1, got {item.get('label')!r}")
-    out = {"request_id": str(item["request_id"]), "label": mapping[label]}
-    if item.get("values"):
-        out["values"] = item["values"]
-    return out
-
-
-@click.command("feedback")
-@click.argument("name")
-@click.option("--file", "path", required=True, type=click.Path(dir_okay=False),
-              help="labels.csv (request_id,label[,value columns]) or labels.jsonl")
-@STATE_DIR
-def feedback_command(name: str, path: str, state_dir: str | None) -> None:
-    """Send late-arriving labels for rollout NAME's predictions, matched by request id."""
-    labels = _read_labels(Path(path))
-    info = _deployer().describe(name, _config(state_dir))
-    matched = duplicates = 0
-    unknown: list[str] = []
-    for start in range(0, len(labels), 1000):
-        try:
-            resp = requests.post(f"{info['endpoint']}/feedback",
-                                 json={"labels": labels[start:start + 1000]}, timeout=60)
-        except requests.RequestException as exc:
-            raise KpigateError(f"{name}: the router at {info['endpoint']} is not reachable "
-                               f"({exc}); {matched} labels were recorded") from None
-        if resp.status_code >= 400:
-            raise UsageError(f"{path}: the router rejected batch {start // 1000 + 1} "
-                             f"(HTTP {resp.status_code}: {resp.text[:200]}); "
-                             f"{matched} labels before it were recorded")
-        result = resp.json()
-        matched += int(result.get("matched", 0))
-        duplicates += int(result.get("duplicates", 0))
-        unknown += list(result.get("unknown", []))
-    click.echo(f"{len(labels)} labels: {matched} matched, {len(unknown)} unknown request ids,"
-               f" {duplicates} duplicates")
-    if unknown:
-        click.echo("unknown: " + ", ".join(unknown[:20]) + (" …" if len(unknown) > 20 else ""))
 
 
 @click.command("serve")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import math
 import os
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -342,6 +343,27 @@ def state_dir(path: str | Path | None = None) -> Path:
     """The state directory (``-C state_dir``, ``$KPIGATE_STATE_DIR``, or ``~/.kpigate``)."""
     chosen = path or os.environ.get("KPIGATE_STATE_DIR") or DEFAULT_STATE_DIR
     return Path(chosen).expanduser()
+
+
+def writable_state_dir(path: str | Path | None = None) -> Path:
+    """The state directory, created if missing and proven writable (a file is created
+    and removed in it); ``UsageError`` naming where the path came from otherwise."""
+    base = state_dir(path)
+    env = os.environ.get("KPIGATE_STATE_DIR")
+    label = (f"-C state_dir={path}" if path else f"KPIGATE_STATE_DIR={env}" if env
+             else f"the state directory {base}")
+    if base.exists() and not base.is_dir():
+        raise UsageError(f"{label}: is not a directory; give a directory kpigate may write "
+                         "(it is created if missing), e.g. ~/.kpigate")
+    try:
+        base.mkdir(parents=True, exist_ok=True)
+        handle, probe = tempfile.mkstemp(prefix=".kpigate-write-test-", dir=base)
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as exc:
+        raise UsageError(f"{label}: cannot create files there ({exc.strerror or exc}); give a "
+                         "directory kpigate may write, e.g. ~/.kpigate") from None
+    return base
 
 
 def deployment_dir(name: str, root: str | Path | None = None) -> Path:

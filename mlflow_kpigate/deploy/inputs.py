@@ -22,7 +22,7 @@ import yaml
 
 from mlflow_kpigate.core.baseline import RegistryBaseline
 from mlflow_kpigate.core.durations import format_duration
-from mlflow_kpigate.core.errors import UsageError
+from mlflow_kpigate.core.errors import PolicyError, UsageError
 from mlflow_kpigate.core.forecast import fmt_eta
 from mlflow_kpigate.core.refs import ModelRef
 from mlflow_kpigate.deploy.config import DeploymentConfig
@@ -39,18 +39,39 @@ def default_policy_path() -> Path:
 
 
 def freeze_policy(cfg: DeploymentConfig, directory: Path) -> tuple[Policy, Path]:
-    """Load the user's policy (with ``-C stages`` applied) and freeze a copy in ``directory``."""
+    """Load the user's policy (with ``-C stages`` applied) and freeze a copy in ``directory``.
+
+    Problems are attributed to what the user typed: ``-C stages=…`` for the stages it
+    replaced, ``-C policy=…`` for the rest of the file.
+    """
     source = cfg.policy or default_policy_path()
 
     def override(doc: dict[str, Any]) -> None:
         if cfg.stages:
             doc["stages"] = cfg.stages
 
-    policy = load_policy(source, override=override)
+    try:
+        policy = load_policy(source, override=override)
+    except PolicyError as exc:
+        raise _attributed(exc, cfg) from None
     target = directory / POLICY_FILE
     target.write_text(f"# frozen copy of {source} for this rollout\n"
                       + yaml.safe_dump(dict(policy.raw), sort_keys=False))
     return load_policy(target), target
+
+
+def _attributed(exc: PolicyError, cfg: DeploymentConfig) -> PolicyError:
+    """``exc`` with each problem blamed on the ``-C`` key that caused it."""
+    file_label = f"-C policy={cfg.policy}" if cfg.policy else (exc.source or "the policy")
+    stage_problems = [p for p in exc.problems if cfg.stages and p.startswith("stages")]
+    other = [p for p in exc.problems if p not in stage_problems]
+    stages_label = f"-C stages={cfg.stages}"
+    if not stage_problems:
+        return PolicyError(other, file_label)
+    if not other:
+        return PolicyError(stage_problems, stages_label)
+    return PolicyError([f"{stages_label}: {p}" for p in stage_problems]
+                       + [f"{file_label}: {p}" for p in other])
 
 
 def tracking_uri() -> str:

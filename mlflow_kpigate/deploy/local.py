@@ -25,7 +25,12 @@ from mlflow_kpigate.core.errors import KpigateError, UsageError
 from mlflow_kpigate.core.events import Aborted, Created, Recorded, traffic_percent
 from mlflow_kpigate.core.state import Phase, RolloutState
 from mlflow_kpigate.deploy import local_processes as procs
-from mlflow_kpigate.deploy.config import deployment_dir, parse_config, state_dir
+from mlflow_kpigate.deploy.config import (
+    deployment_dir,
+    parse_config,
+    state_dir,
+    writable_state_dir,
+)
 from mlflow_kpigate.deploy.deployer import Progress, Rollout
 from mlflow_kpigate.deploy.finish import finish_rollout
 from mlflow_kpigate.deploy.inputs import (
@@ -37,6 +42,7 @@ from mlflow_kpigate.deploy.inputs import (
     tracking_uri,
 )
 from mlflow_kpigate.deploy.operator import commit_operator_action
+from mlflow_kpigate.notify import notifier_from_policy
 from mlflow_kpigate.policy import Policy, load_policy
 from mlflow_kpigate.rollout import transitions
 from mlflow_kpigate.rollout.effects import Effects
@@ -78,6 +84,7 @@ class LocalDeployer:
         """Start a staged rollout of ``model_uri`` against its baseline; see ``config.KEYS``."""
         name = procs.valid_name(name)
         cfg = parse_config(config)
+        writable_state_dir(cfg.state_dir)
         directory = deployment_dir(name, cfg.state_dir)
         if directory.exists():
             existing = RolloutStore(directory).load()
@@ -96,6 +103,7 @@ class LocalDeployer:
         directory.mkdir(parents=True, exist_ok=True)
         try:
             policy, policy_file = freeze_policy(cfg, directory)
+            notifier_from_policy(policy)  # its secrets and URLs, before anything starts
             for warning in output_warnings(registry, policy, {"candidate": candidate,
                                                               "baseline": baseline}):
                 if progress:
@@ -121,8 +129,8 @@ class LocalDeployer:
                 max_body_bytes=cfg.max_body)
             state = transitions.initial(state, policy, time.time()).evolve(effects_pending=True)
             RolloutStore(directory).save(state, Created(
-                policy.stages[0].describe(), state.weights.describe(), 0.0, candidate.uri,
-                baseline.uri, port=port))
+                policy.stages[0].describe(), state.weights.describe(),
+                traffic_percent(state.weights), candidate.uri, baseline.uri, port=port))
         except BaseException:
             shutil.rmtree(directory, ignore_errors=True)
             raise
@@ -217,12 +225,7 @@ class LocalDeployer:
 
     def open(self, name: str, config: Mapping[str, Any] | None = None) -> Rollout:
         """The deployment's store, frozen policy and directory."""
-        root = _root(config)
-        directory = deployment_dir(name, root)
-        if not (directory / "state.db").is_file():
-            raise UsageError(f"no deployment named {name!r} in {state_dir(root)}; give the "
-                             "name used with `mlflow deployments create` and the same "
-                             "--state-dir / KPIGATE_STATE_DIR")
+        directory = _existing(name, config)
         store = RolloutStore(directory)
         return Rollout(name, store, _frozen_policy(directory, store.require()), directory)
 
@@ -236,7 +239,7 @@ class LocalDeployer:
     def steer(self, name: str, action: str, config: Mapping[str, Any] | None = None,
               who: str = "operator") -> dict[str, Any]:
         """promote / rollback / pause / resume the running rollout of ``name``."""
-        directory = deployment_dir(name, _root(config))
+        directory = _existing(name, config)  # (a store would create the directory)
         store = RolloutStore(directory)
         policy = load_policy(store.require().policy_file)
         saved = commit_operator_action(store, policy, name, action, who)
@@ -295,6 +298,17 @@ class LocalDeployer:
             raise UsageError(f"{name}: the router rejected the input (HTTP "
                              f"{resp.status_code}): {resp.text[:300]}")
         return PredictionsResponse.from_json(resp.text)
+
+
+def _existing(name: str, config: Mapping[str, Any] | None) -> Path:
+    """The directory of the existing deployment ``name`` (``UsageError`` if there is none)."""
+    root = _root(config)
+    directory = deployment_dir(name, root)
+    if not (directory / "state.db").is_file():
+        raise UsageError(f"no deployment named {name!r} in {state_dir(root)}; give the "
+                         "name used with `mlflow deployments create` and the same "
+                         "--state-dir / KPIGATE_STATE_DIR")
+    return directory
 
 
 def _frozen_policy(directory: Path, state: RolloutState) -> Policy | None:

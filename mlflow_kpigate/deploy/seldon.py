@@ -29,7 +29,7 @@ from mlflow_kpigate.backends.seldon.webhook import check_webhook_rules
 from mlflow_kpigate.core.errors import KpigateError, UsageError
 from mlflow_kpigate.core.events import Aborted, traffic_percent
 from mlflow_kpigate.core.state import Phase, Readiness, RolloutState
-from mlflow_kpigate.deploy.config import DeploymentConfig, parse_config
+from mlflow_kpigate.deploy.config import DeploymentConfig, parse_config, writable_state_dir
 from mlflow_kpigate.deploy.deployer import Progress, Rollout
 from mlflow_kpigate.deploy.finish import finish_rollout
 from mlflow_kpigate.deploy.inputs import (
@@ -98,6 +98,7 @@ class SeldonDeployer:
         namespace = self.namespace
         cfg = parse_config(config)
         target = seldon_target(namespace, name, cfg)
+        writable_state_dir(cfg.state_dir)
         uri = tracking_uri()
         registry = Registry(uri)
         candidate, baseline = resolve_versions(registry, model_uri, cfg.baseline)

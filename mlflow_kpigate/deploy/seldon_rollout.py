@@ -36,7 +36,7 @@ from mlflow_kpigate.backends.seldon.state_store import ClusterStore, state_confi
 from mlflow_kpigate.backends.seldon.target import SeldonTarget
 from mlflow_kpigate.backends.seldon.traffic import SeldonTraffic
 from mlflow_kpigate.core.errors import UsageError
-from mlflow_kpigate.core.events import Created
+from mlflow_kpigate.core.events import Created, traffic_percent
 from mlflow_kpigate.core.refs import ModelRef as RegistryRef
 from mlflow_kpigate.core.state import RolloutState
 from mlflow_kpigate.deploy.config import DeploymentConfig, state_dir
@@ -191,8 +191,9 @@ def start_rollout(rollout: ClusterRollout, target: SeldonTarget, cfg: Deployment
         rollout_run_id=run_id, threshold=cfg.threshold)
     state = transitions.initial(state, policy, time.time()).evolve(effects_pending=True)
     store = ClusterStore(rollout.configmaps, name, owner=owner)
-    store.save(state, Created(policy.stages[0].describe(), state.weights.describe(), 0.0,
-                              candidate.uri, baseline.uri, namespace=target.namespace,
+    store.save(state, Created(policy.stages[0].describe(), state.weights.describe(),
+                              traffic_percent(state.weights), candidate.uri, baseline.uri,
+                              namespace=target.namespace,
                               backend=f"seldon-v{target.seldon_version}"))
     say(f"kpigate: {name} created in {target.namespace} at {policy.stages[0].describe()} "
         f"({candidate.uri} vs {baseline.uri})")

@@ -38,32 +38,37 @@ def _binary(value: Any) -> int | None:
 
 
 def check_labels(labels: Sequence[Label], value_cols: Mapping[str, str]) -> list[CheckedLabel]:
-    """Every label validated (``ValueError`` naming the item), with the business values
-    the policy needs (``value_cols``' names) in column order."""
+    """Every label validated (``ValueError`` naming the field: ``labels[i].label`` in a
+    batch, ``label`` for a single one), with the business values the policy needs
+    (``value_cols``' names) in column order."""
     checked = []
     for i, item in enumerate(labels):
-        where = f"labels[{i}]"
+        where = f"labels[{i}]." if len(labels) > 1 else ""
         if not isinstance(item, Label):
-            raise ValueError(f"{where} must be a Label, not {type(item).__name__}")
+            raise ValueError(f"{where or 'the label'} must be a Label, not "
+                             f"{type(item).__name__}")
         if not isinstance(item.request_id, str) or not item.request_id:
-            raise ValueError(f"{where}.request_id must be a non-empty string, "
+            raise ValueError(f"{where}request_id must be a non-empty string, "
                              f"got {item.request_id!r}")
         label = _binary(item.label)
         if label is None:
-            raise ValueError(f"{where}.label must be 0 or 1, got {item.label!r}")
+            raise ValueError(f"{where}label must be 0 or 1, got {item.label!r}")
         values: list[float | None] = []
         given = item.values or {}
         if not isinstance(given, Mapping):
-            raise ValueError(f"{where}.values must be a mapping of name to number")
+            raise ValueError(f"{where}values must be a mapping of name to number")
         for name in value_cols:
             if name not in given:
+                example = ", ".join(f'"{n}": 12.5' for n in value_cols)
                 raise ValueError(
-                    f"{where}.values is missing {name!r} (the policy's business KPIs "
-                    f"need {list(value_cols)} with every label)"
+                    f"{where}values is missing {name!r}: the policy's business KPIs need "
+                    f"{', '.join(map(repr, value_cols))} with every label, e.g. "
+                    f'{{"request_id": "{item.request_id}", "label": {label}, '
+                    f'"values": {{{example}}}}}'
                 )
             value = given[name]
             if not _is_number(value) or not math.isfinite(value):
-                raise ValueError(f"{where}.values[{name!r}] must be a finite number, "
+                raise ValueError(f"{where}values[{name!r}] must be a finite number, "
                                  f"got {value!r}")
             values.append(float(value))
         checked.append((item.request_id, label, values))

@@ -1,7 +1,9 @@
 """Alerts on rollbacks and on holds past a stage's maximum: Slack and PagerDuty.
 
 Configured in the policy's ``alerts`` section; secrets (webhook URL, routing key) are read
-from environment variables named there, never written in the policy file.
+from environment variables named there, never written in the policy file. Alerts go only
+to https on the official Slack and PagerDuty hosts unless the policy opts in to others
+(``alerts.allow_custom_hosts``; :mod:`mlflow_kpigate.policy.alert_urls`).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from typing import Any
 from mlflow_kpigate.core.errors import UsageError
 from mlflow_kpigate.notify.pagerduty import PagerDutyNotifier
 from mlflow_kpigate.notify.slack import SlackNotifier
-from mlflow_kpigate.policy import Policy
+from mlflow_kpigate.policy import SLACK_HOSTS, Policy, alert_url_problem
 
 SEVERITY_ORDER = {"info": 0, "warning": 1, "critical": 2}
 
@@ -55,6 +57,10 @@ def notifier_from_policy(policy: Policy) -> MultiNotifier | None:
         if not url:
             raise UsageError(f"alerts.slack.webhook_url_env: environment variable "
                              f"{cfg.slack_webhook_env} is not set")
+        problem = alert_url_problem(url, SLACK_HOSTS, cfg.allow_custom_hosts)
+        if problem:  # the message names the variable, never its value (a secret)
+            raise UsageError(f"alerts.slack.webhook_url_env: the URL in "
+                             f"{cfg.slack_webhook_env}: {problem}")
         channels.append(SlackNotifier(url))
     if cfg.pagerduty_key_env:
         key = os.environ.get(cfg.pagerduty_key_env)

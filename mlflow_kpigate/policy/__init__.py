@@ -8,8 +8,10 @@ raises :class:`~mlflow_kpigate.core.errors.PolicyError` listing *every* problem,
 
 The package: ``vocabulary`` (enums and names), ``model`` (the frozen values), ``problems``
 (the problem collector and field checks), ``stages``, ``kpis``, ``sections``, ``metrics``
-and ``bake`` (one validator per part of the document) and ``loading`` (``policy_from_dict``,
-``load_policy``). Import from here; the modules are the package's own layout.
+and ``bake`` (one validator per part of the document), ``alert_urls`` (where alerts may
+go), ``yaml_text`` (the strict YAML reader: no duplicate keys, bounded nesting) and
+``loading`` (``policy_from_dict``, ``load_policy``). Import from here; the modules are
+the package's own layout.
 
 The validator is hand-written rather than pydantic models (pydantic v2 comes with MLflow),
 because pydantic cannot keep today's messages without a translation layer larger than the
@@ -25,6 +27,7 @@ document also has a plain type error, while this validator lists them all in one
 
 from __future__ import annotations
 
+from mlflow_kpigate.policy.alert_urls import PAGERDUTY_HOSTS, SLACK_HOSTS, alert_url_problem
 from mlflow_kpigate.policy.kpis import direction_is_higher, parse_margin
 from mlflow_kpigate.policy.loading import load_policy, policy_from_dict
 from mlflow_kpigate.policy.model import (
@@ -64,9 +67,11 @@ __all__ = [
     "DEFAULT_BAKE_ARL",
     "FAIRNESS_RATES",
     "LATENCY",
+    "PAGERDUTY_HOSTS",
     "PROPORTION_METRICS",
     "QUERY_PLACEHOLDER",
     "QUERY_PLACEHOLDERS",
+    "SLACK_HOSTS",
     "AlertsConfig",
     "Bake",
     "ControlLimits",
@@ -86,6 +91,7 @@ __all__ = [
     "RequestsFrom",
     "Role",
     "Stage",
+    "alert_url_problem",
     "direction_is_higher",
     "load_policy",
     "parse_margin",

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ from mlflow_kpigate.policy.sections import (
     validate_readiness,
 )
 from mlflow_kpigate.policy.stages import validate_stages
+from mlflow_kpigate.policy.yaml_text import PolicyYamlError, parse_policy_yaml
 
 _TOP_KEYS = ("version", "name", "evaluation", "stages", "stage_defaults", "kpis", "control_limits",
              "alerts", "metrics", "readiness", "bake")
@@ -42,6 +44,13 @@ def policy_from_dict(data: Any, source: str | None = None) -> Policy:
     p = Problems()
     if not isinstance(data, Mapping):
         raise PolicyError([f"the policy must be a YAML mapping, got {type_name(data)}"], source)
+    if data and not any(str(k) in _TOP_KEYS or difflib.get_close_matches(str(k), _TOP_KEYS, n=1)
+                        for k in data):
+        # Another kind of file (a passwd-like table, some other tool's config): one line,
+        # not a problem per key.
+        raise PolicyError([f"is not a rollout policy (none of its {len(data)} top-level keys "
+                           "is a policy field such as stages or kpis); give a policy YAML, "
+                           "see docs/policy.md"], source)
     p.unknown_keys("", data, _TOP_KEYS)
     version = data.get("version", 1)
     if isinstance(version, bool) or version != 1:
@@ -107,10 +116,16 @@ def load_policy(path: str | Path, *, override: Callable[[dict[str, Any]], None] 
         raise PolicyError(["file not found; check the path"], source) from None
     except IsADirectoryError:
         raise PolicyError(["is a directory; give the policy YAML file"], source) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise PolicyError([f"cannot be read: {exc}"], source) from None
+    except UnicodeDecodeError:
+        raise PolicyError(["is not a text (UTF-8) file; give the policy YAML file"],
+                          source) from None
+    except OSError as exc:
+        raise PolicyError([f"cannot be read ({exc.strerror or exc}); check the path and its "
+                           "permissions"], source) from None
     try:
-        data = yaml.safe_load(text)
+        data = parse_policy_yaml(text)
+    except PolicyYamlError as exc:
+        raise PolicyError([f"line {exc.line}: {exc.message}"], source) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""

@@ -180,6 +180,8 @@ class AlertsConfig:
     pagerduty_key_env: str | None = None
     pagerduty_url: str = "https://events.pagerduty.com/v2/enqueue"
     min_severity: str = "warning"
+    # Other https hosts than Slack's and PagerDuty's, and http on loopback (alert_urls).
+    allow_custom_hosts: bool = False
 
 
 @dataclass(frozen=True)

@@ -5,8 +5,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from mlflow_kpigate.policy.alert_urls import PAGERDUTY_HOSTS, alert_url_problem
 from mlflow_kpigate.policy.model import AlertsConfig, ControlLimits, Evaluation, Readiness
-from mlflow_kpigate.policy.problems import Problems, as_duration, as_enum, as_mapping, as_number
+from mlflow_kpigate.policy.problems import (
+    Problems,
+    as_duration,
+    as_enum,
+    as_mapping,
+    as_number,
+    type_name,
+)
 from mlflow_kpigate.policy.vocabulary import ReadinessAction
 
 _EVAL_KEYS = ("interval", "maturity", "alpha_rollback", "alpha_promote", "power",
@@ -75,7 +83,11 @@ def validate_alerts(p: Problems, raw: Any) -> AlertsConfig | None:
     cfg = as_mapping(p, "alerts", raw)
     if cfg is None:
         return None
-    p.unknown_keys("alerts", cfg, ("slack", "pagerduty", "min_severity"))
+    p.unknown_keys("alerts", cfg, ("slack", "pagerduty", "min_severity", "allow_custom_hosts"))
+    custom = cfg.get("allow_custom_hosts", False)
+    if not isinstance(custom, bool):
+        p.add("alerts.allow_custom_hosts", f"must be true or false, got {type_name(custom)}")
+        custom = False
     slack_env = pd_env = None
     pd_url = AlertsConfig.pagerduty_url
     if "slack" in cfg:
@@ -92,15 +104,17 @@ def validate_alerts(p: Problems, raw: Any) -> AlertsConfig | None:
                                  "the Events API v2 routing key")
             if "url" in pd:
                 url = pd["url"]
-                if not isinstance(url, str) or not url.startswith(("https://", "http://")):
-                    p.add("alerts.pagerduty.url", "must be an http(s) URL")
+                problem = (alert_url_problem(url, PAGERDUTY_HOSTS, custom)
+                           if isinstance(url, str) else "must be an https:// URL")
+                if problem:
+                    p.add("alerts.pagerduty.url", problem)
                 else:
-                    pd_url = url
+                    pd_url = url.strip()
     severity = cfg.get("min_severity", "warning")
     if severity not in ("info", "warning", "critical"):
         p.add("alerts.min_severity", f"must be info, warning or critical; got {severity!r}")
         severity = "warning"
-    return AlertsConfig(slack_env, pd_env, pd_url, severity)
+    return AlertsConfig(slack_env, pd_env, pd_url, severity, allow_custom_hosts=custom)
 
 
 def validate_readiness(p: Problems, raw: Any) -> Readiness:

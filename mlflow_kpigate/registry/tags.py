@@ -2,8 +2,9 @@
 
 The candidate carries the rollout's status (``kpigate.status``, ``.stage``, ``.decision``,
 ``.reason``, ``.rollout_run_id``, ``.updated_at``); a replaced baseline is tagged
-``kpigate.superseded_by``; promotion moves an alias (``champion`` by default), and a
-rollback after promotion (during the bake) moves it back.
+``kpigate.superseded_by`` (cleared when that version is promoted again); promotion moves
+an alias (``champion`` by default), and a rollback after promotion (during the bake)
+moves it back.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from mlflow_kpigate.registry.limits import truncate
 
 #: Tag prefix of everything kpigate writes.
 TAG_PREFIX = "kpigate."
+#: On a replaced baseline: the version that replaced it (removed when it is promoted again).
+SUPERSEDED_BY = "kpigate.superseded_by"
 
 
 def _utc_now() -> str:
@@ -48,10 +51,20 @@ class TagsAndAliases(MlflowAccess):
     def mark_superseded(self, baseline: ModelRef, by: ModelRef) -> None:
         """Tag the old baseline as superseded by ``by``."""
         self.set_tags(baseline, {
-            "kpigate.superseded_by": by.label,
+            SUPERSEDED_BY: by.label,
             "kpigate.status": "superseded",
             "kpigate.updated_at": _utc_now(),
         })
+
+    def clear_superseded(self, ref: ModelRef) -> None:
+        """Remove ``kpigate.superseded_by`` from ``ref`` if it is there: a version promoted
+        again is no longer superseded (its ``kpigate.status`` is rewritten anyway)."""
+        version = self._call(f"read {ref.label}", self.client.get_model_version, ref.name,
+                             ref.version)
+        if SUPERSEDED_BY in (getattr(version, "tags", None) or {}):
+            self._call(f"delete tag {SUPERSEDED_BY!r} of {ref.label}",
+                       self.client.delete_model_version_tag, ref.name, ref.version,
+                       SUPERSEDED_BY)
 
     def alias_version(self, name: str, alias: str) -> str | None:
         """The version ``alias`` of ``name`` points at (None if the alias is not set)."""

@@ -84,6 +84,15 @@ def _stage_groups(decisions: Sequence[Decision]) -> list[list[int]]:
     return groups
 
 
+def _bare(reason: str) -> str:
+    """``reason`` without the action the gate starts it with (``rollback: …``): the report
+    names the action beside it, and "rollback: rollback: …" says it twice."""
+    for action in Action:
+        if reason.startswith(f"{action.value}: "):
+            return reason[len(action.value) + 2:]
+    return reason
+
+
 def _bake(state: RolloutState, decisions: Sequence[Decision], timestamps: Sequence[float]
           ) -> list[Block]:
     """The bake (after promotion): how long it ran, how it ended, each change detector."""
@@ -98,7 +107,7 @@ def _bake(state: RolloutState, decisions: Sequence[Decision], timestamps: Sequen
         how = (f"baked {fmt_span(view.elapsed_s)} with no regression detected" if view
                and baked[-1][1].action is Action.PROMOTE else f"ended early: {state.reason}")
     else:
-        how = f"{outcome_words(state)}: {state.reason}"
+        how = f"{outcome_words(state)}: {_bare(state.reason)}"
     blocks: list[Block] = [Heading("Bake (after promotion)", 2), Para(
         f"The candidate served everything from {fmt_time(state.bake_started_at)} while the "
         f"previous version scored a shadow copy of every request; {how}.")]
@@ -127,7 +136,7 @@ def document(state: RolloutState, decisions: Sequence[Decision], timestamps: Seq
     if last is not None:
         blocks.append(Para(
             f"{last.action.value} at stage {last.stage_name} (evaluation {len(decisions)}, "
-            f"{fmt_time(timestamps[-1])}): {last.reason}", label="Last decision:"))
+            f"{fmt_time(timestamps[-1])}): {_bare(last.reason)}", label="Last decision:"))
     run = state.rollout_run_id or DASH
     blocks.append(Table(["", ""], [
         ["model", state.model_name],
@@ -155,7 +164,7 @@ def document(state: RolloutState, decisions: Sequence[Decision], timestamps: Seq
         blocks.append(Heading(f"Stage {d.stage_index}: {d.stage_name} ({span}, "
                               f"{fmt_span(dwell)} between first and last)",
                               3))
-        blocks.append(Para(f"{d.action.value}: {d.reason}", label="Last decision:"))
+        blocks.append(Para(f"{d.action.value}: {_bare(d.reason)}", label="Last decision:"))
         blocks.append(Table(*table_cells(kpi_rows(d, policy), _KPI_COLUMNS)))
         for ev in d.evidence:
             if ev.kind == "quantile" and ev.statistic:
@@ -205,7 +214,7 @@ def document(state: RolloutState, decisions: Sequence[Decision], timestamps: Seq
 
     blocks.append(Heading("Decisions", 2))
     blocks.append(Table(["#", "time", "stage", "action", "reason"], [
-        [str(i + 1), fmt_time(timestamps[i]), d.stage_name, d.action.value, d.reason]
+        [str(i + 1), fmt_time(timestamps[i]), d.stage_name, d.action.value, _bare(d.reason)]
         for i, d in enumerate(decisions)]))
 
     blocks.append(Heading("Charts", 2))

@@ -12,7 +12,8 @@ candidate serves everything (``baking`` or ``promoted``) and back to the previou
 when a rollout that had started its bake is rolled back or aborted — only if it still
 points at the candidate, so a change someone made meanwhile stands. The previous version
 is tagged ``superseded`` only once the rollout is ``promoted`` (after the bake), so a
-rollback after promotion has no tag of it to undo.
+rollback after promotion has no tag of it to undo; a candidate that was itself superseded
+earlier loses that stale ``kpigate.superseded_by`` as soon as it serves everything.
 """
 
 from __future__ import annotations
@@ -109,6 +110,9 @@ class Effects:
         if evaluation is not None and state.rollout_run_id:
             reg.log_evaluation_record(state.rollout_run_id, evaluation)
         if state.phase in (Phase.BAKING, Phase.PROMOTED):
+            # A version promoted again (a rollback to it by a new rollout) sheds the
+            # superseded_by tag of its earlier replacement.
+            reg.clear_superseded(cand)
             # Repeated after a bake and on every resume: record only a real move.
             if reg.alias_version(state.model_name, state.promote_alias) \
                     != state.candidate_version:

@@ -220,6 +220,11 @@ class InMemoryRegistry:
         self.tags.setdefault((baseline.name, baseline.version), {}).update({
             "kpigate.superseded_by": by.label, "kpigate.status": "superseded"})
 
+    def clear_superseded(self, ref: ModelRef) -> None:
+        """Remove the ``kpigate.superseded_by`` tag."""
+        self._write()
+        self.tags.get((ref.name, ref.version), {}).pop("kpigate.superseded_by", None)
+
     def move_alias(self, name: str, alias: str, version: str) -> str | None:
         """Point ``alias`` at ``version``; the version it pointed at."""
         self._write()

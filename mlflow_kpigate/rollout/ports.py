@@ -136,6 +136,10 @@ class Registry(Protocol):
         """Tag the old baseline as superseded by ``by``."""
         ...
 
+    def clear_superseded(self, ref: ModelRef) -> None:
+        """Remove ``kpigate.superseded_by`` from ``ref`` (promoted again), if it is there."""
+        ...
+
     def move_alias(self, name: str, alias: str, version: str) -> str | None:
         """Point ``alias`` at ``version``; the version it pointed at before."""
         ...
