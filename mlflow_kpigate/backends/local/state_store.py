@@ -53,6 +53,8 @@ class RolloutStore:
         self.dir = Path(directory)
         # Private to the user: the state, audit log and prediction log are evidence.
         self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if self.dir.stat().st_mode & 0o077:
+            self.dir.chmod(0o700)  # made by another hand (mkdir's default mode, an old version)
         self.db_path = self.dir / "state.db"
         self.audit_path = self.dir / "audit.jsonl"
         for path in (self.db_path, self.audit_path):
