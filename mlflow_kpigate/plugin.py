@@ -132,6 +132,12 @@ def target_help() -> str:
         "",
         "Progress: kpigate status NAME, kpigate watch NAME; model-version tags kpigate.* in "
         "the MLflow UI. Docs: README.md, docs/deployment.md, docs/policy.md.",
+        "",
+        f"Exit codes with -C wait=true (and of kpigate watch): {exit_codes.PROMOTED} "
+        f"promoted, {exit_codes.ROLLED_BACK} rolled back, {exit_codes.ABORTED} aborted, "
+        f"{exit_codes.NOT_ENDED} still running when -C wait_timeout stopped the wait; "
+        f"{exit_codes.ERROR} error, {exit_codes.USAGE} bad input "
+        "(docs/deployment.md#exit-codes).",
     ])
 
 
