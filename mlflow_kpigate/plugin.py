@@ -9,7 +9,22 @@ Target URIs: ``kpigate`` and ``kpigate:/local`` (the embedded backend on this ma
 Errors: from the ``mlflow deployments`` CLI a user error is one ``Error: …`` line and exit
 code 2 (the MLflow CLI would otherwise print a traceback) — an invalid policy gives its
 heading and then one line per problem; from Python it is an
-``MlflowException`` with ``INVALID_PARAMETER_VALUE``.
+``MlflowException`` with ``INVALID_PARAMETER_VALUE``. The plugin leaves the MLflow CLI
+with its own exit code by raising a ``click.ClickException`` whose ``exit_code`` is the
+code of :mod:`~mlflow_kpigate.core.exit_codes` (click prints it and exits with it).
+
+Outcomes: with ``-C wait=true`` (``create``, ``update -m``, ``run-local``) the CLI ends
+with one line saying how the rollout ended (``kpigate: rollout of NAME rolled back: …``)
+and the outcome's exit code: 0 promoted, 3 rolled back, 4 aborted, 5 the wait stopped
+first (``-C wait_timeout``). From Python, ``create_deployment`` returns the deployment
+(its ``status`` says how it ended) and a stopped wait is an ``MlflowException``.
+
+Endpoints: kpigate has no MLflow endpoints apart from its deployments (each deployment's
+router *is* its endpoint, shown by ``get``). ``create-endpoint``, ``get-endpoint``,
+``list-endpoints``, ``update-endpoint`` and ``delete-endpoint`` are usage errors (exit
+2) naming the deployment command that does the job, rather than aliases of it: an
+endpoint's config (routes, rate limits) has nothing in common with a rollout's ``-C``
+keys, so accepting one for the other would only hide mistakes.
 """
 
 from __future__ import annotations
@@ -17,18 +32,19 @@ from __future__ import annotations
 import functools
 import sys
 from collections.abc import Callable
-from typing import Any, TypeVar, cast
+from typing import IO, Any, TypeVar, cast
 
 import click
 from mlflow.deployments import BaseDeploymentClient
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INTERNAL_ERROR, INVALID_PARAMETER_VALUE
 
+from mlflow_kpigate.core import exit_codes
 from mlflow_kpigate.core.errors import (
-    USAGE_EXIT_CODE,
     KpigateError,
     PolicyError,
     UsageError,
+    WaitStopped,
 )
 from mlflow_kpigate.deploy.config import LOCAL_KEYS, SELDON_KEYS, help_lines, parse_config
 from mlflow_kpigate.deploy.deployer import Deployer
@@ -38,15 +54,20 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 class _CliError(click.ClickException):
-    """One ``Error: …`` line on stderr and exit code 1 (kpigate's own failures)."""
-
-    exit_code = 1
+    """One ``Error: …`` line on stderr; the exit code is the class's (see :func:`_cli`)."""
 
 
-class _CliUsageError(_CliError):
-    """One ``Error: …`` line on stderr and exit code 2 (bad input)."""
+class _CliOutcome(click.ClickException):
+    """One ``kpigate: …`` line on stderr saying how a rollout ended (see :func:`_cli`)."""
 
-    exit_code = USAGE_EXIT_CODE
+    def show(self, file: IO[Any] | None = None) -> None:
+        click.echo(f"kpigate: {self.message}", file=file, err=file is None)
+
+
+@functools.cache
+def _cli(base: type[click.ClickException], exit_code: int) -> type[click.ClickException]:
+    """``base`` with ``exit_code`` (click reads the exit code from the class)."""
+    return type(base.__name__, (base,), {"exit_code": exit_code})
 
 
 def _in_mlflow_cli() -> bool:
@@ -70,8 +91,8 @@ def _translate(func: F) -> F:
             if isinstance(exc, PolicyError):  # its heading, then one line per problem
                 message = str(exc)
             if _in_mlflow_cli():
-                cls = _CliUsageError if exc.exit_code == USAGE_EXIT_CODE else _CliError
-                raise cls(message) from None
+                base = _CliOutcome if isinstance(exc, WaitStopped) else _CliError
+                raise _cli(base, exc.exit_code)(message) from None
             code = INVALID_PARAMETER_VALUE if isinstance(exc, UsageError) else INTERNAL_ERROR
             raise MlflowException(str(exc), error_code=code) from None
 
@@ -80,6 +101,21 @@ def _translate(func: F) -> F:
 
 def _progress(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
+
+
+def _waited(info: dict[str, Any], config: dict[str, Any] | None) -> dict[str, Any]:
+    """After ``create``/``update -m`` with ``-C wait=true``: from the ``mlflow deployments``
+    CLI, one line with the outcome, and its exit code unless it was promoted; from Python,
+    the deployment unchanged (its ``status`` and ``reason`` say how it ended)."""
+    if not parse_config(config, allow_action=True).wait or "phase" not in info \
+            or not _in_mlflow_cli():
+        return info
+    line = exit_codes.outcome_line(info["name"], info["status"], info.get("reason"))
+    code = exit_codes.exit_code_for(info["phase"])
+    if code != exit_codes.PROMOTED:
+        raise _cli(_CliOutcome, code)(line)
+    _progress(f"kpigate: {line}")
+    return info
 
 
 def target_help() -> str:
@@ -104,6 +140,12 @@ def target_help() -> str:
         "",
         "Progress: kpigate status NAME, kpigate watch NAME; model-version tags kpigate.* in "
         "the MLflow UI. Docs: README.md, docs/deployment.md, docs/policy.md.",
+        "",
+        f"Exit codes with -C wait=true (and of kpigate watch): {exit_codes.PROMOTED} "
+        f"promoted, {exit_codes.ROLLED_BACK} rolled back, {exit_codes.ABORTED} aborted, "
+        f"{exit_codes.NOT_ENDED} still running when -C wait_timeout stopped the wait; "
+        f"{exit_codes.ERROR} error, {exit_codes.USAGE} bad input "
+        "(docs/deployment.md#exit-codes).",
     ])
 
 
@@ -127,7 +169,8 @@ def run_local(name: str, model_uri: str, flavor: str | None = None,
     """``mlflow deployments run-local -t kpigate``: a rollout that blocks until it ends."""
     deployer = deployer_for("kpigate")
     _check_target_keys(deployer, config)
-    deployer.create(name, model_uri, {**(config or {}), "wait": "true"}, progress=_progress)
+    config = {**(config or {}), "wait": "true"}
+    _waited(deployer.create(name, model_uri, config, progress=_progress), config)
 
 
 #: Column sets of a DataFrame that ``pd.read_json`` made of an MLflow scoring payload (or
@@ -168,7 +211,8 @@ class KpigateDeploymentClient(BaseDeploymentClient):
         the end with ``-C wait=true``)."""
         self._check_flavor(flavor)
         _check_target_keys(self.deployer, config)
-        return self.deployer.create(name, model_uri, config, progress=_progress)
+        return _waited(self.deployer.create(name, model_uri, config, progress=_progress),
+                       config)
 
     @_translate
     def update_deployment(self, name: str, model_uri: str | None = None,
@@ -184,7 +228,8 @@ class KpigateDeploymentClient(BaseDeploymentClient):
         if cfg.action:
             info = self.deployer.steer(name, cfg.action, config)
         elif model_uri:
-            info = self.deployer.replace(name, model_uri, config, progress=_progress)
+            info = _waited(self.deployer.replace(name, model_uri, config, progress=_progress),
+                           config)
         else:
             raise UsageError("nothing to update: give -m models:/NAME/V for a new rollout or "
                              "-C action=promote|rollback|pause|resume")
@@ -222,7 +267,39 @@ class KpigateDeploymentClient(BaseDeploymentClient):
         raise UsageError("explain is not supported by the kpigate target")
 
     @_translate
+    def predict_stream(self, deployment_name: str | None = None, inputs: Any = None,
+                       endpoint: str | None = None) -> Any:
+        """Not supported: the router answers each request whole; use ``predict``."""
+        raise UsageError("predict_stream is not supported by the kpigate target; use "
+                         "predict")
+
+    # Endpoints: see the module docstring for why each is a usage error.
+    @_translate
     def create_endpoint(self, name: str, config: dict[str, Any] | None = None) -> Any:
-        """Not supported: kpigate has deployments, not endpoints."""
-        raise UsageError("endpoints are not supported by the kpigate target; use "
-                         "deployments")
+        """Not supported: a deployment's router is its endpoint (``create`` makes both)."""
+        raise _no_endpoints("mlflow deployments create --name NAME -m models:/MODEL/V")
+
+    @_translate
+    def update_endpoint(self, endpoint: str, config: dict[str, Any] | None = None) -> Any:
+        """Not supported: steer the deployment with ``update``."""
+        raise _no_endpoints("mlflow deployments update --name NAME -C action=... (or -m)")
+
+    @_translate
+    def delete_endpoint(self, endpoint: str) -> Any:
+        """Not supported: ``delete`` stops a deployment and its router."""
+        raise _no_endpoints("mlflow deployments delete --name NAME")
+
+    @_translate
+    def list_endpoints(self) -> Any:
+        """Not supported: ``list`` shows every deployment with its endpoint."""
+        raise _no_endpoints("mlflow deployments list")
+
+    @_translate
+    def get_endpoint(self, endpoint: str) -> Any:
+        """Not supported: ``get`` shows a deployment and its router's endpoint URL."""
+        raise _no_endpoints("mlflow deployments get --name NAME")
+
+
+def _no_endpoints(instead: str) -> UsageError:
+    return UsageError("kpigate has no endpoints apart from its deployments (each "
+                      f"deployment's router is its endpoint); use `{instead} -t kpigate`")

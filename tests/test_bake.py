@@ -402,3 +402,4 @@ def test_status_report_comment_and_metrics_say_what_the_bake_did(baking, tmp_pat
     assert "version 2 rolled back after promotion** at 100%" in headline(record, "m")
     watch = CliRunner().invoke(main, ["watch", "dep", "--state-dir", str(tmp_path)])
     assert "dep: rolled_back_after_promotion — rollback after promotion" in watch.output
+    assert watch.exit_code == 3  # exit_codes.ROLLED_BACK, after promotion as well

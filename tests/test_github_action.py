@@ -563,6 +563,12 @@ def test_act_dispatch_rollback_updates_the_sticky_comment_and_fails(act_env, git
                        tracking_uri=act_env["tracking_uri"], state_dir=state_dir)
     assert run.returncode != 0, "fail-on: rollback must fail the job"
     assert run.outputs["DECISION"] == "rolled_back", run.text[-6000:]
+    # create -C wait=true exits 3 (rolled back): the roll-out step hands the outcome on, and
+    # the report step fails with it (mlflow_kpigate/core/exit_codes.py)
+    msgs = [str(e.get("msg", "")).strip() for e in run.log]
+    assert any(m.startswith("✅  Success - Main Roll out") for m in msgs), msgs
+    assert any(m.startswith("❌  Failure - Main Report") for m in msgs), msgs
+    assert "exit status 3" in msgs, msgs
     errors = [f"{e.get('kvPairs', {}).get('title', '')}: {e.get('arg', '')}"
               for e in run.commands("error")]
     assert any("rolled back" in e and "error_rate" in e for e in errors), errors

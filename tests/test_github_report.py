@@ -464,7 +464,7 @@ def test_comment_created_when_missing(tmp_path, deployments, fake, capsys):
     env = runner_env(tmp_path, fake.url, event="pull_request",
                      MLFLOW_TRACKING_URI=TRACKING)
     code, out, _ = report(deployments, "rolled-back", env, capsys)
-    assert code == 1  # fail-on rollback (the default)
+    assert code == 3  # fail-on rollback (the default): rolled back
     assert [c.method for c in fake.writes()] == ["POST"]
     post = fake.writes()[0]
     assert post.path == f"/repos/{REPO}/issues/42/comments"
@@ -551,7 +551,7 @@ def test_comment_and_outputs_with_ghes_base_url(tmp_path, deployments, ghes, cap
 # --------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize(("deployment", "fail_on", "code"), [
-    ("rolled-back", "rollback", 1), ("promoted", "rollback", 0), ("holding", "hold", 1),
+    ("rolled-back", "rollback", 3), ("promoted", "rollback", 0), ("holding", "hold", 5),
     ("holding", "rollback", 0),
 ])
 def test_read_only_token_warns_and_summary_is_still_written(
@@ -581,7 +581,7 @@ def test_read_only_token_warns_and_summary_is_still_written(
 def test_missing_token_warns_and_summary_is_still_written(tmp_path, deployments, fake, capsys):
     env = runner_env(tmp_path, fake.url, event="pull_request", token=None)
     code, out, _ = report(deployments, "rolled-back", env, capsys, commit_status=True)
-    assert code == 1
+    assert code == 3
     assert "::warning title=kpigate::GITHUB_TOKEN is not set" in out
     assert not fake.calls
     assert summary_of(env).startswith("❌ **kpigate: fraud version 2 rolled back**")
@@ -599,7 +599,7 @@ def test_5xx_twice_then_success(tmp_path, deployments, fake, capsys):
 
 
 @pytest.mark.parametrize(("deployment", "fail_on", "code"), [
-    ("rolled-back", "rollback", 1), ("rolled-back", "never", 0), ("promoted", "hold", 0),
+    ("rolled-back", "rollback", 3), ("rolled-back", "never", 0), ("promoted", "hold", 0),
 ])
 def test_5xx_forever_is_bounded_and_warns(tmp_path, deployments, fake, capsys, deployment,
                                           fail_on, code):
@@ -699,7 +699,7 @@ def test_commit_status_head_from_the_pulls_api(tmp_path, deployments, fake, caps
     env = runner_env(tmp_path, fake.url, event="repository_dispatch")
     code, out, _ = report(deployments, "rolled-back", env, capsys, commit_status=True,
                           comment=False, model="fraud-detector")
-    assert code == 1
+    assert code == 3
     assert [c.path for c in fake.calls] == [f"/repos/{REPO}/pulls/46",
                                             f"/repos/{REPO}/statuses/{HEAD_SHA}"]
     status = fake.statuses[HEAD_SHA][0]
@@ -734,7 +734,7 @@ def test_command_outputs_and_summary(tmp_path, deployments, fake, capsys):
     env = runner_env(tmp_path, fake.url, event="pull_request")
     Path(env["GITHUB_OUTPUT"]).write_text("earlier=step\n")
     code, out, _ = report(deployments, "holding", env, capsys, fail_on="hold")
-    assert code == 1
+    assert code == 5
     outputs = outputs_of(env)
     assert outputs == {
         "earlier": "step",
@@ -790,7 +790,7 @@ def test_untrusted_reason_and_model_render_safely(tmp_path, policy, fake, capsys
     build_deployment(root, policy, "evil", "rolled_back", model=model, reason=EVIL)
     env = runner_env(tmp_path, fake.url, event="pull_request")
     code, out, _ = report(root, "evil", env, capsys)
-    assert code == 1
+    assert code == 3
     body = fake.writes("POST")[0].body["body"]
     lines = body.splitlines()
     first = lines[0]
@@ -909,7 +909,7 @@ def test_token_never_printed_even_when_echoed(tmp_path, deployments, echo_server
     api = echo_server.url_for("/").rstrip("/")
     env = runner_env(tmp_path, api, event="pull_request")
     code, out, err = report(deployments, "rolled-back", env, capsys, commit_status=True)
-    assert code == 1
+    assert code == 3
     assert "rejected credentials Bearer ***" in out
     for text in (out, err, summary_of(env), Path(env["GITHUB_OUTPUT"]).read_text()):
         assert WRITE_TOKEN not in text
@@ -974,9 +974,9 @@ def test_token_not_sent_across_origins(api_server, second_server):
 
 @pytest.mark.parametrize(("deployment", "codes"), [
     ("promoted", {"rollback": 0, "hold": 0, "never": 0}),
-    ("rolled-back", {"rollback": 1, "hold": 1, "never": 0}),
-    ("aborted", {"rollback": 1, "hold": 1, "never": 0}),
-    ("holding", {"rollback": 0, "hold": 1, "never": 0}),
+    ("rolled-back", {"rollback": 3, "hold": 3, "never": 0}),
+    ("aborted", {"rollback": 4, "hold": 4, "never": 0}),
+    ("holding", {"rollback": 0, "hold": 5, "never": 0}),
 ])
 def test_exit_code_per_fail_on(tmp_path, deployments, deployment, codes):
     for fail_on, code in codes.items():
@@ -1005,7 +1005,7 @@ def test_as_a_process_outside_actions(deployments, tmp_path):
            "rolled-back", "--state-dir", str(deployments)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120,
                           cwd=Path(__file__).resolve().parent.parent)
-    assert proc.returncode == 1, proc.stderr
+    assert proc.returncode == 3, proc.stderr
     assert "GITHUB_OUTPUT is not set" in proc.stderr
     assert "::warning title=kpigate::GITHUB_TOKEN is not set" in proc.stdout
     assert proc.stdout.strip().splitlines()[-1].startswith(

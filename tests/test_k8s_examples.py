@@ -334,7 +334,7 @@ def test_collector_service_reaches_the_pods_at_the_url_the_controller_is_given()
 
 # -- the rollout Job ---------------------------------------------------------------------------
 def test_rollout_job_retries_from_the_state_and_stops_on_configuration_errors():
-    from mlflow_kpigate.core.errors import USAGE_EXIT_CODE
+    from mlflow_kpigate.core import exit_codes
 
     job = _one("Job")
     spec, pod = job["spec"], job["spec"]["template"]["spec"]
@@ -342,7 +342,9 @@ def test_rollout_job_retries_from_the_state_and_stops_on_configuration_errors():
     assert spec["activeDeadlineSeconds"] > 0
     assert pod["restartPolicy"] == "Never"
     (fail_rule,) = [r for r in spec["podFailurePolicy"]["rules"] if r["action"] == "FailJob"]
-    assert fail_rule["onExitCodes"]["values"] == [USAGE_EXIT_CODE]
+    # bad input, and the outcomes that end the rollout (a retry would start it again)
+    assert fail_rule["onExitCodes"]["values"] == [exit_codes.USAGE, exit_codes.ROLLED_BACK,
+                                                  exit_codes.ABORTED]
     assert fail_rule["onExitCodes"]["containerName"] == pod["containers"][0]["name"]
 
 
@@ -546,7 +548,8 @@ def test_workflow_rollout_step_is_the_jobs_rollout():
     assert _flag(args, "-t") == "kpigate:/seldon/{{workflow.namespace}}"
     retry = step["retryStrategy"]
     assert int(retry["limit"]) >= 1
-    assert "!= 2" in retry["expression"], "configuration errors (exit 2) are not retried"
+    for code in (2, 3, 4):  # bad input, rolled back, aborted: never retried
+        assert f"!= {code}" in retry["expression"], retry["expression"]
     assert step["activeDeadlineSeconds"] == _one("Job")["spec"]["activeDeadlineSeconds"]
     policy_keys = set(_one("ConfigMap", "kpigate-policy")["data"])
     default_policy = next(p["value"] for p in _workflow()["spec"]["arguments"]["parameters"]

@@ -25,6 +25,8 @@ import pytest
 from fake_kube import fake_kube  # noqa: F401
 from prometheus_fixture import LoopbackExporter, running_prometheus
 
+from mlflow_kpigate.core import exit_codes
+
 NS = "models"
 # The controller runs in another process: it needs the tracking server, not a local file.
 pytestmark = pytest.mark.parametrize("tracking_uri", ["server"], indirect=True)
@@ -139,13 +141,15 @@ def _logs(tmp_path: Path) -> str:
     return "\n".join(p.read_text(errors="replace") for p in sorted(tmp_path.glob("create-*")))
 
 
-def _finish(proc: subprocess.Popen, tmp_path: Path) -> None:
+def _finish(proc: subprocess.Popen, tmp_path: Path, expected: int = 0) -> None:
+    """Wait for `create -C wait=true` to end with the ``expected`` exit code (0 promoted,
+    3 rolled back: mlflow_kpigate/core/exit_codes.py)."""
     try:
         code = proc.wait(timeout=240)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         raise AssertionError(f"the rollout did not end:\n{_logs(tmp_path)[-3000:]}") from None
-    assert code == 0, _logs(tmp_path)[-3000:]
+    assert code == expected, _logs(tmp_path)[-3000:]
 
 
 def _predictors(fake, name):
@@ -225,7 +229,8 @@ def test_failing_candidate_is_rolled_back_and_its_predictor_removed(
     name = "fraud-bad"
     seldon(name, cand_error=0.3)
     proc = _create(registered_model, name, policy, prometheus, fake_kube, tmp_path)
-    _finish(proc, tmp_path)
+    _finish(proc, tmp_path, expected=exit_codes.ROLLED_BACK)
+    assert f"kpigate: rollout of {name} rolled back: " in _logs(tmp_path)
     state = _store(fake_kube, name).require()
     assert state.phase.value == "rolled_back", state.reason
     assert "error_rate" in state.reason

@@ -97,7 +97,8 @@ def _echo(line: str, err: bool) -> None:
 
 def run_report(opts: ReportOptions, env: Mapping[str, str], *,
                client_factory: ClientFactory = GitHubClient) -> int:
-    """Everything ``kpigate github report`` does; returns the exit code (0 or 1).
+    """Everything ``kpigate github report`` does; returns the exit code (0, or the
+    outcome's 3, 4 or 5 when ``--fail-on`` fails it).
 
     ``UsageError`` for bad options, environment or event payload. ``client_factory``
     makes the API client from (token, API URL), e.g. one with other retry settings.
@@ -130,8 +131,8 @@ def github_group() -> None:
               help="Set the commit status kpigate/MODEL on the pull request's head commit.")
 @click.option("--fail-on", type=click.Choice(FAIL_ON, case_sensitive=False),
               default="rollback", show_default=True,
-              help="Exit 1 on a rollback (or abort); on that or a rollout still holding; "
-                   "or never.")
+              help="Fail on a rollback or abort (exit 3 or 4); on those or a rollout not "
+                   "ended (exit 5); or never.")
 @click.option("--pr-number", default=None,
               help="Pull request number, for events without one (empty: from the event).")
 @TARGET

@@ -12,6 +12,7 @@ from typing import Any
 import click
 
 from mlflow_kpigate.cli.tables import evidence_table
+from mlflow_kpigate.core import exit_codes
 from mlflow_kpigate.core.bake import bake_view
 from mlflow_kpigate.core.errors import UsageError
 from mlflow_kpigate.core.forecast import forecast_view
@@ -91,30 +92,32 @@ def status_command(name: str, state_dir: str | None, as_json: bool) -> None:
 @click.command("watch")
 @click.argument("name")
 @STATE_DIR
-@click.option("--timeout", type=float, default=None, help="Stop watching after SECONDS.")
+@click.option("--timeout", type=float, default=None,
+              help="Stop watching after SECONDS (exit code 5 if the rollout goes on).")
 def watch_command(name: str, state_dir: str | None, timeout: float | None) -> None:
-    """Follow rollout NAME through its stages until it ends (Ctrl-C stops watching only)."""
-    store = _deployer().open(name, _config(state_dir)).store
+    """Follow rollout NAME through its stages until it ends (Ctrl-C stops watching only).
+
+    Exits with the outcome's code: 0 promoted, 3 rolled back, 4 aborted, 5 still running
+    when --timeout stopped the watch (docs/deployment.md#exit-codes).
+    """
+    _deployer().open(name, _config(state_dir))  # a clear error if there is no such rollout
     deadline = None if timeout is None else time.monotonic() + timeout
-    seen = 0
     try:
-        while True:
-            for rec in store.events(seen):
-                seen = rec.seq
+        for poll in _deployer().follow(name, _config(state_dir)):
+            for rec in poll.records:
                 stamp = time.strftime("%H:%M:%S", time.localtime(rec.ts))
                 body = rec.event.body()
                 what = body.get("reason") or body.get("weights") or ""
                 click.echo(f"{stamp} {rec.kind:<18} {body.get('stage', ''):<7} {what}"[:240])
                 for line in forecast_lines(body.get("decision"), " " * 9)[:2]:
                     click.echo(line[:240])
-            state = store.require()
-            if state.phase.terminal and not state.effects_pending:
+            state = poll.state
+            if poll.ended:
                 click.echo(f"{name}: {state.status} — {state.reason}")
-                return
+                raise click.exceptions.Exit(exit_codes.exit_code_for(state.phase))
             if deadline is not None and time.monotonic() > deadline:
                 click.echo(f"{name}: still {state.status} (stopped watching)")
-                return
-            time.sleep(1.0)
+                raise click.exceptions.Exit(exit_codes.NOT_ENDED)
     except KeyboardInterrupt:
         click.echo("stopped watching; the rollout goes on")
 

@@ -1,20 +1,32 @@
-"""Errors that carry a user-facing message and the exit code the CLI should use."""
+"""Errors that carry a user-facing message and the exit code the CLI should use.
+
+The codes themselves are in :mod:`.exit_codes` (one table for errors and outcomes).
+"""
 
 from __future__ import annotations
 
-USAGE_EXIT_CODE = 2
+from mlflow_kpigate.core import exit_codes
+
+USAGE_EXIT_CODE = exit_codes.USAGE
 
 
 class KpigateError(Exception):
     """Base class for errors that are shown to the user as one line, without a traceback."""
 
-    exit_code: int = 1
+    exit_code: int = exit_codes.ERROR
 
 
 class UsageError(KpigateError):
     """Bad input from the user (a flag, a file, a config value): exit code 2."""
 
     exit_code = USAGE_EXIT_CODE
+
+
+class WaitStopped(KpigateError):
+    """A wait for a rollout (``-C wait_timeout``) stopped before the rollout ended; the
+    rollout goes on. Exit code ``NOT_ENDED`` (5), not an error of kpigate's."""
+
+    exit_code = exit_codes.NOT_ENDED
 
 
 class PolicyError(UsageError):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +21,10 @@ import requests
 from mlflow_kpigate.backends.local.state_store import RolloutStore
 from mlflow_kpigate.backends.local.traffic import LocalRouterTraffic
 from mlflow_kpigate.core.decision import Decision
-from mlflow_kpigate.core.errors import KpigateError, UsageError
+from mlflow_kpigate.core.errors import KpigateError, UsageError, WaitStopped
 from mlflow_kpigate.core.events import Aborted, Created, Recorded, traffic_percent
 from mlflow_kpigate.core.state import Phase, RolloutState
+from mlflow_kpigate.deploy import local_follow
 from mlflow_kpigate.deploy import local_processes as procs
 from mlflow_kpigate.deploy.config import (
     deployment_dir,
@@ -41,6 +42,7 @@ from mlflow_kpigate.deploy.inputs import (
     save_registry_baseline,
     tracking_uri,
 )
+from mlflow_kpigate.deploy.local_follow import Poll
 from mlflow_kpigate.deploy.operator import commit_operator_action
 from mlflow_kpigate.notify import notifier_from_policy
 from mlflow_kpigate.policy import Policy, load_policy
@@ -149,7 +151,8 @@ class LocalDeployer:
             progress(f"kpigate: {name} serving on http://127.0.0.1:{port} "
                      f"({policy.stages[0].describe()}); state in {directory}")
         if cfg.wait:
-            self.wait(name, cfg.state_dir, cfg.wait_timeout, progress)
+            ended = self._wait(name, cfg.state_dir, cfg.wait_timeout, progress)
+            return _info(ended.state, ended.directory)  # archived, if deleted meanwhile
         return self.describe(name, {"state_dir": cfg.state_dir} if cfg.state_dir else None)
 
     def replace(self, name: str, model_uri: str, config: Mapping[str, Any] | None = None,
@@ -160,22 +163,30 @@ class LocalDeployer:
 
     def wait(self, name: str, root: Path | None = None, timeout_s: float | None = None,
              progress: Progress | None = None) -> RolloutState:
-        """Block until the rollout reaches a terminal phase (``KpigateError`` on timeout)."""
-        store = RolloutStore(deployment_dir(name, root))
+        """Block until the rollout reaches a terminal phase (``WaitStopped`` on timeout).
+
+        A ``delete`` from elsewhere ends the wait with the rollout ``aborted``.
+        """
+        return self._wait(name, root, timeout_s, progress).state
+
+    def _wait(self, name: str, root: Path | None, timeout_s: float | None,
+              progress: Progress | None) -> Poll:
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        seen = 0
-        while True:
-            for rec in store.events(seen):
-                seen = rec.seq
+        for poll in local_follow.follow(deployment_dir(name, root)):
+            for rec in poll.records:
                 if progress and rec.kind in PROGRESS_KINDS:
                     progress(progress_line(rec))
-            state = store.require()
-            if state.phase.terminal and not state.effects_pending:
-                return state
+            if poll.ended:
+                return poll
             if deadline is not None and time.monotonic() > deadline:
-                raise KpigateError(f"deployment {name!r} still {state.phase.value} after "
-                                   f"{timeout_s:.0f}s; it keeps running (kpigate status {name})")
-            time.sleep(0.5)
+                raise WaitStopped(f"deployment {name!r} still {poll.state.status} after "
+                                  f"{timeout_s:.0f}s; it keeps running (kpigate status {name})")
+        raise AssertionError("follow() never ends")  # pragma: no cover
+
+    def follow(self, name: str, config: Mapping[str, Any] | None = None,
+               interval_s: float = 1.0) -> Iterator[Poll]:
+        """Poll rollout ``name``'s new audit records and state (see :mod:`.local_follow`)."""
+        return local_follow.follow(deployment_dir(name, _root(config)), interval_s)
 
     # -- inspect ---------------------------------------------------------------------------
     def describe(self, name: str, config: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -185,25 +196,7 @@ class LocalDeployer:
         state = RolloutStore(directory).load() if directory.exists() else None
         if state is None:
             raise UsageError(f"no deployment named {name!r} in {state_dir(root)}")
-        policy = load_policy(state.policy_file)
-        return {
-            "name": state.name,
-            "flavor": FLAVOR,
-            "status": state.status,
-            "phase": state.phase.value,
-            "paused": state.paused,
-            "stage": policy.stages[state.stage_index].describe(),
-            "stage_index": state.stage_index,
-            "weights": state.weights.describe(),
-            "candidate": state.candidate_uri,
-            "baseline": state.baseline_uri,
-            "endpoint": f"http://127.0.0.1:{state.port}",
-            "reason": state.reason,
-            "evaluations": state.evaluations,
-            "rollout_run_id": state.rollout_run_id,
-            "state_dir": str(directory),
-            "running": procs.running(directory),
-        }
+        return _info(state, directory)
 
     def list_all(self, config: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
         """Every deployment under the state directory."""
@@ -320,3 +313,27 @@ def _frozen_policy(directory: Path, state: RolloutState) -> Policy | None:
             except KpigateError:
                 continue
     return None
+
+
+def _info(state: RolloutState, directory: Path) -> dict[str, Any]:
+    """The deployment as ``get_deployment`` returns it, from its state and its directory
+    (the deployment's, or the archived copy a waiter followed after a ``delete``)."""
+    policy = _frozen_policy(directory, state) or load_policy(state.policy_file)
+    return {
+        "name": state.name,
+        "flavor": FLAVOR,
+        "status": state.status,
+        "phase": state.phase.value,
+        "paused": state.paused,
+        "stage": policy.stages[state.stage_index].describe(),
+        "stage_index": state.stage_index,
+        "weights": state.weights.describe(),
+        "candidate": state.candidate_uri,
+        "baseline": state.baseline_uri,
+        "endpoint": f"http://127.0.0.1:{state.port}",
+        "reason": state.reason,
+        "evaluations": state.evaluations,
+        "rollout_run_id": state.rollout_run_id,
+        "state_dir": str(directory),
+        "running": procs.running(directory),
+    }

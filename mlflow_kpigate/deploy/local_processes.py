@@ -131,3 +131,12 @@ def archive(directory: Path) -> Path:
     target = history / f"{directory.name}-{time.strftime('%Y%m%dT%H%M%S')}"
     shutil.move(str(directory), target)
     return target
+
+
+def archives(directory: Path) -> list[Path]:
+    """The archived copies of a deployment directory (:func:`archive`), newest first."""
+    history = directory.parent / ".history"
+    if not history.is_dir():
+        return []
+    return sorted((p for p in history.glob(f"{directory.name}-*") if p.is_dir()),
+                  key=lambda p: p.name, reverse=True)

@@ -15,7 +15,8 @@ the rollout's :class:`~mlflow_kpigate.github.record.RolloutRecord`:
    still holding, ``::notice`` for a promotion;
 4. creates or updates the pull request's sticky comment and sets the commit status
    ``kpigate/MODEL`` on the pull request's head commit (:mod:`.publish`);
-5. returns 1 when ``fail_on`` says the outcome fails the step, else 0.
+5. returns the outcome's exit code (:mod:`~mlflow_kpigate.core.exit_codes`: 3 rolled
+   back, 4 aborted, 5 not ended) when ``fail_on`` says the outcome fails the step, else 0.
 
 The GitHub side is best effort: a missing token, no pull request, a read-only token (pull
 requests from forks) or an API that keeps failing give a ``::warning`` and change neither
@@ -34,6 +35,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mlflow_kpigate.core.errors import UsageError
+from mlflow_kpigate.core.exit_codes import exit_code_for
 from mlflow_kpigate.github.api import GitHubClient
 from mlflow_kpigate.github.comment import render
 from mlflow_kpigate.github.event import from_payload, load_payload, parse_pr_number
@@ -86,8 +88,9 @@ class ReportStep:
     def report(self, record: RolloutRecord, *,
                client_factory: ClientFactory = GitHubClient) -> int:
         """Outputs, job summary, annotation, comment and commit status of ``record``;
-        returns the exit code (0 or 1). ``client_factory`` makes the API client from
-        (token, API URL), e.g. one with other retry settings."""
+        returns the exit code (0, or the outcome's code when ``fail_on`` fails it).
+        ``client_factory`` makes the API client from (token, API URL), e.g. one with other
+        retry settings."""
         opts, gh, console = self.options, self.env, self.console
         state = record.state
         model = (opts.model or "").strip() or state.model_name
@@ -115,4 +118,4 @@ class ReportStep:
 
         _, words = outcome_of(state)
         console.out(f"kpigate: {model} {words} at {record.final_stage}: {state.reason}")
-        return 1 if fails_step(state.phase, opts.fail_on) else 0
+        return exit_code_for(state.phase) if fails_step(state.phase, opts.fail_on) else 0

@@ -1,0 +1,82 @@
+"""Following an embedded rollout until it ends: its new audit records and its state, polled.
+
+``mlflow deployments create -C wait=true`` and ``kpigate watch`` both read a rollout this
+way. ``mlflow deployments delete`` from another process aborts the rollout and then moves
+its directory under ``<state_dir>/.history/`` (:func:`.local_processes.archive`); a
+follower goes after it to the archived copy of the same rollout (matched by its rollout
+run id), so it still reads the final ``aborted`` state and exits with its code instead of
+failing on a directory that is gone.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from mlflow_kpigate.backends.local.state_store import RolloutStore
+from mlflow_kpigate.core.errors import KpigateError, UsageError
+from mlflow_kpigate.core.events import Recorded
+from mlflow_kpigate.core.state import RolloutState
+from mlflow_kpigate.deploy import local_processes as procs
+
+
+@dataclass(frozen=True)
+class Poll:
+    """One look at a rollout: the audit records since the last look, the state, and the
+    directory they were read from (the deployment's, or its archived copy)."""
+
+    records: tuple[Recorded, ...]
+    state: RolloutState
+    directory: Path
+
+    @property
+    def ended(self) -> bool:
+        """Terminal, with its side effects (tags, alias, report) done."""
+        return self.state.phase.terminal and not self.state.effects_pending
+
+
+def follow(directory: Path, interval_s: float = 0.5) -> Iterator[Poll]:
+    """Poll the rollout in ``directory`` every ``interval_s`` until the caller stops.
+
+    The first poll is immediate and holds every record so far. ``UsageError`` if there is
+    no rollout; ``KpigateError`` if it disappears and no archived copy holds it.
+    """
+    if not (directory / "state.db").is_file():
+        raise UsageError(f"no deployment named {directory.name!r} in {directory.parent}")
+    store = RolloutStore(directory)
+    run_id = store.require().rollout_run_id
+    seen = 0
+    first = True
+    while True:
+        if not first:
+            time.sleep(interval_s)
+        first = False
+        try:
+            records = tuple(store.events(seen))
+            state = store.load()
+        except sqlite3.OperationalError:
+            # Gone (sqlite cannot open a file in a directory that was moved away)?
+            if store.dir != directory or (directory / "state.db").is_file():
+                raise
+            state = None
+        if state is None or state.rollout_run_id != run_id:
+            if store.dir != directory:
+                raise KpigateError(f"{store.dir}: the archived rollout cannot be read")
+            store = RolloutStore(_archived(directory, run_id))
+            continue
+        if records:
+            seen = records[-1].seq
+        yield Poll(records, state, store.dir)
+
+
+def _archived(directory: Path, run_id: str | None) -> Path:
+    """The copy of rollout ``run_id`` that ``delete`` moved under ``.history/``."""
+    for candidate in procs.archives(directory):
+        state = RolloutStore(candidate).load() if (candidate / "state.db").is_file() else None
+        if state is not None and state.rollout_run_id == run_id:
+            return candidate
+    raise KpigateError(f"deployment {directory.name!r} was removed while it was followed, "
+                       f"and {directory.parent / '.history'} holds no copy of its rollout")
