@@ -67,10 +67,7 @@ class RolloutStore:
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
-        try:
-            db = sqlite3.connect(self.db_path, timeout=30, isolation_level=None)
-        except sqlite3.Error as exc:
-            raise self._unreadable(exc) from None
+        db = sqlite3.connect(self.db_path, timeout=30, isolation_level=None)
         try:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
