@@ -36,6 +36,7 @@ from mlflow_kpigate.deploy.inputs import (
     save_registry_baseline,
     tracking_uri,
 )
+from mlflow_kpigate.deploy.local_revive import revive
 from mlflow_kpigate.deploy.operator import commit_operator_action
 from mlflow_kpigate.policy import Policy, load_policy
 from mlflow_kpigate.rollout import transitions
@@ -194,7 +195,7 @@ class LocalDeployer:
             "evaluations": state.evaluations,
             "rollout_run_id": state.rollout_run_id,
             "state_dir": str(directory),
-            "running": procs.running(directory),
+            "running": revive(directory),
         }
 
     def list_all(self, config: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
@@ -217,6 +218,7 @@ class LocalDeployer:
                              "name used with `mlflow deployments create` and the same "
                              "--state-dir / KPIGATE_STATE_DIR")
         store = RolloutStore(directory)
+        revive(directory)
         return Rollout(name, store, _frozen_policy(directory, store.require()), directory)
 
     def last_decision(self, name: str, config: Mapping[str, Any] | None = None
