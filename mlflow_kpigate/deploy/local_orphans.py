@@ -72,6 +72,10 @@ class Orphans:
     def _ours(self, pid: int) -> bool:
         return not procfs.gone(pid) and procfs.runs(pid, self._module[pid], self.directory)
 
+    def retired(self, pids: list[int]) -> bool:
+        """Whether each of ``pids`` was asked to stop."""
+        return all(p in self._deadlines for p in pids)
+
     def retire(self, pids: list[int], grace_s: float) -> None:
         """SIGTERM (then SIGCONT) each of ``pids`` not yet asked; SIGKILL its process
         tree after ``grace_s`` (see :meth:`check`)."""

@@ -9,8 +9,9 @@ manages the candidate), is a failure. The router is declared hung after
 supervisor then kills it with its children and starts it again.
 
 A router that is starting (loading its models) has not answered yet: its failures count
-only after it answered once, or after the start time-out (``KPIGATE_START_TIMEOUT``,
-180 s) passed without an answer.
+only once it is up — it answered once, or one of its workers listens on the port (the
+supervisor tells :meth:`RouterProbe.up`) — or after the start time-out
+(``KPIGATE_START_TIMEOUT``, 180 s) passed without either.
 """
 
 from __future__ import annotations
@@ -58,6 +59,10 @@ class RouterProbe:
         self.failures = 0
         self.first_failure = 0.0
         self.next_probe = now + self.interval_s
+
+    def up(self) -> None:
+        """The router is up (a worker listens): from now on its failures count."""
+        self.answered = True
 
     def due(self, now: float) -> bool:
         """Whether it is time for the next probe."""

@@ -35,25 +35,40 @@ from mlflow_kpigate.deploy.config import state_dir
 __all__ = ["Resumed", "resume", "resume_all", "revive"]
 
 
+#: How long :func:`revive` waits for the supervisor it started to take its lock.
+LOCK_WAIT_S = 10.0
+
+
 def _command() -> str:
     """How this process was started, for the audit log (``kpigate status``...)."""
     argv = sys.argv or ["?"]
     prog = Path(argv[0]).name
     if prog == "__main__.py":
-        prog = "python -m " + Path(argv[0]).parent.name
+        spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+        module = spec.name.removesuffix(".__main__") if spec else Path(argv[0]).parent.name
+        prog = f"python -m {module}"
     return " ".join([prog, *argv[1:3]])
+
+
+def _spawn(directory: Path, restarted: str) -> None:
+    """Start a supervisor and wait (briefly) until it holds the lock, so that the next
+    look at the deployment sees it running rather than starting another."""
+    proc = procs.spawn_supervisor(directory, restarted=restarted)
+    deadline = time.monotonic() + LOCK_WAIT_S
+    while not procs.running(directory) and proc.poll() is None \
+            and time.monotonic() < deadline:
+        time.sleep(0.02)
 
 
 def revive(directory: Path) -> bool:
     """Whether the deployment in ``directory`` is supervised, after starting a new
-    supervisor if its last one died (see the module doc); returns at once."""
+    supervisor if its last one died (see the module doc); does not wait for the router."""
     if procs.running(directory):
         return True
     previous = procs.pids(directory).get("supervisor")
     if not previous:
         return False  # stopped on purpose, or not started yet
-    procs.spawn_supervisor(directory, restarted=f"supervisor {previous} was gone; noticed "
-                                                f"by `{_command()}`")
+    _spawn(directory, f"supervisor {previous} was gone; noticed by `{_command()}`")
     return True
 
 
@@ -86,7 +101,7 @@ def _start(directory: Path, force: bool) -> bool:
     if not previous and not force:
         return False
     why = f"supervisor {previous} was gone" if previous else "no supervisor was running"
-    procs.spawn_supervisor(directory, restarted=f"{why}; `{_command()}`")
+    _spawn(directory, f"{why}; `{_command()}`")
     return True
 
 

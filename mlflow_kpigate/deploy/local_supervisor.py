@@ -185,8 +185,10 @@ class Supervisor:
 
         assert self.incidents is not None
         reason = self.restarted or f"supervisor {previous} was gone"
-        found = (f"; replacing the router {self.orphans.routers} and controller "
-                 f"{self.orphans.controllers} it left running" if self.orphans.pids else "")
+        left = [f"{what} {pid}" for what, pids_ in (("router", self.orphans.routers),
+                                                     ("controller", self.orphans.controllers))
+                for pid in pids_]
+        found = f"; replacing what it left running: {', '.join(left)}" if left else ""
         log.warning("supervisor restarted: %s%s", reason, found)
         self.incidents.record(SupervisorRestarted(previous, reason, tuple(self.orphans.pids)),
                               f"supervisor restarted: {reason}{found}")
@@ -226,13 +228,17 @@ class Supervisor:
             return
         if self.orphans.alive(self.orphans.routers):
             # The old router serves until a worker of the new one listens on the port.
-            if procfs.listens(procfs.descendants(self.router.proc.pid), self.port):
+            if not self.orphans.retired(self.orphans.routers) and \
+                    procfs.listens(procfs.descendants(self.router.proc.pid), self.port):
                 log.info("the new router listens: stopping the orphaned router %s",
                          self.orphans.routers)
                 self.orphans.retire_routers()
             return
         if not self.probe.due(now):
             return
+        if not self.probe.answered and \
+                procfs.listens(procfs.descendants(self.router.proc.pid), self.port):
+            self.probe.up()  # a hang from now on counts, even before a first answer
         problem: str | None = None
         if procfs.stopped(self.router.proc.pid):
             problem = "had its main process stopped"
