@@ -21,6 +21,7 @@ other exits at once.
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 from dataclasses import dataclass
@@ -33,6 +34,8 @@ from mlflow_kpigate.deploy import local_processes as procs
 from mlflow_kpigate.deploy.config import state_dir
 
 __all__ = ["Resumed", "resume", "resume_all", "revive"]
+
+log = logging.getLogger("kpigate.revive")
 
 
 #: How long :func:`revive` waits for the supervisor it started to take its lock.
@@ -68,7 +71,11 @@ def revive(directory: Path) -> bool:
     previous = procs.pids(directory).get("supervisor")
     if not previous:
         return False  # stopped on purpose, or not started yet
-    _spawn(directory, f"supervisor {previous} was gone; noticed by `{_command()}`")
+    try:
+        _spawn(directory, f"supervisor {previous} was gone; noticed by `{_command()}`")
+    except OSError as exc:  # e.g. a full disk: reading the deployment must still work
+        log.error("%s: cannot start its supervisor again: %s", directory.name, exc)
+        return False
     return True
 
 
