@@ -7,10 +7,11 @@ alerts.
 * :meth:`Incidents.record` appends an audit event (a restart) and sends an alert through
   the policy's notifier (``alerts`` in the policy, the channels the controller uses).
   An event the store cannot take yet is kept in memory (up to ``MAX_PENDING``) and
-  written once a later store call succeeds, in order. Alerts go out on a thread of their
-  own (the notifiers retry for seconds) with ``AlertSent`` recorded once delivered; at
-  most one per kind of restart every ``ALERT_EVERY_S`` (a crash loop would page every
-  second), the next one saying how many were not sent.
+  written, in order, once the store works again (:meth:`Incidents.retry`, every 2 s).
+  Alerts go out on a thread of their own (the notifiers retry for seconds) with
+  ``AlertSent`` recorded once delivered; at most one per kind of restart every
+  ``ALERT_EVERY_S`` (a crash loop would page every second), the next one saying how
+  many were not sent.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ log = logging.getLogger("kpigate.supervisor")
 
 ALERT_EVERY_S = 300.0
 MAX_PENDING = 1000
+RETRY_EVERY_S = 2.0
 SEVERITY = "warning"
 
 
@@ -49,6 +51,7 @@ class Incidents:
         self._notifier_loaded = notifier is not None
         self._last_alert: dict[str, float] = {}
         self._unsent: dict[str, int] = {}
+        self._next_retry = 0.0
 
     # -- the store -------------------------------------------------------------------------
     def state(self) -> RolloutState | None:
@@ -77,6 +80,13 @@ class Incidents:
         """How many audit events wait for the store."""
         with self._lock:
             return len(self._pending)
+
+    def retry(self, now: float) -> None:
+        """Try again to write the events that wait for the store (call it every tick; it
+        tries every ``RETRY_EVERY_S``)."""
+        if self.pending and now >= self._next_retry:
+            self._next_retry = now + RETRY_EVERY_S
+            self._flush()
 
     def _open(self) -> RolloutStore:
         if self._store is None:

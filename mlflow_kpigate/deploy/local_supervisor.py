@@ -168,6 +168,7 @@ class Supervisor:
                 self.port = state.port if state is not None else None
             time.sleep(TICK_S)
             self.orphans.check()
+            self.incidents.retry(time.monotonic())
             if not self.stopping:
                 self._check_router()
             if not self.stopping:
