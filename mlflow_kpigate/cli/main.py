@@ -58,7 +58,10 @@ COMMANDS: dict[str, LazyCommand] = {
                          "until Ctrl-C."),
     **{action: LazyCommand(f"{_CLI}.operate:{action}_command",
                            f"{action.capitalize()} {_STEER_HELP}")
-       for action in ("promote", "rollback", "pause", "resume")},
+       for action in ("promote", "rollback", "pause")},
+    "resume": LazyCommand(f"{_CLI}.resume:resume_command",
+                          "Resume rollout NAME: restart its processes if they are not "
+                          "running, and its evaluations if it is paused."),
 }
 
 

@@ -152,7 +152,7 @@ def _steer(action: str) -> click.Command:
 promote_command = _steer("promote")
 rollback_command = _steer("rollback")
 pause_command = _steer("pause")
-resume_command = _steer("resume")
+# resume: mlflow_kpigate.cli.resume (it also restarts a deployment's processes)
 
 
 @click.command("serve")

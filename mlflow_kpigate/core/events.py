@@ -260,10 +260,12 @@ class ReportWritten(AuditEvent):
 
 @dataclass(frozen=True)
 class RouterRestarted(AuditEvent):
-    """The embedded router's process exited and was started again."""
+    """The embedded router's process exited, or hung and was killed, and was started again
+    (``reason`` says which; records from before it was kept have none)."""
 
     KIND: ClassVar[str] = "router_restarted"
     exit_code: int = 0
+    reason: str = ""
 
 
 @dataclass(frozen=True)
@@ -272,6 +274,28 @@ class ControllerRestarted(AuditEvent):
 
     KIND: ClassVar[str] = "controller_restarted"
     exit_code: int = 0
+
+
+@dataclass(frozen=True)
+class SupervisorRestarted(AuditEvent):
+    """The embedded deployment's supervisor was gone (killed, crashed, machine rebooted)
+    and a new one took over its router and controller (``orphans``: the pids it found
+    still running and replaced)."""
+
+    KIND: ClassVar[str] = "supervisor_restarted"
+    previous_pid: int = 0
+    reason: str = ""
+    orphans: tuple[int, ...] = ()
+
+    def body(self) -> dict[str, Any]:
+        """Orphans as a JSON list."""
+        return {**super().body(), "orphans": list(self.orphans)}
+
+    @classmethod
+    def from_body(cls, kind: str, body: Mapping[str, Any]) -> AuditEvent:
+        """Orphans back to a tuple."""
+        return cls(int(body.get("previous_pid") or 0), str(body.get("reason", "")),
+                   tuple(int(p) for p in body.get("orphans", ())))
 
 
 @dataclass(frozen=True)
@@ -306,7 +330,7 @@ _BY_KIND: dict[str, type[AuditEvent]] = {
     cls.KIND: cls for cls in (Created, Aborted, StageReady, ReadinessTimeout, ReadinessAbort,
                               EffectError, AlertSent, AliasMoved, AliasRestored, Resumed,
                               ReportWritten, ForecastWarning,
-                              RouterRestarted, ControllerRestarted)
+                              RouterRestarted, ControllerRestarted, SupervisorRestarted)
 }
 
 

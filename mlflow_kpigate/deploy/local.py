@@ -43,6 +43,7 @@ from mlflow_kpigate.deploy.inputs import (
     tracking_uri,
 )
 from mlflow_kpigate.deploy.local_follow import Poll
+from mlflow_kpigate.deploy.local_revive import revive
 from mlflow_kpigate.deploy.operator import commit_operator_action
 from mlflow_kpigate.notify import notifier_from_policy
 from mlflow_kpigate.policy import Policy, load_policy
@@ -196,6 +197,7 @@ class LocalDeployer:
         state = RolloutStore(directory).load() if directory.exists() else None
         if state is None:
             raise UsageError(f"no deployment named {name!r} in {state_dir(root)}")
+        revive(directory)  # a dead supervisor is restarted by the command that notices
         return _info(state, directory)
 
     def list_all(self, config: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
@@ -220,6 +222,7 @@ class LocalDeployer:
         """The deployment's store, frozen policy and directory."""
         directory = _existing(name, config)
         store = RolloutStore(directory)
+        revive(directory)
         return Rollout(name, store, _frozen_policy(directory, store.require()), directory)
 
     def last_decision(self, name: str, config: Mapping[str, Any] | None = None

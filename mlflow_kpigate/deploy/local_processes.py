@@ -1,13 +1,18 @@
 """The processes of an embedded deployment: start its supervisor, check health, stop it.
 
 A deployment's supervisor (:mod:`.local_supervisor`) keeps the router and the controller
-running; their process ids are in ``pids.json`` in the deployment directory. A finished
-or deleted deployment's directory is archived under ``<state_dir>/.history/``.
+running; their process ids are in ``pids.json`` in the deployment directory. The
+supervisor holds an exclusive ``flock`` on ``supervisor.lock`` there for as long as it
+lives (the kernel drops it when the process dies, SIGKILL included), so "is this
+deployment supervised" has an answer that no reused pid can fake, and a second supervisor
+of one directory gives up at once. A finished or deleted deployment's directory is
+archived under ``<state_dir>/.history/``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import shutil
@@ -21,12 +26,14 @@ from pathlib import Path
 import requests
 
 from mlflow_kpigate.core.errors import KpigateError, UsageError
+from mlflow_kpigate.deploy import local_procfs
+from mlflow_kpigate.deploy.local_orphans import SUPERVISOR_MODULE
 
 HEALTH_TIMEOUT_S = float(os.environ.get("KPIGATE_START_TIMEOUT", "180"))
 #: How often ``wait_healthy`` asks: a refused connection costs well under a millisecond,
 #: and every tick of waiting is added to ``mlflow deployments create``.
 HEALTH_POLL_S = 0.05
-SUPERVISOR_MODULE = "mlflow_kpigate.deploy.local_supervisor"
+SUPERVISOR_LOCK = "supervisor.lock"
 
 
 def valid_name(name: str) -> str:
@@ -73,15 +80,56 @@ def alive(pid: int) -> bool:
 
 
 def running(directory: Path) -> bool:
-    """Whether the deployment's supervisor runs."""
+    """Whether the deployment's supervisor runs (it holds the supervisor lock; or, for a
+    supervisor started before the lock existed, ``pids.json`` names a live one)."""
+    if supervisor_locked(directory):
+        return True
     sup = pids(directory).get("supervisor")
-    return bool(sup) and alive(sup or 0)
+    return bool(sup) and local_procfs.runs(sup or 0, SUPERVISOR_MODULE, directory) \
+        and not local_procfs.gone(sup or 0)
 
 
-def spawn_supervisor(directory: Path) -> subprocess.Popen[bytes]:
-    """Start the supervisor of ``directory`` in its own session (it outlives the caller)."""
+def supervisor_locked(directory: Path) -> bool:
+    """Whether a live supervisor holds the lock of ``directory``."""
+    try:
+        fd = os.open(directory / SUPERVISOR_LOCK, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)  # closing drops a lock just taken
+    return False
+
+
+def take_supervisor_lock(directory: Path, wait_s: float = 2.0) -> int | None:
+    """Take the lock of ``directory``'s supervisor for this process's life: its file
+    descriptor, or None when another supervisor holds it (waits ``wait_s`` for checks by
+    :func:`supervisor_locked`, which hold it for an instant)."""
+    fd = os.open(directory / SUPERVISOR_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                os.close(fd)
+                return None
+            time.sleep(0.02)
+
+
+def spawn_supervisor(directory: Path, restarted: str | None = None
+                     ) -> subprocess.Popen[bytes]:
+    """Start the supervisor of ``directory`` in its own session (it outlives the caller);
+    ``restarted`` says why a supervisor is started again (recorded in the audit log)."""
     log = (directory / "supervisor.log").open("ab")
-    proc = subprocess.Popen([sys.executable, "-m", SUPERVISOR_MODULE, str(directory)],
+    extra = ["--restarted", restarted] if restarted else []
+    proc = subprocess.Popen([sys.executable, "-m", SUPERVISOR_MODULE, str(directory), *extra],
                             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                             start_new_session=True, close_fds=True)
     log.close()
