@@ -204,7 +204,7 @@ def test_operator_rollback_through_mlflow_update(fake_kube, registered_model, tm
             [sys.executable, "-m", "mlflow_kpigate.cli", "github", "report", "--deployment",
              "fraud", "--target", target, "--no-comment", "--fail-on", "rollback"],
             env=gh_env, capture_output=True, text=True, timeout=120)
-        assert report.returncode == 1, report.stderr  # fail-on rollback
+        assert report.returncode == 3, report.stderr  # fail-on rollback: exit code 3
         assert "decision<<" in out.read_text()
         assert "rolled_back" in out.read_text()
         assert "rolled back" in summary.read_text().lower()
