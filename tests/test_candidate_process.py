@@ -268,6 +268,21 @@ def test_sigterm_lets_the_predict_in_flight_answer(models, tmp_path):
     assert "stopping: 1 requests in flight" in read_log(tmp_path / "worker.log")
 
 
+def test_stopping_with_idle_pooled_connections_logs_no_traceback(models, tmp_path):
+    async def scenario(process):
+        client = _client(process)
+        # Four calls at once leave four pooled connections open on the worker.
+        await asyncio.gather(*[client.score(body("sleep", 0.2), None, 1) for _ in range(4)])
+        await asyncio.to_thread(process.stop, 30.0)
+        await client.close()
+
+    with started(models["behaviour"], tmp_path) as process:
+        asyncio.run(scenario(process))
+    log = read_log(tmp_path / "worker.log")
+    assert "stopping: 0 requests in flight" in log
+    assert "Traceback" not in log
+
+
 def _gone(pid):
     """Exited (a zombie counts: its parent, init, may reap it late)."""
     try:

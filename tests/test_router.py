@@ -442,6 +442,63 @@ def test_while_baking_a_failing_candidate_falls_back_without_a_second_copy(
     assert (sample.baseline.requests, sample.baseline.errors) == (4, 0)
 
 
+class Counting:
+    """Counts the predictions asked of a model (from any thread)."""
+
+    def __init__(self, model: Any) -> None:
+        self.model, self.calls, self._lock = model, 0, threading.Lock()
+
+    def predict(self, frame: pd.DataFrame) -> Any:
+        with self._lock:
+            self.calls += 1
+        return self.model.predict(frame)
+
+
+@pytest.mark.parametrize("warm", [True, False])
+def test_in_canary_the_candidate_scores_unlogged_warming_copies(tmp_path: Path,
+                                                                models: Models, warm: bool):
+    frame = make_frame(1, seed=12)
+    counting = Counting(models.candidate)
+    with router(tmp_path, models, Switch(Weights(25.0), stage=1), candidate=counting,
+                warm_candidate=warm) as live:
+        roles = Counter(invoke(live.url, frame).headers["X-Kpigate-Role"] for _ in range(40))
+        db, registry = live.db, live.app.state.router.metrics.registry
+    # Stopping the server waited for the copies in flight.
+    assert roles["candidate"] > 0
+    assert roles["baseline"] > 0
+    copies = {s.labels["outcome"]: s.value for s in _family(registry, "kpigate_shadow_requests")
+              if s.name.endswith("_total")}
+    with Collector(db, SPEC) as reader:
+        (sample,) = reader.stage_samples(now=0, maturity_s=0)
+    # Only the answers are evidence: the copies are neither logged nor counted as served.
+    assert sample.candidate.requests == roles["candidate"]
+    assert sample.baseline.requests == roles["baseline"]
+    if warm:
+        # Sequential callers: the candidate is idle at nearly every baseline answer.
+        assert 0 < copies["warm"] <= roles["baseline"]
+        assert counting.calls == roles["candidate"] + copies["warm"]
+    else:
+        assert "warm" not in copies
+        assert counting.calls == roles["candidate"]
+
+
+def test_a_fallback_starts_no_warming_copy(tmp_path: Path, models: Models):
+    frame = make_frame(1, seed=13)
+    counting = Counting(Raising())
+    with router(tmp_path, models, Switch(Weights(50.0), stage=1), candidate=counting) as live:
+        outcomes = Counter(invoke(live.url, frame).headers.get("X-Kpigate-Fallback", "baseline")
+                           for _ in range(40))
+        registry = live.app.state.router.metrics.registry
+    copies = {s.labels["outcome"]: s.value for s in _family(registry, "kpigate_shadow_requests")
+              if s.name.endswith("_total")}
+    assert outcomes["candidate-error"] > 0
+    assert outcomes["baseline"] > 0
+    # Copies follow the baseline's own answers only: a fallback (the candidate just
+    # failed that request) adds none.
+    assert 0 < copies["warm"] <= outcomes["baseline"]
+    assert counting.calls == outcomes["candidate-error"] + copies["warm"]
+
+
 def test_feedback_single_batch_and_malformed(tmp_path: Path, models: Models):
     with router(tmp_path, models, Switch(Weights(50.0), stage=1)) as live:
         ids = [invoke(live.url, make_frame(1, seed=s)).headers["X-Kpigate-Request-Id"]

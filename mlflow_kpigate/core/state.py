@@ -111,7 +111,8 @@ class Readiness:
 
 
 _ROUTER_DEFAULTS: dict[str, Any] = {"workers": 1, "candidate_timeout_s": 1.0,
-                                     "log_fsync": "interval", "max_body_bytes": 16 * 2**20}
+                                     "log_fsync": "interval", "max_body_bytes": 16 * 2**20,
+                                     "warm_candidate": True}
 
 
 @dataclass(frozen=True)
@@ -153,11 +154,13 @@ class RolloutState:
     # When the candidate began serving 100% under a bake (None: never baked). Kept after
     # the bake ends, so a rollback after promotion can be told from one before it.
     bake_started_at: float | None = None
-    # The embedded router's options (-C workers, candidate_timeout, log_fsync).
+    # The embedded router's options (-C workers, candidate_timeout, log_fsync, max_body,
+    # warm_candidate).
     workers: int = 1
     candidate_timeout_s: float = 1.0
     log_fsync: str = "interval"
     max_body_bytes: int = 16 * 2**20
+    warm_candidate: bool = True
 
     @property
     def status(self) -> str:

@@ -51,6 +51,10 @@ KEYS: dict[str, str] = {
     "log_fsync": "embedded router: when the prediction log reaches the disk: interval "
                  "(default: every second), always (before each answer), never (the OS "
                  "decides); every answered prediction survives a process crash in all three",
+    "warm_candidate": "embedded router: in canary stages the candidate also scores "
+                      "unlogged copies of baseline-served requests, so its latency is "
+                      "measured as warm as the baseline's (default true; false saves "
+                      "the candidate's CPU and biases latency KPIs against it)",
     "max_body": "embedded router: largest /invocations or /feedback body accepted, e.g. "
                 "64MB (default 16MiB); larger ones get 413",
     # Seldon Core on Kubernetes (targets kpigate:/seldon/NAMESPACE)
@@ -73,7 +77,7 @@ KEYS: dict[str, str] = {
 }
 
 #: Keys that only apply to the embedded router.
-LOCAL_KEYS = ("workers", "candidate_timeout", "log_fsync", "max_body")
+LOCAL_KEYS = ("workers", "candidate_timeout", "log_fsync", "max_body", "warm_candidate")
 #: Keys that only apply to the Seldon target.
 SELDON_KEYS = ("seldon_version", "env_secret", "collector_url", "gateway_url",
                "prometheus_url", "kubeconfig", "kube_context", "replicas", "dry_run")
@@ -114,6 +118,7 @@ class DeploymentConfig:
     candidate_timeout: float = 1.0
     log_fsync: str = "interval"
     max_body: int = 16 * 2**20
+    warm_candidate: bool = True
     extra: Mapping[str, Any] = field(default_factory=dict)
 
 
@@ -259,6 +264,8 @@ def _router_values(raw: Mapping[str, Any]) -> dict[str, Any]:
         values["log_fsync"] = policy
     if "max_body" in raw:
         values["max_body"] = _size("max_body", raw["max_body"])
+    if "warm_candidate" in raw:
+        values["warm_candidate"] = _bool("warm_candidate", raw["warm_candidate"])
     return values
 
 

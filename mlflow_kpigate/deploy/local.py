@@ -129,7 +129,7 @@ class LocalDeployer:
                 promote_alias=cfg.promote_alias, rollout_run_id=run_id,
                 threshold=cfg.threshold, workers=cfg.workers,
                 candidate_timeout_s=cfg.candidate_timeout, log_fsync=cfg.log_fsync,
-                max_body_bytes=cfg.max_body)
+                max_body_bytes=cfg.max_body, warm_candidate=cfg.warm_candidate)
             state = transitions.initial(state, policy, time.time()).evolve(effects_pending=True)
             RolloutStore(directory).save(state, Created(
                 policy.stages[0].describe(), state.weights.describe(),

@@ -41,6 +41,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.concurrency import run_in_threadpool
 
+from mlflow_kpigate.core.request_body import BodyTooLarge, read_limited
 from mlflow_kpigate.metrics.collector_db import CollectorError
 from mlflow_kpigate.metrics.service import CollectorService
 from mlflow_kpigate.metrics.service_config import CollectorServiceConfig
@@ -49,24 +50,6 @@ __all__ = ["create_collector_app"]
 
 # One logger for the whole collector service, whichever of its modules logs.
 logger = logging.getLogger("mlflow_kpigate.metrics.service")
-
-
-class _TooLarge(Exception):
-    """The request body is larger than ``max_body_bytes``."""
-
-
-async def _body(request: Request, limit: int) -> bytes:
-    """The body, refused (``_TooLarge``) as soon as it is known to exceed ``limit``."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise _TooLarge
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise _TooLarge
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def _too_large(limit: int) -> Response:
@@ -111,8 +94,8 @@ def create_collector_app(config: CollectorServiceConfig) -> FastAPI:
 
     async def cloudevent(request: Request) -> Response:
         try:
-            body = await _body(request, limit)
-        except _TooLarge:
+            body = await read_limited(request, limit)
+        except BodyTooLarge:
             service.reject_unread()
             return _too_large(limit)
         status, reply = await run_in_threadpool(service.ingest, dict(request.headers), body)
@@ -127,8 +110,8 @@ def create_collector_app(config: CollectorServiceConfig) -> FastAPI:
 
         async def route(request: Request) -> Response:
             try:
-                body = await _body(request, limit)
-            except _TooLarge:
+                body = await read_limited(request, limit)
+            except BodyTooLarge:
                 return _too_large(limit)
             status, reply = await run_in_threadpool(handle, body)
             return JSONResponse(reply, status_code=status)

@@ -175,6 +175,10 @@ class WorkerServer:
                     return  # the router gave up on it (timeout) and closed the connection
                 finally:
                     self.busy -= 1
+        except asyncio.CancelledError:
+            # Shutdown cancels the connections' tasks; asyncio's server would log each
+            # cancelled one as an "Exception in callback" traceback.
+            return
         finally:
             self.writers.discard(writer)
             writer.close()

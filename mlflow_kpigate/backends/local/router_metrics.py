@@ -58,7 +58,8 @@ class RouterMetrics:
         self.shadow = Counter(
             "kpigate_shadow_requests", "Mirrored requests scored off the response path (by the "
             "candidate in shadow, by the baseline while baking), by version and "
-            "outcome (ok|error|timeout|skipped).", ["deployment", "version", "outcome"],
+            "outcome (ok|error|timeout|skipped; warm: an unlogged copy that keeps a canary "
+            "candidate warm).", ["deployment", "version", "outcome"],
             registry=r)
         self.invalid = Counter(
             "kpigate_invalid_requests", "Requests whose input the baseline model's signature "

@@ -36,6 +36,7 @@ from mlflow_kpigate.backends.local.scorers import Scorer
 from mlflow_kpigate.backends.local.serving import Routed, Router, Served, error_response
 from mlflow_kpigate.core.payloads import PayloadError
 from mlflow_kpigate.core.records import Prediction, parse_feedback
+from mlflow_kpigate.core.request_body import BodyTooLarge, read_limited
 from mlflow_kpigate.core.state import Weights
 from mlflow_kpigate.metrics import Collector, CollectorError
 
@@ -86,16 +87,10 @@ def create_app(
         too_large = error_response(
             413, f"request body is larger than the router's limit of {limit:,} bytes "
             "(-C max_body)", {})
-        length = request.headers.get("content-length", "")
-        if length.isdigit() and int(length) > limit:
+        try:
+            return await read_limited(request, limit)
+        except BodyTooLarge:
             return too_large
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                return too_large
-            chunks.append(chunk)
-        return b"".join(chunks)
 
     @app.post("/invocations")
     async def invocations(request: Request) -> Response:

@@ -52,7 +52,7 @@ from mlflow_kpigate.backends.local.model_calls import (
 from mlflow_kpigate.backends.local.router_metrics import RouterMetrics
 from mlflow_kpigate.backends.local.routing import RoutingKey, choose_role, unit_interval
 from mlflow_kpigate.backends.local.scorers import Scorer, ThreadScorer
-from mlflow_kpigate.backends.local.shadow import ShadowCopies
+from mlflow_kpigate.backends.local.shadow import WARM, ShadowCopies
 from mlflow_kpigate.core.payloads import (
     ParsedPayload,
     PayloadError,
@@ -311,6 +311,11 @@ class Router:
         elif (self.candidate_available(weights) and weights.baseline_shadow
               and served.role == "candidate"):
             shadow = (routed.payload, routed.info, "baseline")
+        elif (self.config.warm_candidate and served.role == "baseline"
+              and 0 < weights.candidate_percent < 100 and not weights.baseline_shadow
+              and "X-Kpigate-Fallback" not in routed.headers
+              and self.candidate_available(weights)):
+            shadow = (routed.payload, routed.info, WARM)
         return Served(response, shadow)
 
     # -- health and status --------------------------------------------------------------

@@ -91,6 +91,7 @@ def run_worker(directory: Path, index: int) -> None:
         candidate_model=None, routing_key=state.routing_key,
         segment_fields=policy.segment_fields, threshold=state.threshold,
         candidate_timeout_s=state.candidate_timeout_s, max_body_bytes=state.max_body_bytes,
+        warm_candidate=state.warm_candidate,
     )
     candidate = ProcessScorer(candidate_socket(directory, index),
                               version=state.candidate_version,
