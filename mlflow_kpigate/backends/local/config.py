@@ -39,6 +39,9 @@ class RouterConfig:
     # Threads scoring the baseline (and parsing requests): one is fastest for models
     # that hold the GIL (most scikit-learn); more help models that release it.
     scoring_threads: int = 1
+    # The rollout served (its MLflow run id), sent as ``X-Kpigate-Rollout`` by ``/health``:
+    # a new rollout's router starts beside the one it replaces, on the same port.
+    rollout: str = ""
 
     def __post_init__(self) -> None:
         if not isinstance(self.deployment, str) or not self.deployment:

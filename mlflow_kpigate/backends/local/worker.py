@@ -90,7 +90,7 @@ def run_worker(directory: Path, index: int) -> None:
         candidate_version=state.candidate_version, baseline_model=baseline,
         candidate_model=None, routing_key=state.routing_key,
         segment_fields=policy.segment_fields, threshold=state.threshold,
-        candidate_timeout_s=state.candidate_timeout_s,
+        candidate_timeout_s=state.candidate_timeout_s, rollout=state.rollout_run_id or "",
     )
     candidate = ProcessScorer(candidate_socket(directory, index),
                               version=state.candidate_version,
