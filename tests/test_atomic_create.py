@@ -111,7 +111,7 @@ def snapshot(env, name):
     return {"get": got.stdout, "list": listed.stdout, "dir": link.resolve(),
             "pids": pids(link), "state": RolloutStore(link).require().to_dict(),
             "tags": {v: client.get_model_version(env["name"], v).tags for v in "123"},
-            "rollouts": sorted(p.name for p in (env["state"] / ".rollouts").iterdir())}
+            "rollouts": sorted(p.name for p in env["state"].glob(".rollouts/*"))}
 
 
 @pytest.fixture
