@@ -30,7 +30,8 @@ KEYS: dict[str, str] = {
             "(default false: return once the router serves)",
     "wait_timeout": "with wait=true, give up waiting after this long (e.g. 2h; default none)",
     "promote_alias": "alias moved to the candidate on promotion (default champion)",
-    "port": "router port on 127.0.0.1 (default: a free port)",
+    "port": "router port on 127.0.0.1 (default: the port of the rollout of the same name "
+            "it replaces, else a free port)",
     "routing_key": "sticky routing key: header:NAME or column:NAME "
                    "(default header:X-Kpigate-Routing-Key)",
     "state_dir": "directory for rollout state, prediction log and audit log "

@@ -1,10 +1,20 @@
 """The embedded backend's Deployer: rollouts served by a router process on this machine.
 
-A deployment is a directory under the state directory (``-C state_dir``,
-``$KPIGATE_STATE_DIR`` or ``~/.kpigate``) holding its SQLite state store, audit log,
-frozen policy, registry baseline and prediction log, plus a supervisor process that keeps
-its router and controller running (:mod:`.local_processes`, :mod:`.local_supervisor`,
-:mod:`.local_controller`).
+A deployment is a name under the state directory (``-C state_dir``, ``$KPIGATE_STATE_DIR``
+or ``~/.kpigate``) linked to its rollout's directory, which holds its SQLite state store,
+audit log, frozen policy, registry baseline and prediction log, plus a supervisor process
+that keeps its router and controller running (:mod:`.local_layout`,
+:mod:`.local_processes`, :mod:`.local_supervisor`, :mod:`.local_controller`).
+
+Create, update and delete of one name hold its lock (:func:`.local_layout.name_lock`).
+A new rollout (``create`` over a finished one, ``update -m``) is checked completely and
+prepared in a directory of its own before anything of the current one is touched
+(:mod:`.local_rollout`); its router starts beside the current one on the same port
+(``SO_REUSEPORT``), and only once it answers ``/health`` (as this rollout: the
+``X-Kpigate-Rollout`` header) does the name move to it and the old rollout stop, so
+callers see no outage; a failure at any point before leaves the current rollout as it
+was. An old rollout that did not end is recorded as ``aborted`` with the reason
+``superseded by models:/M/V``.
 """
 
 from __future__ import annotations
@@ -22,11 +32,13 @@ from mlflow_kpigate.backends.local.state_store import RolloutStore
 from mlflow_kpigate.backends.local.traffic import LocalRouterTraffic
 from mlflow_kpigate.core.decision import Decision
 from mlflow_kpigate.core.errors import KpigateError, UsageError, WaitStopped
-from mlflow_kpigate.core.events import Aborted, Created, Recorded, traffic_percent
+from mlflow_kpigate.core.events import Aborted, Recorded, traffic_percent
+from mlflow_kpigate.core.refs import ModelRef
 from mlflow_kpigate.core.state import Phase, RolloutState
 from mlflow_kpigate.deploy import local_follow
 from mlflow_kpigate.deploy import local_processes as procs
 from mlflow_kpigate.deploy.config import (
+    DeploymentConfig,
     deployment_dir,
     parse_config,
     state_dir,
@@ -34,18 +46,25 @@ from mlflow_kpigate.deploy.config import (
 )
 from mlflow_kpigate.deploy.deployer import Progress, Rollout
 from mlflow_kpigate.deploy.finish import finish_rollout
-from mlflow_kpigate.deploy.inputs import (
-    forecast_lines,
-    freeze_policy,
-    output_warnings,
-    resolve_versions,
-    save_registry_baseline,
-    tracking_uri,
-)
+from mlflow_kpigate.deploy.inputs import resolve_versions, tracking_uri
 from mlflow_kpigate.deploy.local_follow import Poll
+from mlflow_kpigate.deploy.local_layout import (
+    archive_dir,
+    is_legacy,
+    live_dir,
+    name_lock,
+    new_rollout_dir,
+    point,
+    unlink_if_points_to,
+)
 from mlflow_kpigate.deploy.local_revive import revive
+from mlflow_kpigate.deploy.local_rollout import (
+    carried_config,
+    choose_port,
+    frozen_policy_path,
+    prepare,
+)
 from mlflow_kpigate.deploy.operator import commit_operator_action
-from mlflow_kpigate.notify import notifier_from_policy
 from mlflow_kpigate.policy import Policy, load_policy
 from mlflow_kpigate.rollout import transitions
 from mlflow_kpigate.rollout.effects import Effects
@@ -84,83 +103,119 @@ class LocalDeployer:
     # -- create ----------------------------------------------------------------------------
     def create(self, name: str, model_uri: str, config: Mapping[str, Any] | None = None,
                progress: Progress | None = None) -> dict[str, Any]:
-        """Start a staged rollout of ``model_uri`` against its baseline; see ``config.KEYS``."""
+        """Start a staged rollout of ``model_uri`` against its baseline; see ``config.KEYS``.
+
+        A *finished* rollout of ``name`` keeps serving until the new one answers, and its
+        port is kept unless ``-C port`` is given (see :meth:`_roll_out`).
+        """
         name = procs.valid_name(name)
         cfg = parse_config(config)
         writable_state_dir(cfg.state_dir)
-        directory = deployment_dir(name, cfg.state_dir)
-        if directory.exists():
-            existing = RolloutStore(directory).load()
-            if existing is not None and not existing.phase.terminal:
-                raise UsageError(f"deployment {name!r} already exists ({existing.phase.value});"
+        with name_lock(state_dir(cfg.state_dir), name):
+            old = _live(deployment_dir(name, cfg.state_dir))
+            if old is not None and not old[1].phase.terminal:
+                raise UsageError(f"deployment {name!r} already exists ({old[1].phase.value});"
                                  " use `mlflow deployments update` or delete it first")
-            procs.stop_processes(directory)
-            procs.archive(directory)
+            self._roll_out(name, model_uri, cfg, old, progress)
+        return self._created(name, cfg, progress)
+
+    def replace(self, name: str, model_uri: str, config: Mapping[str, Any] | None = None,
+                progress: Progress | None = None) -> dict[str, Any]:
+        """A new rollout of ``model_uri`` under ``name`` (``update -m``): the current
+        rollout's policy, baseline, port and router options unless ``config`` gives them;
+        the current one serves until the new one answers, then ends as superseded."""
+        name = procs.valid_name(name)
+        raw = dict(config or {})
+        cfg = parse_config(raw)
+        with name_lock(state_dir(cfg.state_dir), name):
+            old = _live(deployment_dir(name, cfg.state_dir))
+            if old is None:
+                raise UsageError(f"no deployment named {name!r} in {state_dir(cfg.state_dir)}")
+            cfg = carried_config(cfg, raw, *old)
+            self._roll_out(name, model_uri, cfg, old, progress)
+        return self._created(name, cfg, progress)
+
+    def _roll_out(self, name: str, model_uri: str, cfg: DeploymentConfig,
+                  old: tuple[Path, RolloutState] | None, progress: Progress | None) -> None:
+        """Check everything, prepare the new rollout in a directory of its own, start it
+        beside the one serving, and only once it answers switch the name to it and end
+        the old one (called with the name's lock held)."""
+        base = state_dir(cfg.state_dir)
+        link = base / name
         uri = tracking_uri()
         registry = mlflow_registry(uri)
-        candidate, baseline = resolve_versions(registry, model_uri, cfg.baseline)
-        port = cfg.port or procs.free_port()
-        if cfg.port and not procs.port_free(cfg.port):
-            raise UsageError(f"-C port={cfg.port}: the port is in use on 127.0.0.1; pick "
-                             "another or omit it for a free one")
-        directory.mkdir(parents=True, exist_ok=True)
+        refs = resolve_versions(registry, model_uri, cfg.baseline)
+        old_dir = old[0] if old else None
+        # Its router holds the port (the supervisor may be gone, the router not).
+        serving = old_dir is not None and any(procs.alive(p) for p in
+                                              procs.pids(old_dir).values())
+        port = choose_port(cfg, name, old[1] if old else None, serving)
+        directory = new_rollout_dir(base, name)
         try:
-            policy, policy_file = freeze_policy(cfg, directory)
-            notifier_from_policy(policy)  # its secrets and URLs, before anything starts
-            for warning in output_warnings(registry, policy, {"candidate": candidate,
-                                                              "baseline": baseline}):
-                if progress:
-                    progress(warning)
-            baseline_kpis = registry.baseline_kpis(baseline, policy)
-            save_registry_baseline(directory, baseline_kpis)
-            for line in forecast_lines(policy, baseline_kpis, cfg):
-                if progress:
-                    progress(line)
-            run_id = registry.start_rollout_run(
-                deployment=name, candidate=candidate, baseline=baseline,
-                policy_file=policy_file,
-                params={"stages": " -> ".join(s.describe() for s in policy.stages),
-                        "port": str(port), "routing_key": str(cfg.routing_key)})
-            state = RolloutState(
-                name=name, model_name=candidate.name, candidate_version=candidate.version,
-                baseline_version=baseline.version, candidate_uri=candidate.uri,
-                baseline_uri=baseline.uri, policy_file=str(policy_file),
-                tracking_uri=uri, port=port, routing_key=cfg.routing_key,
-                promote_alias=cfg.promote_alias, rollout_run_id=run_id,
-                threshold=cfg.threshold, workers=cfg.workers,
-                candidate_timeout_s=cfg.candidate_timeout, log_fsync=cfg.log_fsync,
-                max_body_bytes=cfg.max_body, warm_candidate=cfg.warm_candidate)
-            state = transitions.initial(state, policy, time.time()).evolve(effects_pending=True)
-            RolloutStore(directory).save(state, Created(
-                policy.stages[0].describe(), state.weights.describe(),
-                traffic_percent(state.weights), candidate.uri, baseline.uri, port=port))
+            state, policy = prepare(directory, name, cfg, registry, uri, refs, port, progress)
         except BaseException:
-            shutil.rmtree(directory, ignore_errors=True)
+            shutil.rmtree(directory, ignore_errors=True)  # this command's own directory only
             raise
+        if old_dir is None:
+            point(link, directory)
         proc = procs.spawn_supervisor(directory)
         try:
-            procs.wait_healthy(directory, port, proc)
+            procs.wait_healthy(directory, port, proc, rollout=state.rollout_run_id)
         except KpigateError:
-            procs.stop_processes(directory)
-            store = RolloutStore(directory)
-            st = transitions.rollback(store.require(), "aborted: the router did not start",
-                                      Phase.ABORTED)
-            store.save(st, Aborted(policy.stages[st.stage_index].describe(),
-                                   st.weights.describe(), 0.0, "router"))
+            self._abort_start(directory, policy, old[1] if old else None)
+            if old_dir is not None:  # the old rollout serves on, untouched
+                archive_dir(directory, base, name)
             raise
+        if old_dir is not None:
+            if is_legacy(link):  # a directory of the old layout: it moves before the link
+                self._retire(old_dir, link, refs[0])
+                point(link, directory)
+            else:
+                point(link, directory)
+                self._retire(old_dir, link, refs[0])
         if progress:
             progress(f"kpigate: {name} serving on http://127.0.0.1:{port} "
                      f"({policy.stages[0].describe()}); state in {directory}")
+
+    def _abort_start(self, directory: Path, policy: Policy, old: RolloutState | None
+                     ) -> None:
+        """Record a rollout whose router did not start as aborted; stop what it started."""
+        procs.stop_processes(directory)
+        store = RolloutStore(directory)
+        st = transitions.rollback(store.require(), "aborted: the router did not start",
+                                  Phase.ABORTED)
+        saved = store.save(st.evolve(effects_pending=True), Aborted(
+            policy.stages[st.stage_index].describe(), st.weights.describe(), 0.0, "router"))
+        tags = old is None or _version(old) != _version(saved)
+        self._effects(directory, store, policy, saved, tags=tags).apply(saved, None, "aborted")
+
+    def _retire(self, directory: Path, link: Path, by: ModelRef | None) -> None:
+        """Stop the rollout in ``directory``, record it as ended (aborted: superseded
+        ``by`` a new rollout, or deleted) if it was not, and archive its directory."""
+        procs.stop_processes(directory)
+        store = RolloutStore(directory)
+        state = store.require()  # the controller may have saved until it was stopped
+        if not state.phase.terminal:
+            policy = load_policy(frozen_policy_path(directory, state))
+            reason, why = ((f"superseded by {by.uri}", "superseded") if by is not None
+                           else ("deployment deleted", "deleted"))
+            ended = transitions.rollback(state, reason, Phase.ABORTED)
+            saved = store.save(ended.evolve(effects_pending=True), Aborted(
+                policy.stages[ended.stage_index].describe(), ended.weights.describe(),
+                traffic_percent(ended.weights), why))
+            # The same version rolled out again: its tags are the new rollout's now.
+            tags = by is None or (by.name, by.version) != _version(saved)
+            self._effects(directory, store, policy, saved, tags=tags).apply(
+                saved, None, "aborted")
+        unlink_if_points_to(link, directory)
+        archive_dir(directory, link.parent, link.name)
+
+    def _created(self, name: str, cfg: DeploymentConfig, progress: Progress | None
+                 ) -> dict[str, Any]:
         if cfg.wait:
             ended = self._wait(name, cfg.state_dir, cfg.wait_timeout, progress)
             return _info(ended.state, ended.directory)  # archived, if deleted meanwhile
         return self.describe(name, {"state_dir": cfg.state_dir} if cfg.state_dir else None)
-
-    def replace(self, name: str, model_uri: str, config: Mapping[str, Any] | None = None,
-                progress: Progress | None = None) -> dict[str, Any]:
-        """End the current rollout of ``name`` and start one of ``model_uri``."""
-        self.delete(name, config)
-        return self.create(name, model_uri, config, progress)
 
     def wait(self, name: str, root: Path | None = None, timeout_s: float | None = None,
              progress: Progress | None = None) -> RolloutState:
@@ -245,26 +300,20 @@ class LocalDeployer:
     def delete(self, name: str, config: Mapping[str, Any] | None = None) -> None:
         """Stop everything the deployment started, close its rollout, archive its directory."""
         root = _root(config)
-        directory = deployment_dir(name, root)
-        store = RolloutStore(directory) if directory.exists() else None
-        if store is None or store.load() is None:
-            raise UsageError(f"no deployment named {name!r} in {state_dir(root)}")
-        procs.stop_processes(directory)
-        state = store.require()  # the controller may have saved until it was stopped
-        if not state.phase.terminal:
-            policy = load_policy(state.policy_file)
-            ended = transitions.rollback(state, "deployment deleted", Phase.ABORTED)
-            saved = store.save(ended.evolve(effects_pending=True), Aborted(
-                policy.stages[ended.stage_index].describe(), ended.weights.describe(),
-                traffic_percent(ended.weights), "deleted"))
-            self._effects(directory, store, policy, saved).apply(saved, None, "aborted")
-        procs.archive(directory)
+        link = deployment_dir(name, root)
+        with name_lock(state_dir(root), procs.valid_name(name)):
+            live = _live(link)
+            if live is None:
+                raise UsageError(f"no deployment named {name!r} in {state_dir(root)}")
+            self._retire(live[0], link, None)
 
     @staticmethod
-    def _effects(directory: Path, store: RolloutStore, policy: Policy, state: RolloutState
-                 ) -> Effects:
+    def _effects(directory: Path, store: RolloutStore, policy: Policy, state: RolloutState,
+                 *, tags: bool = True) -> Effects:
+        """The effects of ``state``; without ``tags`` its model version's tags stay."""
         registry = mlflow_registry(state.tracking_uri)
-        return Effects(store, policy, LocalRouterTraffic(), registry=registry,
+        return Effects(store, policy, LocalRouterTraffic(),
+                       registry=registry if tags else None,
                        on_terminal=lambda s: finish_rollout(directory, s, registry,
                                                             store=store, policy=policy))
 
@@ -305,6 +354,19 @@ def _existing(name: str, config: Mapping[str, Any] | None) -> Path:
                          "name used with `mlflow deployments create` and the same "
                          "--state-dir / KPIGATE_STATE_DIR")
     return directory
+
+
+def _version(state: RolloutState) -> tuple[str, str]:
+    return state.model_name, state.candidate_version
+
+
+def _live(link: Path) -> tuple[Path, RolloutState] | None:
+    """The live rollout named by ``link``: its real directory and its state."""
+    directory = live_dir(link)
+    if directory is None or not (directory / "state.db").is_file():
+        return None
+    state = RolloutStore(directory).load()
+    return None if state is None else (directory, state)
 
 
 def _frozen_policy(directory: Path, state: RolloutState) -> Policy | None:

@@ -1,9 +1,9 @@
 """Following an embedded rollout until it ends: its new audit records and its state, polled.
 
 ``mlflow deployments create -C wait=true`` and ``kpigate watch`` both read a rollout this
-way. ``mlflow deployments delete`` from another process aborts the rollout and then moves
-its directory under ``<state_dir>/.history/`` (:func:`.local_processes.archive`); a
-follower goes after it to the archived copy of the same rollout (matched by its rollout
+way, in the rollout's own directory (the name is a link to it). ``mlflow deployments
+delete``, or a new rollout of the name, from another process ends the rollout and then
+moves its directory under ``<state_dir>/.history/``; a follower goes after it to the archived copy of the same rollout (matched by its rollout
 run id), so it still reads the final ``aborted`` state and exits with its code instead of
 failing on a directory that is gone.
 """
@@ -46,7 +46,10 @@ def follow(directory: Path, interval_s: float = 0.5) -> Iterator[Poll]:
     """
     if not (directory / "state.db").is_file():
         raise UsageError(f"no deployment named {directory.name!r} in {directory.parent}")
-    store = RolloutStore(directory)
+    # The rollout's own directory, not the name's link: a new rollout of the name moves
+    # the link before this one is archived, and this one is what is followed.
+    real = directory.resolve()
+    store = RolloutStore(real)
     run_id = store.require().rollout_run_id
     seen = 0
     first = True
@@ -59,11 +62,11 @@ def follow(directory: Path, interval_s: float = 0.5) -> Iterator[Poll]:
             state = store.load()
         except sqlite3.OperationalError:
             # Gone (sqlite cannot open a file in a directory that was moved away)?
-            if store.dir != directory or (directory / "state.db").is_file():
+            if store.dir != real or (real / "state.db").is_file():
                 raise
             state = None
         if state is None or state.rollout_run_id != run_id:
-            if store.dir != directory:
+            if store.dir != real:
                 raise KpigateError(f"{store.dir}: the archived rollout cannot be read")
             store = RolloutStore(_archived(directory, run_id))
             continue

@@ -34,6 +34,8 @@ HEALTH_TIMEOUT_S = float(os.environ.get("KPIGATE_START_TIMEOUT", "180"))
 #: and every tick of waiting is added to ``mlflow deployments create``.
 HEALTH_POLL_S = 0.05
 SUPERVISOR_LOCK = "supervisor.lock"
+#: The header naming the rollout (its MLflow run id) whose router answered ``/health``.
+ROLLOUT_HEADER = "X-Kpigate-Rollout"
 
 
 def valid_name(name: str) -> str:
@@ -126,7 +128,12 @@ def take_supervisor_lock(directory: Path, wait_s: float = 2.0) -> int | None:
 def spawn_supervisor(directory: Path, restarted: str | None = None
                      ) -> subprocess.Popen[bytes]:
     """Start the supervisor of ``directory`` in its own session (it outlives the caller);
-    ``restarted`` says why a supervisor is started again (recorded in the audit log)."""
+    ``restarted`` says why a supervisor is started again (recorded in the audit log).
+
+    It is given the directory's real path (not the ``<state_dir>/<name>`` link), so its
+    processes keep using their own rollout's files when the name moves to a new rollout.
+    """
+    directory = Path(directory).resolve()
     log = (directory / "supervisor.log").open("ab")
     extra = ["--restarted", restarted] if restarted else []
     proc = subprocess.Popen([sys.executable, "-m", SUPERVISOR_MODULE, str(directory), *extra],
@@ -136,17 +143,25 @@ def spawn_supervisor(directory: Path, restarted: str | None = None
     return proc
 
 
-def wait_healthy(directory: Path, port: int, proc: subprocess.Popen[bytes]) -> None:
-    """Block until the router answers ``/health``; ``KpigateError`` with its log's last line."""
+def wait_healthy(directory: Path, port: int, proc: subprocess.Popen[bytes],
+                 rollout: str | None = None) -> None:
+    """Block until the router answers ``/health``; ``KpigateError`` with its log's last line.
+
+    With ``rollout`` (a rollout run id), only an answer from that rollout's router counts
+    (its ``X-Kpigate-Rollout`` header): the router it replaces may serve the same port.
+    """
     deadline = time.monotonic() + HEALTH_TIMEOUT_S
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             break
         try:
-            requests.get(f"http://127.0.0.1:{port}/health", timeout=2).raise_for_status()
-            return
+            resp = requests.get(f"http://127.0.0.1:{port}/health", timeout=2)
+            if not rollout or resp.headers.get(ROLLOUT_HEADER) == rollout:
+                resp.raise_for_status()
+                return
         except requests.RequestException:
-            time.sleep(HEALTH_POLL_S)
+            pass
+        time.sleep(HEALTH_POLL_S)
     tail = ""
     log = directory / "router.log"
     if log.exists():
@@ -173,7 +188,18 @@ def stop_processes(directory: Path) -> None:
 
 
 def archive(directory: Path) -> Path:
-    """Move a deployment directory under ``.history/`` (its name stamped with the time)."""
+    """Move a deployment directory under ``.history/`` (its name stamped with the time).
+
+    For a ``<state_dir>/<name>`` link (:mod:`.local_layout`) the rollout directory it
+    names moves, and the link is removed.
+    """
+    if directory.is_symlink():
+        real = directory.resolve()
+        directory.unlink()
+        target = directory.parent / ".history" / real.name
+        target.parent.mkdir(mode=0o700, exist_ok=True)
+        shutil.move(str(real), target)
+        return target
     history = directory.parent / ".history"
     history.mkdir(exist_ok=True)
     target = history / f"{directory.name}-{time.strftime('%Y%m%dT%H%M%S')}"

@@ -48,6 +48,9 @@ class RouterConfig:
     # call than the same model called hundreds of times a second; without the copies a
     # 5% candidate is compared, on latency, with a baseline kept warm by the other 95%.
     warm_candidate: bool = True
+    # The rollout served (its MLflow run id), sent as ``X-Kpigate-Rollout`` by ``/health``:
+    # a new rollout's router starts beside the one it replaces, on the same port.
+    rollout: str = ""
 
     def __post_init__(self) -> None:
         if not isinstance(self.deployment, str) or not self.deployment:

@@ -153,9 +153,11 @@ def create_app(
     @app.get("/ping")
     async def health() -> Response:
         ok, problems = await run_in_threadpool(router.health)
+        headers = {"X-Kpigate-Rollout": config.rollout} if config.rollout else None
         if ok:
-            return JSONResponse({"status": "ok"})
-        return JSONResponse({"status": "unhealthy", "problems": problems}, status_code=503)
+            return JSONResponse({"status": "ok"}, headers=headers)
+        return JSONResponse({"status": "unhealthy", "problems": problems}, status_code=503,
+                            headers=headers)
 
     @app.get("/status")
     async def status() -> Response:

@@ -92,6 +92,7 @@ def run_worker(directory: Path, index: int) -> None:
         segment_fields=policy.segment_fields, threshold=state.threshold,
         candidate_timeout_s=state.candidate_timeout_s, max_body_bytes=state.max_body_bytes,
         warm_candidate=state.warm_candidate,
+        rollout=state.rollout_run_id or "",
     )
     candidate = ProcessScorer(candidate_socket(directory, index),
                               version=state.candidate_version,
