@@ -19,6 +19,7 @@ import sys
 import threading
 import time
 import urllib.request
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -222,6 +223,21 @@ class Clients:
         self.thread.join(30)
 
 
+#: How many connections the kernel may reset in one handover: those that arrive in the
+#: instant the old router's listening socket closes, unless net.ipv4.tcp_migrate_req=1
+#: (docs/deployment.md, "Handover"); the whole handover runs for seconds.
+KERNEL_RESETS = 2
+
+
+def assert_handed_over(clients):
+    """Every request answered 200 but at most KERNEL_RESETS reset connections."""
+    assert clients.ok > 20
+    assert all("reset" in e.lower() for e in clients.errors), clients.errors[:3]
+    migrate = Path("/proc/sys/net/ipv4/tcp_migrate_req")
+    allowed = 0 if migrate.is_file() and migrate.read_text().strip() == "1" else KERNEL_RESETS
+    assert len(clients.errors) <= allowed, clients.errors[:3]
+
+
 def test_update_keeps_the_configuration_and_hands_over_without_an_outage(env):
     m = env["name"]
     with socket.socket() as s:
@@ -243,8 +259,7 @@ def test_update_keeps_the_configuration_and_hands_over_without_an_outage(env):
         with Clients(port) as clients:
             r = mlflow_cli(env, "update", "--name", "keep", "-m", f"models:/{m}/3")
             assert r.returncode == 0, r.stderr
-        assert clients.errors == [], (clients.ok, clients.errors[:3])
-        assert clients.ok > 20
+        assert_handed_over(clients)
         new = settled(env, "keep")
         assert new.candidate_version == "3"
         assert new.baseline_uri == old.baseline_uri
@@ -273,7 +288,7 @@ def test_update_keeps_the_configuration_and_hands_over_without_an_outage(env):
             r = mlflow_cli(env, "update", "--name", "keep", "-m", f"models:/{m}/2", "-C",
                            "threshold=0.6")
             assert r.returncode == 0, r.stderr
-        assert clients.errors == [], clients.errors[:3]
+        assert_handed_over(clients)
         third = settled(env, "keep")
         assert (third.candidate_version, third.threshold, third.port) == ("2", 0.6, port)
         assert (third.routing_key, third.baseline_version) == ("header:X-User", "1")

@@ -14,15 +14,13 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
-import pandas as pd
 import pytest
 import yaml
+from _plugin_models import COLUMNS, FAST, register_good_and_broken
 from processes import free_port, stop_process_group
-from sklearn.linear_model import LogisticRegression
 
 from mlflow_kpigate.core import exit_codes
 
-COLUMNS = list("abcd")
 MODEL = "exit-model"
 ROOT = Path(__file__).resolve().parent.parent
 #: Explicit: a promotion moves the champion alias to the candidate.
@@ -31,49 +29,15 @@ BASELINE = f"baseline=models:/{MODEL}/1"
 START_LIMIT_S = 240.0
 OUTCOME_LIMIT_S = 300.0
 
-FAST = """
-evaluation: {interval: 1s, maturity: 0s}
-stage_defaults: {min_samples: {requests: 80, labelled: 40}, min_dwell: 1s, max_duration: 10m}
-stages: [{traffic: 20, promote_margin_scale: 3}, 50, 100]
-kpis:
-  - {name: error_rate, kind: proportion, metric: error_rate, role: critical, margin: 0.05}
-  - {name: accuracy, kind: proportion, metric: accuracy, role: guardrail, margin: 0.2}
-"""
 #: Never enough samples: the rollout holds until the wait stops or it is deleted.
 HOLD = FAST.replace("requests: 80, labelled: 40", "requests: 100000, labelled: 100000")
-
-BROKEN_MODEL = '''
-import mlflow
-
-
-class Broken(mlflow.pyfunc.PythonModel):
-    def predict(self, context, model_input, params=None):
-        raise RuntimeError("candidate model is broken")
-
-
-mlflow.models.set_model(Broken())
-'''
-
 
 @pytest.fixture(scope="module")
 def env(mlflow_server, tmp_path_factory):
     """Tracking server; versions 1 (champion) and 2 (as good), 3 (always raises); policies."""
     root = tmp_path_factory.mktemp("exit-codes")
     mlflow.set_tracking_uri(mlflow_server.uri)
-    rng = np.random.default_rng(0)
-    x = pd.DataFrame(rng.normal(size=(2000, 4)), columns=COLUMNS)
-    y = (x.a + rng.normal(size=2000) > 1).astype(int)
-    for c in (0.5, 1.0):
-        with mlflow.start_run():
-            mlflow.sklearn.log_model(LogisticRegression(C=c).fit(x, y), name="model",
-                                     registered_model_name=MODEL, input_example=x.head(2),
-                                     pyfunc_predict_fn="predict_proba")
-    broken = root / "broken_model.py"
-    broken.write_text(BROKEN_MODEL)
-    with mlflow.start_run():
-        mlflow.pyfunc.log_model(name="model", python_model=str(broken),
-                                registered_model_name=MODEL)
-    mlflow.MlflowClient().set_registered_model_alias(MODEL, "champion", "1")
+    register_good_and_broken(MODEL, root)
     (root / "fast.yaml").write_text(FAST)
     (root / "hold.yaml").write_text(HOLD)
     state = root / "state"

@@ -37,6 +37,7 @@ from typing import Any
 
 import pytest
 import yaml
+from _plugin_models import BROKEN_MODEL, COLUMNS
 from fake_github import WRITE_TOKEN, FakeGitHub, serve, start_server, stop_server
 from pytest_httpserver import HTTPServer
 
@@ -55,7 +56,6 @@ WORKFLOWS = sorted([*EXAMPLES.glob("*.yml"), *(REPO / ".github" / "workflows").g
 MODEL = "act-demo"
 TOKEN = WRITE_TOKEN  # the fake API answers 401 to any other token
 GITHUB_REPO = "acme/models"
-COLUMNS = list("abcd")
 SHA_PIN = re.compile(r"^[\w.-]+/[\w./-]+@[0-9a-f]{40}$")
 #: Ceilings for wedged processes, not performance thresholds.
 ACT_LIMIT_S = 420
@@ -276,19 +276,6 @@ def fake_github(github_server: HTTPServer) -> FakeGitHub:
 # --------------------------------------------------------------------------------------
 # act: a workspace, a local MLflow store, traffic, and the run itself
 # --------------------------------------------------------------------------------------
-
-BROKEN_MODEL = '''
-import mlflow
-
-
-class Broken(mlflow.pyfunc.PythonModel):
-    def predict(self, context, model_input, params=None):
-        raise RuntimeError("candidate model is broken")
-
-
-mlflow.models.set_model(Broken())
-'''
-
 
 @pytest.fixture(scope="module")
 def mlflow_store(tmp_path_factory: pytest.TempPathFactory) -> str:

@@ -12,34 +12,11 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
-import pandas as pd
 import pytest
+from _plugin_models import COLUMNS, FAST, register_good_and_broken
 from sklearn.linear_model import LogisticRegression
 
 from mlflow_kpigate.backends.local.state_store import RolloutStore
-
-COLUMNS = list("abcd")
-
-FAST = """
-evaluation: {interval: 1s, maturity: 0s}
-stage_defaults: {min_samples: {requests: 80, labelled: 40}, min_dwell: 1s, max_duration: 10m}
-stages: [{traffic: 20, promote_margin_scale: 3}, 50, 100]
-kpis:
-  - {name: error_rate, kind: proportion, metric: error_rate, role: critical, margin: 0.05}
-  - {name: accuracy, kind: proportion, metric: accuracy, role: guardrail, margin: 0.2}
-"""
-
-BROKEN_MODEL = '''
-import mlflow
-
-
-class Broken(mlflow.pyfunc.PythonModel):
-    def predict(self, context, model_input, params=None):
-        raise RuntimeError("candidate model is broken")
-
-
-mlflow.models.set_model(Broken())
-'''
 
 
 @pytest.fixture(scope="module")
@@ -47,24 +24,11 @@ def env(mlflow_server, tmp_path_factory):
     """Tracking server, a registered model with 3 versions, a state dir and policies."""
     root = tmp_path_factory.mktemp("plugin")
     mlflow.set_tracking_uri(mlflow_server.uri)
-    rng = np.random.default_rng(0)
-    x = pd.DataFrame(rng.normal(size=(2000, 4)), columns=COLUMNS)
-    y = (x.a + rng.normal(size=2000) > 1).astype(int)
     name = "plugin-model"
-    for c in (0.5, 1.0):
-        with mlflow.start_run():
-            mlflow.sklearn.log_model(LogisticRegression(C=c).fit(x, y), name="model",
-                                     registered_model_name=name, input_example=x.head(2),
-                                     pyfunc_predict_fn="predict_proba")
-    broken = root / "broken_model.py"
-    broken.write_text(BROKEN_MODEL)
-    with mlflow.start_run():
-        mlflow.pyfunc.log_model(name="model", python_model=str(broken),
-                                registered_model_name=name)
+    x, y = register_good_and_broken(name, root)
     with mlflow.start_run():  # version 4: MLflow's default predict returns labels
         mlflow.sklearn.log_model(LogisticRegression().fit(x, y), name="model",
                                  registered_model_name=name, input_example=x.head(2))
-    mlflow.MlflowClient().set_registered_model_alias(name, "champion", "1")
     (root / "fast.yaml").write_text(FAST)
     (root / "auc.yaml").write_text(FAST + "  - {name: auc, kind: auc, role: success}\n")
     (root / "bad.yaml").write_text(FAST.replace("margin: 0.2", "margin: -1"))

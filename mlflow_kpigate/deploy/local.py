@@ -48,6 +48,7 @@ from mlflow_kpigate.deploy.deployer import Progress, Rollout
 from mlflow_kpigate.deploy.finish import finish_rollout
 from mlflow_kpigate.deploy.inputs import resolve_versions, tracking_uri
 from mlflow_kpigate.deploy.local_follow import Poll
+from mlflow_kpigate.deploy.local_info import FLAVOR, deployment_info, frozen_policy
 from mlflow_kpigate.deploy.local_layout import (
     archive_dir,
     is_legacy,
@@ -70,7 +71,6 @@ from mlflow_kpigate.rollout import transitions
 from mlflow_kpigate.rollout.effects import Effects
 from mlflow_kpigate.rollout.ports import Registry
 
-FLAVOR = "python_function"
 #: Audit event kinds shown while waiting for a rollout.
 PROGRESS_KINDS = ("created", "promote", "hold", "rollback", "aborted", "operator_promote",
                   "operator_rollback", "operator_pause", "operator_resume", "forecast_warning")
@@ -214,7 +214,7 @@ class LocalDeployer:
                  ) -> dict[str, Any]:
         if cfg.wait:
             ended = self._wait(name, cfg.state_dir, cfg.wait_timeout, progress)
-            return _info(ended.state, ended.directory)  # archived, if deleted meanwhile
+            return deployment_info(ended.state, ended.directory)  # archived, if deleted meanwhile
         return self.describe(name, {"state_dir": cfg.state_dir} if cfg.state_dir else None)
 
     def wait(self, name: str, root: Path | None = None, timeout_s: float | None = None,
@@ -253,7 +253,7 @@ class LocalDeployer:
         if state is None:
             raise UsageError(f"no deployment named {name!r} in {state_dir(root)}")
         revive(directory)  # a dead supervisor is restarted by the command that notices
-        return _info(state, directory)
+        return deployment_info(state, directory)
 
     def list_all(self, config: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
         """Every deployment under the state directory."""
@@ -278,7 +278,7 @@ class LocalDeployer:
         directory = _existing(name, config)
         store = RolloutStore(directory)
         revive(directory)
-        return Rollout(name, store, _frozen_policy(directory, store.require()), directory)
+        return Rollout(name, store, frozen_policy(directory, store.require()), directory)
 
     def last_decision(self, name: str, config: Mapping[str, Any] | None = None
                       ) -> Decision | None:
@@ -367,38 +367,3 @@ def _live(link: Path) -> tuple[Path, RolloutState] | None:
         return None
     state = RolloutStore(directory).load()
     return None if state is None else (directory, state)
-
-
-def _frozen_policy(directory: Path, state: RolloutState) -> Policy | None:
-    """The rollout's frozen policy copy (None if it can no longer be read)."""
-    for path in (directory / "policy.yaml", Path(state.policy_file)):
-        if path.is_file():
-            try:
-                return load_policy(path)
-            except KpigateError:
-                continue
-    return None
-
-
-def _info(state: RolloutState, directory: Path) -> dict[str, Any]:
-    """The deployment as ``get_deployment`` returns it, from its state and its directory
-    (the deployment's, or the archived copy a waiter followed after a ``delete``)."""
-    policy = _frozen_policy(directory, state) or load_policy(state.policy_file)
-    return {
-        "name": state.name,
-        "flavor": FLAVOR,
-        "status": state.status,
-        "phase": state.phase.value,
-        "paused": state.paused,
-        "stage": policy.stages[state.stage_index].describe(),
-        "stage_index": state.stage_index,
-        "weights": state.weights.describe(),
-        "candidate": state.candidate_uri,
-        "baseline": state.baseline_uri,
-        "endpoint": f"http://127.0.0.1:{state.port}",
-        "reason": state.reason,
-        "evaluations": state.evaluations,
-        "rollout_run_id": state.rollout_run_id,
-        "state_dir": str(directory),
-        "running": procs.running(directory),
-    }

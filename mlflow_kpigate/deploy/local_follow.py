@@ -3,9 +3,10 @@
 ``mlflow deployments create -C wait=true`` and ``kpigate watch`` both read a rollout this
 way, in the rollout's own directory (the name is a link to it). ``mlflow deployments
 delete``, or a new rollout of the name, from another process ends the rollout and then
-moves its directory under ``<state_dir>/.history/``; a follower goes after it to the archived copy of the same rollout (matched by its rollout
-run id), so it still reads the final ``aborted`` state and exits with its code instead of
-failing on a directory that is gone.
+moves its directory under ``<state_dir>/.history/``; a follower goes after it to the
+archived copy of the same rollout (matched by its rollout run id), so it still reads the
+final ``aborted`` state and exits with its code instead of failing on a directory that is
+gone.
 """
 
 from __future__ import annotations
