@@ -2,9 +2,9 @@
 
 The service runs under uvicorn on 127.0.0.1 (a thread, or the ``kpigate collector``
 command in a subprocess) on a fresh data directory and is stopped by every test. Events
-are built the way Seldon Core v1's executor sends them (binary-mode CloudEvents with the
-``Ce-*`` attributes of ``executor/logger/worker.go`` and Seldon-protocol bodies), and
-``/metrics`` is read back with prometheus_client's own text parser.
+are built the way Seldon Core v1's executor sends them (``_collector_fixtures``), every
+post carries its scope's token, and ``/metrics`` is read back with prometheus_client's own
+text parser. Authentication itself is tested in ``test_collector_auth.py``.
 """
 
 from __future__ import annotations
@@ -23,102 +23,44 @@ import uuid
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
-from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import requests
-from _router_fixtures import free_port, running, wait_until_healthy
+from _collector_fixtures import (
+    COLUMNS,
+    DEPLOYMENT,
+    REQUEST_TYPE,
+    RESPONSE_TYPE,
+    SPEC,
+    Event,
+    auth,
+    feedback,
+    make_config,
+    pair,
+    post,
+    scrape,
+    seldon_event,
+    seldon_request,
+    seldon_response,
+    series,
+    serving,
+    stage_notice,
+    status,
+    stored_rows,
+    value,
+    write_token_files,
+)
+from _router_fixtures import free_port, wait_until_healthy
 from click.testing import CliRunner
-from prometheus_client.parser import text_string_to_metric_families
 
 from mlflow_kpigate.cli.collector import collector_command
 from mlflow_kpigate.core.records import Prediction
-from mlflow_kpigate.kpis import AggregateSpec
 from mlflow_kpigate.metrics.collector import Collector
 from mlflow_kpigate.metrics.exposition import LATENCY_BUCKETS, SCORE_BUCKETS
-from mlflow_kpigate.metrics.service_app import create_collector_app
-from mlflow_kpigate.metrics.service_config import CollectorServiceConfig
 from mlflow_kpigate.metrics.service_exposition import stage_families
-
-DEPLOYMENT = "fraud"
-COLUMNS = ["amount", "velocity", "region", "customer_id"]
-SPEC = AggregateSpec(segment_fields=("region",), value_names=("amount", "loss"))
-REQUEST_TYPE = "io.seldon.serving.inference.request"
-RESPONSE_TYPE = "io.seldon.serving.inference.response"
-
-
-# -- building events as Seldon sends them ------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Event:
-    headers: dict[str, str]
-    body: bytes
-
-
-def seldon_event(kind: str, puid: str, role: str, payload: dict[str, Any], *,
-                 ce_id: str | None = None, deployment: str = DEPLOYMENT,
-                 protocol: str = "seldon") -> Event:
-    """A binary-mode CloudEvent with the attributes Seldon's logger worker sets."""
-    headers = {
-        "Ce-Id": ce_id or str(uuid.uuid4()),
-        "Ce-Specversion": "1.0",
-        "Ce-Source": f"http://0.0.0.0:8000/{role}",
-        "Ce-Type": REQUEST_TYPE if kind == "request" else RESPONSE_TYPE,
-        "Ce-Time": "2024-05-02T10:15:30.123456789Z",
-        "Ce-Modelid": "classifier",
-        "Ce-Requestid": puid,
-        "Ce-Inferenceservicename": deployment,
-        "Ce-Namespace": "models",
-        "Ce-Endpoint": role,
-        "Ce-Protocol": protocol,
-        "Content-Type": "application/json",
-    }
-    return Event(headers, json.dumps(payload).encode())
-
-
-def seldon_request(rows: list[list[Any]]) -> dict[str, Any]:
-    return {"data": {"names": COLUMNS, "ndarray": rows}, "meta": {}}
-
-
-def seldon_response(scores: list[float]) -> dict[str, Any]:
-    # What an sklearn predict_proba model returns through Seldon's protocol.
-    return {"data": {"names": ["t:0", "t:1"], "ndarray": [[1 - s, s] for s in scores]},
-            "meta": {"requestPath": {"classifier": "seldonio/mlflowserver:1.17.1"}}}
-
-
-def pair(puid: str, role: str, rows: list[list[Any]], scores: list[float]
-         ) -> tuple[Event, Event]:
-    return (seldon_event("request", puid, role, seldon_request(rows)),
-            seldon_event("response", puid, role, seldon_response(scores)))
-
-
-def post(url: str, event: Event) -> requests.Response:
-    return requests.post(f"{url}/cloudevents", data=event.body, headers=event.headers,
-                         timeout=30)
-
-
-# -- the service ---------------------------------------------------------------------------
-
-
-def make_config(data_dir: Path, **overrides: Any) -> CollectorServiceConfig:
-    # A large sweep interval: tests expire halves explicitly with service.sweep(now).
-    base = CollectorServiceConfig(deployment=DEPLOYMENT, data_dir=data_dir, spec=SPEC,
-                                  maturity_s=0.0, metrics_cache_s=0.0,
-                                  sweep_interval_s=3600.0, versions={"baseline": "1",
-                                                                     "candidate": "2"})
-    return replace(base, **overrides)
-
-
-@contextmanager
-def serving(config: CollectorServiceConfig) -> Iterator[tuple[str, Any]]:
-    app = create_collector_app(config)
-    with running(app) as url:
-        yield url, app.state.service
 
 
 @pytest.fixture
@@ -126,44 +68,6 @@ def service(tmp_path: Path) -> Iterator[tuple[str, Any]]:
     with serving(make_config(tmp_path / "collector")) as running_service:
         yield running_service
 
-
-def scrape(url: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-    response = requests.get(f"{url}/metrics", timeout=30)
-    assert response.status_code == 200
-    out = {}
-    for family in text_string_to_metric_families(response.text):
-        for sample in family.samples:
-            out[(sample.name, frozenset(sample.labels.items()))] = sample.value
-    return out
-
-
-def value(metrics: dict[tuple[str, frozenset[tuple[str, str]]], float], metric: str, /,
-          **labels: str) -> float | None:
-    return metrics.get((metric, frozenset(labels.items())))
-
-
-def series(metrics: dict[tuple[str, frozenset[tuple[str, str]]], float], metric: str, /,
-           **labels: str) -> dict[frozenset[tuple[str, str]], float]:
-    want = set(labels.items())
-    return {key: v for (n, key), v in metrics.items() if n == metric and want <= set(key)}
-
-
-def status(url: str) -> dict[str, Any]:
-    return requests.get(f"{url}/status", timeout=30).json()
-
-
-def stage_notice(url: str, stage_index: int, revision: int, *, shadow: bool = False,
-                 percent: float = 5) -> requests.Response:
-    return requests.post(f"{url}/admin/stage", json={
-        "deployment": DEPLOYMENT, "stage_index": stage_index, "shadow": shadow,
-        "candidate_percent": percent, "revision": revision}, timeout=30)
-
-
-def stored_rows(data_dir: Path) -> list[tuple[Any, ...]]:
-    with sqlite3.connect(data_dir / "predictions.db") as conn:
-        return conn.execute(
-            "SELECT request_id, role, version, stage_index, shadow, error, score, predicted, "
-            "latency_bin FROM predictions ORDER BY request_id, role").fetchall()
 
 
 # -- joining -----------------------------------------------------------------------------------
@@ -240,6 +144,7 @@ def test_structured_mode_and_bare_path(service: tuple[str, Any]):
     answer["data_base64"] = base64.b64encode(
         json.dumps(seldon_response([0.95])).encode()).decode()
     structured = {"Content-Type": "application/cloudevents+json; charset=utf-8"}
+    structured.update(auth("ingest"))
     first = requests.post(f"{url}/", data=json.dumps(envelope), headers=structured, timeout=30)
     assert first.status_code == 200, first.text
     second = requests.post(f"{url}/", data=json.dumps(answer), headers=structured, timeout=30)
@@ -344,13 +249,13 @@ def test_labels_and_metrics_equal_what_was_sent(service: tuple[str, Any]):
     labelled = rows[:75]
     body = {"labels": [{"request_id": r["puid"], "label": r["label"],
                         "values": {"loss": r["loss"]}} for r in labelled]}
-    reply = requests.post(f"{url}/feedback", json=body, timeout=30)
+    reply = feedback(url, body, timeout=30)
     assert reply.status_code == 200, reply.text
     assert reply.json() == {"matched": 75, "unknown": [], "duplicates": 0}
-    again = requests.post(f"{url}/feedback", json={"request_id": rows[0]["puid"], "label": 1,
+    again = feedback(url, {"request_id": rows[0]["puid"], "label": 1,
                                                    "values": {"loss": 1.0}}, timeout=30)
     assert again.json()["duplicates"] == 1
-    unknown = requests.post(f"{url}/feedback", json={"request_id": "nope", "label": 1,
+    unknown = feedback(url, {"request_id": "nope", "label": 1,
                                                      "values": {"loss": 1.0, "amount": 2.0}},
                             timeout=30)
     assert unknown.json()["unknown"] == ["nope"]
@@ -414,15 +319,15 @@ def test_labels_need_business_values_from_the_label_or_the_request(service: tupl
     assert post(url, event).status_code == 200
     assert post(url, seldon_event("response", "puid-v", "baseline",
                                   seldon_response([0.9]))).json()["joined"] is True
-    missing = requests.post(f"{url}/feedback", json={"request_id": "puid-v", "label": 1,
+    missing = feedback(url, {"request_id": "puid-v", "label": 1,
                                                      "values": {"loss": 3.0}}, timeout=30)
     assert missing.status_code == 400
     assert missing.json()["error"].startswith("values.amount: missing")
-    ok = requests.post(f"{url}/feedback", json={"request_id": "puid-v", "label": 1,
+    ok = feedback(url, {"request_id": "puid-v", "label": 1,
                                                 "values": {"loss": 3.0, "amount": 7.5}},
                        timeout=30)
     assert ok.json()["matched"] == 1
-    bad = requests.post(f"{url}/feedback", json={"request_id": "puid-v", "label": 2},
+    bad = feedback(url, {"request_id": "puid-v", "label": 2},
                         timeout=30)
     assert bad.status_code == 400
     assert "label: must be 0 or 1" in bad.json()["error"]
@@ -508,7 +413,8 @@ def test_stage_notices_are_revision_guarded_and_survive_a_restart(tmp_path: Path
 def test_bad_stage_notices_are_refused(service: tuple[str, Any], body: dict[str, Any],
                                        reason: str):
     url, _ = service
-    response = requests.post(f"{url}/admin/stage", json=body, timeout=30)
+    response = requests.post(f"{url}/admin/stage", json=body, headers=auth("operator"),
+                             timeout=30)
     assert response.status_code == 400
     assert reason in response.json()["error"]
     assert status(url)["stage"]["revision"] == -1  # nothing stored
@@ -585,7 +491,7 @@ def test_v2_protocol_tensors_batches_and_failures(service: tuple[str, Any], tmp_
         ("v2-1/1", 0, 0, pytest.approx(0.1), 0),
     ]
     # Per-row ids of a batch take labels separately.
-    reply = requests.post(f"{url}/feedback", json={"labels": [
+    reply = feedback(url, {"labels": [
         {"request_id": "v2-1/1", "label": 0, "values": {"loss": 0.0}}]}, timeout=30)
     assert reply.json()["matched"] == 1
     with sqlite3.connect(tmp_path / "collector" / "predictions.db") as conn:
@@ -672,6 +578,7 @@ def test_bad_options_exit_2_with_one_line(policy_file: Path, tmp_path: Path,
     for option, given in zip(args[::2], args[1::2], strict=True):
         base[option] = given
     argv = [item for pair_ in base.items() for item in pair_]
+    argv += write_token_files(tmp_path / "tokens")
     result = CliRunner().invoke(collector_command, argv)
     assert result.exit_code == 2, result.output
     lines = result.output.strip().splitlines()
@@ -686,7 +593,8 @@ def test_the_collector_command_serves_until_sigterm(policy_file: Path, tmp_path:
     process = subprocess.Popen(
         [sys.executable, "-c", code, "--deployment", DEPLOYMENT, "--policy", str(policy_file),
          "--data-dir", str(data), "--host", "127.0.0.1", "--port", str(port),
-         "--maturity", "0s", "--candidate-version", "7"],
+         "--maturity", "0s", "--candidate-version", "7",
+         *write_token_files(tmp_path / "tokens")],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=dict(os.environ),
     )
     url = f"http://127.0.0.1:{port}"
@@ -695,7 +603,7 @@ def test_the_collector_command_serves_until_sigterm(policy_file: Path, tmp_path:
         req, resp = pair("cli-1", "candidate", [[3.0, 1, "eu", "c"]], [0.8])
         post(url, req)
         assert post(url, resp).json()["joined"] is True
-        reply = requests.post(f"{url}/feedback", json={"request_id": "cli-1", "label": 1,
+        reply = feedback(url, {"request_id": "cli-1", "label": 1,
                                                        "values": {"loss": 0.0}}, timeout=30)
         assert reply.json()["matched"] == 1
         metrics = scrape(url)

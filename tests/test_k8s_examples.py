@@ -14,10 +14,12 @@ calls.
 
 from __future__ import annotations
 
+import base64
 import io
 import itertools
 import json
 import re
+import secrets
 import shutil
 import subprocess
 import sys
@@ -55,6 +57,7 @@ COLLECTOR_METRICS = {
     "kpigate_stage_score_bucket", "kpigate_stage_segment_labelled_total",
     "kpigate_stage_value_count", "kpigate_stage_value_sum", "kpigate_stage_value_product_sum",
     "kpigate_collector_stage", "kpigate_cloudevents_total", "kpigate_labels_total",
+    "kpigate_collector_rejected_requests_total",
 }
 #: Seldon Core's executor (v1) and model (v2) series.
 SELDON_METRICS = {
@@ -79,10 +82,16 @@ CORE_MODELS = {
     "Deployment": "V1Deployment", "Service": "V1Service", "Job": "V1Job", "Role": "V1Role",
     "RoleBinding": "V1RoleBinding", "ServiceAccount": "V1ServiceAccount",
     "PersistentVolumeClaim": "V1PersistentVolumeClaim", "ConfigMap": "V1ConfigMap",
+    "NetworkPolicy": "V1NetworkPolicy",
 }
 CRD_KINDS = {"ServiceMonitor", "PodMonitor", "WorkflowTemplate"}
 #: Files in examples/k8s that are kustomize's own, not resources.
 KUSTOMIZE_FILES = {"kustomization.yaml"}
+#: The collector's token Secret (made by the kustomization's secretGenerator), its keys
+#: (the scopes) and where the pods mount it.
+TOKENS_SECRET = "kpigate-collector-tokens"
+TOKEN_SCOPES = ("ingest", "labels", "operator")
+TOKENS_DIR = "/var/run/secrets/kpigate"
 
 
 # -- helpers -----------------------------------------------------------------------------------
@@ -307,12 +316,20 @@ def test_collector_runs_one_sqlite_writer_with_its_volume_probes_and_limits():
     _secure(container, pod)
     assert container["args"] == ["collector", "--deployment", "fraud", "--policy",
                                  "/policy/policy.yaml", "--data-dir", "/data", "--host",
-                                 "0.0.0.0", "--port", "8080"]
+                                 "0.0.0.0", "--port", "8080",
+                                 *itertools.chain.from_iterable(
+                                     ("--token-file", f"{s}={TOKENS_DIR}/{s}")
+                                     for s in TOKEN_SCOPES)]
+    assert "--insecure-no-auth" not in container["args"]
     volumes = {v["name"]: v for v in pod["volumes"]}
     mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
     claim = volumes[mounts["/data"]]["persistentVolumeClaim"]["claimName"]
     assert _one("PersistentVolumeClaim", claim)["spec"]["accessModes"] == ["ReadWriteOnce"]
     assert volumes[mounts["/policy"]]["configMap"]["name"] == "kpigate-policy"
+    tokens = volumes[mounts[TOKENS_DIR]]["secret"]
+    assert tokens["secretName"] == TOKENS_SECRET
+    assert "items" not in tokens, "the collector checks every scope's token"
+    assert tokens["defaultMode"] == 0o440
     assert pod["securityContext"]["fsGroup"] == _dockerfile_uid(), "the volume must be writable"
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports == {"http": 8080}
@@ -330,6 +347,76 @@ def test_collector_service_reaches_the_pods_at_the_url_the_controller_is_given()
     assert port["targetPort"] == "http"
     url = _c_options(_job_container()["args"])["collector_url"]
     assert url == f"http://{service['metadata']['name']}.$(POD_NAMESPACE).svc:{port['port']}"
+
+
+def _token_mount(container: dict[str, Any], volumes: list[dict[str, Any]]) -> dict[str, Any]:
+    (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == TOKENS_DIR]
+    assert mount["readOnly"] is True
+    return next(v for v in volumes if v["name"] == mount["name"])["secret"]
+
+
+def test_the_controller_holds_the_operator_and_ingest_tokens_only():
+    from mlflow_kpigate.backends.seldon.collector_credentials import (
+        INGEST_TOKEN_ENV,
+        OPERATOR_TOKEN_ENV,
+    )
+
+    job_pod = _one("Job")["spec"]["template"]["spec"]
+    wf = _workflow()["spec"]
+    step = _wf_template("rollout")["container"]
+    for container, volumes, pod in ((_job_container(), job_pod["volumes"], job_pod),
+                                    (step, wf["volumes"], wf)):
+        secret = _token_mount(container, volumes)
+        assert secret["secretName"] == TOKENS_SECRET
+        assert {i["key"]: i["path"] for i in secret["items"]} == {"operator": "operator",
+                                                                 "ingest": "ingest"}
+        assert pod["securityContext"]["fsGroup"] == _dockerfile_uid()
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        assert env[OPERATOR_TOKEN_ENV] == f"{TOKENS_DIR}/operator"
+        assert env[INGEST_TOKEN_ENV] == f"{TOKENS_DIR}/ingest"
+        # Tokens never travel as -C options (they would be saved in a ConfigMap).
+        assert not any("token" in key for key in _c_options(container["args"]))
+    for name in ("wait-for-approval", "report"):
+        body = _wf_template(name).get("container") or _wf_template(name)["script"]
+        assert all(m["mountPath"] != TOKENS_DIR for m in body.get("volumeMounts", []))
+    generator = {g["name"]: g for g in _kustomization()["secretGenerator"]}[TOKENS_SECRET]
+    assert sorted(f.split("=")[0] for f in generator["files"]) == sorted(TOKEN_SCOPES)
+    assert generator["options"]["disableNameSuffixHash"] is True
+    ignored = (K8S / "tokens" / ".gitignore").read_text().splitlines()
+    assert "*" in ignored, "the token files must never be committed"
+
+
+def test_network_policy_admits_only_the_collectors_clients():
+    policy = _one("NetworkPolicy", "kpigate-collector")
+    spec = policy["spec"]
+    collector = _one("Deployment", "kpigate-collector")
+    pod_labels = collector["spec"]["template"]["metadata"]["labels"]
+    assert set(spec["podSelector"]["matchLabels"].items()) <= set(pod_labels.items())
+    assert spec["policyTypes"] == ["Ingress"]
+    (container,) = collector["spec"]["template"]["spec"]["containers"]
+    port_names = {p["name"] for p in container["ports"]}
+    peers = []
+    for rule in spec["ingress"]:
+        assert [(p["port"], p["protocol"]) for p in rule["ports"]] == [("http", "TCP")]
+        assert rule["ports"][0]["port"] in port_names
+        peers += rule["from"]
+    selectors = [(p.get("namespaceSelector", {}).get("matchLabels"),
+                  p["podSelector"]["matchLabels"]) for p in peers]
+    deployment = _flag(container["args"], "--deployment")
+    assert selectors == [
+        (None, {"seldon-deployment-id": deployment}),       # Seldon's request logger
+        (None, {"app.kubernetes.io/name": "kpigate-controller"}),  # the controller
+        (None, {"kpigate.io/label-producer": "true"}),       # label producers
+        ({"kubernetes.io/metadata.name": "monitoring"},      # Prometheus
+         {"app.kubernetes.io/name": "prometheus"}),
+    ]
+    controller = dict(selectors[1][1])
+    assert set(controller.items()) <= set(
+        _one("Job")["spec"]["template"]["metadata"]["labels"].items())
+    assert set(controller.items()) <= set(_wf_template("rollout")["metadata"]["labels"].items())
+    prometheus = _c_options(_job_container()["args"])["prometheus_url"]
+    job_env = {e["name"]: e.get("value") for e in _job_container()["env"]}
+    assert ".monitoring.svc" in job_env[prometheus.strip("$()")]
 
 
 # -- the rollout Job ---------------------------------------------------------------------------
@@ -661,7 +748,8 @@ EXPECTED_SEVERITY = {
     "KpigateControllerDown": "critical", "KpigateHolding": "warning",
     "KpigateMetricsUnavailable": "warning", "KpigateReadinessWaitingTooLong": "warning",
     "KpigateCollectorRejectingEvents": "warning", "KpigateNoLabelsArriving": "warning",
-    "KpigateCollectorDown": "warning", "KpigatePromoted": "info",
+    "KpigateCollectorDown": "warning", "KpigateCollectorRefusingRequests": "warning",
+    "KpigatePromoted": "info",
     "KpigateStageAdvanced": "info", "KpigateStageCannotDecideInTime": "warning",
 }
 
@@ -799,14 +887,35 @@ def test_kustomization_lists_every_manifest_file():
     assert k["namespace"]
 
 
-def test_kustomize_build_sets_namespace_and_image_everywhere():
+def _with_token_files(tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    """A copy of examples/k8s with the token files a user generates (never committed)."""
+    copy = tmp_path / "k8s"
+    shutil.copytree(K8S, copy)
+    tokens = {scope: secrets.token_hex(32) for scope in TOKEN_SCOPES}
+    for scope, token in tokens.items():
+        (copy / "tokens" / scope).write_text(token + "\n", encoding="ascii")
+    return copy, tokens
+
+
+def test_kustomize_build_sets_namespace_and_image_everywhere(tmp_path):
     kubectl = shutil.which("kubectl")
     if kubectl is None:
         pytest.skip("kubectl is not installed; `kubectl kustomize` cannot be checked here")
-    result = _run([kubectl, "kustomize", str(K8S)])
+    # Without the token files nothing is built: no collector without its tokens.
+    bare = _run([kubectl, "kustomize", str(K8S)])
+    assert bare.returncode != 0
+    assert "tokens/ingest" in bare.stderr
+    directory, tokens = _with_token_files(tmp_path)
+    result = _run([kubectl, "kustomize", str(directory)])
     assert result.returncode == 0, result.stderr
     objects = [d for d in yaml.safe_load_all(io.StringIO(result.stdout)) if d]
     k = _kustomization()
+    (secret,) = [o for o in objects if o["kind"] == "Secret"]
+    _validate("V1Secret", secret)
+    assert secret["metadata"]["name"] == TOKENS_SECRET  # no hash suffix: referred by name
+    assert {key: base64.b64decode(v).decode().strip() for key, v in secret["data"].items()} \
+        == tokens
+    objects.remove(secret)
     assert len(objects) == len(_objects())
     image = f"{k['images'][0]['newName']}:{k['images'][0]['newTag']}"
     images = [v for obj in objects for key, v in _walk(obj) if key == "image"]

@@ -595,6 +595,10 @@ def test_json_patch_test_compares_numbers_by_value():
     ({"gateway_url": "ftp://gw"}, r"^gateway_url: 'ftp://gw' is not an http"),
     ({"replicas": 0}, r"^replicas: 0 is not a whole number from 1 to 100"),
     ({"service_account": "-sa"}, r"^service_account: '-sa' is not"),
+    ({"collector_url": "http://c:8080/cloudevents/" + "a" * 64},
+     r"^collector_url: give the collector's base URL"),
+    ({"ingest_token": "<paste the token here>" * 2}, r"^ingest_token: the token has characters"),
+    ({"ingest_token": "abc"}, r"^ingest_token: the token is 3 characters long"),
 ])
 def test_target_validation(kwargs, message):
     values = {"namespace": "models", "name": "fraud", **kwargs}
@@ -622,6 +626,14 @@ def test_target_uri_and_config():
     assert target.state_configmap == "fraud-kpigate-state"
     assert SeldonTarget("a", "b", collector_url="http://c:8080/").logger_url == \
         "http://c:8080/cloudevents"
+    # The collector's ingest token rides in the logger URL's path (Seldon's executor
+    # cannot send a header), and nowhere a repr or the saved settings would show it.
+    token = "0123456789abcdef" * 4
+    with_token = seldon_target("models", "fraud", cfg, ingest_token=token)
+    assert with_token.logger_url == f"http://c.models.svc:8080/cloudevents/{token}"
+    assert with_token.collector_base_url == "http://c.models.svc:8080"
+    assert token not in repr(with_token)
+    assert with_token == target  # not compared: the same rollout, whoever holds the token
 
 
 def test_model_ref_needs_a_storage_location():
@@ -676,6 +688,9 @@ def test_render_v1_with_storage_uris():
     manifest = docs[0][1]
     assert manifest["spec"]["predictors"][0]["replicas"] == 2
     assert manifest["spec"]["predictors"][1]["graph"]["logger"]["url"].endswith("/cloudevents")
+    assert ("# request logger: http://kpigate-collector.models.svc:8080/cloudevents/"
+            "<ingest token> when applied with $KPIGATE_COLLECTOR_INGEST_TOKEN_FILE") \
+        in result.stdout
     live = stored(manifest)
     states = [live]
     for comment, ops in docs[1:4]:

@@ -81,13 +81,19 @@ def test_dry_run_prints_valid_manifests_and_touches_no_cluster(registered_model,
     # A kubeconfig that does not exist is refused up front, even for a dry run.
     assert proc.returncode == 2
     assert "kubeconfig" in _error_line(proc)
+    token = "e5" * 32
+    (tmp_path / "ingest").write_text(token)
     proc = _mlflow(["create", "-t", f"kpigate:/seldon/{NS}", "--name", "fraud", "-m",
                     f"models:/{registered_model.name}/2", "-C",
                     f"baseline=models:/{registered_model.name}/1", "-C", "dry_run=true",
-                    "-C", "stages=5,25,100"],
+                    "-C", "stages=5,25,100", "-C", "collector_url=http://c.models.svc:8080"],
                    {"MLFLOW_TRACKING_URI": registered_model.tracking_uri,
-                    "KUBECONFIG": "/nonexistent"}, tmp_path)
+                    "KUBECONFIG": "/nonexistent",
+                    "KPIGATE_COLLECTOR_INGEST_TOKEN_FILE": str(tmp_path / "ingest")}, tmp_path)
     assert proc.returncode == 0, proc.stderr
+    # What is printed never holds the collector's ingest token.
+    assert token not in proc.stdout + proc.stderr
+    assert "/cloudevents/<ingest token>" in proc.stderr
     manifests = proc.stdout.split("python_function deployment")[0]  # then MLflow's summary
     docs = [d for d in yaml.safe_load_all(manifests) if d]
     sdep = docs[0]
@@ -95,6 +101,8 @@ def test_dry_run_prints_valid_manifests_and_touches_no_cluster(registered_model,
     assert schema_errors(sdep) == []
     assert {p["name"]: p["traffic"] for p in sdep["spec"]["predictors"]} == \
         {"baseline": 95, "candidate": 5}
+    assert {p["graph"]["logger"]["url"] for p in sdep["spec"]["predictors"]} == \
+        {"http://c.models.svc:8080/cloudevents"}
     assert "dry run" in proc.stderr
 
 
@@ -269,18 +277,22 @@ def test_v2_experiment_follows_the_weights_and_readiness(fake_kube, tmp_path):  
     assert r.failed
 
 
-def test_stage_notice_is_one_post_and_a_failure_is_not_retried():
+def test_stage_notice_is_one_post_with_the_operator_token_and_not_retried(tmp_path):
     from pytest_httpserver import HTTPServer
 
+    from mlflow_kpigate.backends.seldon.collector_credentials import CollectorCredentials
     from mlflow_kpigate.backends.seldon.traffic import CollectorUnreachable
 
+    token_file = tmp_path / "operator"
+    token_file.write_text("a1" * 32 + "\n")
     collector = HTTPServer(host="127.0.0.1", port=0)
     collector.start()
     try:
         target = SeldonTarget(namespace=NS, name="fraud",
                               collector_url=collector.url_for("/"))
         traffic = SeldonTraffic(None, target, ModelRef("1", "s3://m/1", "fraud"),
-                                ModelRef("2", "s3://m/2", "fraud"))
+                                ModelRef("2", "s3://m/2", "fraud"),
+                                CollectorCredentials(operator_token_file=token_file))
         canary = RolloutState(name="fraud", model_name="fraud", candidate_version="2",
                               baseline_version="1", candidate_uri="models:/fraud/2",
                               baseline_uri="models:/fraud/1", policy_file="-",
@@ -291,11 +303,45 @@ def test_stage_notice_is_one_post_and_a_failure_is_not_retried():
         assert collector.log[0][0].get_json() == {
             "deployment": "fraud", "stage_index": 1, "shadow": False,
             "candidate_percent": 25.0, "revision": canary.revision}
+        assert collector.log[0][0].headers["Authorization"] == "Bearer " + "a1" * 32
+        token_file.write_text("b2" * 32)  # a rotated Secret is read at the next notice
+        collector.expect_oneshot_request("/admin/stage", method="POST").respond_with_data("")
+        traffic.notify_collector(canary)
+        assert collector.log[1][0].headers["Authorization"] == "Bearer " + "b2" * 32
         collector.expect_request("/admin/stage").respond_with_data("", status=503)
         with pytest.raises(CollectorUnreachable, match=r"stage notice \(HTTP 503\)"):
             traffic.notify_collector(canary)
-        assert len(collector.log) == 2  # one try: the controller repeats the step itself
+        assert len(collector.log) == 3  # one try: the controller repeats the step itself
         traffic.notify_collector(canary.evolve(phase=Phase.ROLLED_BACK))  # only logged
-        assert len(collector.log) == 3
+        assert len(collector.log) == 4
+        token_file.unlink()  # the Secret is gone: said before anything is sent
+        with pytest.raises(CollectorUnreachable, match=r"KPIGATE_COLLECTOR_TOKEN_FILE: .*"
+                                                       r"no such file.*fix KPIGATE"):
+            traffic.notify_collector(canary)
+        assert len(collector.log) == 4
     finally:
         collector.stop()
+
+
+def test_collector_credentials_come_from_token_files_named_by_the_environment(tmp_path):
+    from mlflow_kpigate.backends.seldon.collector_credentials import CollectorCredentials
+    from mlflow_kpigate.core.errors import UsageError
+
+    (tmp_path / "operator").write_text("c3" * 32)
+    (tmp_path / "ingest").write_text("d4" * 32 + "\n")
+    (tmp_path / "template").write_text("<generate with: openssl rand -hex 32, then paste>")
+    assert CollectorCredentials.from_env({}) == CollectorCredentials()
+    creds = CollectorCredentials.from_env({
+        "KPIGATE_COLLECTOR_TOKEN_FILE": str(tmp_path / "operator"),
+        "KPIGATE_COLLECTOR_INGEST_TOKEN_FILE": str(tmp_path / "ingest")})
+    assert creds.operator_token() == "c3" * 32
+    assert creds.ingest_token == "d4" * 32
+    assert "d4" * 32 not in repr(creds)
+    for name, path, message in (
+            ("KPIGATE_COLLECTOR_TOKEN_FILE", tmp_path / "none", "no such file"),
+            ("KPIGATE_COLLECTOR_INGEST_TOKEN_FILE", tmp_path / "template",
+             "has characters other than")):
+        with pytest.raises(UsageError, match=rf"^{name}: {tmp_path}.*{message}") as caught:
+            CollectorCredentials.from_env({name: str(path)})
+        assert "\n" not in str(caught.value)
+        assert "openssl rand -hex 32>" not in str(caught.value)  # never the file's content

@@ -27,6 +27,7 @@ from typing import Any
 import click
 import yaml
 
+from mlflow_kpigate.backends.seldon.collector_credentials import INGEST_TOKEN_ENV
 from mlflow_kpigate.backends.seldon.manifests import (
     BASELINE,
     CANDIDATE,
@@ -303,6 +304,9 @@ def _render(target_uri: str, name: str, model_uri: str, baseline_uri: str | None
         "patches are RFC 6902 JSON patches; their resourceVersion tests show simulated "
         "values - kpigate uses the ones the cluster reports",
     ]
+    if target.logger_url:
+        header.append(f"request logger: {target.logger_url}/<ingest token> when applied "
+                      f"with ${INGEST_TOKEN_ENV} (tokens are never printed)")
     click.echo(format_documents(header, documents), nl=False)
 
 

@@ -65,7 +65,9 @@ KEYS: dict[str, str] = {
                   "servers (envSecretRefName)",
     "collector_url": "kpigate:/seldon only: URL of the in-cluster kpigate collector "
                      "(request logger, labels, stage notices), e.g. "
-                     "http://kpigate-collector.NS.svc:8080",
+                     "http://kpigate-collector.NS.svc:8080; its tokens come from the files "
+                     "named by $KPIGATE_COLLECTOR_TOKEN_FILE (operator) and "
+                     "$KPIGATE_COLLECTOR_INGEST_TOKEN_FILE (ingest)",
     "gateway_url": "kpigate:/seldon only: ingress/gateway base URL used by predict",
     "prometheus_url": "kpigate:/seldon only: Prometheus base URL the gate reads KPIs from "
                       "(default: the policy's metrics.prometheus.url)",

@@ -17,6 +17,10 @@ from typing import Any
 import requests
 import yaml
 
+from mlflow_kpigate.backends.seldon.collector_credentials import (
+    INGEST_TOKEN_ENV,
+    CollectorCredentials,
+)
 from mlflow_kpigate.backends.seldon.kinds import CONFIG_MAP, SELDON_DEPLOYMENT, SELDON_EXPERIMENT
 from mlflow_kpigate.backends.seldon.manifests import (
     ModelRef,
@@ -97,7 +101,10 @@ class SeldonDeployer:
         say = progress or (lambda _m: None)
         namespace = self.namespace
         cfg = parse_config(config)
-        target = seldon_target(namespace, name, cfg)
+        # The ingest token goes into the logger URL of the applied objects only; a dry
+        # run prints them, so it leaves the token out.
+        ingest = None if cfg.dry_run else CollectorCredentials.from_env().ingest_token
+        target = seldon_target(namespace, name, cfg, ingest_token=ingest)
         writable_state_dir(cfg.state_dir)
         uri = tracking_uri()
         registry = Registry(uri)
@@ -123,6 +130,9 @@ class SeldonDeployer:
             check_webhook_rules(manifests[0])
         if cfg.dry_run:
             print(yaml.safe_dump_all(manifests, sort_keys=False), end="")
+            if target.logger_url:
+                say("kpigate: the applied logger URL ends in /cloudevents/<ingest token> "
+                    f"when ${INGEST_TOKEN_ENV} names the token file (not printed)")
             say(f"kpigate: dry run — nothing applied to namespace {namespace}")
             return {"name": name, "status": "dry_run", "flavor": FLAVOR,
                     "manifests": manifests}

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from mlflow_kpigate.backends.seldon.cluster import Cluster
+from mlflow_kpigate.backends.seldon.collector_credentials import CollectorCredentials
 from mlflow_kpigate.backends.seldon.kinds import (
     CONFIG_MAP,
     SELDON_DEPLOYMENT,
@@ -61,12 +62,15 @@ def workdir(namespace: str, name: str, root: Path | None = None) -> Path:
 
 
 def seldon_target(namespace: str, name: str, cfg: DeploymentConfig,
-                  service_account: str | None = None) -> SeldonTarget:
-    """The Seldon settings of a rollout from its ``-C`` config (validated)."""
+                  service_account: str | None = None, ingest_token: str | None = None
+                  ) -> SeldonTarget:
+    """The Seldon settings of a rollout from its ``-C`` config (validated); the collector's
+    ``ingest_token`` (from the environment, :class:`CollectorCredentials`) goes into the
+    request logger's URL."""
     return SeldonTarget(namespace=namespace, name=name, seldon_version=cfg.seldon_version,
                         env_secret=cfg.env_secret, collector_url=cfg.collector_url,
                         gateway_url=cfg.gateway_url, replicas=cfg.replicas,
-                        service_account=service_account)
+                        service_account=service_account, ingest_token=ingest_token)
 
 
 def check_stages(policy: Policy) -> None:
@@ -114,12 +118,15 @@ class ClusterRollout:
             (directory / BASELINE_KEY).write_text(saved["baseline"])
         return load_policy(directory / POLICY_KEY), saved["settings"]
 
-    def traffic(self, settings: Mapping[str, Any]) -> SeldonTraffic:
-        """The router for these settings."""
+    def traffic(self, settings: Mapping[str, Any],
+                credentials: CollectorCredentials | None = None) -> SeldonTraffic:
+        """The router for these settings, with the collector tokens the environment names
+        (``credentials`` overrides them). The saved settings never hold a token."""
+        creds = CollectorCredentials.from_env() if credentials is None else credentials
         target = SeldonTarget(namespace=self.cluster.namespace, name=self.name,
-                              **settings["target"])
+                              ingest_token=creds.ingest_token, **settings["target"])
         return SeldonTraffic(self.cluster, target, ModelRef(**settings["baseline"]),
-                             ModelRef(**settings["candidate"]))
+                             ModelRef(**settings["candidate"]), creds)
 
 
 def start_rollout(rollout: ClusterRollout, target: SeldonTarget, cfg: DeploymentConfig,

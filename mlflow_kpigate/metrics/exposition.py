@@ -23,16 +23,19 @@ __all__ = [
     "CLOUDEVENTS_TOTAL",
     "CLOUDEVENT_OUTCOMES",
     "CLOUDEVENT_TYPES",
+    "COLLECTOR_REJECTED",
     "COLLECTOR_STAGE",
     "CONFUSION_OUTCOMES",
     "LABELS_TOTAL",
     "LABEL_DEPLOYMENT",
+    "LABEL_ENDPOINT",
     "LABEL_FIELD",
     "LABEL_LE",
     "LABEL_NAME",
     "LABEL_NAME_A",
     "LABEL_NAME_B",
     "LABEL_OUTCOME",
+    "LABEL_REASON",
     "LABEL_ROLE",
     "LABEL_STAGE",
     "LABEL_STATUS",
@@ -90,6 +93,10 @@ CLOUDEVENTS_EXPIRED = "kpigate_cloudevents_expired_total"
 CLOUDEVENTS_LATE = "kpigate_cloudevents_late_total"
 """Counter with ``deployment``, ``type``: halves that came after their partner expired
 (dropped, since the partner was already counted)."""
+COLLECTOR_REJECTED = "kpigate_collector_rejected_requests_total"
+"""Counter with ``deployment``, ``endpoint`` (``/cloudevents``, ``/feedback``,
+``/admin/stage``), ``reason`` (``missing_token``, ``invalid_token``, ``wrong_scope``):
+requests refused for their credentials, which count nowhere else."""
 
 # -- label names and values -----------------------------------------------------------------
 LABEL_DEPLOYMENT = "deployment"
@@ -105,6 +112,8 @@ LABEL_NAME_A = "name_a"
 LABEL_NAME_B = "name_b"
 LABEL_TYPE = "type"
 LABEL_STATUS = "status"
+LABEL_ENDPOINT = "endpoint"
+LABEL_REASON = "reason"
 
 CONFUSION_OUTCOMES = ("tp", "fp", "tn", "fn")
 CLOUDEVENT_OUTCOMES = ("accepted", "rejected", "duplicate")

@@ -42,6 +42,7 @@ from mlflow_kpigate.metrics.cloudevent_halves import (
     read_response,
 )
 from mlflow_kpigate.metrics.collector import Collector, CollectorError
+from mlflow_kpigate.metrics.service_auth import ENDPOINT_SCOPES, REJECT_REASONS
 from mlflow_kpigate.metrics.service_config import CollectorServiceConfig
 from mlflow_kpigate.metrics.service_exposition import (
     counter_families,
@@ -57,8 +58,10 @@ from mlflow_kpigate.metrics.service_join import (
     pending_counts,
 )
 from mlflow_kpigate.metrics.service_notices import (
+    NoticeRefused,
     StageNotice,
     apply_stage_notice,
+    check_against_policy,
     create_stage_table,
     parse_stage_notice,
     read_stage,
@@ -101,6 +104,10 @@ class CollectorService(PrometheusCollector):
             self._counts[("late", kind)] = 0
         for status in names.LABEL_STATUSES:
             self._counts[("labels", status)] = 0
+        for endpoint in ENDPOINT_SCOPES:
+            for reason in REJECT_REASONS:
+                self._counts[("refused", endpoint, reason)] = 0
+        self._started = time.time()
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
         self._snapshot: list[Metric] | None = None
@@ -127,6 +134,10 @@ class CollectorService(PrometheusCollector):
     def reject_unread(self) -> None:
         """Count an event refused before it could be read (its body was too large)."""
         self._count(("events", "unknown", "rejected"))
+
+    def refuse(self, endpoint: str, reason: str) -> None:
+        """Count a request refused for its credentials (nothing else is recorded)."""
+        self._count(("refused", endpoint, reason))
 
     def _reader(self) -> sqlite3.Connection:
         """This thread's read connection (reads never take the write lock)."""
@@ -236,10 +247,12 @@ class CollectorService(PrometheusCollector):
                      "duplicates": result.duplicates}
 
     def set_stage(self, body: bytes, now: float | None = None) -> tuple[int, dict[str, Any]]:
-        """Apply a stage notice unless its revision is older than the stored one."""
+        """Apply a stage notice that fits the policy, unless its revision is older than
+        the stored one (:mod:`.service_notices`)."""
         now = time.time() if now is None else float(now)
         try:
             notice = parse_stage_notice(json.loads(body), self.config.deployment, now)
+            check_against_policy(notice, self.config.stages)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             return 400, {"error": f"body is not valid JSON: {exc}"}
         except ValueError as exc:
@@ -247,12 +260,14 @@ class CollectorService(PrometheusCollector):
         outcome: dict[str, Any] = {}
 
         def decide(conn: sqlite3.Connection) -> list[Prediction]:
-            ignored, current = apply_stage_notice(conn, notice)
+            ignored, current = apply_stage_notice(conn, notice, self._started)
             outcome.update(ignored=ignored, current=asdict(current))
             return []
 
         try:
             self.collector.log_atomically(decide)
+        except NoticeRefused as exc:  # rolled back: nothing stored
+            return 400, {"error": str(exc)}
         except (CollectorError, sqlite3.Error) as exc:
             return 503, {"error": f"the collector cannot write its store: {exc}"}
         if not outcome["ignored"]:
@@ -329,6 +344,8 @@ class CollectorService(PrometheusCollector):
             "expired": {k[1]: n for k, n in counts.items() if k[0] == "expired"},
             "late": {k[1]: n for k, n in counts.items() if k[0] == "late"},
             "labels": {k[1]: n for k, n in counts.items() if k[0] == "labels"},
+            "refused": _refused(counts),
+            "auth": "off" if self.config.insecure_no_auth else "bearer tokens",
             "maturity_s": self.config.maturity_s,
             "threshold": self.config.threshold,
         }
@@ -343,3 +360,12 @@ class CollectorService(PrometheusCollector):
         for conn in readers:
             conn.close()
         self.collector.close()
+
+
+def _refused(counts: Mapping[tuple[str, ...], int]) -> dict[str, dict[str, int]]:
+    """Refused requests by endpoint and reason, for ``/status``."""
+    out: dict[str, dict[str, int]] = {}
+    for key, n in counts.items():
+        if key[0] == "refused":
+            out.setdefault(key[1], {})[key[2]] = n
+    return out

@@ -22,6 +22,14 @@ the controller's metrics source reads them. Endpoints:
   the service's own counters (:mod:`.service_exposition`).
 * ``GET /health`` (503 when the store cannot write), ``GET /status`` (JSON).
 
+Every ``POST`` needs a token of its endpoint's scope (:mod:`.service_auth`), checked
+before the body is read: ``401`` with ``WWW-Authenticate: Bearer`` when it is missing or
+nobody's, ``403`` when it belongs to another scope; a refused request is counted in
+``kpigate_collector_rejected_requests_total`` and nowhere else. ``POST
+/cloudevents/<token>`` carries the ``ingest`` token in its path, for Seldon's request
+logger, which cannot send headers. The ``GET`` endpoints stay open. With
+``insecure_no_auth`` every request is accepted, and the app logs a warning when built.
+
 Every ``POST`` body is read up to ``max_body_bytes`` (413 beyond). The handlers are
 :class:`~mlflow_kpigate.metrics.service.CollectorService` methods, run in the threadpool;
 the app's lifespan runs the expiry sweep every ``sweep_interval_s``.
@@ -44,6 +52,7 @@ from starlette.concurrency import run_in_threadpool
 from mlflow_kpigate.core.request_body import BodyTooLarge, read_limited
 from mlflow_kpigate.metrics.collector_db import CollectorError
 from mlflow_kpigate.metrics.service import CollectorService
+from mlflow_kpigate.metrics.service_auth import SCOPES, authorize, bearer_token
 from mlflow_kpigate.metrics.service_config import CollectorServiceConfig
 
 __all__ = ["create_collector_app"]
@@ -55,6 +64,19 @@ logger = logging.getLogger("mlflow_kpigate.metrics.service")
 def _too_large(limit: int) -> Response:
     return JSONResponse({"error": f"body is larger than {limit} bytes; log smaller requests "
                                   "or raise max_body_bytes"}, status_code=413)
+
+
+def _announce(config: CollectorServiceConfig) -> None:
+    """Say once, at start, how requests are authenticated."""
+    if config.insecure_no_auth:
+        logger.warning("authentication is OFF (insecure_no_auth): anyone who can reach this "
+                       "port can post events, labels and stage notices; use it only for "
+                       "local tests and demos")
+        return
+    closed = [s for s in SCOPES if s not in config.tokens.scopes]
+    for scope in closed:
+        logger.warning("no %s token is configured: every POST of that scope is refused",
+                       scope)
 
 
 async def _sweeper(service: CollectorService, stop: asyncio.Event) -> None:
@@ -76,6 +98,21 @@ def create_collector_app(config: CollectorServiceConfig) -> FastAPI:
     """
     service = CollectorService(config)
     limit = config.max_body_bytes
+    _announce(config)
+
+    def refused(request: Request, endpoint: str, path_token: str | None = None
+                ) -> Response | None:
+        """None when the request may proceed, else the 401/403 answer (counted)."""
+        if config.insecure_no_auth:
+            return None
+        presented = path_token if path_token is not None else \
+            bearer_token(request.headers.get("authorization"))
+        verdict = authorize(config.tokens, endpoint, presented)
+        if verdict.allowed:
+            return None
+        service.refuse(endpoint, verdict.reason or "invalid_token")
+        return JSONResponse({"error": verdict.message}, status_code=verdict.status,
+                            headers={"WWW-Authenticate": verdict.challenge})
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -92,7 +129,10 @@ def create_collector_app(config: CollectorServiceConfig) -> FastAPI:
                   docs_url=None, redoc_url=None, openapi_url=None)
     app.state.service = service
 
-    async def cloudevent(request: Request) -> Response:
+    async def take_event(request: Request, path_token: str | None) -> Response:
+        refusal = refused(request, "/cloudevents", path_token)
+        if refusal is not None:
+            return refusal
         try:
             body = await read_limited(request, limit)
         except BodyTooLarge:
@@ -101,14 +141,27 @@ def create_collector_app(config: CollectorServiceConfig) -> FastAPI:
         status, reply = await run_in_threadpool(service.ingest, dict(request.headers), body)
         return JSONResponse(reply, status_code=status)
 
+    async def cloudevent(request: Request) -> Response:
+        return await take_event(request, None)
+
+    async def cloudevent_with_token(request: Request, token: str) -> Response:
+        # The path carries the ingest token (Seldon's logger cannot send a header); an
+        # empty segment counts as no token at all.
+        return await take_event(request, token or None)
+
     app.add_api_route("/cloudevents", cloudevent, methods=["POST"])
+    app.add_api_route("/cloudevents/{token}", cloudevent_with_token, methods=["POST"])
     app.add_api_route("/", cloudevent, methods=["POST"])
 
-    def body_route(handle: Callable[[bytes], tuple[int, Any]]
+    def body_route(endpoint: str, handle: Callable[[bytes], tuple[int, Any]]
                    ) -> Callable[[Request], Awaitable[Response]]:
-        """A POST handler: the size-limited body to ``handle``, its reply as JSON."""
+        """A POST handler: the token check, then the size-limited body to ``handle``, its
+        reply as JSON."""
 
         async def route(request: Request) -> Response:
+            refusal = refused(request, endpoint)
+            if refusal is not None:
+                return refusal
             try:
                 body = await read_limited(request, limit)
             except BodyTooLarge:
@@ -118,8 +171,9 @@ def create_collector_app(config: CollectorServiceConfig) -> FastAPI:
 
         return route
 
-    app.add_api_route("/feedback", body_route(service.feedback), methods=["POST"])
-    app.add_api_route("/admin/stage", body_route(service.set_stage), methods=["POST"])
+    app.add_api_route("/feedback", body_route("/feedback", service.feedback), methods=["POST"])
+    app.add_api_route("/admin/stage", body_route("/admin/stage", service.set_stage),
+                      methods=["POST"])
 
     @app.get("/metrics")
     async def metrics() -> Response:

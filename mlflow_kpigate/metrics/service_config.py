@@ -3,6 +3,11 @@
 Every field is validated when the config is built (``ValueError`` naming the field and the
 fix). One service, one deployment, one rollout: a new rollout for the same deployment should
 start with a fresh data directory, since stage indexes restart at 0.
+
+Authentication is on unless switched off: a config needs tokens for at least the
+``ingest`` and ``operator`` scopes (:mod:`.service_auth`), or ``insecure_no_auth=True``
+said on purpose (local tests and demos). ``stages`` are the rollout policy's stages, which
+every stage notice is checked against (:mod:`.service_notices`).
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ from typing import Any
 
 from mlflow_kpigate.core.records import ROLES
 from mlflow_kpigate.kpis import AggregateSpec
+from mlflow_kpigate.metrics.service_auth import REQUIRED_SCOPES, CollectorTokens
+from mlflow_kpigate.policy import Stage
 
 __all__ = ["UNANSWERED", "CollectorServiceConfig"]
 
@@ -42,7 +49,9 @@ class CollectorServiceConfig:
     ``spec`` the policy's segment fields and value names
     (:meth:`AggregateSpec.from_policy`); ``maturity_s`` the policy's label maturity;
     ``threshold`` turns scores into 0/1 predictions; ``versions`` maps role to the model
-    version recorded with its predictions (default: the event's ``Ce-Modelid``).
+    version recorded with its predictions (default: the event's ``Ce-Modelid``);
+    ``stages`` the policy's stages (``policy.stages``); ``tokens`` the accepted tokens, or
+    ``insecure_no_auth`` to accept every request (see the module docstring).
     """
 
     deployment: str
@@ -58,6 +67,9 @@ class CollectorServiceConfig:
     metrics_cache_s: float = 1.0
     sweep_interval_s: float = 5.0
     max_body_bytes: int = 16 * 2**20
+    stages: tuple[Stage, ...] = ()
+    tokens: CollectorTokens = field(default_factory=CollectorTokens)
+    insecure_no_auth: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.deployment, str) or not _DNS_LABEL.match(self.deployment):
@@ -93,4 +105,32 @@ class CollectorServiceConfig:
                 or self.max_body_bytes < 1):
             raise ValueError(f"max_body_bytes: must be a positive integer, got "
                              f"{self.max_body_bytes!r}")
+        self._check_stages()
+        self._check_auth()
 
+    def _check_stages(self) -> None:
+        stages = tuple(self.stages) if isinstance(self.stages, (list, tuple)) else ()
+        if not stages or not all(isinstance(s, Stage) for s in stages):
+            raise ValueError("stages: must be the rollout policy's stages (policy.stages); "
+                             "stage notices are checked against them")
+        object.__setattr__(self, "stages", stages)
+
+    def _check_auth(self) -> None:
+        if not isinstance(self.tokens, CollectorTokens):
+            raise ValueError("tokens: must be a CollectorTokens; read them with "
+                             "service_auth.load_tokens")
+        if not isinstance(self.insecure_no_auth, bool):
+            raise ValueError(f"insecure_no_auth: must be true or false, got "
+                             f"{self.insecure_no_auth!r}")
+        if self.insecure_no_auth:
+            if self.tokens.entries:
+                raise ValueError("tokens: given together with insecure_no_auth "
+                                 "(--insecure-no-auth), which accepts every request; give "
+                                 "tokens or the flag, not both")
+            return
+        missing = self.tokens.missing(REQUIRED_SCOPES)
+        if missing:
+            raise ValueError(f"tokens: none for the {missing[0]} scope; give a token file for "
+                             f"each of {', '.join(REQUIRED_SCOPES)} (labels too, if labels are "
+                             "posted), or turn authentication off on purpose for a local test "
+                             "(--insecure-no-auth)")

@@ -134,7 +134,8 @@ def state_families(deployment: str, stage_index: int,
 
 def counter_families(deployment: str, counts: Mapping[tuple[str, ...], int]) -> list[Metric]:
     """The service's counters: ``counts`` keyed ``("events", type, outcome)``,
-    ``("labels", status)``, ``("expired", type)`` or ``("late", type)``."""
+    ``("labels", status)``, ``("expired", type)``, ``("late", type)`` or
+    ``("refused", endpoint, reason)``."""
     dep = deployment
     events = CounterMetricFamily(
         names.CLOUDEVENTS_TOTAL, "Logger CloudEvents received by type and outcome.",
@@ -147,6 +148,9 @@ def counter_families(deployment: str, counts: Mapping[tuple[str, ...], int]) -> 
     late = CounterMetricFamily(names.CLOUDEVENTS_LATE, "Halves that came after their "
                                "partner expired.",
                                labels=[names.LABEL_DEPLOYMENT, names.LABEL_TYPE])
+    refused = CounterMetricFamily(
+        names.COLLECTOR_REJECTED, "Requests refused for their credentials (recorded nowhere "
+        "else).", labels=[names.LABEL_DEPLOYMENT, names.LABEL_ENDPOINT, names.LABEL_REASON])
     for key, n in sorted(counts.items()):
         if key[0] == "events":
             events.add_metric([dep, key[1], key[2]], n)
@@ -156,4 +160,6 @@ def counter_families(deployment: str, counts: Mapping[tuple[str, ...], int]) -> 
             expired.add_metric([dep, key[1]], n)
         elif key[0] == "late":
             late.add_metric([dep, key[1]], n)
-    return [events, labels, expired, late]
+        elif key[0] == "refused":
+            refused.add_metric([dep, key[1], key[2]], n)
+    return [events, labels, expired, late, refused]

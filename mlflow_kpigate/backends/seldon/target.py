@@ -9,15 +9,22 @@ The collector URL is the *base* URL of the in-cluster kpigate collector (the sam
 stage notices to ``{base}/admin/stage`` and Seldon's request logger sends CloudEvents to
 ``{base}/cloudevents`` (:attr:`SeldonTarget.logger_url`). A URL already ending in
 ``/cloudevents`` is accepted and read as that logger URL, so either spelling works.
+
+With an ingest token (:mod:`.collector_credentials`) the logger URL carries it as its last
+path segment, ``{base}/cloudevents/<token>``: Seldon's executor cannot add an
+``Authorization`` header to its logger's requests, so the path is the only place it can
+travel. The token is not part of the collector URL (``-C`` values are saved in a
+ConfigMap), not shown in ``repr`` and not compared.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import urlparse
 
 from mlflow_kpigate.core.errors import UsageError
+from mlflow_kpigate.core.tokens import token_problem
 
 #: Path of the collector's CloudEvents endpoint (Seldon's request-logger sink).
 LOGGER_PATH = "/cloudevents"
@@ -82,7 +89,8 @@ class SeldonTarget:
     ``collector_url`` is the collector's base URL (see the module docstring); without it
     no request logger is configured. ``gateway_url`` is the ingress base URL predictions
     are sent to; ``service_account`` the service account of the model pods (it needs read
-    access to the model storage when ``env_secret`` is not used).
+    access to the model storage when ``env_secret`` is not used); ``ingest_token`` the
+    collector's ingest token for the logger URL (see the module docstring).
     """
 
     namespace: str
@@ -93,6 +101,7 @@ class SeldonTarget:
     gateway_url: str | None = None
     replicas: int = 1
     service_account: str | None = None
+    ingest_token: str | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -119,6 +128,14 @@ class SeldonTarget:
                 problem = _url_problem(value)
                 if problem:
                     raise UsageError(f"{field_name}: {problem}")
+        if self.collector_url is not None and f"{LOGGER_PATH}/" in self.collector_url:
+            raise UsageError("collector_url: give the collector's base URL (e.g. "
+                             "http://kpigate-collector.NS.svc:8080); the ingest token comes "
+                             "from KPIGATE_COLLECTOR_INGEST_TOKEN_FILE, never from -C")
+        if self.ingest_token is not None:
+            problem = token_problem(self.ingest_token)
+            if problem:
+                raise UsageError(f"ingest_token: the token {problem}")
         if isinstance(self.replicas, bool) or not isinstance(self.replicas, int) \
                 or not 1 <= self.replicas <= 100:
             raise UsageError(f"replicas: {self.replicas!r} is not a whole number from 1 to "
@@ -141,9 +158,12 @@ class SeldonTarget:
 
     @property
     def logger_url(self) -> str | None:
-        """Where Seldon's request logger sends CloudEvents (None: no logger)."""
+        """Where Seldon's request logger sends CloudEvents (None: no logger); with an
+        ingest token, ``{base}/cloudevents/<token>``."""
         base = self.collector_base_url
-        return None if base is None else base + LOGGER_PATH
+        if base is None:
+            return None
+        return base + LOGGER_PATH + (f"/{self.ingest_token}" if self.ingest_token else "")
 
     @property
     def state_configmap(self) -> str:

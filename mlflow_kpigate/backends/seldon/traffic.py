@@ -9,7 +9,8 @@
   predictor (v2: the mirrored Model); it is removed when the bake ends promoted. Each
   patch is built from the object as read and guarded by its ``resourceVersion`` and
   predictor names, so it applies entirely or not at all; everything is idempotent, since
-  the controller repeats it after a crash.
+  the controller repeats it after a crash. The stage notice carries the collector's
+  ``operator`` token (:mod:`.collector_credentials`) as ``Authorization: Bearer``.
 * ``readiness`` says whether Seldon serves those weights: the object routes as the state
   asks, carries the spec hash kpigate applied, and Seldon reports it Available with every
   predictor's replicas available (v1 sets no ``observedGeneration``, hence the hash).
@@ -22,6 +23,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from mlflow_kpigate.backends.seldon.cluster import Cluster
+from mlflow_kpigate.backends.seldon.collector_credentials import (
+    OPERATOR_TOKEN_ENV,
+    CollectorCredentials,
+)
 from mlflow_kpigate.backends.seldon.kinds import SELDON_DEPLOYMENT, SELDON_EXPERIMENT, SELDON_MODEL
 from mlflow_kpigate.backends.seldon.manifests import (
     BASELINE,
@@ -42,7 +47,7 @@ from mlflow_kpigate.backends.seldon.patches import (
 )
 from mlflow_kpigate.backends.seldon.readiness import readiness, readiness_v2
 from mlflow_kpigate.backends.seldon.target import SeldonTarget
-from mlflow_kpigate.core.errors import KpigateError
+from mlflow_kpigate.core.errors import KpigateError, UsageError
 from mlflow_kpigate.core.http import HttpError, RetryingSession, RetryPolicy
 from mlflow_kpigate.core.state import Phase, Readiness, RolloutState
 
@@ -62,11 +67,13 @@ class SeldonTraffic:
     needs_readiness = True
 
     def __init__(self, cluster: Cluster, target: SeldonTarget, baseline: ModelRef,
-                 candidate: ModelRef) -> None:
+                 candidate: ModelRef, credentials: CollectorCredentials | None = None
+                 ) -> None:
         self.cluster = cluster
         self.target = target
         self.baseline = baseline
         self.candidate = candidate
+        self.credentials = credentials or CollectorCredentials()
 
     # -- apply ------------------------------------------------------------------------------
     def apply(self, state: RolloutState) -> None:
@@ -120,16 +127,19 @@ class SeldonTraffic:
                 else w.candidate_percent,
                 "revision": state.revision}
         try:
+            token = self.credentials.operator_token()
+            headers = {"Authorization": f"Bearer {token}"} if token else {}
             with RetryingSession(_NOTICE_POLICY) as http:
-                http.call("POST", f"{base}/admin/stage", json_body=body, timeout_s=5)
-        except HttpError as exc:
+                http.call("POST", f"{base}/admin/stage", json_body=body, timeout_s=5,
+                          headers=headers)
+        except (HttpError, UsageError) as exc:
+            detail = _detail(exc)
             if state.phase.terminal:
                 log.warning("collector at %s did not take the final stage notice: %s",
-                            base, exc.detail)
+                            base, detail)
                 return
             raise CollectorUnreachable(f"collector at {base} did not take the stage notice "
-                                       f"({exc.detail}); check -C collector_url and the "
-                                       "collector Service") from None
+                                       f"({detail}); {_fix(exc)}") from None
 
     # -- readiness --------------------------------------------------------------------------
     def readiness(self, state: RolloutState) -> Readiness:
@@ -190,3 +200,30 @@ class SeldonTraffic:
             if not r.ready:
                 return Readiness(False, r.reason, r.failed)
         return Readiness(True, f"Experiment {self.target.name} and its Models are Ready")
+
+
+def _detail(exc: HttpError | UsageError) -> str:
+    """What went wrong, with the collector's own one-line reason when it gave one."""
+    if not isinstance(exc, HttpError):
+        return str(exc)
+    reason = ""
+    if exc.response is not None and exc.status is not None and 400 <= exc.status < 500:
+        try:
+            reason = str(exc.response.json().get("error", ""))
+        except (ValueError, AttributeError):
+            reason = ""
+    reason = " ".join(reason.split())[:300]
+    return f"{exc.detail}: {reason}" if reason else exc.detail
+
+
+def _fix(exc: KpigateError) -> str:
+    """What to check when a stage notice failed with ``exc``."""
+    status = exc.status if isinstance(exc, HttpError) else None
+    if status in (401, 403):
+        return (f"give the controller the collector's operator token: {OPERATOR_TOKEN_ENV}="
+                "PATH of the file holding it")
+    if status == 400:
+        return "the collector's --policy (and --stages) must be the rollout's own"
+    if isinstance(exc, UsageError):
+        return f"fix {OPERATOR_TOKEN_ENV}"
+    return "check -C collector_url and the collector Service"
