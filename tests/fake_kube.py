@@ -2,14 +2,16 @@
 
 :class:`FakeKube` serves the REST paths of ConfigMaps (``/api/v1/namespaces/NS/configmaps``)
 and of Seldon's custom resources (``/apis/GROUP/VERSION/namespaces/NS/PLURAL[/NAME[/status]]``
-for SeldonDeployment v1, Model and Experiment v1alpha1) with the semantics a client can
+for SeldonDeployment v1, Model and Experiment v1alpha1, and kpigate's own ModelRollout
+``kpigate.io/v1alpha1``) with the semantics a client can
 observe: create / get / list (equality label selectors) / replace (optimistic concurrency on
 ``metadata.resourceVersion``) / JSON patch (RFC 6902, including ``test``) / merge patch
 (RFC 7386) / delete with ownerReference garbage collection, a global resourceVersion
 counter, ``uid``, ``creationTimestamp``, ``generation`` bumped on spec changes, the status
 subresource, and Kubernetes ``Status`` error bodies shaped as the real server sends them.
 When ``tests/data/seldon-crds/`` holds the Seldon CRDs, custom resources are pruned and
-validated against their ``openAPIV3Schema`` like the real server does (422 when invalid).
+validated against their ``openAPIV3Schema`` like the real server does (422 when invalid);
+ModelRollouts always are, against ``deploy/kubernetes/base/crd/``.
 
 Tests drive the rest through Python methods (not HTTP): move an object's status
 (:meth:`FakeKube.set_seldon_state`, :meth:`FakeKube.set_ready_v2`), inject 409 conflicts
@@ -45,6 +47,9 @@ from typing import Any
 import pytest
 
 CRD_DIR = Path(__file__).parent / "data" / "seldon-crds"
+#: kpigate's own CRD (ModelRollout); always used, whatever ``crd_dir`` says, since it ships
+#: with the repository.
+KPIGATE_CRD_DIR = Path(__file__).parent.parent / "deploy" / "kubernetes" / "base" / "crd"
 CONFIGMAP_MAX_BYTES = 1024 * 1024  # the API server's limit on a ConfigMap's data
 DEFAULT_USER = "system:serviceaccount:default:kpigate"
 
@@ -77,6 +82,7 @@ RESOURCES: tuple[Resource, ...] = (
              True, True),
     Resource("mlops.seldon.io", "v1alpha1", "models", "Model", True, True),
     Resource("mlops.seldon.io", "v1alpha1", "experiments", "Experiment", True, True),
+    Resource("kpigate.io", "v1alpha1", "modelrollouts", "ModelRollout", True, True),
 )
 
 
@@ -875,11 +881,13 @@ class FakeKube:
         problems = _meta_problems(obj)
         if res.kind == "ConfigMap":
             problems += _configmap_problems(obj)
-        elif self.crd_dir is not None:
-            schema = _crd_schemas(str(self.crd_dir)).get((res.group, res.version, res.plural))
+        else:
+            directory = KPIGATE_CRD_DIR if res.group == "kpigate.io" else self.crd_dir
+            schema = None if directory is None else _crd_schemas(str(directory)).get(
+                (res.group, res.version, res.plural))
             if schema is not None:
                 obj = prune(obj, schema, root=True)
-                validator = _validator(str(self.crd_dir), res.group, res.version, res.plural)
+                validator = _validator(str(directory), res.group, res.version, res.plural)
                 body = {k: v for k, v in obj.items() if k != "metadata"}
                 for err in sorted(validator.iter_errors(body), key=lambda e: list(e.path))[:10]:
                     path = _json_path(err.absolute_path)

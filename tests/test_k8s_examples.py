@@ -87,6 +87,9 @@ CORE_MODELS = {
 CRD_KINDS = {"ServiceMonitor", "PodMonitor", "WorkflowTemplate"}
 #: Files in examples/k8s that are kustomize's own, not resources.
 KUSTOMIZE_FILES = {"kustomization.yaml"}
+#: Sample custom resources that the kustomization does not apply: the ModelRollout's CRD is
+#: not part of it and no operator acts on one yet (tests/test_model_rollout_crd.py checks it).
+SAMPLE_FILES = {"modelrollout.yaml"}
 #: The collector's token Secret (made by the kustomization's secretGenerator), its keys
 #: (the scopes) and where the pods mount it.
 TOKENS_SECRET = "kpigate-collector-tokens"
@@ -106,7 +109,7 @@ def _kustomization() -> dict[str, Any]:
 def _manifest_files() -> list[Path]:
     config = set(_kustomization().get("configurations", []))
     return sorted(p for p in K8S.glob("*.yaml")
-                  if p.name not in KUSTOMIZE_FILES and p.name not in config)
+                  if p.name not in KUSTOMIZE_FILES | SAMPLE_FILES and p.name not in config)
 
 
 def _objects() -> list[tuple[str, dict[str, Any]]]:
@@ -881,6 +884,8 @@ def test_kustomization_lists_every_manifest_file():
     listed = k["resources"]
     assert len(listed) == len(set(listed))
     assert sorted(listed) == sorted(p.name for p in _manifest_files())
+    assert not SAMPLE_FILES & set(listed)
+    assert all((K8S / sample).is_file() for sample in SAMPLE_FILES)
     for config in k.get("configurations", []):
         assert (K8S / config).is_file()
     assert [i["name"] for i in k["images"]] == ["kpigate"]
