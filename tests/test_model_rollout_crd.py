@@ -13,6 +13,7 @@ the fake API server with the kubernetes client, status subresource included.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import re
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -36,6 +37,7 @@ from mlflow_kpigate.backends.modelrollout import (
     status_from_state,
 )
 from mlflow_kpigate.backends.modelrollout import spec as spec_module
+from mlflow_kpigate.backends.modelrollout.status import ActionRecord
 from mlflow_kpigate.core.decision import Action, Decision, Evidence, Verdict
 from mlflow_kpigate.core.errors import UsageError
 from mlflow_kpigate.core.state import Phase, RolloutState, Weights
@@ -415,6 +417,8 @@ def test_conditions_keep_last_transition_time_while_their_status_holds():
     assert all(c.last_transition_time == T0 for c in second.conditions)
     assert second.condition("Progressing").reason == "Canary"  # type: ignore[union-attr]
     # Promotion: every status flips except Degraded, which stays False.
+    handled = ActionRecord("r1", "promote", "Applied", "approved by hand", later)
+    second = dataclasses.replace(second, last_action_request=handled)
     third = status_from_state(state(Phase.PROMOTED), generation=2,
                               now=later + timedelta(hours=1), previous=second)
     times = {c.type: c.last_transition_time for c in third.conditions}
@@ -422,6 +426,7 @@ def test_conditions_keep_last_transition_time_while_their_status_holds():
                      "Progressing": later + timedelta(hours=1), "Degraded": T0}
     # The same decision re-read keeps its time; the last action request is carried forward.
     assert third.last_decision == second.last_decision
+    assert third.last_action_request == handled
 
 
 def test_status_round_trip_through_json():
