@@ -6,6 +6,7 @@ command with `-t kpigate`: one line, exit 2, no traceback."""
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -194,6 +195,22 @@ def test_wait_timeout_exits_5_and_watch_timeout_too(env):
     watch = kpigate(env, "watch", "held", "--timeout", "1")
     assert watch.returncode == exit_codes.NOT_ENDED, watch.stdout + watch.stderr
     assert watch.stdout.splitlines()[-1] == "held: still canary (stopped watching)"
+    # Ctrl-C stops the watch, not the rollout: "not ended" too, never 0.
+    interrupted = subprocess.Popen([sys.executable, "-m", "mlflow_kpigate.cli", "watch", "held"],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                   env=env["env"])
+    try:
+        assert interrupted.stdout is not None
+        assert interrupted.stdout.readline()  # following: the first record is printed
+        interrupted.send_signal(signal.SIGINT)
+        out, err = interrupted.communicate(timeout=60)
+    finally:
+        if interrupted.poll() is None:
+            interrupted.kill()
+            interrupted.wait()
+    assert interrupted.returncode == exit_codes.NOT_ENDED, out + err
+    assert out.splitlines()[-1] == "stopped watching; the rollout goes on"
+    assert "Traceback" not in err
     got = mlflow_cli(env, "get", "--name", "held")  # it goes on after the wait
     assert got.returncode == 0
     assert "running: True" in got.stdout

@@ -98,7 +98,7 @@ def watch_command(name: str, state_dir: str | None, timeout: float | None) -> No
     """Follow rollout NAME through its stages until it ends (Ctrl-C stops watching only).
 
     Exits with the outcome's code: 0 promoted, 3 rolled back, 4 aborted, 5 still running
-    when --timeout stopped the watch (docs/deployment.md#exit-codes).
+    when --timeout or Ctrl-C stopped the watch (docs/deployment.md#exit-codes).
     """
     _deployer().open(name, _config(state_dir))  # a clear error if there is no such rollout
     deadline = None if timeout is None else time.monotonic() + timeout
@@ -119,7 +119,9 @@ def watch_command(name: str, state_dir: str | None, timeout: float | None) -> No
                 click.echo(f"{name}: still {state.status} (stopped watching)")
                 raise click.exceptions.Exit(exit_codes.NOT_ENDED)
     except KeyboardInterrupt:
+        # Not an outcome: a script that runs `kpigate watch` must not read 0 (promoted).
         click.echo("stopped watching; the rollout goes on")
+        raise click.exceptions.Exit(exit_codes.NOT_ENDED) from None
 
 
 @click.command("report")
