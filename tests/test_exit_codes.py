@@ -182,6 +182,10 @@ def test_rolled_back_exits_3_with_one_line_and_watch_agrees(env):
     assert mlflow_cli(env, "delete", "--name", "broken").returncode == 0
 
 
+def _default_sigint():
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_wait_timeout_exits_5_and_watch_timeout_too(env):
     r = mlflow_cli(env, "create", "--name", "held", "-m", f"models:/{MODEL}/2", "-C", BASELINE,
                    "-C", f"policy={env['root'] / 'hold.yaml'}", "-C", "wait=true",
@@ -196,9 +200,11 @@ def test_wait_timeout_exits_5_and_watch_timeout_too(env):
     assert watch.returncode == exit_codes.NOT_ENDED, watch.stdout + watch.stderr
     assert watch.stdout.splitlines()[-1] == "held: still canary (stopped watching)"
     # Ctrl-C stops the watch, not the rollout: "not ended" too, never 0.
+    # SIGINT back to its default in the child: a pytest-xdist worker ignores it, the child
+    # would inherit that, and Python then never raises KeyboardInterrupt.
     interrupted = subprocess.Popen([sys.executable, "-m", "mlflow_kpigate.cli", "watch", "held"],
                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                   env=env["env"])
+                                   env=env["env"], preexec_fn=_default_sigint)
     try:
         assert interrupted.stdout is not None
         assert interrupted.stdout.readline()  # following: the first record is printed
