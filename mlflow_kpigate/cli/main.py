@@ -35,6 +35,9 @@ COMMANDS: dict[str, LazyCommand] = {
     "collector": LazyCommand(f"{_CLI}.collector:collector_command",
                              "Collect Seldon request-logger CloudEvents and labels; export KPIs "
                              "for Prometheus."),
+    "operator": LazyCommand(f"{_CLI}.operator:operator_command",
+                            "Reconcile ModelRollouts: run each rollout's stages in-cluster, one "
+                            "leader at a time."),
     "webhook-bridge": LazyCommand(f"{_CLI}.webhook_bridge:webhook_bridge_command",
                                   "Forward MLflow registry webhooks to GitHub as "
                                   "repository_dispatch events."),

@@ -11,6 +11,7 @@ they can run on any machine with access to the namespace.
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -93,8 +94,14 @@ class SeldonDeployer:
 
     # -- create ----------------------------------------------------------------------------
     def create(self, name: str, model_uri: str, config: Mapping[str, Any] | None = None,
-               progress: Progress | None = None) -> dict[str, Any]:
-        """Start (or, for the same versions, resume) a staged rollout on Seldon Core."""
+               progress: Progress | None = None, *,
+               source: Mapping[str, Any] | None = None,
+               stop: threading.Event | None = None) -> dict[str, Any]:
+        """Start (or, for the same versions, resume) a staged rollout on Seldon Core.
+
+        ``source`` is saved with a new rollout's settings (the operator's ModelRollout
+        digest, :func:`~.seldon_rollout.start_rollout`); ``stop`` ends the controller of
+        ``-C wait=true`` early (the operator's worker on SIGTERM)."""
         from mlflow_kpigate.metrics.prometheus import check_policy
         from mlflow_kpigate.registry import Registry
 
@@ -153,10 +160,10 @@ class SeldonDeployer:
                 f"{existing.phase.value} (stage {existing.stage_index})")
         else:
             start_rollout(rollout, target, cfg, manifests, policy, policy_file, registry,
-                          (candidate, baseline), uri, say)
+                          (candidate, baseline), uri, say, source)
         if cfg.wait:
             state = run_controller(namespace, name, cfg, progress=say,
-                                   metrics_port=metrics_port_from_env())
+                                   metrics_port=metrics_port_from_env(), stop=stop)
             say(f"kpigate: {name} {state.phase.value}: {state.reason}")
         else:
             spawn_controller(namespace, name, cfg, directory)

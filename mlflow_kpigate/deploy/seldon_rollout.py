@@ -132,9 +132,14 @@ class ClusterRollout:
 def start_rollout(rollout: ClusterRollout, target: SeldonTarget, cfg: DeploymentConfig,
                   manifests: list[dict[str, Any]], policy: Policy, policy_file: Path,
                   registry: Registry, versions: tuple[RegistryRef, RegistryRef],
-                  tracking_uri: str, say: Callable[[str], None]) -> None:
+                  tracking_uri: str, say: Callable[[str], None],
+                  source: Mapping[str, Any] | None = None) -> None:
     """Apply the first stage's objects, keep the policy, baseline KPIs and settings in a
-    ConfigMap, open the rollout run and save the initial state."""
+    ConfigMap, open the rollout run and save the initial state.
+
+    ``source`` says what asked for the rollout (the operator: the ModelRollout's spec
+    digest and generation); it is saved with the settings, in the same write, so whoever
+    reads them knows which request the rollout in these ConfigMaps answers."""
     name = target.name
     cluster = rollout.cluster
     candidate, baseline = versions
@@ -178,6 +183,8 @@ def start_rollout(rollout: ClusterRollout, target: SeldonTarget, cfg: Deployment
                       "model_name": cand_ref.model_name},
         "prometheus_url": cfg.prometheus_url,
     }
+    if source:
+        settings["source"] = dict(source)
     rollout.configmaps.create({
         "apiVersion": "v1", "kind": "ConfigMap",
         "metadata": {"name": policy_configmap_name(name), "namespace": target.namespace,

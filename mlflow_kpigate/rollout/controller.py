@@ -127,13 +127,13 @@ class Controller:
     def step(self) -> Decision | None:
         """One evaluation; returns the decision, or None if nothing was evaluated."""
         state = self.store.require()
+        if state.effects_pending and not state.phase.terminal:
+            # Finishing them may reveal a newer state (an operator's rollback, say). Also
+            # when paused: a pause committed by someone who did not apply its effects (the
+            # in-cluster operator leaves them to the rollout's controller) is applied here.
+            state = self.resume()
         if state.phase.terminal or state.paused:
             return None
-        if state.effects_pending:
-            # Finishing them may reveal a newer state (an operator's rollback, say).
-            state = self.resume()
-            if state.phase.terminal or state.paused:
-                return None
         now = self.clock()
         if self.traffic.needs_readiness and state.stage_ready_at is None:
             ready_state = self._await_readiness(state, now)

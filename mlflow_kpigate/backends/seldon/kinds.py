@@ -23,6 +23,7 @@ __all__ = [
     "MANAGED_BY",
     "MANAGED_BY_LABEL",
     "MANAGED_KINDS",
+    "MODEL_ROLLOUT",
     "ROLE_LABEL",
     "ROLLOUT_LABEL",
     "SELDON_DEPLOYMENT",
@@ -70,6 +71,9 @@ SELDON_DEPLOYMENT = ResourceKind("machinelearning.seldon.io", "v1", "seldondeplo
 SELDON_MODEL = ResourceKind("mlops.seldon.io", "v1alpha1", "models", "Model")
 SELDON_EXPERIMENT = ResourceKind("mlops.seldon.io", "v1alpha1", "experiments", "Experiment")
 CONFIG_MAP = ResourceKind("", "v1", "configmaps", "ConfigMap")
+#: kpigate's own resource (deploy/kubernetes/base/crd): written by users and ``create``,
+#: reconciled by ``kpigate operator``; never in :data:`MANAGED_KINDS`.
+MODEL_ROLLOUT = ResourceKind("kpigate.io", "v1alpha1", "modelrollouts", "ModelRollout")
 #: Kinds kpigate creates, in the order :meth:`~.cluster.Cluster.delete_managed` deletes them
 #: (routing objects before the models they route to; ConfigMaps last, many go with their
 #: owner).

@@ -3,7 +3,7 @@
 :class:`KubeObjects` (from :meth:`~.cluster.Cluster.objects`) reaches SeldonDeployment,
 Model and Experiment through ``CustomObjectsApi`` and ConfigMap through ``CoreV1Api`` with
 ``get``, ``list``, ``create``, ``replace``, ``json_patch``, ``merge_patch``,
-``patch_guarded`` and ``delete``.
+``merge_patch_status``, ``patch_guarded`` and ``delete``.
 
 :meth:`KubeObjects.patch_guarded` reads an object, has the caller build an RFC 6902 patch
 from what it read (with ``test`` operations), sends it as ``application/json-patch+json``
@@ -200,6 +200,18 @@ class KubeObjects:
             self._core_kind()
             return self._to_dict(self._core.patch_namespaced_config_map(
                 name, self.namespace, dict(patch), _content_type=MERGE_PATCH,
+                _request_timeout=_TIMEOUT))
+
+    def merge_patch_status(self, name: str, status: Mapping[str, Any]) -> dict[str, Any]:
+        """Merge-patch ``{"status": status}`` through the status subresource (custom kinds
+        with ``subresources.status``: a write there never changes the spec, nor the
+        object's generation)."""
+        if not self.kind.group:
+            raise ValueError(f"{self.kind.kind} has no status subresource here")
+        with self._api("patch", f"{name}/status"):
+            return self._to_dict(self._custom.patch_namespaced_custom_object_status(
+                self.kind.group, self.kind.version, self.namespace, self.kind.plural,
+                name, {"status": dict(status)}, _content_type=MERGE_PATCH,
                 _request_timeout=_TIMEOUT))
 
     def patch_guarded(self, name: str,
