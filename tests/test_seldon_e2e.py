@@ -3,9 +3,10 @@
 Real parts: the ``kubernetes`` client against the fake API server (tests/fake_kube.py, real
 HTTP, CRD-validated objects), a real Prometheus scraping a loopback exporter, a real
 ``mlflow server`` with registered sklearn models, and the controller as a real process
-started through MLflow's CLI. What stands in for Seldon Core is ``SeldonSim``: it plays
-the operator (status Creating → Available after each spec change) and the executors
-(request counters per predictor, split by the SeldonDeployment's current traffic).
+started through MLflow's CLI. What stands in for Seldon Core is ``SeldonSim``
+(tests/_seldon_sim.py). These tests run the controller on the caller's side (``-C
+operator=false``: the Job path); tests/test_operator_e2e.py runs the same rollouts through
+the in-cluster operator.
 """
 
 from __future__ import annotations
@@ -16,14 +17,13 @@ import signal
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
+from _seldon_sim import seldon  # noqa: F401
 from fake_kube import fake_kube  # noqa: F401
-from prometheus_fixture import LoopbackExporter, running_prometheus
+from prometheus_fixture import running_prometheus
 
 from mlflow_kpigate.core import exit_codes
 
@@ -46,66 +46,6 @@ POLICY = textwrap.dedent("""
 """)
 
 
-class SeldonSim(threading.Thread):
-    """Seldon's operator and executors, as far as kpigate can observe them."""
-
-    def __init__(self, fake, exporter: LoopbackExporter, name: str, cand_error: float):
-        super().__init__(daemon=True)
-        self.fake, self.exporter, self.name = fake, exporter, name
-        self.cand_error = cand_error
-        self.stop = threading.Event()
-        self.rng = np.random.default_rng(7)
-        self.available_after: float | None = None
-        self.seen_spec: str | None = None
-
-    def run(self) -> None:
-        while not self.stop.wait(0.25):
-            sdep = self.fake.get_object("seldondeployments", NS, self.name)
-            if sdep is None:
-                continue
-            spec = (sdep["metadata"].get("annotations") or {}).get("kpigate.io/managed-spec")
-            now = time.monotonic()
-            if spec != self.seen_spec:  # the operator reconciles a new spec
-                self.seen_spec = spec
-                self.fake.set_seldon_state(NS, self.name, "Creating")
-                self.available_after = now + 0.5
-            elif self.available_after is not None and now >= self.available_after:
-                self.fake.set_seldon_state(NS, self.name, "Available")
-                self.available_after = None
-            self.serve(sdep["spec"]["predictors"], 200)
-
-    def serve(self, predictors, n: int) -> None:
-        for pred in predictors:
-            count = n if pred.get("shadow") else round(n * pred.get("traffic", 0) / 100)
-            if count == 0:
-                continue
-            error = self.cand_error if pred["name"] == "candidate" else 0.0
-            failed = int(self.rng.binomial(count, error))
-            self.exporter.add_executor_requests(
-                self.name, pred["name"], self.rng.uniform(0.01, 0.03, count - failed),
-                code="200", namespace=NS)
-            if failed:
-                self.exporter.add_executor_requests(
-                    self.name, pred["name"], self.rng.uniform(0.01, 0.03, failed),
-                    code="500", namespace=NS)
-
-
-@pytest.fixture
-def seldon(fake_kube, exporter):  # noqa: F811
-    sims: list[SeldonSim] = []
-
-    def start(name: str, cand_error: float) -> SeldonSim:
-        sim = SeldonSim(fake_kube, exporter, name, cand_error)
-        sim.start()
-        sims.append(sim)
-        return sim
-
-    yield start
-    for sim in sims:
-        sim.stop.set()
-        sim.join(timeout=10)
-
-
 def _create(model, name, policy, prometheus, fake, tmp_path) -> subprocess.Popen:
     env = {**os.environ, "MLFLOW_TRACKING_URI": model.tracking_uri,
            "KPIGATE_STATE_DIR": str(tmp_path / "state")}
@@ -113,7 +53,7 @@ def _create(model, name, policy, prometheus, fake, tmp_path) -> subprocess.Popen
            "-t", f"kpigate:/seldon/{NS}", "--name", name, "-m", f"models:/{model.name}/2",
            "-C", f"baseline=models:/{model.name}/1", "-C", f"policy={policy}",
            "-C", f"prometheus_url={prometheus.url}", "-C", f"kubeconfig={fake.kubeconfig}",
-           "-C", "wait=true"]
+           "-C", "wait=true", "-C", "operator=false"]
     log = (tmp_path / f"create-{time.monotonic_ns()}.log").open("wb")
     return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)

@@ -77,13 +77,18 @@ KEYS: dict[str, str] = {
     "replicas": "kpigate:/seldon only: replicas per predictor (default 1)",
     "dry_run": "kpigate:/seldon only: true prints the manifests and patches instead of "
                "applying them",
+    "operator": "kpigate:/seldon only: true creates a ModelRollout that the in-cluster "
+                "kpigate operator runs; false runs the controller here (wait=true) or in "
+                "the background; auto (default) uses the operator when the cluster serves "
+                "the ModelRollout CRD",
 }
 
 #: Keys that only apply to the embedded router.
 LOCAL_KEYS = ("workers", "candidate_timeout", "log_fsync", "max_body", "warm_candidate")
 #: Keys that only apply to the Seldon target.
 SELDON_KEYS = ("seldon_version", "env_secret", "collector_url", "gateway_url",
-               "prometheus_url", "kubeconfig", "kube_context", "replicas", "dry_run")
+               "prometheus_url", "kubeconfig", "kube_context", "replicas", "dry_run",
+               "operator")
 
 ACTIONS = ("promote", "rollback", "pause", "resume")
 DEFAULT_STATE_DIR = "~/.kpigate"
@@ -122,6 +127,7 @@ class DeploymentConfig:
     log_fsync: str = "interval"
     max_body: int = 16 * 2**20
     warm_candidate: bool = True
+    operator: str = "auto"
     extra: Mapping[str, Any] = field(default_factory=dict)
 
 
@@ -331,6 +337,12 @@ def _seldon_values(raw: Mapping[str, Any]) -> dict[str, Any]:
         if not context:
             raise UsageError("-C kube_context: must not be empty")
         values["kube_context"] = context
+    if "operator" in raw:
+        mode = str(raw["operator"]).strip().lower()
+        mode = "true" if mode in _TRUE else "false" if mode in _FALSE else mode
+        if mode not in ("auto", "true", "false"):
+            raise UsageError(f"-C operator={raw['operator']}: must be auto, true or false")
+        values["operator"] = mode
     if "replicas" in raw:
         try:
             replicas = int(str(raw["replicas"]))

@@ -43,9 +43,13 @@ def model_digest(spec: ModelRolloutSpec) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def source_of(mr: ModelRollout) -> dict[str, Any]:
-    """What the operator saves with a rollout it starts (``settings["source"]``)."""
-    return {"kind": KIND, "digest": model_digest(mr.spec), "generation": mr.generation}
+def source_of(mr: ModelRollout, obj: Mapping[str, Any]) -> dict[str, Any]:
+    """What the operator saves with a rollout it starts (``settings["source"]``), and the
+    owner reference the rollout's Seldon objects get (``owner``, not saved)."""
+    from mlflow_kpigate.backends.seldon.kinds import owner_reference
+
+    return {"kind": KIND, "digest": model_digest(mr.spec), "generation": mr.generation,
+            "owner": owner_reference(obj, controller=True)}
 
 
 def _unsupported(mr: ModelRollout) -> None:

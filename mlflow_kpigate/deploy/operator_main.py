@@ -68,6 +68,11 @@ class OperatorOptions:
 
     def check(self) -> None:
         """``UsageError`` naming the option when the lease timings cannot work."""
+        for option, value in (("--lease-duration", self.lease_duration_s),
+                              ("--renew-deadline", self.renew_deadline_s),
+                              ("--retry-period", self.retry_period_s)):
+            if value != round(value):
+                raise UsageError(f"{option}: whole seconds (a Lease stores seconds), e.g. 15s")
         if self.retry_period_s < 1:
             raise UsageError("--retry-period: at least 1s (the Lease is renewed that often)")
         if self.renew_deadline_s <= 1.2 * self.retry_period_s:
@@ -187,9 +192,17 @@ class Operator:
         lock = LeaseLock(o.lease_name, o.lease_namespace, self.identity)
         # The lock builds its API from the client's global default; use ours instead.
         lock.api_instance = client.CoordinationV1Api(self.api_client)
-        config = electionconfig.Config(lock, o.lease_duration_s, o.renew_deadline_s,
-                                       o.retry_period_s, self.lead, self.lost)
-        leaderelection.LeaderElection(config).run()
+        # The client writes these into the Lease's integer fields: whole seconds.
+        config = electionconfig.Config(lock, round(o.lease_duration_s),
+                                       round(o.renew_deadline_s), round(o.retry_period_s),
+                                       self.lead, self.lost)
+        try:
+            leaderelection.LeaderElection(config).run()
+        except Exception as exc:
+            # Without an election nothing may act: exit, and let the Deployment restart us.
+            log.error("leader election failed: %s", str(exc)[:300])
+            self.exit_code = LOST_LEADERSHIP
+            self.shutdown()
 
     def run(self) -> int:
         """Serve probes and metrics, stand for leader, reconcile while leading; returns

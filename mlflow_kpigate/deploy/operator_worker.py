@@ -91,7 +91,7 @@ def run_worker(namespace: str, name: str, kube: dict[str, str],
         mr, policy_file, shared_collector=_shared_collector_supported(),
         **{k.replace("kube_context", "context"): v for k, v in kube.items()})
     SeldonDeployer(f"kpigate:/seldon/{namespace}").create(
-        name, model_uri, raw, progress=say, source=source_of(mr), stop=stop)
+        name, model_uri, raw, progress=say, source=source_of(mr, obj), stop=stop)
     return 0
 
 

@@ -173,11 +173,11 @@ def worker_env(base: Mapping[str, str], tracking_uri: str, credentials: Mapping[
     env = {k: v for k, v in base.items() if k not in ("KPIGATE_METRICS_PORT",)}
     env["MLFLOW_TRACKING_URI"] = tracking_uri
     env.update(credentials)
+    # Without a tokenSecretRef the worker keeps the operator's own token files, if its
+    # Deployment mounts the namespace's collector tokens.
     for scope, variable in (("operator", OPERATOR_TOKEN_ENV), ("ingest", INGEST_TOKEN_ENV)):
         if scope in token_files:
             env[variable] = str(token_files[scope])
-        else:
-            env.pop(variable, None)
     return env
 
 

@@ -18,6 +18,7 @@ from typing import Any
 import requests
 import yaml
 
+from mlflow_kpigate.backends.seldon.cluster import Cluster
 from mlflow_kpigate.backends.seldon.collector_credentials import (
     INGEST_TOKEN_ENV,
     CollectorCredentials,
@@ -44,12 +45,19 @@ from mlflow_kpigate.deploy.inputs import (
     resolve_versions,
     tracking_uri,
 )
+from mlflow_kpigate.deploy.modelrollout_request import modelrollout_for
 from mlflow_kpigate.deploy.operator import commit_operator_action
 from mlflow_kpigate.deploy.seldon_controller import (
     metrics_port_from_env,
     run_controller,
     spawn_controller,
     stop_background_controller,
+)
+from mlflow_kpigate.deploy.seldon_operated import (
+    OperatedRollouts,
+    create_through_operator,
+    operated_pending,
+    served,
 )
 from mlflow_kpigate.deploy.seldon_rollout import (
     ClusterRollout,
@@ -92,6 +100,30 @@ class SeldonDeployer:
     def _rollout(self, name: str, cfg: DeploymentConfig) -> ClusterRollout:
         return ClusterRollout(connect(self.namespace, cfg), name)
 
+    def _cluster(self, cfg: DeploymentConfig) -> Cluster:
+        return connect(self.namespace, cfg)
+
+    def _operated(self, cfg: DeploymentConfig) -> bool:
+        """Whether ``create`` goes through the operator (``-C operator``; ``auto``: when
+        the cluster serves ModelRollouts; a dry run prints Seldon's manifests then)."""
+        if cfg.operator != "auto":
+            return cfg.operator == "true"
+        return not cfg.dry_run and served(self._cluster(cfg))
+
+    def _dry_run_operated(self, name: str, model_uri: str, cfg: DeploymentConfig,
+                          say: Progress) -> dict[str, Any]:
+        import tempfile
+        from pathlib import Path
+
+        with tempfile.TemporaryDirectory(prefix="kpigate-policy-") as scratch:
+            policy, _file = freeze_policy(cfg, Path(scratch))
+        check_stages(policy)
+        obj = modelrollout_for(name, self.namespace, model_uri, cfg, policy.raw,
+                               tracking_uri())
+        print(yaml.safe_dump(obj, sort_keys=False), end="")
+        say(f"kpigate: dry run — nothing applied to namespace {self.namespace}")
+        return {"name": name, "status": "dry_run", "flavor": FLAVOR, "manifests": [obj]}
+
     # -- create ----------------------------------------------------------------------------
     def create(self, name: str, model_uri: str, config: Mapping[str, Any] | None = None,
                progress: Progress | None = None, *,
@@ -108,6 +140,11 @@ class SeldonDeployer:
         say = progress or (lambda _m: None)
         namespace = self.namespace
         cfg = parse_config(config)
+        if self._operated(cfg):
+            if cfg.dry_run:
+                return self._dry_run_operated(name, model_uri, cfg, say)
+            create_through_operator(self._cluster(cfg), name, model_uri, cfg, say)
+            return self.describe(name, config)
         # The ingest token goes into the logger URL of the applied objects only; a dry
         # run prints them, so it leaves the token out.
         ingest = None if cfg.dry_run else CollectorCredentials.from_env().ingest_token
@@ -183,6 +220,10 @@ class SeldonDeployer:
               who: str = "operator") -> dict[str, Any]:
         """promote / rollback / pause / resume (compare-and-set on the rollout's state)."""
         cfg = _config(config)
+        operated = OperatedRollouts(self._cluster(cfg))
+        if operated.get(name) is not None:
+            operated.steer(name, action, who)
+            return self.describe(name, config)
         rollout = self._rollout(name, cfg)
         directory = workdir(self.namespace, name, cfg.state_dir)
         policy, settings = rollout.materialize(directory)
@@ -198,7 +239,8 @@ class SeldonDeployer:
         rollout = self._rollout(name, cfg)
         state = rollout.store.load()
         kind = SELDON_DEPLOYMENT if cfg.seldon_version == 1 else SELDON_EXPERIMENT
-        if state is None and not rollout.cluster.objects(kind).get(name):
+        if state is None and not rollout.cluster.objects(kind).get(name) and \
+                OperatedRollouts(rollout.cluster).get(name) is None:
             raise UsageError(f"no kpigate rollout named {name!r} in namespace "
                              f"{self.namespace}")
         if state is not None and not state.phase.terminal:
@@ -211,6 +253,10 @@ class SeldonDeployer:
             # No traffic change: everything is deleted next; only MLflow and the report.
             self._effects(rollout, directory, policy, saved, _NoTraffic()
                           ).apply(saved, None, "aborted")
+        operated = OperatedRollouts(rollout.cluster)
+        if operated.get(name) is not None:
+            # Its Seldon objects and ConfigMaps are owned by it and go with it.
+            operated.delete(name)
         rollout.cluster.delete_managed(name)
 
     @staticmethod
@@ -229,6 +275,12 @@ class SeldonDeployer:
         """The deployment as ``get_deployment`` returns it."""
         rollout = self._rollout(name, _config(config))
         state = rollout.store.load()
+        resource = OperatedRollouts(rollout.cluster).get(name)
+        if resource is not None:
+            pending = operated_pending(resource, state)
+            if pending is not None:
+                return {"name": name, "flavor": FLAVOR, "namespace": self.namespace,
+                        **pending}
         if state is None:
             raise UsageError(f"no kpigate rollout named {name!r} in namespace "
                              f"{self.namespace}")
@@ -246,17 +298,19 @@ class SeldonDeployer:
             "evaluations": state.evaluations, "rollout_run_id": state.rollout_run_id,
             "endpoint": _endpoint(settings["target"].get("gateway_url"), self.namespace, name,
                                   version),
+            "operator": resource is not None,
         }
 
     def list_all(self, config: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
         """Every kpigate rollout in the namespace."""
-        cms = connect(self.namespace, parse_config(config)).objects(CONFIG_MAP)
-        out = []
-        for cm in cms.list({"app.kubernetes.io/managed-by": "kpigate"}):
+        cluster = connect(self.namespace, parse_config(config))
+        names = OperatedRollouts(cluster).names()
+        for cm in cluster.objects(CONFIG_MAP).list({"app.kubernetes.io/managed-by": "kpigate"}):
             cm_name = cm["metadata"]["name"]
-            if cm_name.endswith("-kpigate-state"):
-                out.append(self.describe(cm_name[: -len("-kpigate-state")], config))
-        return out
+            if cm_name.endswith("-kpigate-state") and \
+                    cm_name[: -len("-kpigate-state")] not in names:
+                names.append(cm_name[: -len("-kpigate-state")])
+        return [self.describe(n, config) for n in sorted(names)]
 
     def open(self, name: str, config: Mapping[str, Any] | None = None) -> Rollout:
         """The rollout's ConfigMap store, its frozen policy, and a local scratch directory."""

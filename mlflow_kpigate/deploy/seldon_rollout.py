@@ -151,7 +151,14 @@ def start_rollout(rollout: ClusterRollout, target: SeldonTarget, cfg: Deployment
         if old["metadata"]["name"].startswith(f"{name}-kpigate-audit-"):
             rollout.configmaps.delete(old["metadata"]["name"])
     owner_obj: dict[str, Any] | None = None
+    source = dict(source or {})
+    # A rollout the operator started belongs to its ModelRollout: deleting that deletes
+    # the Seldon objects, and with them the ConfigMaps they own.
+    rollout_owner = source.pop("owner", None)
     for manifest in manifests:
+        if rollout_owner:
+            manifest = {**manifest, "metadata": {**manifest["metadata"],
+                                                 "ownerReferences": [rollout_owner]}}
         kind = {"SeldonDeployment": SELDON_DEPLOYMENT, "Model": SELDON_MODEL,
                 "Experiment": SELDON_EXPERIMENT}[manifest["kind"]]
         objects = cluster.objects(kind)
