@@ -45,6 +45,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fake_kube_kinds import DecodeError
+from fake_kube_kinds import normalize as normalize_builtin
+from fake_kube_kinds import problems as builtin_problems
+from fake_kube_kinds import update_problems as builtin_update_problems
+from fake_kube_watch import DEFAULT_HISTORY, Change, WatchHub, WatchStream
 
 CRD_DIR = Path(__file__).parent / "data" / "seldon-crds"
 #: kpigate's own CRD (ModelRollout); always used, whatever ``crd_dir`` says, since it ships
@@ -64,6 +69,8 @@ class Resource:
     kind: str
     status_subresource: bool
     generation: bool  # whether metadata.generation is maintained (custom resources)
+    builtin: bool = False  # a built-in kind (typed lists, Status on delete, strategic merge)
+    unconditional_update: bool = False  # PUT without metadata.resourceVersion allowed
 
     @property
     def api_version(self) -> str:
@@ -77,7 +84,10 @@ class Resource:
 
 
 RESOURCES: tuple[Resource, ...] = (
-    Resource("", "v1", "configmaps", "ConfigMap", False, False),
+    Resource("", "v1", "configmaps", "ConfigMap", False, False, True, True),
+    Resource("", "v1", "secrets", "Secret", False, False, True, True),
+    Resource("", "v1", "events", "Event", False, False, True, True),
+    Resource("coordination.k8s.io", "v1", "leases", "Lease", False, False, True, False),
     Resource("machinelearning.seldon.io", "v1", "seldondeployments", "SeldonDeployment",
              True, True),
     Resource("mlops.seldon.io", "v1alpha1", "models", "Model", True, True),
@@ -497,17 +507,22 @@ class FakeKube:
     401, as a real server with bad credentials answers). ``crd_dir``: CRD files used to
     prune and validate custom resources (default ``tests/data/seldon-crds``; validation is
     skipped when the directory does not exist). ``user``: the identity named in 403
-    messages.
+    messages. ``bookmark_interval``: seconds between BOOKMARK events of a watch that asked
+    for them; ``watch_history``: how many changes a watch can resume from (older
+    resourceVersions get 410 Expired).
     """
 
     def __init__(self, *, token: str | None = None, crd_dir: Path | None = CRD_DIR,
-                 user: str = DEFAULT_USER) -> None:
+                 user: str = DEFAULT_USER, bookmark_interval: float = 1.0,
+                 watch_history: int = DEFAULT_HISTORY) -> None:
         self.token = token
         self.user = user
         self.crd_dir = crd_dir if crd_dir is not None and crd_dir.is_dir() else None
         self._lock = threading.RLock()
         self._objects: dict[tuple[str, str, str, str], dict[str, Any]] = {}
         self._rv = 1000
+        self._watch = WatchHub(self._lock, lambda: self._rv, history=watch_history,
+                               bookmark_interval=bookmark_interval)
         self._requests: list[RecordedRequest] = []
         self._conflicts: list[_Injection] = []
         self._pending: list[_Pending] = []
@@ -568,6 +583,7 @@ class FakeKube:
         """Stop serving, close kept-alive client connections, join every thread."""
         if self._server is None:
             return
+        self._watch.close()  # open watch streams end; their handler threads return
         self._server.shutdown()
         self._server.server_close()
         with self._lock:
@@ -736,6 +752,17 @@ class FakeKube:
         with self._lock:
             self._forbidden.add((verb, plural))
 
+    def drop_watches(self, *, clean: bool = True) -> int:
+        """End every open watch stream now, so clients must reconnect and resume:
+        ``clean`` ends the HTTP body as the server's watch timeout does, otherwise the
+        connection is cut mid-stream (a network failure). Returns how many were open."""
+        return self._watch.drop(clean=clean)
+
+    def open_watches(self) -> int:
+        """How many watch streams are open now."""
+        with self._lock:
+            return len(self._watch.streams)
+
     def uninstall(self, plural: str) -> None:
         """Stop serving ``plural`` (its CRD is not installed): its paths answer 404."""
         with self._lock:
@@ -757,8 +784,9 @@ class FakeKube:
         return str(self._rv)
 
     def handle(self, method: str, raw_path: str, headers: dict[str, str],
-               body: bytes) -> tuple[int, dict[str, Any]]:
-        """Serve one request; returns (status, JSON body). Thread-safe: one at a time."""
+               body: bytes) -> tuple[int, Any]:
+        """Serve one request; returns (status, JSON body), or (200, :class:`WatchStream`)
+        for a watch, which the caller serves. Thread-safe: one at a time."""
         parsed = urllib.parse.urlsplit(raw_path)
         query = {k: v[-1] for k, v in urllib.parse.parse_qs(parsed.query).items()}
         ctype = headers.get("content-type")
@@ -767,7 +795,7 @@ class FakeKube:
         except ValueError:
             payload = body.decode("utf-8", "replace")
         route = _route(parsed.path)
-        verb = _verb(method, route)
+        verb = _verb(method, route, query)
         with self._lock:
             try:
                 status, out = self._dispatch(method, verb, route, query, headers, payload)
@@ -781,7 +809,7 @@ class FakeKube:
 
     def _dispatch(self, method: str, verb: str, route: dict[str, str] | None,
                   query: dict[str, str], headers: dict[str, str],
-                  payload: Any) -> tuple[int, dict[str, Any]]:
+                  payload: Any) -> tuple[int, Any]:
         if self.token is not None and headers.get("authorization") != f"Bearer {self.token}":
             raise ApiError(401, "Unauthorized", "Unauthorized")
         if route is not None and route.get("version_endpoint"):
@@ -794,16 +822,20 @@ class FakeKube:
                 route.get("sub") and (route["sub"] != "status" or not res.status_subresource)):
             raise ApiError(404, "NotFound", "the server could not find the requested resource")
         ns, name, sub = route["ns"], route.get("name"), route.get("sub") or ""
+        if ns is None and verb not in ("list", "watch"):
+            raise ApiError(405, "MethodNotAllowed",
+                           "the server does not allow this method on the requested resource")
         if (verb, res.plural) in self._forbidden:
             target = f'{res.qualified} "{name}"' if name else res.qualified
+            scope = f'in the namespace "{ns}"' if ns is not None else "at the cluster scope"
             raise ApiError(403, "Forbidden",
                            f'{target} is forbidden: User "{self.user}" cannot {verb} resource '
-                           f'"{res.plural}" in API group "{res.group}" in the namespace '
-                           f'"{ns}"', _details(res, name or ""))
+                           f'"{res.plural}" in API group "{res.group}" {scope}',
+                           _details(res, name or ""))
         if query.get("dryRun"):
             raise _bad_request("dryRun is not emulated by the fake API server")
-        if query.get("watch") in ("true", "1"):
-            raise _bad_request("watch is not emulated by the fake API server")
+        if verb == "watch":
+            return 200, self._watch_stream(res, ns, query)
         if verb in ("update", "patch", "create", "delete"):
             target = name or ""
             if not target and isinstance(payload, dict):
@@ -849,7 +881,9 @@ class FakeKube:
                 inj.remaining -= 1
                 raise _conflict(res, name)
 
-    def _list(self, res: Resource, ns: str, query: dict[str, str]) -> dict[str, Any]:
+    def _selector(self, res: Resource, ns: str | None,
+                  query: dict[str, str]) -> Callable[[dict[str, Any]], bool]:
+        """The request's namespace, label and field selectors as a predicate on objects."""
         selector = parse_label_selector(query.get("labelSelector", ""))
         field_sel = query.get("fieldSelector", "")
         names: tuple[str, str] | None = None
@@ -859,28 +893,73 @@ class FakeKube:
                 raise _bad_request(f"field selector {field_sel!r} is not emulated (only "
                                    "metadata.name=VALUE)")
             names = ("!=" if m.group(1) == "!=" else "=", m.group(2))
+
+        def matches(obj: dict[str, Any]) -> bool:
+            meta = obj.get("metadata") or {}
+            if ns is not None and meta.get("namespace") != ns:
+                return False
+            if not _matches(meta.get("labels") or {}, selector):
+                return False
+            return not (names and ((names[0] == "=") != (meta.get("name") == names[1])))
+        return matches
+
+    def _watch_stream(self, res: Resource, ns: str | None,
+                      query: dict[str, str]) -> WatchStream:
+        matches = self._selector(res, ns, query)
+        if query.get("sendInitialEvents"):
+            raise _bad_request("sendInitialEvents is not emulated by the fake API server")
+        rv_text = query.get("resourceVersion", "")
+        timeout: float | None = None
+        if query.get("timeoutSeconds"):
+            try:
+                timeout = float(int(query["timeoutSeconds"]))
+            except ValueError as exc:
+                raise _bad_request(f"invalid timeoutSeconds {query['timeoutSeconds']!r}") \
+                    from exc
+        initial: list[dict[str, Any]] = []
+        if rv_text in ("", "0"):
+            since = self._rv
+            initial = [copy.deepcopy(o) for (g, p, _, _), o in sorted(self._objects.items())
+                       if (g, p) == (res.group, res.plural) and matches(o)]
+        else:
+            if not rv_text.isdigit():
+                raise _bad_request(f'invalid resource version "{rv_text}"')
+            since = int(rv_text)
+        return WatchStream(self._watch, res.group, res.plural, res.kind, res.api_version,
+                           matches, since, initial,
+                           bookmarks=query.get("allowWatchBookmarks") in ("true", "1"),
+                           timeout=timeout if timeout and timeout > 0 else None)
+
+    def _list(self, res: Resource, ns: str | None, query: dict[str, str]) -> dict[str, Any]:
+        matches = self._selector(res, ns, query)
         items = []
-        for (g, p, o_ns, o_name), obj in sorted(self._objects.items()):
-            if (g, p, o_ns) != (res.group, res.plural, ns):
-                continue
-            if not _matches(obj["metadata"].get("labels") or {}, selector):
-                continue
-            if names and ((names[0] == "=") != (o_name == names[1])):
+        for (g, p, _, _), obj in sorted(self._objects.items()):
+            if (g, p) != (res.group, res.plural) or not matches(obj):
                 continue
             item = copy.deepcopy(obj)
-            if not res.group:  # typed core lists carry no kind/apiVersion on their items
+            if res.builtin:  # typed lists carry no kind/apiVersion on their items
                 item.pop("kind", None)
                 item.pop("apiVersion", None)
             items.append(item)
         return {"apiVersion": res.api_version, "kind": f"{res.kind}List",
                 "metadata": {"resourceVersion": str(self._rv)}, "items": items}
 
-    def _check(self, res: Resource, obj: dict[str, Any]) -> dict[str, Any]:
-        """Prune and validate ``obj`` as the API server would before storing it."""
+    def _check(self, res: Resource, obj: dict[str, Any], ns: str,
+               old: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Decode, prune and validate ``obj`` as the API server would before storing it."""
         name = obj.get("metadata", {}).get("name", "")
+        if res.builtin and res.kind != "ConfigMap":
+            try:
+                obj = normalize_builtin(res.kind, obj)
+            except DecodeError as exc:
+                raise _bad_request(str(exc)) from exc
         problems = _meta_problems(obj)
         if res.kind == "ConfigMap":
             problems += _configmap_problems(obj)
+        elif res.builtin:
+            problems += builtin_problems(res.kind, obj, ns)
+            if old is not None:
+                problems += builtin_update_problems(res.kind, old, obj)
         else:
             directory = KPIGATE_CRD_DIR if res.group == "kpigate.io" else self.crd_dir
             schema = None if directory is None else _crd_schemas(str(directory)).get(
@@ -910,7 +989,7 @@ class FakeKube:
         meta = obj.setdefault("metadata", {})
         if not isinstance(meta, dict):
             raise _bad_request("metadata must be an object")
-        if res.group:
+        if not res.builtin:
             if obj.get("apiVersion") != res.api_version or obj.get("kind") != res.kind:
                 raise _bad_request(
                     f"the API version in the data ({obj.get('apiVersion')}) does not match "
@@ -929,7 +1008,7 @@ class FakeKube:
                                                    "objects to be created"}]})
         if res.status_subresource:
             obj.pop("status", None)  # the status subresource owns it
-        obj = self._check(res, obj)
+        obj = self._check(res, obj, ns)
         meta = obj["metadata"]
         key = (res.group, res.plural, ns, meta["name"])
         if key in self._objects:
@@ -941,6 +1020,7 @@ class FakeKube:
         if res.generation:
             meta["generation"] = 1
         self._objects[key] = obj
+        self._record("ADDED", res, ns, obj)
         return copy.deepcopy(obj)
 
     def _commit(self, res: Resource, key: tuple[str, str, str, str], old: dict[str, Any],
@@ -959,6 +1039,7 @@ class FakeKube:
             meta["generation"] = int(old["metadata"].get("generation", 1)) + 1
         meta["resourceVersion"] = self._next_rv()
         self._objects[key] = new
+        self._record("MODIFIED", res, key[2], new, old)
         return copy.deepcopy(new)
 
     def _update(self, res: Resource, key: tuple[str, str, str, str], sub: str,
@@ -987,7 +1068,7 @@ class FakeKube:
             raise ApiError(409, "Conflict", f"Precondition failed: UID in precondition: "
                            f"{meta.get('uid')}, UID in object meta: {old['metadata']['uid']}",
                            _details(res, name))
-        if res.group and (new.get("apiVersion"), new.get("kind")) != (res.api_version,
+        if not res.builtin and (new.get("apiVersion"), new.get("kind")) != (res.api_version,
                                                                       res.kind):
             raise _bad_request(f"apiVersion/kind must be {res.api_version}/{res.kind}")
         new = copy.deepcopy(new)
@@ -1005,13 +1086,13 @@ class FakeKube:
                 new["status"] = copy.deepcopy(old["status"])
             else:
                 new.pop("status", None)
-        new = self._check(res, new)
+        new = self._check(res, new, key[2], old)
         return self._commit(res, key, old, new)
 
     def _replace(self, res: Resource, key: tuple[str, str, str, str], sub: str,
                  payload: Any) -> dict[str, Any]:
-        # Custom resources refuse unconditional updates; ConfigMaps allow them.
-        return self._update(res, key, sub, payload, require_rv=bool(res.group))
+        # Custom resources and Leases refuse unconditional updates; ConfigMaps allow them.
+        return self._update(res, key, sub, payload, require_rv=not res.unconditional_update)
 
     def _patch(self, res: Resource, key: tuple[str, str, str, str], sub: str, ctype: str,
                payload: Any) -> dict[str, Any]:
@@ -1021,7 +1102,7 @@ class FakeKube:
         media = ctype.split(";")[0].strip().lower()
         # Custom resources do not support strategic merge patch; ConfigMaps have no list
         # with a merge key in data, so there it behaves as a merge patch.
-        strategic = media == "application/strategic-merge-patch+json" and not res.group
+        strategic = media == "application/strategic-merge-patch+json" and res.builtin
         if media == "application/json-patch+json":
             if not isinstance(payload, list):
                 raise _bad_request("json: cannot unmarshal object into Go value of type "
@@ -1036,7 +1117,7 @@ class FakeKube:
             new = apply_merge_patch(old, payload)
         else:
             accepted = ["application/json-patch+json", "application/merge-patch+json"]
-            if not res.group:
+            if res.builtin:
                 accepted.append("application/strategic-merge-patch+json")
             raise ApiError(415, "UnsupportedMediaType",
                            "the body of the request was in an unknown format - accepted "
@@ -1067,7 +1148,7 @@ class FakeKube:
                            f"{pre['uid']}, UID in object meta: {obj['metadata']['uid']}",
                            _details(res, key[3]))
         deleted = self._delete(key, policy)
-        if res.group:  # custom resources answer with the deleted object
+        if not res.builtin:  # custom resources answer with the deleted object
             return deleted
         return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
                 "details": {"name": key[3], "kind": res.plural,
@@ -1076,7 +1157,9 @@ class FakeKube:
     def _delete(self, key: tuple[str, str, str, str], policy: str) -> dict[str, Any]:
         """Remove ``key`` and collect its garbage (synchronously, unlike the real GC)."""
         obj = self._objects.pop(key)
-        self._next_rv()
+        gone = copy.deepcopy(obj)  # the DELETED event carries the deletion's version
+        gone["metadata"]["resourceVersion"] = self._next_rv()
+        self._record("DELETED", self._resource_by_plural(key[1]), key[2], gone)
         uid = obj["metadata"]["uid"]
         live = {o["metadata"]["uid"] for o in self._objects.values()}
         for dkey, dep in list(self._objects.items()):
@@ -1100,6 +1183,13 @@ class FakeKube:
         return obj
 
 
+    def _record(self, kind: str, res: Resource, ns: str, obj: dict[str, Any],
+                old: dict[str, Any] | None = None) -> None:
+        self._watch.record(Change(int(obj["metadata"]["resourceVersion"]), kind, res.group,
+                                  res.plural, ns, copy.deepcopy(obj),
+                                  copy.deepcopy(old) if old is not None else None))
+
+
 def _spec_part(obj: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in obj.items() if k not in ("metadata", "status")}
 
@@ -1112,6 +1202,9 @@ _CORE = re.compile(r"/api/v1/namespaces/(?P<ns>[^/]+)/(?P<plural>[^/]+)"
                    r"(?:/(?P<name>[^/]+)(?:/(?P<sub>[^/]+))?)?/?")
 _GROUP = re.compile(r"/apis/(?P<group>[^/]+)/(?P<version>[^/]+)/namespaces/(?P<ns>[^/]+)/"
                     r"(?P<plural>[^/]+)(?:/(?P<name>[^/]+)(?:/(?P<sub>[^/]+))?)?/?")
+# All namespaces (list and watch only): /api/v1/PLURAL, /apis/GROUP/VERSION/PLURAL
+_CORE_ALL = re.compile(r"/api/v1/(?P<plural>[^/]+)/?")
+_GROUP_ALL = re.compile(r"/apis/(?P<group>[^/]+)/(?P<version>[^/]+)/(?P<plural>[^/]+)/?")
 
 
 def _route(path: str) -> dict[str, Any] | None:
@@ -1122,13 +1215,23 @@ def _route(path: str) -> dict[str, Any] | None:
     if m:
         return {"group": "", "version": "v1", **m.groupdict()}
     m = _GROUP.fullmatch(path)
-    return dict(m.groupdict()) if m else None
+    if m:
+        return dict(m.groupdict())
+    m = _CORE_ALL.fullmatch(path)
+    if m and m.group("plural") != "namespaces":
+        return {"group": "", "version": "v1", "ns": None, **m.groupdict()}
+    m = _GROUP_ALL.fullmatch(path)
+    if m and m.group("plural") != "namespaces":
+        return {"ns": None, **m.groupdict()}
+    return None
 
 
-def _verb(method: str, route: dict[str, Any] | None) -> str:
+def _verb(method: str, route: dict[str, Any] | None, query: dict[str, str]) -> str:
     if route is None or route.get("version_endpoint"):
         return "get" if route else ""
     named = bool(route.get("name"))
+    if method == "GET" and not named and query.get("watch") in ("true", "1"):
+        return "watch"
     return {("GET", False): "list", ("GET", True): "get", ("POST", False): "create",
             ("PUT", True): "update", ("PATCH", True): "patch",
             ("DELETE", True): "delete", ("DELETE", False): "deletecollection"}.get(
@@ -1147,6 +1250,14 @@ def _handler_class(fake: FakeKube) -> type[BaseHTTPRequestHandler]:
             body = self.rfile.read(length) if length else b""
             headers = {k.lower(): v for k, v in self.headers.items()}
             status, out = fake.handle(self.command, self.path, headers, body)
+            if isinstance(out, WatchStream):
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Transfer-Encoding", "chunked")
+                self.end_headers()
+                if not out.serve(self.wfile, self.connection):
+                    self.close_connection = True
+                return
             data = json.dumps(out).encode()
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
