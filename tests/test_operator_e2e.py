@@ -107,7 +107,7 @@ def test_operator_promotes_a_rollout_created_through_mlflow_deployments(
     assert done.returncode == exit_codes.PROMOTED, done.stderr[-3000:] + op.log.read_text()[-3000:]
     # The status went through every stage, with conditions as Kubernetes tools read them.
     stages = {v["stage"] for v in seen if v["phase"] in ("canary", "holding")}
-    assert stages == {0, 1, 2}, seen
+    assert stages == {0, 1}, seen  # 5% and 50%; the promotion from 50% ends at 100%
     running = [v for v in seen if v["phase"] in ("canary", "holding")]
     assert all(v["conditions"]["Progressing"][0] == "True" and
                v["conditions"]["Available"][0] == "False" for v in running), running
@@ -121,7 +121,7 @@ def test_operator_promotes_a_rollout_created_through_mlflow_deployments(
     assert obj["status"]["lastDecision"]["action"] == "promote"
     # Every decision left a Kubernetes Event on the resource.
     reasons = [e["reason"] for e in _events(fake_kube, name)]
-    assert reasons.count("DecisionPromote") >= 3, reasons
+    assert reasons.count("DecisionPromote") >= 2, reasons
     assert "RolloutStarted" in reasons
     state = _store(fake_kube, name).require()
     assert state.phase.value == "promoted"
@@ -157,7 +157,8 @@ def test_operator_rolls_back_a_worse_candidate_and_takes_actions_through_the_res
         assert "DecisionRollback" in reasons
         rollback = next(e for e in _events(fake_kube, name)
                         if e["reason"] == "DecisionRollback")
-        assert rollback["type"] == "Warning" and "error_rate" in rollback["message"]
+        assert rollback["type"] == "Warning"
+        assert "error_rate" in rollback["message"]
         # An action on an ended rollout is refused through the resource, one line, exit 2.
         refused = _deployments(["update", "-t", f"kpigate:/seldon/{NS}", "--name", name,
                                 "-C", "action=promote", "-C", f"kubeconfig={fake_kube.kubeconfig}"],

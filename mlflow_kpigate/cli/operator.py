@@ -95,4 +95,6 @@ def operator_command(namespaces: tuple[str, ...], all_namespaces: bool,
         identity=identity or "")
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    # The client's elector logs every renewal at INFO; its warnings and errors still show.
+    logging.getLogger("leaderelection").setLevel(logging.WARNING)
     raise click.exceptions.Exit(Operator(options).run())

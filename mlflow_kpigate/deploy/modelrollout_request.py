@@ -78,6 +78,8 @@ def create_request(mr: ModelRollout, policy_file: Path, *, kubeconfig: str | Non
         "policy": str(policy_file), "promote_alias": spec.model.promote_alias,
         "seldon_version": spec.backend.seldon_version, "replicas": spec.backend.replicas,
         "collector_url": spec.collector_url, "wait": True,
+        # The worker *is* the operator's controller: never a ModelRollout of its own.
+        "operator": "false",
     }
     if shared_collector:
         raw["shared_collector"] = True
