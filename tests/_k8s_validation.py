@@ -62,6 +62,14 @@ SELDON_METRICS = {
 }
 KNOWN_METRICS = CONTROLLER_METRICS | COLLECTOR_METRICS | SELDON_METRICS | set(OPERATOR_METRICS)
 
+#: The Prometheus Operator's ServiceMonitor/PodMonitor fields (monitoring.coreos.com/v1, as
+#: its API reference documents them) that kpigate's manifests may use. No copy of its CRD
+#: is vendored, so the monitors are checked against this shape rather than its schema.
+MONITOR_SPEC = {"selector", "namespaceSelector", "jobLabel", "podTargetLabels",
+                "targetLabels", "sampleLimit", "endpoints", "podMetricsEndpoints"}
+MONITOR_ENDPOINT = {"port", "path", "interval", "scrapeTimeout", "scheme", "honorLabels",
+                    "relabelings", "metricRelabelings"}
+
 
 # -- files and tools ---------------------------------------------------------------------------
 def docs(path: Path) -> list[Any]:

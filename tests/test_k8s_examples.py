@@ -36,6 +36,8 @@ from _k8s_validation import (
     PROMETHEUS,
     ROOT,
 )
+from _k8s_validation import MONITOR_ENDPOINT as _ENDPOINT
+from _k8s_validation import MONITOR_SPEC as _MONITOR_SPEC
 from _k8s_validation import dockerfile as _dockerfile
 from _k8s_validation import dockerfile_uid as _dockerfile_uid
 from _k8s_validation import docs as _docs
@@ -440,10 +442,6 @@ def test_alert_timings_match_the_policy(tmp_path):
 
 
 # -- Prometheus Operator monitors --------------------------------------------------------------
-_MONITOR_SPEC = {"selector", "namespaceSelector", "jobLabel", "podTargetLabels",
-                 "targetLabels", "sampleLimit", "endpoints", "podMetricsEndpoints"}
-_ENDPOINT = {"port", "path", "interval", "scrapeTimeout", "scheme", "honorLabels",
-             "relabelings", "metricRelabelings"}
 
 
 @pytest.mark.parametrize("kind", ["ServiceMonitor", "PodMonitor"])
