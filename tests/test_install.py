@@ -1,14 +1,14 @@
-"""The kpigate operator's install (deploy/kubernetes): its kustomize overlays, checked
-without a cluster.
+"""The kpigate operator's install (deploy/kubernetes): its kustomize overlays render, every
+object is valid, and the RBAC grants exactly what the operator calls.
 
-Every overlay is rendered by the real ``kubectl kustomize`` (offline); every core object
-goes through the ``kubernetes`` client's strict models, the ModelRollout samples through
-the shipped CRD's schema (unknown fields fail, as the API server would prune them), and
-the ServiceMonitors against the Prometheus Operator's documented fields (no copy of its
-CRD is vendored under tests/data). The rest checks that the pieces agree: the RBAC grants
-exactly the calls the operator makes (no more), the operator's arguments are flags it has,
-selectors select the pods they mean, ports are named alike everywhere, and the collector's
-NetworkPolicy admits its named clients and nobody else.
+Every overlay is rendered by the real ``kubectl kustomize`` (offline). Every core object
+goes through the ``kubernetes`` client's strict models (unknown or mistyped fields fail);
+the ServiceMonitors are checked against the Prometheus Operator's documented fields, as no
+copy of its CRD is vendored under tests/data. The Roles and the ClusterRole must grant
+exactly the operator's calls, Secrets by name only: adding `list secrets` or a wildcard
+fails. tests/test_install_wiring.py checks how the objects fit together (flags, ports,
+selectors, NetworkPolicy, samples), tests/test_install_monitoring.py the dashboard row,
+the alerts' runbooks and the docs.
 """
 
 from __future__ import annotations
