@@ -21,53 +21,38 @@ import json
 import re
 import secrets
 import shutil
-import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from _k8s_validation import (
+    COLLECTOR_METRICS,
+    CONTROLLER_METRICS,
+    DASHBOARD,
+    KNOWN_METRICS,
+    OPERATOR_METRICS,
+    PROMETHEUS,
+    ROOT,
+)
+from _k8s_validation import MONITOR_ENDPOINT as _ENDPOINT
+from _k8s_validation import MONITOR_SPEC as _MONITOR_SPEC
+from _k8s_validation import dockerfile as _dockerfile
+from _k8s_validation import dockerfile_uid as _dockerfile_uid
+from _k8s_validation import docs as _docs
+from _k8s_validation import grants as _grants
+from _k8s_validation import metric_names as _metric_names
+from _k8s_validation import panels as _panels
+from _k8s_validation import promtool as _promtool
+from _k8s_validation import run as _run
+from _k8s_validation import secure as _secure
+from _k8s_validation import validate as _validate
+from _k8s_validation import walk as _walk
 
-ROOT = Path(__file__).resolve().parents[1]
 K8S = ROOT / "examples" / "k8s"
-PROMETHEUS = ROOT / "examples" / "prometheus"
-DASHBOARD = ROOT / "examples" / "grafana" / "kpigate.json"
-DOCKERFILE = ROOT / "Dockerfile"
-_TOOL_LIMIT_S = 120  # a ceiling for a wedged tool, not a performance threshold
 
 # -- the contract ------------------------------------------------------------------------------
-#: Series the rollout controller exports (port 9102).
-CONTROLLER_METRICS = {
-    "kpigate_rollout_info", "kpigate_rollout_stage", "kpigate_rollout_phase",
-    "kpigate_rollout_paused",
-    "kpigate_traffic_weight", "kpigate_kpi_estimate", "kpigate_kpi_difference",
-    "kpigate_kpi_interval_lower", "kpigate_kpi_interval_upper", "kpigate_kpi_samples",
-    "kpigate_decisions_total", "kpigate_evaluations_total",
-    "kpigate_last_evaluation_timestamp_seconds", "kpigate_metrics_unavailable",
-    "kpigate_readiness_waiting_seconds", "kpigate_stage_decision_eta_seconds",
-    "kpigate_stage_forecast_duration_seconds", "kpigate_stage_max_duration_seconds",
-}
-#: Series the in-cluster collector exports (histograms by their sample names).
-COLLECTOR_METRICS = {
-    "kpigate_stage_requests_total", "kpigate_stage_errors_total",
-    "kpigate_stage_latency_seconds_bucket", "kpigate_stage_latency_seconds_count",
-    "kpigate_stage_latency_seconds_sum", "kpigate_stage_labelled_total",
-    "kpigate_stage_score_bucket", "kpigate_stage_segment_labelled_total",
-    "kpigate_stage_value_count", "kpigate_stage_value_sum", "kpigate_stage_value_product_sum",
-    "kpigate_collector_stage", "kpigate_cloudevents_total", "kpigate_labels_total",
-    "kpigate_collector_rejected_requests_total",
-}
-#: Seldon Core's executor (v1) and model (v2) series.
-SELDON_METRICS = {
-    "seldon_api_executor_server_requests_seconds_bucket",
-    "seldon_api_executor_server_requests_seconds_count",
-    "seldon_api_executor_server_requests_seconds_sum",
-    "seldon_model_infer_total", "seldon_model_infer_seconds_total",
-}
-KNOWN_METRICS = CONTROLLER_METRICS | COLLECTOR_METRICS | SELDON_METRICS
-
 #: What the controller may do (group, resource, verb): exactly what the Seldon backend calls.
 CONTROLLER_GRANTS = {
     *(("machinelearning.seldon.io", "seldondeployments", v)
@@ -87,8 +72,9 @@ CORE_MODELS = {
 CRD_KINDS = {"ServiceMonitor", "PodMonitor", "WorkflowTemplate"}
 #: Files in examples/k8s that are kustomize's own, not resources.
 KUSTOMIZE_FILES = {"kustomization.yaml"}
-#: Sample custom resources that the kustomization does not apply: the ModelRollout's CRD is
-#: not part of it and no operator acts on one yet (tests/test_model_rollout_crd.py checks it).
+#: Sample custom resources that the kustomization does not apply: a ModelRollout is run by
+#: the operator that deploy/kubernetes installs, not by this directory's Job
+#: (tests/test_model_rollout_crd.py and tests/test_install.py check it).
 SAMPLE_FILES = {"modelrollout.yaml"}
 #: The collector's token Secret (made by the kustomization's secretGenerator), its keys
 #: (the scopes) and where the pods mount it.
@@ -98,10 +84,6 @@ TOKENS_DIR = "/var/run/secrets/kpigate"
 
 
 # -- helpers -----------------------------------------------------------------------------------
-def _docs(path: Path) -> list[Any]:
-    return [d for d in yaml.safe_load_all(path.read_text(encoding="utf-8")) if d is not None]
-
-
 def _kustomization() -> dict[str, Any]:
     return _docs(K8S / "kustomization.yaml")[0]
 
@@ -121,40 +103,6 @@ def _one(kind: str, name: str | None = None) -> dict[str, Any]:
              if d["kind"] == kind and (name is None or d["metadata"]["name"] == name)]
     assert len(found) == 1, f"expected one {kind} {name or ''}, found {len(found)}"
     return found[0]
-
-
-def _validate(model_name: str, data: dict[str, Any]) -> Any:
-    import kubernetes
-    from kubernetes import client
-
-    model = getattr(client, model_name)
-    if not hasattr(model, "model_validate"):
-        pytest.fail(f"kubernetes {kubernetes.__version__}: its models do not validate strictly "
-                    "(no model_validate); install the version setup.py pins for tests")
-    return model.model_validate(data)
-
-
-def _walk(node: Any) -> Iterator[tuple[str, Any]]:
-    if isinstance(node, dict):
-        for key, value in node.items():
-            yield key, value
-            yield from _walk(value)
-    elif isinstance(node, list):
-        for item in node:
-            yield from _walk(item)
-
-
-def _promtool() -> str:
-    path = shutil.which("promtool")
-    if path is None:
-        pytest.fail("promtool not found on PATH: run scripts/setup.sh (it installs Debian's "
-                    "prometheus package) or install Prometheus' promtool")
-    return path
-
-
-def _run(cmd: list[str], cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True,
-                          timeout=_TOOL_LIMIT_S, check=False)
 
 
 def _c_options(args: list[str]) -> dict[str, str]:
@@ -184,18 +132,8 @@ def _wf_template(name: str) -> dict[str, Any]:
     return next(t for t in _workflow()["spec"]["templates"] if t["name"] == name)
 
 
-def _metric_names(expr: str) -> set[str]:
-    return set(re.findall(r"\b(?:kpigate|seldon)_[a-z_]+", expr))
-
-
 def _dashboard() -> dict[str, Any]:
     return json.loads(DASHBOARD.read_text(encoding="utf-8"))
-
-
-def _panels(panels: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
-    for panel in panels:
-        yield panel
-        yield from _panels(panel.get("panels", []))
 
 
 def _dashboard_exprs() -> list[str]:
@@ -258,11 +196,6 @@ def test_the_strict_model_check_rejects_a_mistyped_field():
 
 
 # -- RBAC --------------------------------------------------------------------------------------
-def _grants(role: dict[str, Any]) -> set[tuple[str, str, str]]:
-    return {(group, resource, verb) for rule in role["rules"] for group in rule["apiGroups"]
-            for resource in rule["resources"] for verb in rule["verbs"]}
-
-
 def test_the_role_grants_exactly_what_the_controller_calls():
     role = _one("Role", "kpigate")
     assert _grants(role) == CONTROLLER_GRANTS
@@ -295,21 +228,6 @@ def test_argo_executor_role_only_reports_step_results():
 
 
 # -- the collector -----------------------------------------------------------------------------
-def _secure(container: dict[str, Any], pod: dict[str, Any]) -> None:
-    ctx = container["securityContext"]
-    assert ctx["readOnlyRootFilesystem"] is True
-    assert ctx["allowPrivilegeEscalation"] is False
-    assert ctx["capabilities"]["drop"] == ["ALL"]
-    assert pod["securityContext"]["runAsNonRoot"] is True
-    assert pod["securityContext"]["runAsUser"] == _dockerfile_uid()
-    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
-    volumes = {v["name"]: v for v in pod["volumes"]}
-    assert "emptyDir" in volumes[mounts["/tmp"]], "a read-only root needs a writable /tmp"
-    assert set(mounts.values()) <= set(volumes)
-    assert {"requests", "limits"} <= set(container["resources"])
-    assert {"cpu", "memory"} <= set(container["resources"]["limits"])
-
-
 def test_collector_runs_one_sqlite_writer_with_its_volume_probes_and_limits():
     dep = _one("Deployment", "kpigate-collector")
     spec, pod = dep["spec"], dep["spec"]["template"]["spec"]
@@ -524,10 +442,6 @@ def test_alert_timings_match_the_policy(tmp_path):
 
 
 # -- Prometheus Operator monitors --------------------------------------------------------------
-_MONITOR_SPEC = {"selector", "namespaceSelector", "jobLabel", "podTargetLabels",
-                 "targetLabels", "sampleLimit", "endpoints", "podMetricsEndpoints"}
-_ENDPOINT = {"port", "path", "interval", "scrapeTimeout", "scheme", "honorLabels",
-             "relabelings", "metricRelabelings"}
 
 
 @pytest.mark.parametrize("kind", ["ServiceMonitor", "PodMonitor"])
@@ -754,6 +668,8 @@ EXPECTED_SEVERITY = {
     "KpigateCollectorDown": "warning", "KpigateCollectorRefusingRequests": "warning",
     "KpigatePromoted": "info",
     "KpigateStageAdvanced": "info", "KpigateStageCannotDecideInTime": "warning",
+    "KpigateOperatorNoLeader": "critical", "KpigateOperatorReconcileErrors": "warning",
+    "KpigateOperatorWorkerCrashLooping": "warning",
 }
 
 
@@ -826,10 +742,12 @@ def test_dashboard_has_the_variables_and_unique_panel_ids():
 
 def test_dashboard_queries_select_the_chosen_rollout_and_known_metrics():
     for expr in _dashboard_exprs():
-        assert 'namespace="$namespace"' in expr, expr
-        assert re.search(r'deployment(_name)?="\$deployment"', expr), expr
         unknown = _metric_names(expr) - KNOWN_METRICS
         assert not unknown, f"{expr}: {sorted(unknown)}"
+        if _metric_names(expr) <= set(OPERATOR_METRICS):
+            continue  # the Operator row (the operator's, not a rollout's): test_install.py
+        assert 'namespace="$namespace"' in expr, expr
+        assert re.search(r'deployment(_name)?="\$deployment"', expr), expr
     d = _dashboard()
     for var in d["templating"]["list"][1:]:
         assert not _metric_names(var["definition"]) - KNOWN_METRICS
@@ -934,16 +852,6 @@ def test_kustomize_build_sets_namespace_and_image_everywhere(tmp_path):
 
 
 # -- the image ---------------------------------------------------------------------------------
-def _dockerfile() -> list[str]:
-    lines = DOCKERFILE.read_text(encoding="utf-8").replace("\\\n", " ").splitlines()
-    return [line.strip() for line in lines if line.strip() and not line.startswith("#")]
-
-
-def _dockerfile_uid() -> int:
-    (user,) = [line.split()[1] for line in _dockerfile() if line.startswith("USER ")]
-    return int(user)
-
-
 def test_dockerfile_is_a_slim_non_root_kpigate_image():
     lines = _dockerfile()
     assert lines[0] == "FROM python:3.11-slim"
