@@ -11,9 +11,11 @@ deployments`` CLI creating the ModelRollout (``-C operator=true``).
 from __future__ import annotations
 
 import os
+import random
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 from _operator_fixtures import (
@@ -21,6 +23,7 @@ from _operator_fixtures import (
     StatusRecorder,
     collector_process,
     operator_process,
+    wait_for,
 )
 from _seldon_sim import seldon  # noqa: F401
 from fake_kube import fake_kube  # noqa: F401
@@ -171,3 +174,141 @@ def test_operator_rolls_back_a_worse_candidate_and_takes_actions_through_the_res
         op.stop()
         collector.stop()
     assert _store(fake_kube, name).require().phase.value == "rolled_back"
+
+
+def _modelrollout(name: str, model, policy_text: str, prometheus, collector_url: str,
+                  token_secret: str) -> dict:
+    """A ModelRollout as a GitOps user writes it (policy inline, tokens from a Secret)."""
+    import yaml
+
+    return {"apiVersion": "kpigate.io/v1alpha1", "kind": "ModelRollout",
+            "metadata": {"name": name, "namespace": NS},
+            "spec": {"model": {"name": model.name, "candidate": {"version": "2"},
+                               "baseline": {"version": "1"}},
+                     "policy": {"inline": yaml.safe_load(policy_text)},
+                     "backend": {"kind": "SeldonDeployment"},
+                     "tracking": {"uri": model.tracking_uri},
+                     "collector": {"url": collector_url,
+                                   "tokenSecretRef": {"name": token_secret}},
+                     "prometheusUrl": prometheus.url}}
+
+
+def _token_secret(fake, name: str, collector) -> None:
+    import base64
+
+    data = {scope: base64.b64encode(path.read_bytes()).decode()
+            for scope, path in collector.token_files.items()}
+    fake.seed({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name},
+               "type": "Opaque", "data": data}, namespace=NS)
+
+
+def _candidate_traffic(fake, name) -> float:
+    sdep = fake.get_object("seldondeployments", NS, name)
+    if sdep is None:
+        return 0.0
+    return float(next((p.get("traffic", 0) for p in sdep["spec"]["predictors"]
+                       if p["name"] == "candidate" and not p.get("shadow")), 0))
+
+
+def _workers_of(name: str) -> list[int]:
+    out = subprocess.run(["pgrep", "-f", f"operator_worker .*--name {name}( |$)"],
+                         capture_output=True, text=True)
+    return [int(p) for p in out.stdout.split()]
+
+
+def test_operator_killed_at_random_points_resumes_without_passing_the_approved_stage(
+        fake_kube, prometheus, seldon, registered_model, tmp_path):  # noqa: F811
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(POLICY)
+    name = "fraud-kill"
+    seldon(name, cand_error=0.0)
+    collector = collector_process(tmp_path, name, policy)
+    env = _operator_env(collector)
+    rng = random.Random(20261205)
+    store = _store(fake_kube, name)
+    kills = 0
+    try:
+        created = _deployments(_create_args(name, registered_model, policy, prometheus,
+                                            collector, fake_kube, wait=False),
+                               registered_model, fake_kube)
+        assert created.returncode == 0, created.stderr[-2000:]
+        while kills < 6:
+            op = operator_process(fake_kube, tmp_path, f"op-k{kills}", env)
+            wait_for(op.leads, "the new operator to lead", 60)
+            time.sleep(rng.uniform(0.5, 9.0))  # anywhere: starting, applying, evaluating
+            before = store.load()
+            op.kill()
+            kills += 1
+            after = store.load()
+            approved = max(s.weights.candidate_percent for s in (before, after)
+                           if s is not None) if (before or after) else 0.0
+            # The cluster never runs ahead of what the committed state approved.
+            assert _candidate_traffic(fake_kube, name) <= max(approved, 5.0)
+            # The workers died with the operator: nothing acts until the next leader.
+            wait_for(lambda: not _workers_of(name), "the killed operator's workers to die", 10)
+            if after is not None and after.phase.terminal:
+                break
+        op = operator_process(fake_kube, tmp_path, "op-final", env)
+        try:
+            wait_for(lambda: (s := store.load()) is not None and s.phase.terminal and s,
+                     "the rollout to end", 240)
+        finally:
+            op.stop()
+    finally:
+        collector.stop()
+    assert kills >= 5
+    state = store.require()
+    assert state.phase.value == "promoted", state.reason
+    events = store.events()
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))
+    assert sum(e.kind == "created" for e in events) == 1  # resumed, never restarted
+    assert _conditions(fake_kube, name)["Available"] == "True"
+
+
+def test_two_operators_elect_one_leader_who_runs_two_rollouts_and_hands_over(
+        fake_kube, prometheus, seldon, registered_model, tmp_path):  # noqa: F811
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(POLICY)
+    good, bad = "fraud-two-good", "fraud-two-bad"
+    seldon(good, cand_error=0.0)
+    seldon(bad, cand_error=0.3)
+    collectors = {n: collector_process(tmp_path, n, policy) for n in (good, bad)}
+    for n, col in collectors.items():
+        _token_secret(fake_kube, f"{n}-tokens", col)
+        fake_kube.seed(_modelrollout(n, registered_model, POLICY, prometheus, col.url,
+                                     f"{n}-tokens"), namespace=NS)
+    ops = [operator_process(fake_kube, tmp_path, ident) for ident in ("op-1", "op-2")]
+    try:
+        leader = wait_for(lambda: [o for o in ops if o.leads()], "a leader", 60)
+        assert len(leader) == 1
+        leader = leader[0]
+        standby = next(o for o in ops if o is not leader)
+        # The leader runs both rollouts; the standby acts on nothing.
+        wait_for(lambda: all(_store(fake_kube, n).exists() for n in (good, bad)),
+                 "both rollouts to start", 120)
+        wait_for(lambda: _store(fake_kube, good).require().stage_index >= 1,
+                 "the good rollout's first promotion", 120)
+        assert not standby.leads()
+        by = {e.get("reportingInstance") for n in (good, bad) for e in _events(fake_kube, n)}
+        assert by == {leader.identity}
+        leader.kill()
+        wait_for(standby.leads, "the standby to take over", 60)
+        ended = {n: wait_for(lambda n=n: (s := _store(fake_kube, n).load()) is not None
+                             and s.phase.terminal and s, f"{n} to end", 240)
+                 for n in (good, bad)}
+    finally:
+        for o in ops:
+            o.stop()
+        for col in collectors.values():
+            col.stop()
+    assert ended[good].phase.value == "promoted", ended[good].reason
+    assert ended[bad].phase.value == "rolled_back", ended[bad].reason
+    lease = fake_kube.get_object("leases", NS, "kpigate-operator")
+    assert lease["spec"]["holderIdentity"] == standby.identity
+    for n in (good, bad):
+        events = _store(fake_kube, n).events()
+        assert [e.seq for e in events] == list(range(1, len(events) + 1))
+        assert sum(e.kind == "created" for e in events) == 1
+    assert {e.get("reportingInstance") for e in _events(fake_kube, good)} == \
+        {"op-1", "op-2"}
+    assert _conditions(fake_kube, bad)["Degraded"] == "True"

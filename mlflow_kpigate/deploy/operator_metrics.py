@@ -25,20 +25,25 @@ Key = tuple[str, str]
 
 
 class _Merged:
-    """A collector that yields the families of several registries, merged by name."""
+    """A collector that yields the families of several registries, merged by name, each
+    registry's samples labelled with its rollout's ``namespace`` (with ``--all-namespaces``
+    two rollouts of one name in two namespaces stay two series)."""
 
-    def __init__(self, registries: Callable[[], Iterable[CollectorRegistry]]) -> None:
+    def __init__(self, registries: Callable[[], Iterable[tuple[str, CollectorRegistry]]]
+                 ) -> None:
         self.registries = registries
 
     def collect(self) -> Iterator[Metric]:
         merged: dict[str, Metric] = {}
-        for registry in self.registries():
+        for namespace, registry in self.registries():
             for family in registry.collect():
                 into = merged.get(family.name)
                 if into is None:
                     into = merged[family.name] = Metric(family.name, family.documentation,
                                                         family.type, family.unit)
-                into.samples.extend(family.samples)
+                into.samples.extend(
+                    s._replace(labels={**s.labels, "namespace": namespace})
+                    for s in family.samples)
         yield from merged.values()
 
 
@@ -68,9 +73,9 @@ class OperatorMetrics:
         self._revisions: dict[Key, tuple[int, int]] = {}  # revision, evaluations
         self.registry.register(_Merged(self._rollout_registries))
 
-    def _rollout_registries(self) -> list[CollectorRegistry]:
+    def _rollout_registries(self) -> list[tuple[str, CollectorRegistry]]:
         with self._lock:
-            return [m.registry for m in self._decisions.values()]
+            return [(key[0], m.registry) for key, m in self._decisions.items()]
 
     def observe(self, key: Key, state: RolloutState | None) -> None:
         """Follow ``key``'s rollout (None: forget it)."""
@@ -84,6 +89,9 @@ class OperatorMetrics:
             else:
                 self._phases[key] = state.phase
                 seen = self._revisions.get(key)
+                if seen is None:
+                    # From 0, so that increase() sees the first restart too.
+                    self.restarts.labels(*key)
                 if seen is None or seen[0] != state.revision:
                     self._revisions[key] = (state.revision, state.evaluations)
                     metrics = self._decisions.get(key)
