@@ -261,7 +261,7 @@ def test_drop_watches_lets_the_client_resume(fake_kube, api):
     assert fake_kube.drop_watches(clean=False) == 1
     bg.thread.join(5)
     assert not bg.thread.is_alive()
-    assert isinstance(bg.error, urllib3.exceptions.HTTPError)
+    assert isinstance(bg.error, urllib3.exceptions.ProtocolError), repr(bg.error)
     assert bg.events.empty()
 
 
