@@ -1,14 +1,21 @@
 """A fake Kubernetes API server for tests: real HTTP on 127.0.0.1, the subset kpigate uses.
 
-:class:`FakeKube` serves the REST paths of ConfigMaps (``/api/v1/namespaces/NS/configmaps``)
-and of Seldon's custom resources (``/apis/GROUP/VERSION/namespaces/NS/PLURAL[/NAME[/status]]``
-for SeldonDeployment v1, Model and Experiment v1alpha1, and kpigate's own ModelRollout
-``kpigate.io/v1alpha1``) with the semantics a client can
-observe: create / get / list (equality label selectors) / replace (optimistic concurrency on
+:class:`FakeKube` serves ConfigMaps, Secrets and Events (``/api/v1/namespaces/NS/PLURAL``),
+Leases (``coordination.k8s.io/v1``) and Seldon's custom resources
+(``/apis/GROUP/VERSION/namespaces/NS/PLURAL[/NAME[/status]]`` for SeldonDeployment v1,
+Model and Experiment v1alpha1, and kpigate's own ModelRollout ``kpigate.io/v1alpha1``), plus
+list and watch across all namespaces (``/api/v1/PLURAL``, ``/apis/GROUP/VERSION/PLURAL``),
+with the semantics a client can observe: create / get / list (equality label selectors,
+``metadata.name`` field selector) / watch / replace (optimistic concurrency on
 ``metadata.resourceVersion``) / JSON patch (RFC 6902, including ``test``) / merge patch
 (RFC 7386) / delete with ownerReference garbage collection, a global resourceVersion
 counter, ``uid``, ``creationTimestamp``, ``generation`` bumped on spec changes, the status
 subresource, and Kubernetes ``Status`` error bodies shaped as the real server sends them.
+Watches (``?watch=true``) stream chunked watch events from a bounded change history
+(resume from a resourceVersion, 410 ``Expired`` when it is too old, bookmarks,
+``timeoutSeconds``); see :mod:`fake_kube_watch`. Secret, Event and Lease decoding and
+validation (``stringData``, required Event fields, MicroTime) live in
+:mod:`fake_kube_kinds`, JSON/merge patch in :mod:`fake_kube_patch`.
 When ``tests/data/seldon-crds/`` holds the Seldon CRDs, custom resources are pruned and
 validated against their ``openAPIV3Schema`` like the real server does (422 when invalid);
 ModelRollouts always are, against ``deploy/kubernetes/base/crd/``.
@@ -17,11 +24,14 @@ Tests drive the rest through Python methods (not HTTP): move an object's status
 (:meth:`FakeKube.set_seldon_state`, :meth:`FakeKube.set_ready_v2`), inject 409 conflicts
 (:meth:`FakeKube.inject_conflicts`) or a concurrent modification that lands just before the
 next write (:meth:`FakeKube.inject_concurrent_modification`), deny verbs as RBAC would
-(:meth:`FakeKube.forbid`), and read every request made (:attr:`FakeKube.requests`,
-:meth:`FakeKube.count`). ``docs/fake-kube.md`` lists what is emulated and what is not.
+(:meth:`FakeKube.forbid`, ``watch`` included), cut every open watch so clients must resume
+(:meth:`FakeKube.drop_watches`), and read every request made (:attr:`FakeKube.requests`,
+:meth:`FakeKube.count`; a watch is recorded with verb ``watch`` when it starts).
+``docs/fake-kube.md`` lists what is emulated and what is not.
 
 Fixtures: ``fake_kube`` (a started server with a kubeconfig file, stopped at teardown) and
-``fake_kube_factory`` (start more, e.g. one that requires a bearer token). Use them with
+``fake_kube_factory`` (start more, e.g. one that requires a bearer token or a short
+``bookmark_interval``). Use them with
 ``from fake_kube import fake_kube, fake_kube_factory  # noqa: F401`` (or from conftest).
 """
 
@@ -49,7 +59,11 @@ from fake_kube_kinds import DecodeError
 from fake_kube_kinds import normalize as normalize_builtin
 from fake_kube_kinds import problems as builtin_problems
 from fake_kube_kinds import update_problems as builtin_update_problems
+from fake_kube_patch import PatchError, apply_json_patch, apply_merge_patch, json_equal
 from fake_kube_watch import DEFAULT_HISTORY, Change, WatchHub, WatchStream
+
+__all__ = ["FakeKube", "PatchError", "RecordedRequest", "apply_json_patch",
+           "apply_merge_patch", "fake_kube", "fake_kube_factory", "json_equal"]
 
 CRD_DIR = Path(__file__).parent / "data" / "seldon-crds"
 #: kpigate's own CRD (ModelRollout); always used, whatever ``crd_dir`` says, since it ships
@@ -171,147 +185,6 @@ def _patch_failed() -> ApiError:
 
 def _bad_request(message: str) -> ApiError:
     return ApiError(400, "BadRequest", message)
-
-
-# -- JSON pointer / JSON patch (RFC 6901 / RFC 6902) and merge patch (RFC 7386) -------------
-class PatchError(Exception):
-    """A JSON patch operation does not apply to the document."""
-
-
-def _pointer(path: Any) -> list[str]:
-    if not isinstance(path, str) or (path and not path.startswith("/")):
-        raise PatchError(f"invalid JSON pointer {path!r}")
-    if path == "":
-        return []
-    return [p.replace("~1", "/").replace("~0", "~") for p in path[1:].split("/")]
-
-
-def _index(container: list[Any], token: str, *, allow_end: bool) -> int:
-    if token == "-" and allow_end:
-        return len(container)
-    if not re.fullmatch(r"0|[1-9][0-9]*", token):
-        raise PatchError(f"invalid array index {token!r}")
-    idx = int(token)
-    if idx > len(container) or (idx == len(container) and not allow_end):
-        raise PatchError(f"array index {idx} out of bounds")
-    return idx
-
-
-def _parent(doc: Any, tokens: list[str]) -> tuple[Any, str]:
-    node = doc
-    for tok in tokens[:-1]:
-        if isinstance(node, dict):
-            if tok not in node:
-                raise PatchError(f"doc is missing path: /{'/'.join(tokens)}")
-            node = node[tok]
-        elif isinstance(node, list):
-            node = node[_index(node, tok, allow_end=False)]
-        else:
-            raise PatchError(f"doc is missing path: /{'/'.join(tokens)}")
-    return node, tokens[-1]
-
-
-def _get(doc: Any, tokens: list[str]) -> Any:
-    if not tokens:
-        return doc
-    node, last = _parent(doc, tokens)
-    if isinstance(node, dict):
-        if last not in node:
-            raise PatchError(f"doc is missing key: /{'/'.join(tokens)}")
-        return node[last]
-    if isinstance(node, list):
-        return node[_index(node, last, allow_end=False)]
-    raise PatchError(f"doc is missing path: /{'/'.join(tokens)}")
-
-
-def _add(doc: Any, tokens: list[str], value: Any) -> Any:
-    if not tokens:
-        return value
-    node, last = _parent(doc, tokens)
-    if isinstance(node, dict):
-        node[last] = value
-    elif isinstance(node, list):
-        node.insert(_index(node, last, allow_end=True), value)
-    else:
-        raise PatchError(f"doc is missing path: /{'/'.join(tokens)}")
-    return doc
-
-
-def _remove(doc: Any, tokens: list[str]) -> tuple[Any, Any]:
-    if not tokens:
-        raise PatchError("cannot remove the whole document")
-    node, last = _parent(doc, tokens)
-    if isinstance(node, dict):
-        if last not in node:
-            raise PatchError(f"remove operation does not apply: doc is missing path: "
-                             f"/{'/'.join(tokens)}")
-        return doc, node.pop(last)
-    if isinstance(node, list):
-        return doc, node.pop(_index(node, last, allow_end=False))
-    raise PatchError(f"doc is missing path: /{'/'.join(tokens)}")
-
-
-def json_equal(a: Any, b: Any) -> bool:
-    """Equality of JSON values (``True`` is not ``1``, ``1`` equals ``1.0``)."""
-    if isinstance(a, bool) or isinstance(b, bool):
-        return isinstance(a, bool) and isinstance(b, bool) and a == b
-    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
-        return a == b
-    if isinstance(a, dict) and isinstance(b, dict):
-        return a.keys() == b.keys() and all(json_equal(a[k], b[k]) for k in a)
-    if isinstance(a, list) and isinstance(b, list):
-        return len(a) == len(b) and all(json_equal(x, y) for x, y in zip(a, b, strict=True))
-    return type(a) is type(b) and a == b
-
-
-def apply_json_patch(doc: Any, ops: list[Any]) -> Any:
-    """RFC 6902: apply ``ops`` to a copy of ``doc``; :class:`PatchError` if any does not apply."""
-    doc = copy.deepcopy(doc)
-    for op in ops:
-        if not isinstance(op, dict):
-            raise PatchError(f"operation is not an object: {op!r}")
-        kind = op.get("op")
-        tokens = _pointer(op.get("path"))
-        if kind in ("add", "replace", "test") and "value" not in op:
-            raise PatchError(f"{kind} operation has no value")
-        if kind == "add":
-            doc = _add(doc, tokens, copy.deepcopy(op["value"]))
-        elif kind == "remove":
-            doc, _ = _remove(doc, tokens)
-        elif kind == "replace":
-            _get(doc, tokens)  # must exist
-            if tokens:
-                doc, _ = _remove(doc, tokens)
-            doc = _add(doc, tokens, copy.deepcopy(op["value"]))
-        elif kind in ("move", "copy"):
-            source = _pointer(op.get("from"))
-            if kind == "move":
-                if tokens[:len(source)] == source and tokens != source:
-                    raise PatchError("cannot move a value into one of its children")
-                doc, value = _remove(doc, source)
-            else:
-                value = copy.deepcopy(_get(doc, source))
-            doc = _add(doc, tokens, value)
-        elif kind == "test":
-            if not json_equal(_get(doc, tokens), op["value"]):
-                raise PatchError(f"testing value {op['path']} failed: test failed")
-        else:
-            raise PatchError(f"Unexpected kind: {kind}")
-    return doc
-
-
-def apply_merge_patch(target: Any, patch: Any) -> Any:
-    """RFC 7386: ``null`` deletes a key, objects merge recursively, anything else (lists
-    included) replaces the target value wholesale."""
-    if not isinstance(patch, dict):
-        return copy.deepcopy(patch)
-    out = copy.deepcopy(target) if isinstance(target, dict) else {}
-    for key, value in patch.items():
-        if value is None:
-            out.pop(key, None)
-        else:
-            out[key] = apply_merge_patch(out.get(key), value)
-    return out
 
 
 # -- label selectors ---------------------------------------------------------------------------

@@ -261,7 +261,7 @@ def test_drop_watches_lets_the_client_resume(fake_kube, api):
     assert fake_kube.drop_watches(clean=False) == 1
     bg.thread.join(5)
     assert not bg.thread.is_alive()
-    assert isinstance(bg.error, urllib3.exceptions.HTTPError)
+    assert isinstance(bg.error, urllib3.exceptions.ProtocolError), repr(bg.error)
     assert bg.events.empty()
 
 
@@ -473,3 +473,27 @@ def test_leader_election_fails_over_within_the_lease(fake_kube):
         assert fake_kube.count("update", "leases") >= 3
     finally:
         client.Configuration.set_default(previous)
+
+
+def test_raw_stream_is_chunked_ndjson_and_watch_1_works(fake_kube):
+    import http.client
+
+    fake_kube.seed({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "a"}}, NS)
+    host, port = fake_kube.url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=5)
+    try:
+        conn.request("GET", f"/api/v1/namespaces/{NS}/configmaps?watch=1&timeoutSeconds=1")
+        resp = conn.getresponse()
+        assert resp.status == 200
+        assert resp.getheader("Transfer-Encoding") == "chunked"
+        lines = resp.read().decode().splitlines()
+        assert [json.loads(line)["type"] for line in lines] == ["ADDED"]
+        assert json.loads(lines[0])["object"]["kind"] == "ConfigMap"
+        conn.request("GET", f"/api/v1/namespaces/{NS}/configmaps?watch=true&"
+                            "resourceVersion=abc")
+        resp = conn.getresponse()  # the same kept-alive connection
+        assert resp.status == 400
+        resp.read()
+    finally:
+        conn.close()
+    assert [r.verb for r in fake_kube.requests] == ["watch", "watch"]
