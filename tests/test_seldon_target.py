@@ -160,7 +160,7 @@ def test_operator_rollback_through_mlflow_update(fake_kube, registered_model, tm
     proc = _mlflow(["create", "-t", target, "--name", "fraud", "-m",
                     f"models:/{registered_model.name}/2", "-C",
                     f"baseline=models:/{registered_model.name}/1", "-C", f"policy={policy}",
-                    "-C", f"gateway_url={gateway.url}"],
+                    "-C", f"gateway_url={gateway.url}", "-C", "operator=false"],
                    env, tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "controller running in the background" in proc.stderr
