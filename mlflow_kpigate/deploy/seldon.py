@@ -11,7 +11,7 @@ they can run on any machine with access to the namespace.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import requests
@@ -28,14 +28,17 @@ from mlflow_kpigate.backends.seldon.manifests import (
     v2_experiment,
     v2_models,
 )
+from mlflow_kpigate.backends.seldon.state_store import ClusterStore
 from mlflow_kpigate.backends.seldon.target import parse_target_uri
 from mlflow_kpigate.backends.seldon.webhook import check_webhook_rules
+from mlflow_kpigate.core.decision import Decision
 from mlflow_kpigate.core.errors import KpigateError, UsageError
 from mlflow_kpigate.core.events import Aborted, traffic_percent
 from mlflow_kpigate.core.state import Phase, Readiness, RolloutState
 from mlflow_kpigate.deploy.config import DeploymentConfig, parse_config, writable_state_dir
 from mlflow_kpigate.deploy.deployer import Progress, Rollout
 from mlflow_kpigate.deploy.finish import finish_rollout
+from mlflow_kpigate.deploy.follow import Poll, follow_store, gone, last_decision
 from mlflow_kpigate.deploy.inputs import (
     forecast_lines,
     freeze_policy,
@@ -258,6 +261,27 @@ class SeldonDeployer:
         directory = workdir(self.namespace, name, cfg.state_dir)
         policy, _settings = rollout.materialize(directory)
         return Rollout(name, rollout.store, policy, directory)
+
+    def last_decision(self, name: str, config: Mapping[str, Any] | None = None
+                      ) -> Decision | None:
+        """The most recent gate decision of the rollout, from its state ConfigMap."""
+        return last_decision(self._existing_store(name, config))
+
+    def follow(self, name: str, config: Mapping[str, Any] | None = None,
+               interval_s: float = 1.0) -> Iterator[Poll]:
+        """Poll the rollout's state ConfigMap (see :mod:`.follow`); a rollout deleted or
+        replaced while followed ends the iteration with a ``KpigateError``."""
+        store = self._existing_store(name, config)
+        return follow_store(store, interval_s, relocate=gone(
+            f"rollout {name!r} in namespace {self.namespace}"))
+
+    def _existing_store(self, name: str, config: Mapping[str, Any] | None
+                        ) -> ClusterStore:
+        store = self._rollout(name, _config(config)).store
+        if not store.exists():
+            raise UsageError(f"no kpigate rollout named {name!r} in namespace "
+                             f"{self.namespace}")
+        return store
 
     # -- serve -----------------------------------------------------------------------------
     def predict(self, name: str, inputs: Any, config: Mapping[str, Any] | None = None
