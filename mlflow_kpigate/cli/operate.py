@@ -19,6 +19,7 @@ from mlflow_kpigate.cli.tables import evidence_table
 from mlflow_kpigate.cli.targeting import STATE_DIR, Where, rollout_target
 from mlflow_kpigate.core import exit_codes
 from mlflow_kpigate.core.bake import bake_view
+from mlflow_kpigate.core.durations import parse_duration
 from mlflow_kpigate.core.errors import UsageError
 from mlflow_kpigate.core.forecast import forecast_view
 from mlflow_kpigate.deploy.config import parse_config
@@ -130,17 +131,19 @@ def status_command(name: str, where: Where, as_json: bool) -> None:
 @click.command("watch")
 @click.argument("name")
 @rollout_target
-@click.option("--timeout", type=float, default=None,
-              help="Stop watching after SECONDS (exit code 5 if the rollout goes on).")
-def watch_command(name: str, where: Where, timeout: float | None) -> None:
+@click.option("--timeout", default=None, metavar="DURATION",
+              help="Stop watching after DURATION: seconds, or e.g. 15m, 2h (exit code 5 if "
+                   "the rollout goes on).")
+def watch_command(name: str, where: Where, timeout: str | None) -> None:
     """Follow rollout NAME through its stages until it ends (Ctrl-C stops watching only).
 
     Exits with the outcome's code: 0 promoted, 3 rolled back, 4 aborted, 5 still running
     when --timeout or Ctrl-C stopped the watch (docs/deployment.md#exit-codes).
     """
+    limit = None if timeout is None else _seconds(timeout)
     deployer, config = where.deployer(), where.config()
     deployer.open(name, config)  # a clear error if there is no such rollout
-    deadline = None if timeout is None else time.monotonic() + timeout
+    deadline = None if limit is None else time.monotonic() + limit
     try:
         for poll in deployer.follow(name, config):
             for rec in poll.records:
@@ -161,6 +164,21 @@ def watch_command(name: str, where: Where, timeout: float | None) -> None:
         # Not an outcome: a script that runs `kpigate watch` must not read 0 (promoted).
         click.echo("stopped watching; the rollout goes on")
         raise click.exceptions.Exit(exit_codes.NOT_ENDED) from None
+
+
+def _seconds(text: str) -> float:
+    """``--timeout``: a number of seconds or a duration such as 15m or 2h."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        try:
+            return parse_duration(text)
+        except ValueError as exc:
+            raise UsageError(f"--timeout {text}: {exc}") from None
+    if not seconds >= 0 or seconds == float("inf"):
+        raise UsageError(f"--timeout {text}: give a non-negative number of seconds or a "
+                         "duration such as 15m")
+    return seconds
 
 
 @click.command("report")
