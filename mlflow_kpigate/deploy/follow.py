@@ -89,8 +89,10 @@ def follow_store(store: StateStore, interval_s: float = 1.0, *, relocate: Reloca
         error: BaseException | None = None
         state: RolloutState | None
         try:
-            records = tuple(store.events(seen))
+            # The state first: the events read after it include the one explaining it
+            # (saved in the same write), so a last poll's records are complete.
             state = store.load()
+            records = tuple(store.events(seen)) if state is not None else ()
         except read_errors as exc:
             records, state, error = (), None, exc
         if state is None or state.rollout_run_id != run_id:
