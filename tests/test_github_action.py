@@ -356,8 +356,8 @@ def _setup_python_ref() -> str:
 
 
 def _run_act(root: Path, ws: Path, workflow: str, event: str, event_file: Path, *,
-             api_url: str, tracking_uri: str, state_dir: Path, job: str | None = None
-             ) -> ActRun:
+             api_url: str, tracking_uri: str, state_dir: Path, job: str | None = None,
+             env_vars: dict[str, str] | None = None) -> ActRun:
     home = root / "home"
     home.mkdir(exist_ok=True)
     outputs = root / "outputs.json"
@@ -370,6 +370,8 @@ def _run_act(root: Path, ws: Path, workflow: str, event: str, event_file: Path, 
            "--env", f"KPIGATE_TEST_OUTPUTS={outputs}",
            "--env", "MLFLOW_HTTP_REQUEST_MAX_RETRIES=0",
            "-s", f"GITHUB_TOKEN={TOKEN}"]
+    for key, value in (env_vars or {}).items():
+        cmd += ["--env", f"{key}={value}"]
     # act prepares every action a composite action uses, even one whose `if:` skips it;
     # setup-python (skipped: setup-python is false) comes from a local folder instead of
     # the network, and that folder's action fails the job if it is ever run.

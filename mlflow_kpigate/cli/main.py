@@ -53,6 +53,9 @@ COMMANDS: dict[str, LazyCommand] = {
     "report": LazyCommand(f"{_CLI}.operate:report_command",
                           "Write rollout NAME's report (markdown, HTML, charts) and print where "
                           "it is."),
+    "list": LazyCommand(f"{_CLI}.listing:list_command",
+                        "List the rollouts of a target: name, phase, stage, traffic and last "
+                        "decision."),
     "feedback": LazyCommand(f"{_CLI}.feedback:feedback_command",
                             "Send late-arriving labels for rollout NAME's predictions, matched "
                             "by request id."),

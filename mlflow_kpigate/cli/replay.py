@@ -1,10 +1,11 @@
 """``kpigate replay``: re-judge a rollout's recorded evaluations, with its policy or another.
 
-The evaluations come from the rollout's state store (``NAME`` with ``--target``, as for
-``mlflow deployments``) or from its MLflow run's artifacts (``--run-id``), so a rollout
-can be replayed from the run a user finds in the MLflow UI. With the rollout's own policy
-every decision must be reproduced exactly (exit 1 if one is not); with ``--policy`` the
-output shows where that policy would have decided differently.
+The evaluations come from the rollout's state store (``NAME`` with ``--target`` or
+``--namespace``, as for the other rollout commands, :mod:`.targeting`) or from its MLflow
+run's artifacts (``--run-id``), so a rollout can be replayed from the run a user finds in
+the MLflow UI. With the rollout's own policy every decision must be reproduced exactly
+(exit 1 if one is not); with ``--policy`` the output shows where that policy would have
+decided differently.
 """
 
 from __future__ import annotations
@@ -16,12 +17,11 @@ from typing import Any
 
 import click
 
-from mlflow_kpigate.cli.operate import STATE_DIR
+from mlflow_kpigate.cli.targeting import Where, rollout_target
 from mlflow_kpigate.core.durations import format_duration
 from mlflow_kpigate.core.errors import KpigateError, UsageError
 from mlflow_kpigate.core.evaluation import Evaluation
 from mlflow_kpigate.core.history import History
-from mlflow_kpigate.deploy.targets import deployer_for
 from mlflow_kpigate.policy import Policy, load_policy
 from mlflow_kpigate.rollout.replay import Outcome, Rejudged, Replay, replay
 
@@ -30,11 +30,10 @@ class ReplayMismatch(KpigateError):
     """Replaying with the recorded policy did not reproduce every decision."""
 
 
-def _from_store(name: str, target: str, state_dir: str | None
-                ) -> tuple[list[Evaluation], Policy | None, str]:
-    rollout = deployer_for(target).open(name, {"state_dir": state_dir} if state_dir else None)
+def _from_store(name: str, where: Where) -> tuple[list[Evaluation], Policy | None, str]:
+    rollout = where.deployer().open(name, where.config())
     evaluations = [e.evaluation for e in History.of(rollout.store.events()).evaluations()]
-    return evaluations, rollout.policy, f"{name} ({target})"
+    return evaluations, rollout.policy, f"{name} ({where.target})"
 
 
 def _from_run(run_id: str, tracking_uri: str | None, want_policy: bool
@@ -126,9 +125,7 @@ def _as_json(result: Replay, source: str) -> dict[str, Any]:
 
 @click.command("replay")
 @click.argument("name", required=False)
-@click.option("-t", "--target", default="kpigate", show_default=True,
-              help="Where the rollout runs: kpigate, kpigate:/local or kpigate:/seldon/NS.")
-@STATE_DIR
+@rollout_target
 @click.option("--run-id", help="Replay from this MLflow rollout run's artifacts instead.")
 @click.option("--tracking-uri", help="MLflow tracking URI for --run-id (default: "
               "$MLFLOW_TRACKING_URI).")
@@ -136,7 +133,7 @@ def _as_json(result: Replay, source: str) -> dict[str, Any]:
               help="Re-judge under this policy (default: the rollout's own).")
 @click.option("--all", "show_all", is_flag=True, help="List every evaluation.")
 @click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON.")
-def replay_command(name: str | None, target: str, state_dir: str | None, run_id: str | None,
+def replay_command(name: str | None, where: Where, run_id: str | None,
                    tracking_uri: str | None, policy_file: str | None, show_all: bool,
                    as_json: bool) -> None:
     """Re-judge every recorded evaluation of rollout NAME (or of --run-id)."""
@@ -147,7 +144,7 @@ def replay_command(name: str | None, target: str, state_dir: str | None, run_id:
         evaluations, own, source = _from_run(run_id, tracking_uri, other is None)
     else:
         assert name is not None
-        evaluations, own, source = _from_store(name, target, state_dir)
+        evaluations, own, source = _from_store(name, where)
     if not evaluations:
         raise UsageError(f"{source}: no evaluations recorded yet; nothing to replay")
     policy = other or own

@@ -1,4 +1,6 @@
-"""The console's KPI evidence table, shared by ``kpigate status`` and ``kpigate simulate``.
+"""The console's tables: the KPI evidence table of ``kpigate status`` and ``kpigate
+simulate``, and :func:`aligned`, the plain column layout every console table uses
+(``kpigate list`` too).
 
 The rows come from :func:`mlflow_kpigate.report.kpi_table.kpi_rows`, like the report's
 and the pull-request comment's; the console chooses its columns (with the bounds'
@@ -32,7 +34,12 @@ def evidence_table(decision: Decision, policy: Policy | None = None) -> list[str
     """One aligned line per KPI, after a header line (with ``policy``, values in their
     units: latency in ms)."""
     headers, cells = table_cells(kpi_rows(decision, policy, style=CONSOLE), _COLUMNS)
-    rows = [headers, *cells]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(headers))]
+    return aligned([headers, *cells])
+
+
+def aligned(rows: list[list[str]] | list[tuple[str, ...]]) -> list[str]:
+    """One line per row (the first is the header), columns left-aligned two spaces apart,
+    each line indented by two spaces and without trailing blanks."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return ["  " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
             for r in rows]

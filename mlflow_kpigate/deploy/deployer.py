@@ -7,15 +7,21 @@ deployer and print. :func:`~.targets.deployer_for` chooses one from the target U
 
 * ``kpigate`` / ``kpigate:/local``: :class:`~.local.LocalDeployer` (this machine);
 * ``kpigate:/seldon/NAMESPACE``: :class:`~.seldon.SeldonDeployer` (Kubernetes).
+
+Reading a rollout (``follow``, ``last_decision``) works on its
+:class:`~mlflow_kpigate.rollout.ports.StateStore` alike for both (:mod:`.follow`), so
+``kpigate watch``/``status`` and the GitHub Action need nothing backend-specific.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from mlflow_kpigate.core.decision import Decision
+from mlflow_kpigate.deploy.follow import Poll
 from mlflow_kpigate.policy import Policy
 from mlflow_kpigate.rollout.ports import StateStore
 
@@ -72,4 +78,16 @@ class Deployer(Protocol):
 
     def open(self, name: str, config: Mapping[str, Any] | None = None) -> Rollout:
         """The rollout's store, policy and directory, for reading its history."""
+        ...
+
+    def last_decision(self, name: str, config: Mapping[str, Any] | None = None
+                      ) -> Decision | None:
+        """The most recent gate decision of the rollout (None before the first)."""
+        ...
+
+    def follow(self, name: str, config: Mapping[str, Any] | None = None,
+               interval_s: float = 1.0) -> Iterator[Poll]:
+        """Poll the rollout's new audit records and state every ``interval_s`` (the first
+        poll at once, with every record so far) until the caller stops; ``UsageError`` at
+        the call if there is no such rollout (:mod:`.follow`)."""
         ...

@@ -46,8 +46,8 @@ from mlflow_kpigate.deploy.config import (
 )
 from mlflow_kpigate.deploy.deployer import Progress, Rollout
 from mlflow_kpigate.deploy.finish import finish_rollout
+from mlflow_kpigate.deploy.follow import Poll, last_decision
 from mlflow_kpigate.deploy.inputs import resolve_versions, tracking_uri
-from mlflow_kpigate.deploy.local_follow import Poll
 from mlflow_kpigate.deploy.local_info import FLAVOR, deployment_info, frozen_policy
 from mlflow_kpigate.deploy.local_layout import (
     archive_dir,
@@ -214,7 +214,9 @@ class LocalDeployer:
                  ) -> dict[str, Any]:
         if cfg.wait:
             ended = self._wait(name, cfg.state_dir, cfg.wait_timeout, progress)
-            return deployment_info(ended.state, ended.directory)  # archived, if deleted meanwhile
+            # archived, if deleted meanwhile
+            return deployment_info(ended.state,
+                                   ended.directory or deployment_dir(name, cfg.state_dir))
         return self.describe(name, {"state_dir": cfg.state_dir} if cfg.state_dir else None)
 
     def wait(self, name: str, root: Path | None = None, timeout_s: float | None = None,
@@ -283,8 +285,7 @@ class LocalDeployer:
     def last_decision(self, name: str, config: Mapping[str, Any] | None = None
                       ) -> Decision | None:
         """The most recent gate decision of ``name``."""
-        state = RolloutStore(deployment_dir(name, _root(config))).require()
-        return Decision.from_dict(state.last_decision) if state.last_decision else None
+        return last_decision(RolloutStore(deployment_dir(name, _root(config))))
 
     # -- change ----------------------------------------------------------------------------
     def steer(self, name: str, action: str, config: Mapping[str, Any] | None = None,

@@ -1,42 +1,28 @@
 """Following an embedded rollout until it ends: its new audit records and its state, polled.
 
 ``mlflow deployments create -C wait=true`` and ``kpigate watch`` both read a rollout this
-way, in the rollout's own directory (the name is a link to it). ``mlflow deployments
-delete``, or a new rollout of the name, from another process ends the rollout and then
-moves its directory under ``<state_dir>/.history/``; a follower goes after it to the
-archived copy of the same rollout (matched by its rollout run id), so it still reads the
-final ``aborted`` state and exits with its code instead of failing on a directory that is
-gone.
+way, in the rollout's own directory (the name is a link to it), through the generic
+:func:`~mlflow_kpigate.deploy.follow.follow_store`. ``mlflow deployments delete``, or a
+new rollout of the name, from another process ends the rollout and then moves its
+directory under ``<state_dir>/.history/``; a follower goes after it to the archived copy
+of the same rollout (matched by its rollout run id), so it still reads the final
+``aborted`` state and exits with its code instead of failing on a directory that is gone.
 """
 
 from __future__ import annotations
 
 import sqlite3
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 from mlflow_kpigate.backends.local.state_store import RolloutStore
 from mlflow_kpigate.core.errors import KpigateError, UsageError
-from mlflow_kpigate.core.events import Recorded
 from mlflow_kpigate.core.state import RolloutState
 from mlflow_kpigate.deploy import local_processes as procs
+from mlflow_kpigate.deploy.follow import Poll, follow_store
+from mlflow_kpigate.rollout.ports import StateStore
 
-
-@dataclass(frozen=True)
-class Poll:
-    """One look at a rollout: the audit records since the last look, the state, and the
-    directory they were read from (the deployment's, or its archived copy)."""
-
-    records: tuple[Recorded, ...]
-    state: RolloutState
-    directory: Path
-
-    @property
-    def ended(self) -> bool:
-        """Terminal, with its side effects (tags, alias, report) done."""
-        return self.state.phase.terminal and not self.state.effects_pending
+__all__ = ["Poll", "follow"]
 
 
 def follow(directory: Path, interval_s: float = 0.5) -> Iterator[Poll]:
@@ -50,30 +36,17 @@ def follow(directory: Path, interval_s: float = 0.5) -> Iterator[Poll]:
     # The rollout's own directory, not the name's link: a new rollout of the name moves
     # the link before this one is archived, and this one is what is followed.
     real = directory.resolve()
-    store = RolloutStore(real)
-    run_id = store.require().rollout_run_id
-    seen = 0
-    first = True
-    while True:
-        if not first:
-            time.sleep(interval_s)
-        first = False
-        try:
-            records = tuple(store.events(seen))
-            state = store.load()
-        except sqlite3.OperationalError:
-            # Gone (sqlite cannot open a file in a directory that was moved away)?
-            if store.dir != real or (real / "state.db").is_file():
-                raise
-            state = None
-        if state is None or state.rollout_run_id != run_id:
-            if store.dir != real:
-                raise KpigateError(f"{store.dir}: the archived rollout cannot be read")
-            store = RolloutStore(_archived(directory, run_id))
-            continue
-        if records:
-            seen = records[-1].seq
-        yield Poll(records, state, store.dir)
+
+    def relocate(last: RolloutState, error: BaseException | None
+                 ) -> tuple[StateStore, Path | None]:
+        # Gone (sqlite cannot open a file in a directory that was moved away)?
+        if error is not None and (real / "state.db").is_file():
+            raise error
+        archived = _archived(directory, last.rollout_run_id)
+        return RolloutStore(archived), archived
+
+    return follow_store(RolloutStore(real), interval_s, relocate=relocate, directory=real,
+                        read_errors=(sqlite3.OperationalError,))
 
 
 def _archived(directory: Path, run_id: str | None) -> Path:

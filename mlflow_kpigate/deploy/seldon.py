@@ -10,12 +10,10 @@ they can run on any machine with access to the namespace.
 
 from __future__ import annotations
 
-import json
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
-import requests
 import yaml
 
 from mlflow_kpigate.backends.seldon.cluster import Cluster
@@ -30,14 +28,17 @@ from mlflow_kpigate.backends.seldon.manifests import (
     v2_experiment,
     v2_models,
 )
+from mlflow_kpigate.backends.seldon.state_store import ClusterStore
 from mlflow_kpigate.backends.seldon.target import parse_target_uri
 from mlflow_kpigate.backends.seldon.webhook import check_webhook_rules
-from mlflow_kpigate.core.errors import KpigateError, UsageError
+from mlflow_kpigate.core.decision import Decision
+from mlflow_kpigate.core.errors import UsageError
 from mlflow_kpigate.core.events import Aborted, traffic_percent
 from mlflow_kpigate.core.state import Phase, Readiness, RolloutState
 from mlflow_kpigate.deploy.config import DeploymentConfig, parse_config, writable_state_dir
 from mlflow_kpigate.deploy.deployer import Progress, Rollout
 from mlflow_kpigate.deploy.finish import finish_rollout
+from mlflow_kpigate.deploy.follow import Poll, follow_store, gone, last_decision
 from mlflow_kpigate.deploy.inputs import (
     forecast_lines,
     freeze_policy,
@@ -59,6 +60,7 @@ from mlflow_kpigate.deploy.seldon_operated import (
     operated_pending,
     served,
 )
+from mlflow_kpigate.deploy.seldon_predict import endpoint_url, score
 from mlflow_kpigate.deploy.seldon_rollout import (
     ClusterRollout,
     check_stages,
@@ -296,7 +298,7 @@ class SeldonDeployer:
             "weights": state.weights.describe(), "candidate": state.candidate_uri,
             "baseline": state.baseline_uri, "reason": state.reason,
             "evaluations": state.evaluations, "rollout_run_id": state.rollout_run_id,
-            "endpoint": _endpoint(settings["target"].get("gateway_url"), self.namespace, name,
+            "endpoint": endpoint_url(settings["target"].get("gateway_url"), self.namespace, name,
                                   version),
             "operator": resource is not None,
         }
@@ -310,7 +312,13 @@ class SeldonDeployer:
             if cm_name.endswith("-kpigate-state") and \
                     cm_name[: -len("-kpigate-state")] not in names:
                 names.append(cm_name[: -len("-kpigate-state")])
-        return [self.describe(n, config) for n in sorted(names)]
+        out = []
+        for n in sorted(names):
+            try:
+                out.append(self.describe(n, config))
+            except UsageError:
+                continue  # half-deleted (its policy ConfigMap is gone): not a rollout to list
+        return out
 
     def open(self, name: str, config: Mapping[str, Any] | None = None) -> Rollout:
         """The rollout's ConfigMap store, its frozen policy, and a local scratch directory."""
@@ -320,67 +328,38 @@ class SeldonDeployer:
         policy, _settings = rollout.materialize(directory)
         return Rollout(name, rollout.store, policy, directory)
 
+    def last_decision(self, name: str, config: Mapping[str, Any] | None = None
+                      ) -> Decision | None:
+        """The most recent gate decision of the rollout, from its state ConfigMap."""
+        return last_decision(self._existing_store(name, config))
+
+    def follow(self, name: str, config: Mapping[str, Any] | None = None,
+               interval_s: float = 1.0) -> Iterator[Poll]:
+        """Poll the rollout's state ConfigMap (see :mod:`.follow`); a rollout deleted or
+        replaced while followed ends the iteration with a ``KpigateError``."""
+        store = self._existing_store(name, config)
+        return follow_store(store, interval_s, relocate=gone(
+            f"rollout {name!r} in namespace {self.namespace}"))
+
+    def _existing_store(self, name: str, config: Mapping[str, Any] | None
+                        ) -> ClusterStore:
+        store = self._rollout(name, _config(config)).store
+        if not store.exists():
+            raise UsageError(f"no kpigate rollout named {name!r} in namespace "
+                             f"{self.namespace}")
+        return store
+
     # -- serve -----------------------------------------------------------------------------
     def predict(self, name: str, inputs: Any, config: Mapping[str, Any] | None = None
                 ) -> Any:
         """Score ``inputs`` through Seldon's gateway (v1 Seldon protocol / v2 inference)."""
-        from mlflow.deployments import PredictionsResponse
-
         info = self.describe(name, config)
         cfg = parse_config(config)
         version = 2 if info["backend"] == "seldon-v2" else 1
-        endpoint = (_endpoint(cfg.gateway_url, self.namespace, name, version)
+        endpoint = (endpoint_url(cfg.gateway_url, self.namespace, name, version)
                     if cfg.gateway_url else info["endpoint"])
         if not endpoint:
             raise UsageError("-C gateway_url: needed to send predictions through Seldon's "
                              "ingress, e.g. -C gateway_url=http://istio-ingressgateway."
                              "istio-system")
-        columns, rows = _rows(inputs)
-        headers = {"Content-Type": "application/json"}
-        if version == 2:
-            body: dict[str, Any] = {"inputs": [
-                {"name": c, "shape": [len(rows)], "datatype": "FP64",
-                 "data": [r[i] for r in rows]} for i, c in enumerate(columns)]}
-            headers["Seldon-Model"] = f"{name}.experiment"
-        else:
-            body = {"data": {"names": columns, "ndarray": rows}}
-        try:
-            resp = requests.post(endpoint, data=json.dumps(body, default=float).encode(),
-                                 headers=headers, timeout=60)
-        except requests.RequestException as exc:
-            raise KpigateError(f"{name}: the gateway at {endpoint} is not reachable ({exc})"
-                               ) from None
-        if resp.status_code >= 400:
-            raise UsageError(f"{name}: Seldon rejected the input (HTTP {resp.status_code}): "
-                             f"{resp.text[:300]}")
-        reply = resp.json()
-        if "data" in reply:
-            data = reply["data"]
-            preds = data.get("ndarray", data.get("tensor", {}).get("values"))
-        else:
-            outputs = [o.get("data") for o in reply.get("outputs", [])]
-            preds = outputs[0] if len(outputs) == 1 else outputs
-        return PredictionsResponse({"predictions": preds})
-
-
-def _endpoint(gateway: str | None, namespace: str, name: str, version: int) -> str | None:
-    if not gateway:
-        return None
-    if version == 2:
-        return f"{gateway}/v2/models/{name}/infer"
-    return f"{gateway}/seldon/{namespace}/{name}/api/v1.0/predictions"
-
-
-def _rows(inputs: Any) -> tuple[list[str], list[list[Any]]]:
-    if hasattr(inputs, "to_dict"):
-        split = inputs.to_dict(orient="split")
-        return [str(c) for c in split["columns"]], split["data"]
-    if isinstance(inputs, dict) and "dataframe_split" in inputs:
-        split = inputs["dataframe_split"]
-        return [str(c) for c in split["columns"]], split["data"]
-    if isinstance(inputs, dict) and "dataframe_records" in inputs:
-        records = inputs["dataframe_records"]
-        columns = list(records[0]) if records else []
-        return columns, [[r.get(c) for c in columns] for r in records]
-    raise UsageError("predict: give a pandas DataFrame or an MLflow JSON payload "
-                     "(dataframe_split or dataframe_records)")
+        return score(endpoint, name, version, inputs)
