@@ -91,20 +91,25 @@ class CollectorProcess:
         stop_process_group(self.proc)
 
 
-def collector_process(tmp_path: Path, deployment: str, policy: Path) -> CollectorProcess:
-    """Start a collector for ``deployment`` on a free 127.0.0.1 port."""
-    tokens = tmp_path / f"tokens-{deployment}"
+def collector_process(tmp_path: Path, deployment: str | None = None,
+                      policy: Path | None = None) -> CollectorProcess:
+    """Start a collector on a free 127.0.0.1 port: the namespace's shared one (``--shared``,
+    what the operator's rollouts use), or one for ``deployment`` and its ``policy``."""
+    label = deployment or "shared"
+    tokens = tmp_path / f"tokens-{label}"
     tokens.mkdir()
     files = {}
     for scope in ("ingest", "labels", "operator"):
         files[scope] = tokens / scope
         files[scope].write_text(os.urandom(16).hex() + "\n")
     port = free_port()
-    cmd = [sys.executable, "-m", "mlflow_kpigate.cli", "collector", "--deployment",
-           deployment, "--policy", str(policy), "--data-dir", str(tmp_path / f"col-{deployment}"),
+    what = ["--shared"] if deployment is None else \
+        ["--deployment", deployment, "--policy", str(policy)]
+    cmd = [sys.executable, "-m", "mlflow_kpigate.cli", "collector", *what,
+           "--data-dir", str(tmp_path / f"col-{label}"),
            "--host", "127.0.0.1", "--port", str(port),
            *[a for s, f in files.items() for a in ("--token-file", f"{s}={f}")]]
-    log = (tmp_path / f"collector-{deployment}.log").open("wb")
+    log = (tmp_path / f"collector-{label}.log").open("wb")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60

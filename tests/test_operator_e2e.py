@@ -64,6 +64,11 @@ def _create_args(name, model, policy, prometheus, collector, fake, *, wait: bool
             "-C", "operator=true", "-C", f"wait={'true' if wait else 'false'}"]
 
 
+def _kpigate(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "mlflow_kpigate.cli", *args], env=env,
+                          capture_output=True, text=True, timeout=180)
+
+
 def _operator_env(collector) -> dict[str, str]:
     return {"KPIGATE_COLLECTOR_TOKEN_FILE": str(collector.token_files["operator"]),
             "KPIGATE_COLLECTOR_INGEST_TOKEN_FILE": str(collector.token_files["ingest"])}
@@ -96,18 +101,44 @@ def test_operator_promotes_a_rollout_created_through_mlflow_deployments(
     policy.write_text(POLICY)
     name = "fraud-op"
     seldon(name, cand_error=0.0)
-    collector = collector_process(tmp_path, name, policy)
+    collector = collector_process(tmp_path)
     op = operator_process(fake_kube, tmp_path, "op-a", _operator_env(collector))
     recorder = StatusRecorder(fake_kube, name)
+    env = {**os.environ, "MLFLOW_TRACKING_URI": registered_model.tracking_uri,
+           "KUBECONFIG": str(fake_kube.kubeconfig)}
+    log = tmp_path / "create.log"
     try:
-        done = _deployments(_create_args(name, registered_model, policy, prometheus,
-                                         collector, fake_kube, wait=True),
-                            registered_model, fake_kube)
+        with log.open("wb") as out:
+            create = subprocess.Popen(
+                [sys.executable, "-m", "mlflow", "deployments",
+                 *_create_args(name, registered_model, policy, prometheus, collector,
+                               fake_kube, wait=True)], env=env, stdout=out,
+                stderr=subprocess.STDOUT)
+        # While it runs, an operator acts through the resource with the kpigate CLI.
+        wait_for(lambda: any(v["phase"] == "canary" for v in recorder.seen), "the 5% stage")
+        paused = _kpigate(["pause", name, "--namespace", NS], env)
+        assert paused.returncode == 0, paused.stderr
+        assert _conditions(fake_kube, name)["Progressing"] == "Unknown"
+        status = _kpigate(["status", name, "-t", f"kpigate:/seldon/{NS}"], env)
+        assert status.returncode == 0, status.stderr
+        assert "(paused)" in status.stdout
+        stage = _store(fake_kube, name).require().stage_index
+        time.sleep(3)  # evaluations stop while paused: the stage does not move
+        assert _store(fake_kube, name).require().stage_index == stage
+        resumed = _kpigate(["resume", name, "--namespace", NS], env)
+        assert resumed.returncode == 0, resumed.stderr
+        create.wait(timeout=300)
         seen = recorder.close()
+        watched = _kpigate(["watch", name, "--namespace", NS, "--timeout", "30"], env)
     finally:
+        if create.poll() is None:
+            create.kill()
         op.stop()
         collector.stop()
-    assert done.returncode == exit_codes.PROMOTED, done.stderr[-3000:] + op.log.read_text()[-3000:]
+    assert create.returncode == exit_codes.PROMOTED, \
+        log.read_text()[-3000:] + op.log.read_text()[-3000:]
+    assert watched.returncode == exit_codes.PROMOTED, watched.stdout + watched.stderr
+    assert any(v["conditions"]["Progressing"] == ("Unknown", "Paused") for v in seen), seen
     # The status went through every stage, with conditions as Kubernetes tools read them.
     stages = {v["stage"] for v in seen if v["phase"] in ("canary", "holding")}
     assert stages == {0, 1}, seen  # 5% and 50%; the promotion from 50% ends at 100%
@@ -125,7 +156,7 @@ def test_operator_promotes_a_rollout_created_through_mlflow_deployments(
     # Every decision left a Kubernetes Event on the resource.
     reasons = [e["reason"] for e in _events(fake_kube, name)]
     assert reasons.count("DecisionPromote") >= 2, reasons
-    assert "RolloutStarted" in reasons
+    assert {"RolloutStarted", "OperatorPause", "OperatorResume"} <= set(reasons), reasons
     state = _store(fake_kube, name).require()
     assert state.phase.value == "promoted"
     events = _store(fake_kube, name).events()
@@ -146,7 +177,7 @@ def test_operator_rolls_back_a_worse_candidate_and_takes_actions_through_the_res
     policy.write_text(POLICY)
     name = "fraud-op-bad"
     seldon(name, cand_error=0.3)
-    collector = collector_process(tmp_path, name, policy)
+    collector = collector_process(tmp_path)
     op = operator_process(fake_kube, tmp_path, "op-b", _operator_env(collector))
     try:
         created = _deployments(_create_args(name, registered_model, policy, prometheus,
@@ -222,7 +253,7 @@ def test_operator_killed_at_random_points_resumes_without_passing_the_approved_s
     policy.write_text(POLICY)
     name = "fraud-kill"
     seldon(name, cand_error=0.0)
-    collector = collector_process(tmp_path, name, policy)
+    collector = collector_process(tmp_path)
     env = _operator_env(collector)
     rng = random.Random(20261205)
     store = _store(fake_kube, name)
@@ -272,11 +303,11 @@ def test_two_operators_elect_one_leader_who_runs_two_rollouts_and_hands_over(
     good, bad = "fraud-two-good", "fraud-two-bad"
     seldon(good, cand_error=0.0)
     seldon(bad, cand_error=0.3)
-    collectors = {n: collector_process(tmp_path, n, policy) for n in (good, bad)}
-    for n, col in collectors.items():
-        _token_secret(fake_kube, f"{n}-tokens", col)
-        fake_kube.seed(_modelrollout(n, registered_model, POLICY, prometheus, col.url,
-                                     f"{n}-tokens"), namespace=NS)
+    collector = collector_process(tmp_path)  # the namespace's one, shared by both
+    _token_secret(fake_kube, "kpigate-collector-tokens", collector)
+    for n in (good, bad):
+        fake_kube.seed(_modelrollout(n, registered_model, POLICY, prometheus, collector.url,
+                                     "kpigate-collector-tokens"), namespace=NS)
     ops = [operator_process(fake_kube, tmp_path, ident) for ident in ("op-1", "op-2")]
     try:
         leader = wait_for(lambda: [o for o in ops if o.leads()], "a leader", 60)
@@ -299,8 +330,7 @@ def test_two_operators_elect_one_leader_who_runs_two_rollouts_and_hands_over(
     finally:
         for o in ops:
             o.stop()
-        for col in collectors.values():
-            col.stop()
+        collector.stop()
     assert ended[good].phase.value == "promoted", ended[good].reason
     assert ended[bad].phase.value == "rolled_back", ended[bad].reason
     lease = fake_kube.get_object("leases", NS, "kpigate-operator")

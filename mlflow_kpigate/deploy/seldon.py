@@ -105,12 +105,20 @@ class SeldonDeployer:
     def _cluster(self, cfg: DeploymentConfig) -> Cluster:
         return connect(self.namespace, cfg)
 
-    def _operated(self, cfg: DeploymentConfig) -> bool:
+    def _operated(self, name: str, cfg: DeploymentConfig) -> bool:
         """Whether ``create`` goes through the operator (``-C operator``; ``auto``: when
-        the cluster serves ModelRollouts; a dry run prints Seldon's manifests then)."""
+        the cluster serves ModelRollouts, unless a rollout of ``name`` already runs
+        without one; a dry run prints Seldon's manifests then)."""
         if cfg.operator != "auto":
             return cfg.operator == "true"
-        return not cfg.dry_run and served(self._cluster(cfg))
+        if cfg.dry_run:
+            return False
+        cluster = self._cluster(cfg)
+        if not served(cluster):
+            return False
+        job_run = OperatedRollouts(cluster).get(name) is None and \
+            ClusterRollout(cluster, name).store.load() is not None
+        return not job_run
 
     def _dry_run_operated(self, name: str, model_uri: str, cfg: DeploymentConfig,
                           say: Progress) -> dict[str, Any]:
@@ -142,7 +150,7 @@ class SeldonDeployer:
         say = progress or (lambda _m: None)
         namespace = self.namespace
         cfg = parse_config(config)
-        if self._operated(cfg):
+        if self._operated(name, cfg):
             if cfg.dry_run:
                 return self._dry_run_operated(name, model_uri, cfg, say)
             create_through_operator(self._cluster(cfg), name, model_uri, cfg, say)
@@ -300,7 +308,7 @@ class SeldonDeployer:
             "evaluations": state.evaluations, "rollout_run_id": state.rollout_run_id,
             "endpoint": endpoint_url(settings["target"].get("gateway_url"), self.namespace, name,
                                   version),
-            "operator": resource is not None,
+            **({"operator": True} if resource is not None else {}),
         }
 
     def list_all(self, config: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
