@@ -68,6 +68,11 @@ KEYS: dict[str, str] = {
                      "http://kpigate-collector.NS.svc:8080; its tokens come from the files "
                      "named by $KPIGATE_COLLECTOR_TOKEN_FILE (operator) and "
                      "$KPIGATE_COLLECTOR_INGEST_TOKEN_FILE (ingest)",
+    "shared_collector": "kpigate:/seldon only: true when collector_url is a shared collector "
+                        "(kpigate collector --shared) serving every rollout of the "
+                        "namespace: the rollout registers with it at create and uses "
+                        "its /rollouts/NAME/... routes (default false: a collector of its "
+                        "own)",
     "gateway_url": "kpigate:/seldon only: ingress/gateway base URL used by predict",
     "prometheus_url": "kpigate:/seldon only: Prometheus base URL the gate reads KPIs from "
                       "(default: the policy's metrics.prometheus.url)",
@@ -82,7 +87,8 @@ KEYS: dict[str, str] = {
 #: Keys that only apply to the embedded router.
 LOCAL_KEYS = ("workers", "candidate_timeout", "log_fsync", "max_body", "warm_candidate")
 #: Keys that only apply to the Seldon target.
-SELDON_KEYS = ("seldon_version", "env_secret", "collector_url", "gateway_url",
+SELDON_KEYS = ("seldon_version", "env_secret", "collector_url", "shared_collector",
+               "gateway_url",
                "prometheus_url", "kubeconfig", "kube_context", "replicas", "dry_run")
 
 ACTIONS = ("promote", "rollback", "pause", "resume")
@@ -111,6 +117,7 @@ class DeploymentConfig:
     seldon_version: int = 1
     env_secret: str | None = None
     collector_url: str | None = None
+    shared_collector: bool = False
     gateway_url: str | None = None
     prometheus_url: str | None = None
     kubeconfig: Path | None = None
@@ -341,6 +348,11 @@ def _seldon_values(raw: Mapping[str, Any]) -> dict[str, Any]:
         values["replicas"] = replicas
     if "dry_run" in raw:
         values["dry_run"] = _bool("dry_run", raw["dry_run"])
+    if "shared_collector" in raw:
+        values["shared_collector"] = _bool("shared_collector", raw["shared_collector"])
+        if values["shared_collector"] and "collector_url" not in values:
+            raise UsageError("-C shared_collector=true: needs -C collector_url, the shared "
+                             "collector's base URL (e.g. http://kpigate-collector.NS.svc:8080)")
     return values
 
 

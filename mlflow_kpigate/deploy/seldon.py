@@ -185,7 +185,8 @@ class SeldonDeployer:
         return self.describe(name, config)
 
     def delete(self, name: str, config: Mapping[str, Any] | None = None) -> None:
-        """End the rollout (recorded as aborted if unfinished); delete what kpigate created."""
+        """End the rollout (recorded as aborted if unfinished); delete what kpigate created;
+        deregister it from its shared collector (best effort, logged)."""
         cfg = parse_config(config)
         stop_background_controller(self.namespace, name, cfg.state_dir)
         rollout = self._rollout(name, cfg)
@@ -194,6 +195,10 @@ class SeldonDeployer:
         if state is None and not rollout.cluster.objects(kind).get(name):
             raise UsageError(f"no kpigate rollout named {name!r} in namespace "
                              f"{self.namespace}")
+        try:
+            settings: dict[str, Any] = rollout.settings()["settings"]
+        except (UsageError, ValueError):  # no ConfigMap (a half-created rollout)
+            settings = {}
         if state is not None and not state.phase.terminal:
             directory = workdir(self.namespace, name, cfg.state_dir)
             policy, _settings = rollout.materialize(directory)
@@ -205,6 +210,7 @@ class SeldonDeployer:
             self._effects(rollout, directory, policy, saved, _NoTraffic()
                           ).apply(saved, None, "aborted")
         rollout.cluster.delete_managed(name)
+        rollout.deregister(settings)
 
     @staticmethod
     def _effects(rollout: ClusterRollout, directory: Any, policy: Any, state: RolloutState,

@@ -1,0 +1,96 @@
+"""The collector's clients with a shared collector (``-C shared_collector=true``): the
+logger, notice, feedback and registration URLs, the ``-C`` key, and the saved settings
+(old ones without the key still load)."""
+
+from __future__ import annotations
+
+import json
+import secrets
+
+import pytest
+from fake_kube import fake_kube  # noqa: F401  (fixture)
+
+from mlflow_kpigate.backends.seldon.cluster import Cluster
+from mlflow_kpigate.backends.seldon.collector_credentials import CollectorCredentials
+from mlflow_kpigate.backends.seldon.manifests import ModelRef, seldon_deployment
+from mlflow_kpigate.backends.seldon.target import SeldonTarget
+from mlflow_kpigate.core.errors import UsageError
+from mlflow_kpigate.core.state import Weights
+from mlflow_kpigate.deploy.config import parse_config
+from mlflow_kpigate.deploy.seldon_rollout import ClusterRollout, seldon_target
+
+BASE_URL = "http://kpigate-collector.models.svc:8080"
+BASE = ModelRef("3", "s3://models/fraud/3", "fraud")
+CAND = ModelRef("4", "s3://models/fraud/4", "fraud")
+
+
+def test_a_shared_collector_serves_the_rollout_under_rollouts_name():
+    token = secrets.token_hex(32)
+    single = SeldonTarget("models", "fraud", collector_url=BASE_URL, ingest_token=token)
+    shared = SeldonTarget("models", "fraud", collector_url=BASE_URL + "/", ingest_token=token,
+                          shared_collector=True)
+    assert single.logger_url == f"{BASE_URL}/cloudevents/{token}"
+    assert single.notice_url == f"{BASE_URL}/admin/stage"
+    assert single.feedback_url == f"{BASE_URL}/feedback"
+    assert shared.collector_rollout_url == f"{BASE_URL}/rollouts/fraud"
+    assert shared.logger_url == f"{BASE_URL}/rollouts/fraud/cloudevents/{token}"
+    assert shared.notice_url == f"{BASE_URL}/rollouts/fraud/admin/stage"
+    assert shared.feedback_url == f"{BASE_URL}/rollouts/fraud/feedback"
+    tokenless = SeldonTarget("models", "fraud", collector_url=BASE_URL, shared_collector=True)
+    assert tokenless.logger_url == f"{BASE_URL}/rollouts/fraud/cloudevents"
+    assert token not in repr(shared)
+    nothing = SeldonTarget("models", "fraud")
+    assert (nothing.logger_url, nothing.notice_url, nothing.feedback_url) == (None,) * 3
+
+
+def test_the_manifests_logger_url_in_shared_mode():
+    token = secrets.token_hex(32)
+    target = SeldonTarget("models", "fraud", collector_url=BASE_URL, ingest_token=token,
+                          shared_collector=True)
+    sdep = seldon_deployment(target, BASE, CAND, Weights(5.0, False, True))
+    urls = {p["graph"]["logger"]["url"] for p in sdep["spec"]["predictors"]}
+    assert urls == {f"{BASE_URL}/rollouts/fraud/cloudevents/{token}"}
+
+
+def test_the_config_key_is_a_boolean_that_needs_a_collector_url():
+    cfg = parse_config({"collector_url": BASE_URL, "shared_collector": "true"})
+    assert cfg.shared_collector is True
+    assert parse_config({"collector_url": BASE_URL}).shared_collector is False
+    assert parse_config({"shared_collector": "false"}).shared_collector is False
+    target = seldon_target("models", "fraud", cfg)
+    assert target.shared_collector is True
+    assert target.notice_url == f"{BASE_URL}/rollouts/fraud/admin/stage"
+    with pytest.raises(UsageError, match=r"^-C shared_collector=maybe: must be true or false"):
+        parse_config({"collector_url": BASE_URL, "shared_collector": "maybe"})
+    with pytest.raises(UsageError, match=r"^-C shared_collector=true: needs -C collector_url"):
+        parse_config({"shared_collector": "yes"})
+    with pytest.raises(UsageError, match=r"^shared_collector: true needs collector_url"):
+        SeldonTarget("models", "fraud", shared_collector=True)
+    with pytest.raises(UsageError, match=r"^shared_collector: 'yes' is not true or false"):
+        SeldonTarget("models", "fraud", collector_url=BASE_URL,
+                     shared_collector="yes")  # type: ignore[arg-type]
+
+
+def test_saved_settings_round_trip_and_old_settings_still_load(fake_kube):  # noqa: F811
+    target = SeldonTarget("models", "fraud", collector_url=BASE_URL, shared_collector=True,
+                          replicas=2)
+    saved = target.saved_settings()
+    assert saved["shared_collector"] is True
+    assert SeldonTarget(namespace="models", name="fraud", **saved) == target  # type: ignore[arg-type]
+    # Settings saved before the key existed: a collector of its own.
+    old = {"target": {"seldon_version": 1, "env_secret": None, "collector_url": BASE_URL,
+                      "gateway_url": None, "replicas": 1},
+           "baseline": {"version": "3", "storage_uri": BASE.storage_uri, "model_name": "fraud"},
+           "candidate": {"version": "4", "storage_uri": CAND.storage_uri,
+                         "model_name": "fraud"}}
+    fake_kube.seed({"apiVersion": "v1", "kind": "ConfigMap",
+                    "metadata": {"name": "fraud-kpigate-policy", "namespace": "models"},
+                    "data": {"settings.json": json.dumps(old)}}, namespace="models")
+    cluster = Cluster.connect("models", fake_kube.kubeconfig)
+    try:
+        rollout = ClusterRollout(cluster, "fraud")
+        traffic = rollout.traffic(rollout.settings()["settings"], CollectorCredentials())
+    finally:
+        cluster.close()
+    assert traffic.target.shared_collector is False
+    assert traffic.target.notice_url == f"{BASE_URL}/admin/stage"
