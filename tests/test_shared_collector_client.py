@@ -6,18 +6,24 @@ from __future__ import annotations
 
 import json
 import secrets
+from pathlib import Path
 
 import pytest
+import requests
 from fake_kube import fake_kube  # noqa: F401  (fixture)
 
 from mlflow_kpigate.backends.seldon.cluster import Cluster
 from mlflow_kpigate.backends.seldon.collector_credentials import CollectorCredentials
+from mlflow_kpigate.backends.seldon.collector_registration import CollectorRegistrationFailed
 from mlflow_kpigate.backends.seldon.manifests import ModelRef, seldon_deployment
 from mlflow_kpigate.backends.seldon.target import SeldonTarget
 from mlflow_kpigate.core.errors import UsageError
 from mlflow_kpigate.core.state import Weights
 from mlflow_kpigate.deploy.config import parse_config
-from mlflow_kpigate.deploy.seldon_rollout import ClusterRollout, seldon_target
+from mlflow_kpigate.deploy.seldon_rollout import ClusterRollout, seldon_target, start_rollout
+from mlflow_kpigate.policy import load_policy
+from mlflow_kpigate.rollout import transitions
+from mlflow_kpigate.rollout.memory import InMemoryRegistry
 
 BASE_URL = "http://kpigate-collector.models.svc:8080"
 BASE = ModelRef("3", "s3://models/fraud/3", "fraud")
@@ -94,3 +100,91 @@ def test_saved_settings_round_trip_and_old_settings_still_load(fake_kube):  # no
         cluster.close()
     assert traffic.target.shared_collector is False
     assert traffic.target.notice_url == f"{BASE_URL}/admin/stage"
+
+
+# -- against a real shared collector and the fake API server -----------------------------------
+
+POLICY = """
+stages: shadow,5,25,100
+evaluation: {maturity: 0s}
+kpis:
+  - {name: recall, kind: proportion, metric: recall, margin: 0.02}
+"""
+
+
+def test_start_rollout_registers_before_applying_and_applies_nothing_when_refused(
+        fake_kube, tmp_path: Path):  # noqa: F811
+    from _collector_fixtures import TOKENS, write_token_files
+    from _router_fixtures import running
+
+    from mlflow_kpigate.metrics.service_auth import CollectorTokens
+    from mlflow_kpigate.metrics.service_shared import create_shared_collector_app
+    from mlflow_kpigate.metrics.shared_registry import SharedCollectorConfig
+
+    tokens = tmp_path / "tokens"
+    write_token_files(tokens)
+    good = CollectorCredentials(tokens / "operator", TOKENS["ingest"])
+    wrong = CollectorCredentials(tokens / "labels", TOKENS["ingest"])  # not the operator's
+    registry = InMemoryRegistry()
+    candidate = registry.register("fraud", "4")
+    baseline = registry.register("fraud", "3", alias="champion")
+    policy_file = tmp_path / "work" / "policy.yaml"
+    policy_file.parent.mkdir()
+    policy_file.write_text(POLICY)
+    policy = load_policy(policy_file)
+    app = create_shared_collector_app(SharedCollectorConfig(
+        data_dir=tmp_path / "collector", tokens=CollectorTokens.of(TOKENS),
+        overrides={"metrics_cache_s": 0.0}))
+    lines: list[str] = []
+    with running(app) as url:
+        cfg = parse_config({"collector_url": url, "shared_collector": "true"})
+        target = seldon_target("models", "fraud", cfg, ingest_token=TOKENS["ingest"])
+        manifests = [seldon_deployment(target, ModelRef.from_registry(baseline),
+                                       ModelRef.from_registry(candidate),
+                                       transitions.stage_weights(policy.stages[0]))]
+        cluster = Cluster.connect("models", fake_kube.kubeconfig)
+        try:
+            rollout = ClusterRollout(cluster, "fraud")
+
+            def start(creds: CollectorCredentials) -> None:
+                start_rollout(rollout, target, cfg, manifests, policy, policy_file, registry,
+                              (candidate, baseline), "memory://", lines.append,
+                              credentials=creds)
+
+            with pytest.raises(CollectorRegistrationFailed) as refused:
+                start(wrong)
+            message = str(refused.value)
+            assert "\n" not in message
+            assert message.startswith(f"the shared collector at {url} did not register "
+                                      "rollout fraud (HTTP 403: this token does not open PUT "
+                                      "/rollouts")
+            assert "nothing was applied" in message
+            assert fake_kube.get_object("seldondeployments", "models", "fraud") is None
+            assert fake_kube.objects("configmaps", "models") == []
+            assert app.state.registry.registrations() == {}
+
+            start(good)
+            registered = app.state.registry.registrations()["fraud"]
+            assert dict(registered.versions) == {"baseline": "3", "candidate": "4"}
+            assert registered.policy == POLICY
+            assert lines[0] == f"kpigate: fraud registered with the shared collector at {url} " \
+                               "(created)"
+            sdep = fake_kube.get_object("seldondeployments", "models", "fraud")
+            assert {p["graph"]["logger"]["url"] for p in sdep["spec"]["predictors"]} == \
+                {f"{url}/rollouts/fraud/cloudevents/{TOKENS['ingest']}"}
+            settings = rollout.settings()["settings"]
+            assert settings["target"]["shared_collector"] is True
+            assert TOKENS["ingest"] not in json.dumps(settings)
+            # The controller's stage notice goes to the rollout's own route.
+            traffic = rollout.traffic(settings, good)
+            state = rollout.store.require()
+            traffic.notify_collector(state.evolve(stage_index=1, revision=state.revision + 1,
+                                                  weights=Weights(5.0, False, True)))
+            status = requests.get(f"{url}/rollouts/fraud/status", timeout=30).json()
+            assert status["stage"]["stage_index"] == 1
+            # delete's deregistration
+            rollout.deregister(settings, good)
+            assert app.state.registry.registrations() == {}
+            rollout.deregister(settings, good)  # again: not known any more, no error
+        finally:
+            cluster.close()
