@@ -5,7 +5,10 @@ logger, notice, feedback and registration URLs, the ``-C`` key, and the saved se
 from __future__ import annotations
 
 import json
+import os
 import secrets
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -188,3 +191,67 @@ def test_start_rollout_registers_before_applying_and_applies_nothing_when_refuse
             rollout.deregister(settings, good)  # again: not known any more, no error
         finally:
             cluster.close()
+
+
+def test_kpigate_feedback_posts_a_seldon_rollouts_labels_to_its_collector(
+        fake_kube, tmp_path: Path):  # noqa: F811
+    from _collector_fixtures import TOKENS, seldon_event, seldon_request, seldon_response
+    from _collector_fixtures import write_token_files as token_files
+    from _router_fixtures import running
+
+    from mlflow_kpigate.backends.seldon.collector_credentials import LABELS_TOKEN_ENV
+    from mlflow_kpigate.metrics.service_auth import CollectorTokens
+    from mlflow_kpigate.metrics.service_shared import create_shared_collector_app
+    from mlflow_kpigate.metrics.shared_registry import SharedCollectorConfig
+
+    tokens = tmp_path / "tokens"
+    token_files(tokens)
+    labels = tmp_path / "labels.csv"
+    labels.write_text("request_id,label\nf-1,1\nf-2,0\n")
+    app = create_shared_collector_app(SharedCollectorConfig(
+        data_dir=tmp_path / "collector", tokens=CollectorTokens.of(TOKENS),
+        overrides={"metrics_cache_s": 0.0}))
+    with running(app) as url:
+        settings = {"target": {**SeldonTarget("models", "fraud", collector_url=url,
+                                              shared_collector=True).saved_settings()}}
+        fake_kube.seed({"apiVersion": "v1", "kind": "ConfigMap",
+                        "metadata": {"name": "fraud-kpigate-policy", "namespace": "models"},
+                        "data": {"settings.json": json.dumps(settings), "policy.yaml": POLICY}},
+                       namespace="models")
+        assert requests.put(f"{url}/rollouts/fraud", json={
+            "policy": POLICY, "versions": {"baseline": "3", "candidate": "4"}},
+            headers={"Authorization": f"Bearer {TOKENS['operator']}"},
+            timeout=30).status_code == 201
+        for puid in ("f-1", "f-2"):
+            for kind, payload in (("request", seldon_request([[1, 1, "eu", "c"]])),
+                                  ("response", seldon_response([0.9]))):
+                ev = seldon_event(kind, puid, "candidate", payload)
+                ev.headers["Ce-Inferenceservicename"] = "fraud"
+                assert requests.post(f"{url}/rollouts/fraud/cloudevents/{TOKENS['ingest']}",
+                                     data=ev.body, headers=ev.headers,
+                                     timeout=30).status_code == 200
+        argv = ["fraud", "--file", str(labels), "-t", "kpigate:/seldon/models",
+                "--state-dir", str(tmp_path / "state")]
+        env = {k: v for k, v in os.environ.items() if k != LABELS_TOKEN_ENV}
+        env["KUBECONFIG"] = str(fake_kube.kubeconfig)  # read when kubernetes is imported
+
+        def feedback(*extra: str, **more: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run([sys.executable, "-m", "mlflow_kpigate.cli", "feedback",
+                                   *argv, *extra], capture_output=True, text=True,
+                                  timeout=120, env={**env, **more})
+
+        refused = feedback()
+        assert refused.returncode == 2, refused.stderr
+        error = refused.stderr.strip().splitlines()
+        assert len(error) == 1, refused.stderr
+        assert "HTTP 401" in error[0]
+        assert error[0].endswith("give the collector's labels token (--token-file PATH or "
+                                 "$KPIGATE_COLLECTOR_LABELS_TOKEN_FILE)")
+        sent = feedback("--token-file", str(tokens / "labels"))
+        assert sent.returncode == 0, sent.stderr
+        assert sent.stdout.startswith("2 labels: 2 matched")
+        again = feedback(**{LABELS_TOKEN_ENV: str(tokens / "labels")})
+        assert again.stdout.startswith("2 labels: 0 matched, 0 unknown request ids, "
+                                       "2 duplicates"), again.stderr
+        status = requests.get(f"{url}/rollouts/fraud/status", timeout=30).json()
+        assert status["labels"]["matched"] == 2

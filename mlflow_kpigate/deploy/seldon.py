@@ -265,6 +265,17 @@ class SeldonDeployer:
         policy, _settings = rollout.materialize(directory)
         return Rollout(name, rollout.store, policy, directory)
 
+    def feedback_url(self, name: str, config: Mapping[str, Any] | None = None) -> str:
+        """Where labels of rollout ``name`` go: its collector's ``/feedback``, or
+        ``/rollouts/NAME/feedback`` on a shared collector (from the saved settings)."""
+        rollout = self._rollout(name, _config(config))
+        settings = rollout.settings()["settings"]
+        url = rollout.target(settings, CollectorCredentials()).feedback_url
+        if url is None:
+            raise UsageError(f"{name}: the rollout has no collector (it was created without "
+                             "-C collector_url), so there is nowhere to send its labels")
+        return url
+
     # -- serve -----------------------------------------------------------------------------
     def predict(self, name: str, inputs: Any, config: Mapping[str, Any] | None = None
                 ) -> Any:
