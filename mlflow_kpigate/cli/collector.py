@@ -1,4 +1,6 @@
-"""``kpigate collector``: run the in-cluster collector service for one deployment.
+"""``kpigate collector``: run the in-cluster collector service for one deployment, or with
+``--shared`` for every rollout of a namespace, each registered by the operator
+(:mod:`mlflow_kpigate.metrics.service_shared`).
 
 Inside a container it binds ``0.0.0.0`` (the default) so that Seldon's request logger and
 Prometheus reach it through its Service; everywhere else give ``--host 127.0.0.1``. One
