@@ -1,4 +1,6 @@
-"""``kpigate collector``: run the in-cluster collector service for one deployment.
+"""``kpigate collector``: run the in-cluster collector service for one deployment, or with
+``--shared`` for every rollout of a namespace, each registered by the operator
+(:mod:`mlflow_kpigate.metrics.service_shared`).
 
 Inside a container it binds ``0.0.0.0`` (the default) so that Seldon's request logger and
 Prometheus reach it through its Service; everywhere else give ``--host 127.0.0.1``. One
@@ -19,11 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from mlflow_kpigate.core.durations import parse_duration
 from mlflow_kpigate.core.errors import KpigateError, UsageError
 from mlflow_kpigate.core.signals import signals_end_the_server
-from mlflow_kpigate.kpis import AggregateSpec
-from mlflow_kpigate.policy import load_policy, parse_stage_shortcut
 
 if TYPE_CHECKING:
     from mlflow_kpigate.metrics.service_config import CollectorServiceConfig
@@ -35,94 +34,71 @@ UNANSWERED = ("error", "drop")
 __all__ = ["build_config", "collector_command"]
 
 
-# Config fields as the options that set them, for error messages.
-_OPTIONS = {
-    "deployment": "--deployment",
-    "maturity_s": "--maturity",
-    "threshold": "--threshold",
-    "pending_ttl_s": "--pending-ttl",
-    "unanswered": "--unanswered",
-    "versions": "--baseline-version/--candidate-version",
-    "tokens": "--token-file",
-    "stages": "--stages",
-}
+def build_config(**options: Any) -> CollectorServiceConfig:
+    """The service configuration from the command's options (``UsageError`` when bad);
+    see :func:`mlflow_kpigate.metrics.service_options.build_config`."""
+    from mlflow_kpigate.metrics.service_options import build_config as build
+
+    return build(**options)
 
 
-def _duration(option: str, text: str | None) -> float | None:
-    if text is None:
-        return None
-    try:
-        return parse_duration(text)
-    except ValueError as exc:
-        raise UsageError(f"{option}: {exc}") from None
+_PER_ROLLOUT = (("deployment", "--deployment"), ("policy_file", "--policy"),
+                ("threshold", "--threshold"), ("maturity", "--maturity"),
+                ("baseline_version", "--baseline-version"),
+                ("candidate_version", "--candidate-version"), ("stages", "--stages"))
 
 
-def build_config(
-    *,
-    deployment: str,
-    policy_file: str,
-    data_dir: str,
-    threshold: float = 0.5,
-    maturity: str | None = None,
-    pending_ttl: str = "10m",
-    unanswered: str = "error",
-    baseline_version: str | None = None,
-    candidate_version: str | None = None,
-    token_files: tuple[str, ...] = (),
-    insecure_no_auth: bool = False,
-    stages: str | None = None,
-) -> CollectorServiceConfig:
-    """The service configuration from the command's options (``UsageError`` when bad)."""
+def _shared_app(ctx: click.Context, data_dir: str, pending_ttl: str, unanswered: str,
+                token_files: tuple[str, ...], insecure_no_auth: bool) -> Any:
+    """The ``--shared`` collector's app (``UsageError`` naming the option when bad)."""
+    from click.core import ParameterSource
+
+    from mlflow_kpigate.core.durations import parse_duration
     from mlflow_kpigate.metrics.service_auth import load_tokens
-    from mlflow_kpigate.metrics.service_config import CollectorServiceConfig
+    from mlflow_kpigate.metrics.service_shared import create_shared_collector_app
+    from mlflow_kpigate.metrics.shared_registry import SharedCollectorConfig
 
+    for param, option in _PER_ROLLOUT:
+        if ctx.get_parameter_source(param) not in (None, ParameterSource.DEFAULT):
+            raise UsageError(f"{option}: not with --shared; each rollout brings its own with "
+                             "its registration (PUT /rollouts/NAME, see docs/collector.md)")
     if not token_files and not insecure_no_auth:
         raise UsageError("--token-file: none given; give the ingest and operator tokens "
                          "(--token-file ingest=PATH --token-file operator=PATH, and labels=PATH "
                          "for /feedback), or --insecure-no-auth for a local test")
-    if stages is not None:
-        try:
-            parse_stage_shortcut(stages)
-        except ValueError as exc:
-            raise UsageError(f"--stages: {exc}") from None
-
-    def override(doc: dict[str, Any]) -> None:
-        if stages:
-            doc["stages"] = stages
-
-    policy = load_policy(policy_file, override=override)
-    maturity_s = _duration("--maturity", maturity)
-    ttl = _duration("--pending-ttl", pending_ttl)
-    versions = {role: v for role, v in (("baseline", baseline_version),
-                                        ("candidate", candidate_version)) if v}
+    try:
+        if parse_duration(pending_ttl) <= 0:
+            raise ValueError("must be a duration > 0")
+    except ValueError as exc:
+        raise UsageError(f"--pending-ttl: {exc}") from None
     path = Path(data_dir).expanduser()
     if path.exists() and not path.is_dir():
-        raise UsageError(f"--data-dir: {path} is a file; give a directory for the "
-                         "prediction log")
+        raise UsageError(f"--data-dir: {path} is a file; give a directory for the rollouts' "
+                         "prediction logs")
     try:
-        tokens = load_tokens(token_files)
-        return CollectorServiceConfig(
-            deployment=deployment,
-            data_dir=path,
-            spec=AggregateSpec.from_policy(policy),
-            maturity_s=policy.evaluation.maturity if maturity_s is None else maturity_s,
-            threshold=threshold,
-            versions=versions,
-            pending_ttl_s=ttl if ttl is not None else 600.0,
-            unanswered=unanswered,
-            stages=policy.stages,
-            tokens=tokens,
-            insecure_no_auth=insecure_no_auth,
-        )
+        config = SharedCollectorConfig(data_dir=path, tokens=load_tokens(token_files),
+                                       insecure_no_auth=insecure_no_auth,
+                                       pending_ttl=pending_ttl, unanswered=unanswered)
     except ValueError as exc:
         name, _, rest = str(exc).partition(":")
-        raise UsageError(f"{_OPTIONS.get(name, name)}:{rest}") from None
+        raise UsageError(f"{_SHARED_OPTIONS.get(name, name)}:{rest}") from None
+    return create_shared_collector_app(config)
+
+
+_SHARED_OPTIONS = {"tokens": "--token-file", "unanswered": "--unanswered"}
 
 
 @click.command("collector")
-@click.option("--deployment", required=True, help="The SeldonDeployment's name (the rollout).")
-@click.option("--policy", "policy_file", required=True, type=click.Path(),
-              help="Rollout policy file: segment fields, business values, label maturity.")
+@click.option("--deployment", default=None,
+              help="The SeldonDeployment's name (the rollout); required without --shared.")
+@click.option("--policy", "policy_file", default=None, type=click.Path(),
+              help="Rollout policy file: segment fields, business values, label maturity; "
+                   "required without --shared.")
+@click.option("--shared", is_flag=True, default=False,
+              help="Serve every rollout of the namespace, each registered by the operator "
+                   "(PUT /rollouts/NAME) with its own policy and data under "
+                   "DATA_DIR/rollouts/NAME; without --deployment, --policy and the other "
+                   "per-rollout options.")
 @click.option("--data-dir", required=True, type=click.Path(),
               help="Directory for the prediction log (a persistent volume in a cluster).")
 @click.option("--host", default="0.0.0.0", show_default=True,
@@ -152,19 +128,29 @@ def build_config(
                    "ingest and operator.")
 @click.option("--insecure-no-auth", is_flag=True, default=False,
               help="Accept every request without a token (local tests and demos only).")
-def collector_command(deployment: str, policy_file: str, data_dir: str, host: str, port: int,
+@click.pass_context
+def collector_command(ctx: click.Context, deployment: str | None, policy_file: str | None,
+                      shared: bool, data_dir: str, host: str, port: int,
                       threshold: float, maturity: str | None, pending_ttl: str,
                       unanswered: str, baseline_version: str | None,
                       candidate_version: str | None, stages: str | None,
                       token_files: tuple[str, ...], insecure_no_auth: bool) -> None:
     """Collect Seldon request-logger CloudEvents and labels; export KPIs for Prometheus."""
-    import uvicorn
-
     from mlflow_kpigate.metrics.service_app import create_collector_app
 
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
+        if shared:
+            app = _shared_app(ctx, data_dir, pending_ttl, unanswered, token_files,
+                              insecure_no_auth)
+            what, where = "shared by the namespace's rollouts", Path(data_dir).expanduser()
+            return _serve(app, host, port, what, where)
+        for option, given in (("--deployment", deployment), ("--policy", policy_file)):
+            if not given:
+                raise UsageError(f"{option}: missing; a collector serves one deployment "
+                                 "(--deployment NAME --policy FILE), or every rollout of the "
+                                 "namespace with --shared")
         config = build_config(
             deployment=deployment, policy_file=policy_file, data_dir=data_dir,
             threshold=threshold, maturity=maturity, pending_ttl=pending_ttl,
@@ -181,12 +167,19 @@ def collector_command(deployment: str, policy_file: str, data_dir: str, host: st
         # written with another policy's binning.
         click.echo(f"error: --data-dir: cannot use {data_dir}: {exc}", err=True)
         raise click.exceptions.Exit(UsageError.exit_code) from None
-    click.echo(f"kpigate collector for {deployment} on http://{host}:{port} "
-               f"(data in {config.data_dir})", err=True)
+    _serve(app, host, port, f"for {deployment}", config.data_dir)
+
+
+def _serve(app: Any, host: str, port: int, what: str, where: Path) -> None:
+    """Run ``app`` under one uvicorn worker until SIGTERM/SIGINT."""
+    import uvicorn
+
+    click.echo(f"kpigate collector {what} on http://{host}:{port} (data in {where})",
+               err=True)
     server = uvicorn.Server(uvicorn.Config(
         app, host=host, port=port, workers=1, log_level="warning", access_log=False,
         lifespan="on", timeout_graceful_shutdown=30,
     ))
     with signals_end_the_server():
         server.run()
-    click.echo(f"kpigate collector for {deployment} stopped; prediction log closed", err=True)
+    click.echo(f"kpigate collector {what} stopped; prediction log closed", err=True)

@@ -19,6 +19,8 @@ from typing import Any
 import click
 import requests
 
+from mlflow_kpigate.backends.seldon.collector_credentials import LABELS_TOKEN_ENV, labels_token
+from mlflow_kpigate.backends.seldon.target import TARGET_PREFIX as SELDON_PREFIX
 from mlflow_kpigate.core.errors import KpigateError, UsageError
 from mlflow_kpigate.deploy.local import LocalDeployer
 
@@ -104,22 +106,27 @@ def _checked(item: Any, value_names: tuple[str, ...]) -> dict[str, Any]:
     return out
 
 
-def send_labels(name: str, endpoint: str, labels: list[dict[str, Any]], path: Path
+def send_labels(name: str, url: str, labels: list[dict[str, Any]], path: Path,
+                token: str | None = None, what: str = "router"
                 ) -> tuple[int, int, list[str]]:
-    """POST ``labels`` in batches; (matched, duplicates, unknown request ids)."""
+    """POST ``labels`` in batches to ``url`` (a ``/feedback`` endpoint; ``token`` as
+    ``Authorization: Bearer``); (matched, duplicates, unknown request ids)."""
     matched = duplicates = 0
     unknown: list[str] = []
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     for start in range(0, len(labels), BATCH):
         try:
-            resp = requests.post(f"{endpoint}/feedback",
-                                 json={"labels": labels[start:start + BATCH]}, timeout=60)
+            resp = requests.post(url, json={"labels": labels[start:start + BATCH]},
+                                 headers=headers, timeout=60)
         except requests.RequestException as exc:
-            raise KpigateError(f"{name}: the router at {endpoint} is not reachable "
+            raise KpigateError(f"{name}: the {what} at {url} is not reachable "
                                f"({exc}); {matched} labels were recorded") from None
         if resp.status_code >= 400:
-            raise UsageError(f"{path}: the router rejected batch {start // BATCH + 1} "
-                             f"(HTTP {resp.status_code}: {resp.text[:200]}); "
-                             f"{matched} labels before it were recorded")
+            fix = (f"; give the collector's labels token (--token-file PATH or "
+                   f"${LABELS_TOKEN_ENV})" if resp.status_code in (401, 403) else "")
+            raise UsageError(f"{path}: the {what} rejected batch {start // BATCH + 1} "
+                             f"(HTTP {resp.status_code}: {' '.join(resp.text[:200].split())})"
+                             f"; {matched} labels before it were recorded{fix}")
         result = resp.json()
         matched += int(result.get("matched", 0))
         duplicates += int(result.get("duplicates", 0))
@@ -127,24 +134,50 @@ def send_labels(name: str, endpoint: str, labels: list[dict[str, Any]], path: Pa
     return matched, duplicates, unknown
 
 
+def _destination(name: str, target: str, config: dict[str, Any] | None,
+                 token_file: str | None) -> tuple[Any, str, str | None, str]:
+    """(deployer, feedback URL, token, what is behind it) for ``target``."""
+    if target.startswith(SELDON_PREFIX):
+        from mlflow_kpigate.deploy.seldon import SeldonDeployer
+
+        seldon = SeldonDeployer(target)
+        return (seldon, seldon.feedback_url(name, config), labels_token(token_file),
+                "collector")
+    if target not in ("kpigate", "kpigate:/local"):
+        raise UsageError(f"-t {target}: not a kpigate target; use kpigate (this machine) or "
+                         "kpigate:/seldon/NAMESPACE")
+    if token_file:
+        raise UsageError("--token-file: only for a Seldon rollout (-t kpigate:/seldon/NS); "
+                         "the embedded router's /feedback takes no token")
+    local = LocalDeployer()
+    return local, f"{local.describe(name, config)['endpoint']}/feedback", None, "router"
+
+
 @click.command("feedback")
 @click.argument("name")
 @click.option("--file", "path", required=True, type=click.Path(dir_okay=False),
               help="labels.csv (request_id,label[,value columns]) or labels.jsonl")
+@click.option("-t", "--target", default="kpigate", show_default=True,
+              metavar="kpigate|kpigate:/seldon/NS",
+              help="Where the rollout runs: this machine, or Seldon in namespace NS (labels "
+                   "go to its collector, read from the rollout's saved settings).")
+@click.option("--token-file", default=None, type=click.Path(dir_okay=False),
+              help=f"Seldon: file holding the collector's labels token (default: the file "
+                   f"${LABELS_TOKEN_ENV} names).")
 @click.option("--state-dir", type=click.Path(file_okay=False),
               help="State directory (default $KPIGATE_STATE_DIR or ~/.kpigate).")
-def feedback_command(name: str, path: str, state_dir: str | None) -> None:
+def feedback_command(name: str, path: str, target: str, token_file: str | None,
+                     state_dir: str | None) -> None:
     """Send late-arriving labels for rollout NAME's predictions, matched by request id.
 
     Rows that cannot be sent are listed (FILE:LINE: why) and the command exits with 2;
     the others are sent. Sending the file again after fixing them is safe.
     """
-    deployer = LocalDeployer()
     config = {"state_dir": state_dir} if state_dir else None
-    info = deployer.describe(name, config)
+    deployer, url, token, what = _destination(name, target, config, token_file)
     policy = deployer.open(name, config).policy
     labels, bad = read_labels(Path(path), policy.value_names if policy else ())
-    matched, duplicates, unknown = (send_labels(name, info["endpoint"], labels, Path(path))
+    matched, duplicates, unknown = (send_labels(name, url, labels, Path(path), token, what)
                                     if labels else (0, 0, []))
     click.echo(f"{len(labels)} labels: {matched} matched, {len(unknown)} unknown request ids,"
                f" {duplicates} duplicates")

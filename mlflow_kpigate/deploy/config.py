@@ -18,6 +18,7 @@ from typing import Any
 
 from mlflow_kpigate.core.durations import parse_duration
 from mlflow_kpigate.core.errors import UsageError
+from mlflow_kpigate.deploy.config_values import FALSE, TRUE, boolean, dns_label, size, url
 
 #: Every key, with the one-line help shown by ``target_help`` and the docs.
 KEYS: dict[str, str] = {
@@ -68,6 +69,11 @@ KEYS: dict[str, str] = {
                      "http://kpigate-collector.NS.svc:8080; its tokens come from the files "
                      "named by $KPIGATE_COLLECTOR_TOKEN_FILE (operator) and "
                      "$KPIGATE_COLLECTOR_INGEST_TOKEN_FILE (ingest)",
+    "shared_collector": "kpigate:/seldon only: true when collector_url is a shared collector "
+                        "(kpigate collector --shared) serving every rollout of the "
+                        "namespace: the rollout registers with it at create and uses "
+                        "its /rollouts/NAME/... routes (default false: a collector of its "
+                        "own)",
     "gateway_url": "kpigate:/seldon only: ingress/gateway base URL used by predict",
     "prometheus_url": "kpigate:/seldon only: Prometheus base URL the gate reads KPIs from "
                       "(default: the policy's metrics.prometheus.url)",
@@ -86,14 +92,12 @@ KEYS: dict[str, str] = {
 #: Keys that only apply to the embedded router.
 LOCAL_KEYS = ("workers", "candidate_timeout", "log_fsync", "max_body", "warm_candidate")
 #: Keys that only apply to the Seldon target.
-SELDON_KEYS = ("seldon_version", "env_secret", "collector_url", "gateway_url",
-               "prometheus_url", "kubeconfig", "kube_context", "replicas", "dry_run",
-               "operator")
+SELDON_KEYS = ("seldon_version", "env_secret", "collector_url", "shared_collector",
+               "gateway_url", "prometheus_url", "kubeconfig", "kube_context", "replicas",
+               "dry_run", "operator")
 
 ACTIONS = ("promote", "rollback", "pause", "resume")
 DEFAULT_STATE_DIR = "~/.kpigate"
-_TRUE = {"true", "1", "yes", "on"}
-_FALSE = {"false", "0", "no", "off"}
 
 
 @dataclass(frozen=True)
@@ -116,6 +120,7 @@ class DeploymentConfig:
     seldon_version: int = 1
     env_secret: str | None = None
     collector_url: str | None = None
+    shared_collector: bool = False
     gateway_url: str | None = None
     prometheus_url: str | None = None
     kubeconfig: Path | None = None
@@ -129,17 +134,6 @@ class DeploymentConfig:
     warm_candidate: bool = True
     operator: str = "auto"
     extra: Mapping[str, Any] = field(default_factory=dict)
-
-
-def _bool(key: str, value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in _TRUE:
-        return True
-    if text in _FALSE:
-        return False
-    raise UsageError(f"-C {key}={value}: must be true or false")
 
 
 def parse_config(raw: Mapping[str, Any] | None, *, allow_action: bool = False
@@ -173,7 +167,7 @@ def parse_config(raw: Mapping[str, Any] | None, *, allow_action: bool = False
             raise UsageError(f"-C stages={raw['stages']}: {exc}") from None
         values["stages"] = str(raw["stages"])
     if "wait" in raw:
-        values["wait"] = _bool("wait", raw["wait"])
+        values["wait"] = boolean("wait", raw["wait"])
     if "wait_timeout" in raw:
         try:
             values["wait_timeout"] = parse_duration(str(raw["wait_timeout"]))
@@ -272,47 +266,10 @@ def _router_values(raw: Mapping[str, Any]) -> dict[str, Any]:
                              "or never")
         values["log_fsync"] = policy
     if "max_body" in raw:
-        values["max_body"] = _size("max_body", raw["max_body"])
+        values["max_body"] = size("max_body", raw["max_body"])
     if "warm_candidate" in raw:
-        values["warm_candidate"] = _bool("warm_candidate", raw["warm_candidate"])
+        values["warm_candidate"] = boolean("warm_candidate", raw["warm_candidate"])
     return values
-
-
-_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10,
-          "mib": 2**20, "gib": 2**30}
-
-
-def _size(key: str, value: Any) -> int:
-    import re
-
-    match = re.fullmatch(r"\s*(\d+)\s*([a-zA-Z]*)\s*", str(value))
-    unit = match.group(2).lower() if match else ""
-    if match is None or unit not in _UNITS or int(match.group(1)) < 1:
-        raise UsageError(f"-C {key}={value}: must be a size such as 512KB, 16MiB or 1GB")
-    size = int(match.group(1)) * _UNITS[unit]
-    if size < 1024:
-        raise UsageError(f"-C {key}={value}: must be at least 1KiB")
-    return size
-
-
-def _url(key: str, value: Any) -> str:
-    from urllib.parse import urlparse
-
-    text = str(value).strip().rstrip("/")
-    parsed = urlparse(text)
-    if parsed.scheme not in ("http", "https") or not parsed.netloc:
-        raise UsageError(f"-C {key}={value}: must be an http:// or https:// URL")
-    return text
-
-
-def _dns_label(key: str, value: Any) -> str:
-    import re
-
-    text = str(value).strip()
-    if not re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", text):
-        raise UsageError(f"-C {key}={value}: must be a Kubernetes name (lower-case letters, "
-                         "digits and '-', at most 63 characters)")
-    return text
 
 
 def _seldon_values(raw: Mapping[str, Any]) -> dict[str, Any]:
@@ -322,10 +279,10 @@ def _seldon_values(raw: Mapping[str, Any]) -> dict[str, Any]:
             raise UsageError(f"-C seldon_version={raw['seldon_version']}: must be 1 or 2")
         values["seldon_version"] = int(str(raw["seldon_version"]).strip())
     if "env_secret" in raw:
-        values["env_secret"] = _dns_label("env_secret", raw["env_secret"])
+        values["env_secret"] = dns_label("env_secret", raw["env_secret"])
     for key in ("collector_url", "gateway_url", "prometheus_url"):
         if key in raw:
-            values[key] = _url(key, raw[key])
+            values[key] = url(key, raw[key])
     if "kubeconfig" in raw:
         path = Path(str(raw["kubeconfig"])).expanduser()
         if not path.is_file():
@@ -339,7 +296,7 @@ def _seldon_values(raw: Mapping[str, Any]) -> dict[str, Any]:
         values["kube_context"] = context
     if "operator" in raw:
         mode = str(raw["operator"]).strip().lower()
-        mode = "true" if mode in _TRUE else "false" if mode in _FALSE else mode
+        mode = "true" if mode in TRUE else "false" if mode in FALSE else mode
         if mode not in ("auto", "true", "false"):
             raise UsageError(f"-C operator={raw['operator']}: must be auto, true or false")
         values["operator"] = mode
@@ -352,7 +309,12 @@ def _seldon_values(raw: Mapping[str, Any]) -> dict[str, Any]:
             raise UsageError(f"-C replicas={replicas}: must be between 1 and 100")
         values["replicas"] = replicas
     if "dry_run" in raw:
-        values["dry_run"] = _bool("dry_run", raw["dry_run"])
+        values["dry_run"] = boolean("dry_run", raw["dry_run"])
+    if "shared_collector" in raw:
+        values["shared_collector"] = boolean("shared_collector", raw["shared_collector"])
+        if values["shared_collector"] and "collector_url" not in values:
+            raise UsageError("-C shared_collector=true: needs -C collector_url, the shared "
+                             "collector's base URL (e.g. http://kpigate-collector.NS.svc:8080)")
     return values
 
 

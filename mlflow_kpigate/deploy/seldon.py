@@ -243,7 +243,8 @@ class SeldonDeployer:
         return self.describe(name, config)
 
     def delete(self, name: str, config: Mapping[str, Any] | None = None) -> None:
-        """End the rollout (recorded as aborted if unfinished); delete what kpigate created."""
+        """End the rollout (recorded as aborted if unfinished); delete what kpigate created;
+        deregister it from its shared collector (best effort, logged)."""
         cfg = parse_config(config)
         stop_background_controller(self.namespace, name, cfg.state_dir)
         rollout = self._rollout(name, cfg)
@@ -253,6 +254,10 @@ class SeldonDeployer:
                 OperatedRollouts(rollout.cluster).get(name) is None:
             raise UsageError(f"no kpigate rollout named {name!r} in namespace "
                              f"{self.namespace}")
+        try:
+            settings: dict[str, Any] = rollout.settings()["settings"]
+        except (UsageError, ValueError):  # no ConfigMap (a half-created rollout)
+            settings = {}
         if state is not None and not state.phase.terminal:
             directory = workdir(self.namespace, name, cfg.state_dir)
             policy, _settings = rollout.materialize(directory)
@@ -268,6 +273,7 @@ class SeldonDeployer:
             # Its Seldon objects and ConfigMaps are owned by it and go with it.
             operated.delete(name)
         rollout.cluster.delete_managed(name)
+        rollout.deregister(settings)
 
     @staticmethod
     def _effects(rollout: ClusterRollout, directory: Any, policy: Any, state: RolloutState,
@@ -356,6 +362,17 @@ class SeldonDeployer:
             raise UsageError(f"no kpigate rollout named {name!r} in namespace "
                              f"{self.namespace}")
         return store
+
+    def feedback_url(self, name: str, config: Mapping[str, Any] | None = None) -> str:
+        """Where labels of rollout ``name`` go: its collector's ``/feedback``, or
+        ``/rollouts/NAME/feedback`` on a shared collector (from the saved settings)."""
+        rollout = self._rollout(name, _config(config))
+        settings = rollout.settings()["settings"]
+        url = rollout.target(settings, CollectorCredentials()).feedback_url
+        if url is None:
+            raise UsageError(f"{name}: the rollout has no collector (it was created without "
+                             "-C collector_url), so there is nowhere to send its labels")
+        return url
 
     # -- serve -----------------------------------------------------------------------------
     def predict(self, name: str, inputs: Any, config: Mapping[str, Any] | None = None

@@ -17,6 +17,7 @@ it deletes them):
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -24,6 +25,11 @@ from typing import Any
 
 from mlflow_kpigate.backends.seldon.cluster import Cluster
 from mlflow_kpigate.backends.seldon.collector_credentials import CollectorCredentials
+from mlflow_kpigate.backends.seldon.collector_registration import (
+    deregister_rollout,
+    register_rollout,
+    registration_body,
+)
 from mlflow_kpigate.backends.seldon.kinds import (
     CONFIG_MAP,
     SELDON_DEPLOYMENT,
@@ -36,7 +42,7 @@ from mlflow_kpigate.backends.seldon.manifests import ModelRef, whole_percent
 from mlflow_kpigate.backends.seldon.state_store import ClusterStore, state_configmap_name
 from mlflow_kpigate.backends.seldon.target import SeldonTarget
 from mlflow_kpigate.backends.seldon.traffic import SeldonTraffic
-from mlflow_kpigate.core.errors import UsageError
+from mlflow_kpigate.core.errors import KpigateError, UsageError
 from mlflow_kpigate.core.events import Created, traffic_percent
 from mlflow_kpigate.core.refs import ModelRef as RegistryRef
 from mlflow_kpigate.core.state import RolloutState
@@ -49,6 +55,8 @@ from mlflow_kpigate.rollout.ports import Registry
 POLICY_KEY = POLICY_FILE
 BASELINE_KEY = BASELINE_FILE
 SETTINGS_KEY = "settings.json"
+
+log = logging.getLogger(__name__)
 
 
 def policy_configmap_name(name: str) -> str:
@@ -70,7 +78,8 @@ def seldon_target(namespace: str, name: str, cfg: DeploymentConfig,
     return SeldonTarget(namespace=namespace, name=name, seldon_version=cfg.seldon_version,
                         env_secret=cfg.env_secret, collector_url=cfg.collector_url,
                         gateway_url=cfg.gateway_url, replicas=cfg.replicas,
-                        service_account=service_account, ingest_token=ingest_token)
+                        service_account=service_account, ingest_token=ingest_token,
+                        shared_collector=cfg.shared_collector)
 
 
 def check_stages(policy: Policy) -> None:
@@ -123,27 +132,59 @@ class ClusterRollout:
         """The router for these settings, with the collector tokens the environment names
         (``credentials`` overrides them). The saved settings never hold a token."""
         creds = CollectorCredentials.from_env() if credentials is None else credentials
-        target = SeldonTarget(namespace=self.cluster.namespace, name=self.name,
-                              ingest_token=creds.ingest_token, **settings["target"])
-        return SeldonTraffic(self.cluster, target, ModelRef(**settings["baseline"]),
+        return SeldonTraffic(self.cluster, self.target(settings, creds),
+                             ModelRef(**settings["baseline"]),
                              ModelRef(**settings["candidate"]), creds)
+
+    def target(self, settings: Mapping[str, Any], credentials: CollectorCredentials
+               ) -> SeldonTarget:
+        """The Seldon settings saved at creation (``settings["target"]``; settings saved
+        before a key existed get its default), with the ingest token of ``credentials``."""
+        return SeldonTarget(namespace=self.cluster.namespace, name=self.name,
+                            ingest_token=credentials.ingest_token, **settings["target"])
+
+    def deregister(self, settings: Mapping[str, Any],
+                   credentials: CollectorCredentials | None = None) -> None:
+        """End the rollout on its shared collector, if it has one (best effort: a failure
+        is logged, never raised)."""
+        if not (settings.get("target") or {}).get("shared_collector"):
+            return
+        try:
+            creds = CollectorCredentials.from_env() if credentials is None else credentials
+            deregister_rollout(self.target(settings, creds), creds)
+        except KpigateError as exc:
+            log.warning("could not deregister %s from its shared collector: %s",
+                        self.name, exc)
 
 
 def start_rollout(rollout: ClusterRollout, target: SeldonTarget, cfg: DeploymentConfig,
                   manifests: list[dict[str, Any]], policy: Policy, policy_file: Path,
                   registry: Registry, versions: tuple[RegistryRef, RegistryRef],
                   tracking_uri: str, say: Callable[[str], None],
-                  source: Mapping[str, Any] | None = None) -> None:
+                  source: Mapping[str, Any] | None = None,
+                  credentials: CollectorCredentials | None = None) -> None:
     """Apply the first stage's objects, keep the policy, baseline KPIs and settings in a
     ConfigMap, open the rollout run and save the initial state.
 
+    With a shared collector (``target.shared_collector``) the rollout is registered with
+    it first (``PUT /rollouts/NAME`` with the operator token of ``credentials``, by default
+    the ones the environment names); when that fails nothing is applied or changed and
+    :class:`CollectorRegistrationFailed` says why in one line.
+
     ``source`` says what asked for the rollout (the operator: the ModelRollout's spec
     digest and generation); it is saved with the settings, in the same write, so whoever
-    reads them knows which request the rollout in these ConfigMaps answers."""
+    reads them knows which request the rollout in these ConfigMaps answers.
+    """
     name = target.name
     cluster = rollout.cluster
     candidate, baseline = versions
     base_ref, cand_ref = ModelRef.from_registry(baseline), ModelRef.from_registry(candidate)
+    if target.shared_collector:
+        creds = CollectorCredentials.from_env() if credentials is None else credentials
+        outcome = register_rollout(target, registration_body(
+            policy_file.read_text(), base_ref.version, cand_ref.version, cfg.threshold), creds)
+        say(f"kpigate: {name} registered with the shared collector at "
+            f"{target.collector_base_url} ({outcome})")
     # A finished rollout leaves its objects serving; the new one takes them over.
     for cm_name in [state_configmap_name(name), policy_configmap_name(name)]:
         rollout.configmaps.delete(cm_name)
@@ -181,9 +222,7 @@ def start_rollout(rollout: ClusterRollout, target: SeldonTarget, cfg: Deployment
     owner = owner_reference(owner_obj)
     save_registry_baseline(policy_file.parent, registry.baseline_kpis(baseline, policy))
     settings = {
-        "target": {"seldon_version": target.seldon_version, "env_secret": target.env_secret,
-                   "collector_url": target.collector_url, "gateway_url": target.gateway_url,
-                   "replicas": target.replicas},
+        "target": target.saved_settings(),
         "baseline": {"version": base_ref.version, "storage_uri": base_ref.storage_uri,
                      "model_name": base_ref.model_name},
         "candidate": {"version": cand_ref.version, "storage_uri": cand_ref.storage_uri,

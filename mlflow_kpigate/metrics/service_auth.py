@@ -38,6 +38,7 @@ __all__ = [
     "REJECT_REASONS",
     "REQUIRED_SCOPES",
     "SCOPES",
+    "SHARED_ENDPOINT_SCOPES",
     "CollectorTokens",
     "ScopedToken",
     "Verdict",
@@ -53,6 +54,10 @@ REQUIRED_SCOPES = ("ingest", "operator")
 #: The endpoint label of a protected route (``POST /`` and the path-token route count as
 #: ``/cloudevents``) and the scope it needs.
 ENDPOINT_SCOPES = {"/cloudevents": "ingest", "/feedback": "labels", "/admin/stage": "operator"}
+#: A shared collector's registrations (``PUT``/``DELETE /rollouts/NAME``, ``GET
+#: /rollouts``: :mod:`.service_shared`), kept apart from :data:`ENDPOINT_SCOPES` because a
+#: one-deployment collector has no such endpoint and exports no counter for it.
+SHARED_ENDPOINT_SCOPES = {"/rollouts": "operator"}
 #: Why a request was refused: no token, a token that is nobody's, another scope's token.
 REJECT_REASONS = ("missing_token", "invalid_token", "wrong_scope")
 _SCOPE_HOLDERS = {"ingest": "Seldon's request logger", "labels": "label producers",
@@ -174,14 +179,16 @@ def _challenge(scope: str, error: str | None = None) -> str:
     return "Bearer " + ", ".join(parts)
 
 
-def authorize(tokens: CollectorTokens, endpoint: str, presented: str | None) -> Verdict:
+def authorize(tokens: CollectorTokens, endpoint: str, presented: str | None,
+              method: str = "POST") -> Verdict:
     """Whether ``presented`` (a bearer or path token, None when there was none) opens
-    ``endpoint`` (a key of :data:`ENDPOINT_SCOPES`)."""
-    scope = ENDPOINT_SCOPES[endpoint]
+    ``endpoint`` (a key of :data:`ENDPOINT_SCOPES` or :data:`SHARED_ENDPOINT_SCOPES`);
+    ``method`` only words the messages."""
+    scope = ENDPOINT_SCOPES.get(endpoint) or SHARED_ENDPOINT_SCOPES[endpoint]
     holder = _SCOPE_HOLDERS[scope]
     if not presented:
         return Verdict(401, "missing_token",
-                       f"POST {endpoint} needs the {scope} token ({holder}): send "
+                       f"{method} {endpoint} needs the {scope} token ({holder}): send "
                        "'Authorization: Bearer <token>'", _challenge(scope))
     given = presented.encode("utf-8", "surrogateescape")
     opened: set[str] = set()
@@ -192,10 +199,10 @@ def authorize(tokens: CollectorTokens, endpoint: str, presented: str | None) -> 
         return ALLOWED
     if opened:
         return Verdict(403, "wrong_scope",
-                       f"this token does not open POST {endpoint}; it needs the {scope} "
+                       f"this token does not open {method} {endpoint}; it needs the {scope} "
                        f"token ({holder})", _challenge(scope, "insufficient_scope"))
     return Verdict(401, "invalid_token",
-                   f"the token is not valid for POST {endpoint}; send the {scope} token "
+                   f"the token is not valid for {method} {endpoint}; send the {scope} token "
                    f"({holder})", _challenge(scope, "invalid_token"))
 
 

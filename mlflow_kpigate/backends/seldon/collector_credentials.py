@@ -14,6 +14,9 @@ the rollout's ConfigMap, which is no place for a secret):
 
 Both are optional: without them the controller sends no token, which only a collector
 started with ``--insecure-no-auth`` accepts.
+
+``kpigate feedback`` posts labels with the ``labels`` token, from ``--token-file`` or the
+file ``KPIGATE_COLLECTOR_LABELS_TOKEN_FILE`` names (:func:`labels_token`).
 """
 
 from __future__ import annotations
@@ -26,10 +29,12 @@ from pathlib import Path
 from mlflow_kpigate.core.errors import UsageError
 from mlflow_kpigate.core.tokens import read_token_file
 
-__all__ = ["INGEST_TOKEN_ENV", "OPERATOR_TOKEN_ENV", "CollectorCredentials"]
+__all__ = ["INGEST_TOKEN_ENV", "LABELS_TOKEN_ENV", "OPERATOR_TOKEN_ENV",
+           "CollectorCredentials", "labels_token"]
 
 OPERATOR_TOKEN_ENV = "KPIGATE_COLLECTOR_TOKEN_FILE"
 INGEST_TOKEN_ENV = "KPIGATE_COLLECTOR_INGEST_TOKEN_FILE"
+LABELS_TOKEN_ENV = "KPIGATE_COLLECTOR_LABELS_TOKEN_FILE"
 
 
 @dataclass(frozen=True)
@@ -67,3 +72,14 @@ def _read(name: str, path: Path) -> str:
         return read_token_file(path)
     except ValueError as exc:
         raise UsageError(f"{name}: {exc}") from None
+
+
+def labels_token(token_file: str | None, environ: Mapping[str, str] | None = None
+                 ) -> str | None:
+    """The ``labels`` token from ``token_file`` (``--token-file``), else from the file
+    :data:`LABELS_TOKEN_ENV` names; None when neither is given (``UsageError`` naming the
+    option or variable when the file does not hold a token)."""
+    if token_file:
+        return _read("--token-file", Path(token_file).expanduser())
+    path = _path(os.environ if environ is None else environ, LABELS_TOKEN_ENV)
+    return _read(LABELS_TOKEN_ENV, path) if path is not None else None

@@ -15,6 +15,15 @@ path segment, ``{base}/cloudevents/<token>``: Seldon's executor cannot add an
 ``Authorization`` header to its logger's requests, so the path is the only place it can
 travel. The token is not part of the collector URL (``-C`` values are saved in a
 ConfigMap), not shown in ``repr`` and not compared.
+
+**A shared collector** (``shared_collector=True``, ``-C shared_collector=true``): one
+``kpigate collector --shared`` serves every rollout of the namespace, each under
+``{base}/rollouts/NAME`` (:attr:`SeldonTarget.collector_rollout_url`): the logger URL is
+``{base}/rollouts/NAME/cloudevents[/<token>]``, stage notices go to
+``{base}/rollouts/NAME/admin/stage``, labels to ``{base}/rollouts/NAME/feedback``, and the
+rollout is registered with ``PUT {base}/rollouts/NAME`` before its objects are applied
+(:mod:`.collector_registration`). Otherwise (the default) the collector serves this one
+deployment at its root.
 """
 
 from __future__ import annotations
@@ -28,6 +37,12 @@ from mlflow_kpigate.core.tokens import token_problem
 
 #: Path of the collector's CloudEvents endpoint (Seldon's request-logger sink).
 LOGGER_PATH = "/cloudevents"
+#: Where a shared collector keeps its rollouts: ``{base}/rollouts/NAME`` is one rollout.
+ROLLOUTS_PATH = "/rollouts"
+#: Path of the stage-notice endpoint (under a rollout's URL on a shared collector).
+NOTICE_PATH = "/admin/stage"
+#: Path of the labels endpoint (under a rollout's URL on a shared collector).
+FEEDBACK_PATH = "/feedback"
 #: Target URI prefix of the Seldon backend.
 TARGET_PREFIX = "kpigate:/seldon"
 #: Longest rollout name: ``NAME-candidate`` (the v2 Model) must stay a 63-character label.
@@ -90,7 +105,9 @@ class SeldonTarget:
     no request logger is configured. ``gateway_url`` is the ingress base URL predictions
     are sent to; ``service_account`` the service account of the model pods (it needs read
     access to the model storage when ``env_secret`` is not used); ``ingest_token`` the
-    collector's ingest token for the logger URL (see the module docstring).
+    collector's ingest token for the logger URL; ``shared_collector`` whether the
+    collector serves every rollout of the namespace under ``/rollouts/NAME`` (see the
+    module docstring).
     """
 
     namespace: str
@@ -102,6 +119,7 @@ class SeldonTarget:
     replicas: int = 1
     service_account: str | None = None
     ingest_token: str | None = field(default=None, repr=False, compare=False)
+    shared_collector: bool = False
 
     def __post_init__(self) -> None:
         self.validate()
@@ -132,6 +150,12 @@ class SeldonTarget:
             raise UsageError("collector_url: give the collector's base URL (e.g. "
                              "http://kpigate-collector.NS.svc:8080); the ingest token comes "
                              "from KPIGATE_COLLECTOR_INGEST_TOKEN_FILE, never from -C")
+        if not isinstance(self.shared_collector, bool):
+            raise UsageError(f"shared_collector: {self.shared_collector!r} is not true or "
+                             "false")
+        if self.shared_collector and self.collector_url is None:
+            raise UsageError("shared_collector: true needs collector_url, the shared "
+                             "collector's base URL (e.g. http://kpigate-collector.NS.svc:8080)")
         if self.ingest_token is not None:
             problem = token_problem(self.ingest_token)
             if problem:
@@ -157,13 +181,41 @@ class SeldonTarget:
         return base
 
     @property
+    def collector_rollout_url(self) -> str | None:
+        """This rollout's URL on the collector: the base URL, or ``{base}/rollouts/NAME``
+        on a shared collector (where it is also the registration URL)."""
+        base = self.collector_base_url
+        if base is None or not self.shared_collector:
+            return base
+        return f"{base}{ROLLOUTS_PATH}/{self.name}"
+
+    @property
     def logger_url(self) -> str | None:
         """Where Seldon's request logger sends CloudEvents (None: no logger); with an
-        ingest token, ``{base}/cloudevents/<token>``."""
-        base = self.collector_base_url
+        ingest token, ``{rollout URL}/cloudevents/<token>``."""
+        base = self.collector_rollout_url
         if base is None:
             return None
         return base + LOGGER_PATH + (f"/{self.ingest_token}" if self.ingest_token else "")
+
+    @property
+    def notice_url(self) -> str | None:
+        """Where the controller posts stage notices (None: no collector)."""
+        base = self.collector_rollout_url
+        return None if base is None else base + NOTICE_PATH
+
+    @property
+    def feedback_url(self) -> str | None:
+        """Where labels for this rollout are posted (None: no collector)."""
+        base = self.collector_rollout_url
+        return None if base is None else base + FEEDBACK_PATH
+
+    def saved_settings(self) -> dict[str, object]:
+        """The settings a rollout keeps in its ConfigMap (``settings["target"]``), read back
+        by ``SeldonTarget(namespace=..., name=..., **saved)``; never a token."""
+        return {"seldon_version": self.seldon_version, "env_secret": self.env_secret,
+                "collector_url": self.collector_url, "gateway_url": self.gateway_url,
+                "replicas": self.replicas, "shared_collector": self.shared_collector}
 
     @property
     def state_configmap(self) -> str:

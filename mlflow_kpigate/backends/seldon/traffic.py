@@ -10,7 +10,8 @@
   patch is built from the object as read and guarded by its ``resourceVersion`` and
   predictor names, so it applies entirely or not at all; everything is idempotent, since
   the controller repeats it after a crash. The stage notice carries the collector's
-  ``operator`` token (:mod:`.collector_credentials`) as ``Authorization: Bearer``.
+  ``operator`` token (:mod:`.collector_credentials`) as ``Authorization: Bearer``, to
+  :attr:`SeldonTarget.notice_url` (``/rollouts/NAME/admin/stage`` on a shared collector).
 * ``readiness`` says whether Seldon serves those weights: the object routes as the state
   asks, carries the spec hash kpigate applied, and Seldon reports it Available with every
   predictor's replicas available (v1 sets no ``observedGeneration``, hence the hash).
@@ -117,8 +118,8 @@ class SeldonTraffic:
         samples would otherwise be counted against the wrong stage); once the rollout has
         ended it is only logged, as nothing is evaluated any more.
         """
-        base = self.target.collector_base_url
-        if base is None:
+        base, url = self.target.collector_base_url, self.target.notice_url
+        if base is None or url is None:
             return
         w = state.weights
         body = {"deployment": self.target.name, "stage_index": state.stage_index,
@@ -130,7 +131,7 @@ class SeldonTraffic:
             token = self.credentials.operator_token()
             headers = {"Authorization": f"Bearer {token}"} if token else {}
             with RetryingSession(_NOTICE_POLICY) as http:
-                http.call("POST", f"{base}/admin/stage", json_body=body, timeout_s=5,
+                http.call("POST", url, json_body=body, timeout_s=5,
                           headers=headers)
         except (HttpError, UsageError) as exc:
             detail = _detail(exc)
