@@ -31,6 +31,7 @@ from mlflow_kpigate.backends.modelrollout import status_from_state as _status_fr
 from mlflow_kpigate.backends.modelrollout.status import ActionRecord
 from mlflow_kpigate.backends.seldon.cluster import Cluster
 from mlflow_kpigate.backends.seldon.kinds import MODEL_ROLLOUT
+from mlflow_kpigate.core.atomic_files import write_text_atomic
 from mlflow_kpigate.core.errors import UsageError
 from mlflow_kpigate.core.events import OperatorAction
 from mlflow_kpigate.core.state import RolloutState
@@ -137,7 +138,7 @@ class RolloutSync:
     def _actions(self, obj: dict[str, Any], rollout: ClusterRollout, mr: ModelRollout,
                  state: RolloutState, previous: ModelRolloutStatus | None, now: datetime
                  ) -> tuple[RolloutState, ActionRecord | None]:
-        directory = workdir(mr.namespace, mr.name, self.state_dir)
+        directory = self._scratch(mr.namespace, mr.name)
         if mr.spec.paused != state.paused:
             policy, _settings = rollout.materialize(directory)
             action = "pause" if mr.spec.paused else "resume"
@@ -181,8 +182,8 @@ class RolloutSync:
         if state is None:
             return None
         try:
-            directory = workdir(rollout.cluster.namespace, rollout.name, self.state_dir)
-            policy, _settings = rollout.materialize(directory)
+            policy, _settings = rollout.materialize(
+                self._scratch(rollout.cluster.namespace, rollout.name))
             names: tuple[str, ...] = tuple(s.describe() for s in policy.stages)
         except UsageError:
             names = ()
@@ -216,6 +217,10 @@ class RolloutSync:
             return
         self._evented[key] = (epoch, max(last, since))
 
+    def _scratch(self, namespace: str, name: str) -> Path:
+        """The operator's own copy of a rollout's policy: never the worker's directory."""
+        return workdir(namespace, name, self.state_dir) / "operator"
+
     # -- the worker's environment --------------------------------------------------------------
     def _env(self, cluster: Cluster, mr: ModelRollout | None) -> dict[str, str]:
         """The worker's environment from the ModelRollout's Secrets (read each time, so a
@@ -233,8 +238,8 @@ class RolloutSync:
             for scope in ("ingest", "operator"):
                 if tokens.get(scope):
                     path = where / scope
-                    path.write_text(tokens[scope].strip() + "\n")
-                    os.chmod(path, 0o600)
+                    # Atomically: a running worker may read it at any time.
+                    write_text_atomic(path, tokens[scope].strip() + "\n", 0o600)
                     files[scope] = path
         return worker_env(os.environ, mr.spec.tracking_uri, credentials, files)
 

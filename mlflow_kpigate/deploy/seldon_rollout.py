@@ -42,6 +42,7 @@ from mlflow_kpigate.backends.seldon.manifests import ModelRef, whole_percent
 from mlflow_kpigate.backends.seldon.state_store import ClusterStore, state_configmap_name
 from mlflow_kpigate.backends.seldon.target import SeldonTarget
 from mlflow_kpigate.backends.seldon.traffic import SeldonTraffic
+from mlflow_kpigate.core.atomic_files import write_text_atomic
 from mlflow_kpigate.core.errors import KpigateError, UsageError
 from mlflow_kpigate.core.events import Created, traffic_percent
 from mlflow_kpigate.core.refs import ModelRef as RegistryRef
@@ -122,9 +123,10 @@ class ClusterRollout:
         """Write the frozen policy and baseline KPIs into ``directory``; load the policy."""
         saved = self.settings()
         directory.mkdir(parents=True, exist_ok=True)
-        (directory / POLICY_KEY).write_text(saved["policy"])
+        # Atomically: another process (a worker, the operator) may be reading them.
+        write_text_atomic(directory / POLICY_KEY, saved["policy"])
         if saved["baseline"]:
-            (directory / BASELINE_KEY).write_text(saved["baseline"])
+            write_text_atomic(directory / BASELINE_KEY, saved["baseline"])
         return load_policy(directory / POLICY_KEY), saved["settings"]
 
     def traffic(self, settings: Mapping[str, Any],
