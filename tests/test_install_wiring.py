@@ -301,3 +301,39 @@ def test_sample_model_rollouts_validate_and_name_what_the_install_creates(render
     (policy,) = docs(ROOT / "examples" / "k8s" / "policy-configmap.yaml")
     ref = spec["policy"]["configMapRef"]
     assert (ref["name"], ref["key"] in policy["data"]) == (policy["metadata"]["name"], True)
+
+
+# -- the arguments against the real commands ---------------------------------------------------
+def _container_args(objects: list[dict[str, Any]], name: str) -> list[str]:
+    dep = one(objects, "Deployment", name)
+    return dep["spec"]["template"]["spec"]["containers"][0]["args"]
+
+
+def test_the_documented_operator_flags_are_the_real_commands_options():
+    from mlflow_kpigate.cli.operator import operator_command
+
+    real = {opt for p in operator_command.params for opt in p.opts}
+    assert set(OPERATOR_FLAGS) <= real, set(OPERATOR_FLAGS) - real
+
+
+@pytest.mark.parametrize("overlay", OPERATOR_OVERLAYS)
+def test_operator_args_parse_with_the_real_command(rendered, overlay):
+    from mlflow_kpigate.cli.operator import operator_command
+
+    args = _container_args(rendered[overlay], "kpigate-operator")
+    assert args[0] == "operator"
+    # click parses and type-checks every option as `kpigate operator` would at start.
+    ctx = operator_command.make_context("operator", list(args[1:]))
+    assert ctx.params["namespaces"] or ctx.params["all_namespaces"]
+
+
+@pytest.mark.parametrize("overlay", COLLECTOR_OVERLAYS)
+def test_collector_args_parse_with_the_real_command(rendered, overlay):
+    from mlflow_kpigate.cli.collector import collector_command
+
+    args = _container_args(rendered[overlay], "kpigate-collector")
+    assert args[0] == "collector"
+    ctx = collector_command.make_context("collector", list(args[1:]))
+    assert ctx.params["shared"] is True  # one collector for the namespace's rollouts
+    scopes = {f.split("=", 1)[0] for f in ctx.params["token_files"]}
+    assert {"ingest", "labels", "operator"} <= scopes
