@@ -114,8 +114,9 @@ def test_operator_promotes_a_rollout_created_through_mlflow_deployments(
                  *_create_args(name, registered_model, policy, prometheus, collector,
                                fake_kube, wait=True)], env=env, stdout=out,
                 stderr=subprocess.STDOUT)
-        # While it runs, an operator acts through the resource with the kpigate CLI.
-        wait_for(lambda: any(v["phase"] == "canary" for v in recorder.seen), "the 5% stage")
+        # While it runs, an operator acts through the resource with the kpigate CLI: a
+        # pause asked as soon as the resource exists lands once the rollout has started.
+        wait_for(lambda: fake_kube.get_object("modelrollouts", NS, name), "the ModelRollout")
         paused = _kpigate(["pause", name, "--namespace", NS], env)
         assert paused.returncode == 0, paused.stderr
         assert _conditions(fake_kube, name)["Progressing"] == "Unknown"
@@ -127,6 +128,11 @@ def test_operator_promotes_a_rollout_created_through_mlflow_deployments(
         assert _store(fake_kube, name).require().stage_index == stage
         resumed = _kpigate(["resume", name, "--namespace", NS], env)
         assert resumed.returncode == 0, resumed.stderr
+        # An operator's promotion: a spec.actionRequest the operator applies once.
+        promoted = _kpigate(["promote", name, "--namespace", NS], env)
+        assert promoted.returncode == 0, promoted.stderr
+        request = fake_kube.get_object("modelrollouts", NS, name)["status"]["lastActionRequest"]
+        assert (request["action"], request["result"]) == ("promote", "Applied")
         create.wait(timeout=300)
         seen = recorder.close()
         watched = _kpigate(["watch", name, "--namespace", NS, "--timeout", "30"], env)
@@ -158,7 +164,8 @@ def test_operator_promotes_a_rollout_created_through_mlflow_deployments(
     # Every decision left a Kubernetes Event on the resource.
     reasons = [e["reason"] for e in _events(fake_kube, name)]
     assert reasons.count("DecisionPromote") >= 2, reasons
-    assert {"RolloutStarted", "OperatorPause", "OperatorResume"} <= set(reasons), reasons
+    assert {"RolloutStarted", "OperatorPause", "OperatorResume", "OperatorPromote"} <= \
+        set(reasons), reasons
     state = _store(fake_kube, name).require()
     assert state.phase.value == "promoted"
     events = _store(fake_kube, name).events()
@@ -203,10 +210,20 @@ def test_operator_rolls_back_a_worse_candidate_and_takes_actions_through_the_res
         assert "Traceback" not in refused.stderr
         obj = fake_kube.get_object("modelrollouts", NS, name)
         assert obj["status"]["lastActionRequest"]["result"] == "Rejected"
+        listed = _deployments(["list", "-t", f"kpigate:/seldon/{NS}"], registered_model,
+                              fake_kube)
+        assert name in listed.stdout, listed.stderr
+        # Deleting it deletes the ModelRollout, and with it what it owns.
+        deleted = _deployments(["delete", "-t", f"kpigate:/seldon/{NS}", "--name", name],
+                               registered_model, fake_kube)
+        assert deleted.returncode == 0, deleted.stderr
+        assert fake_kube.get_object("modelrollouts", NS, name) is None
+        assert fake_kube.get_object("seldondeployments", NS, name) is None
+        assert not [c for c in fake_kube.objects("configmaps", NS)
+                    if c["metadata"]["name"].startswith(f"{name}-kpigate")]
     finally:
         op.stop()
         collector.stop()
-    assert _store(fake_kube, name).require().phase.value == "rolled_back"
 
 
 def _modelrollout(name: str, model, policy_text: str, prometheus, collector_url: str,
