@@ -39,6 +39,8 @@ RUN groupadd --gid 10001 kpigate \
        --shell /usr/sbin/nologin kpigate
 
 # -- build: a venv at /opt/kpigate from the wheelhouse, offline ---------------------------------
+# Byte-compiled here (the root filesystem is read-only in a pod, so Python could not cache
+# it at run time), by compileall on every core rather than by pip one file after another.
 FROM runtime AS build
 COPY wheels /wheels
 RUN want="$(cat /wheels/python-version)" \
@@ -51,7 +53,8 @@ RUN want="$(cat /wheels/python-version)" \
        fi \
     && python3 -m venv /opt/kpigate \
     && /opt/kpigate/bin/pip install --no-index --find-links /wheels --no-cache-dir \
-       --disable-pip-version-check -q mlflow-kpigate
+       --disable-pip-version-check --no-compile -q mlflow-kpigate \
+    && /opt/kpigate/bin/python -m compileall -q -j 0 /opt/kpigate/lib >/dev/null
 
 # -- the image: runtime plus the venv; the wheelhouse stays behind in the build stage ------------
 # The settings come before the venv's COPY: each instruction of the classic builder starts a

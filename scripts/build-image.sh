@@ -86,6 +86,6 @@ echo "build-image: wheelhouse ($(du -sh "$context/wheels" | cut -f1)) took $SECO
 cp Dockerfile .dockerignore "$context/"
 echo "build-image: docker build --build-arg BASE_IMAGE=$base -t $tag"
 SECONDS=0
-docker build --network host --build-arg "BASE_IMAGE=$base" -t "$tag" "$context"
+docker build --network host --force-rm --build-arg "BASE_IMAGE=$base" -t "$tag" "$context"
 echo "build-image: docker build took $SECONDS s"
 echo "build-image: built $tag"

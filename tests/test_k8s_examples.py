@@ -976,7 +976,8 @@ def test_dockerfile_is_a_slim_non_root_kpigate_image_installed_offline():
     assert (build[0], final[0]) == ("runtime", "runtime")
     # The venv is installed from the wheelhouse only, never from a package index ...
     (install,) = [line for line in build[2] if "pip install" in line]
-    assert re.search(r"pip install --no-index --find-links /wheels .*mlflow-kpigate$", install)
+    assert re.search(r"pip install --no-index --find-links /wheels .*mlflow-kpigate( |$)",
+                     install)
     assert "COPY wheels /wheels" in build[2]
     # ... and the image gets the venv, not the wheelhouse.
     copies = [line for line in final[2] if line.startswith(("COPY", "ADD"))]
