@@ -5,8 +5,10 @@ No registry is reachable here, so the base image is made from Debian's packages:
 ``debootstrap --variant=minbase bookworm`` into a directory, ``docker import``-ed as
 ``kpigate-base:bookworm`` (what ``debian:bookworm-slim`` is, give or take some files). The
 daemon is private to this module: its own data root, exec root, socket and config under a
-temporary directory, the vfs storage driver and no bridge or iptables, so it touches nothing
-else on the machine; it is stopped by its PID and the directory removed at the end.
+temporary directory, no bridge or iptables, so it touches nothing else on the machine; it is
+stopped by its PID and the directory removed at the end. Its storage driver is overlay2, or
+vfs where the kernel has no overlay (vfs copies the whole 1.2 GB image for every container
+and build step: a run of this test took 24 minutes with it here, against 5 with overlay2).
 
 What is checked, each against the real image: ``kpigate --help`` lists the checkout's
 commands and ``--version`` is the checkout's, the in-cluster commands start, the process
