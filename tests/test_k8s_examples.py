@@ -6,7 +6,8 @@ that would read it: core Kubernetes objects through the ``kubernetes`` client's 
 models (unknown or mistyped fields fail), the rules through ``promtool check`` and
 ``promtool test rules``, the dashboard's PromQL through promtool's parser, the kustomization
 through ``kubectl kustomize``, the policy through ``load_policy``, the workflow's scripts
-against a real MLflow registry, the Dockerfile's build context through a real package build.
+against a real MLflow registry, the files ``scripts/build-image.sh`` builds the package from
+through a real package build (tests/test_image.py builds and runs the image itself).
 The rest checks that the pieces agree: selectors match labels, ports exist, every metric
 a query names is one kpigate or Seldon exports, the Role grants exactly what the controller
 calls.
@@ -852,31 +853,82 @@ def test_kustomize_build_sets_namespace_and_image_everywhere(tmp_path):
 
 
 # -- the image ---------------------------------------------------------------------------------
-def test_dockerfile_is_a_slim_non_root_kpigate_image():
-    lines = _dockerfile()
-    assert lines[0] == "FROM python:3.11-slim"
-    assert _dockerfile_uid() != 0
-    assert 'ENTRYPOINT ["kpigate"]' in lines
-    assert any(re.match(r"RUN pip install .* \.( |$)", line) for line in lines)
-
-
-def test_dockerfile_build_context_builds_the_package(tmp_path):
-    """The files the Dockerfile copies are enough to build kpigate with its entry point
-    and package data."""
-    context = tmp_path / "context"
+def _stages() -> list[tuple[str, str, list[str]]]:
+    """The Dockerfile's stages: (base, name, instructions after FROM)."""
+    stages: list[tuple[str, str, list[str]]] = []
     for line in _dockerfile():
-        if not line.startswith("COPY "):
-            continue
-        *sources, dest = line.split()[1:]
-        for source in sources:
-            src = ROOT / source
-            assert src.exists(), f"the Dockerfile copies {source}, which does not exist"
-            target = context / (source if dest.endswith("/") or dest == "./" else dest)
-            if src.is_dir():
-                shutil.copytree(src, target, ignore=shutil.ignore_patterns("__pycache__"))
-            else:
-                target.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy(src, target)
+        if line.startswith("FROM "):
+            words = line.split()
+            stages.append((words[1], words[3] if len(words) > 3 else "", []))
+        elif stages:
+            stages[-1][2].append(line)
+    return stages
+
+
+def _container_ports() -> set[int]:
+    return {v["containerPort"] for _, obj in _objects() for key, value in _walk(obj)
+            if key == "ports" and isinstance(value, list) for v in value
+            if "containerPort" in v}
+
+
+def test_dockerfile_is_a_slim_non_root_kpigate_image_installed_offline():
+    lines = _dockerfile()
+    # The base is a build argument whose default is a slim Debian bookworm image (Python 3.11,
+    # what the wheelhouse is built for); every stage starts from it.
+    (arg,) = [line for line in lines if line.startswith("ARG BASE_IMAGE=")]
+    assert re.fullmatch(r"ARG BASE_IMAGE=(debian:bookworm-slim|python:3\.11-slim(-bookworm)?)",
+                        arg), arg
+    assert lines.index(arg) < next(i for i, line in enumerate(lines) if line.startswith("FROM "))
+    (runtime, build, final) = _stages()
+    assert runtime[:2] == ("${BASE_IMAGE}", "runtime")
+    assert (build[0], final[0]) == ("runtime", "runtime")
+    # The venv is installed from the wheelhouse only, never from a package index ...
+    (install,) = [line for line in build[2] if "pip install" in line]
+    assert re.search(r"pip install --no-index --find-links /wheels .*mlflow-kpigate( |$)",
+                     install)
+    assert "COPY wheels /wheels" in build[2]
+    # ... and the image gets the venv, not the wheelhouse.
+    copies = [line for line in final[2] if line.startswith(("COPY", "ADD"))]
+    assert copies == ["COPY --from=build /opt/kpigate /opt/kpigate"]
+    assert "ENV PATH=/opt/kpigate/bin:$PATH" in " ".join(final[2])
+    # A numeric non-root user with the same group id, which fsGroup in the manifests names.
+    uid = _dockerfile_uid()
+    assert uid != 0
+    assert f"USER {uid}" in final[2]
+    (useradd,) = [line for line in runtime[2] if "useradd" in line]
+    assert f"groupadd --gid {uid} " in useradd
+    assert f"useradd --uid {uid} --gid {uid} " in useradd
+    assert 'ENTRYPOINT ["kpigate"]' in final[2]
+    (expose,) = [line for line in final[2] if line.startswith("EXPOSE ")]
+    exposed = {int(port) for port in expose.split()[1:]}
+    assert exposed == {8080, 9102, 8081}  # collector, controller metrics, operator health
+    assert _container_ports() <= exposed
+
+
+def test_dockerignore_sends_only_the_wheelhouse():
+    rules = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
+             if line.strip() and not line.startswith("#")]
+    assert rules == ["*", "!wheels/"]
+    sources = [line.split()[1] for line in _dockerfile()
+               if line.startswith("COPY ") and "--from=" not in line]
+    assert sources == ["wheels"]
+
+
+def test_build_image_script_packages_enough_to_build_kpigate(tmp_path):
+    """The files scripts/build-image.sh copies to build kpigate's wheel are enough to build
+    it with its entry point and package data (tests/test_image.py runs the script)."""
+    script = (ROOT / "scripts" / "build-image.sh").read_text(encoding="utf-8")
+    copied = re.findall(r'^cp (?:-R )?(.+?) "\$context/src/"$', script, flags=re.MULTILINE)
+    sources = [name for line in copied for name in line.split()]
+    assert sources == ["setup.py", "README.md", "mlflow_kpigate"]
+    context = tmp_path / "src"
+    context.mkdir()
+    for source in sources:
+        src = ROOT / source
+        if src.is_dir():
+            shutil.copytree(src, context / source, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(src, context / source)
     # setup.py's own build (not a wheel: this venv's setuptools cannot build wheels
     # without the `wheel` package, and an isolated build would need the network).
     build, egg = tmp_path / "build", tmp_path / "egg"
