@@ -16,6 +16,16 @@ Fixtures
     ``registered_model`` (function): a fresh registered scikit-learn model in the
     ``tracking_uri`` store with versions 1 and 2 and alias ``champion`` → 1. Yields
     ``RegisteredModel``.
+
+Scheduling under pytest-xdist (``-n N``)
+    Unless ``--dist`` is given, the suite runs with ``--dist loadfile``: each test module
+    is one work unit, so a module-scoped setup (a registered model on the tracking server,
+    routers, Prometheus) runs once, on one worker, instead of once per worker that happens
+    to get some of its tests. Modules are handed out heaviest first (:data:`HEAVIEST_FIRST`,
+    then the other modules with module-scoped fixtures, then the rest in collection order),
+    so the long end-to-end modules do not start last and leave one worker running alone at
+    the end. The order of tests within a module is unchanged; tests stay independent of
+    where and in which order they run.
 """
 
 from __future__ import annotations
@@ -46,6 +56,47 @@ TRAINING_METRICS: dict[str, dict[str, tuple[float, ...]]] = {
     "2": {"recall": (0.90,)},
 }
 _STARTUP_LIMIT_S = 180.0  # a ceiling for a wedged server, not a performance threshold
+
+#: Test modules by the time their tests take (``--durations``, -n 2), longest first; the
+#: rest follow (modules with module-scoped fixtures first). Only the order in which xdist
+#: hands out work depends on it: a module missing here costs balance, never a test.
+HEAVIEST_FIRST = (
+    "test_plugin.py", "test_exit_codes.py", "test_atomic_create.py",
+    "test_supervisor_healing.py", "test_router_processes.py", "test_candidate_process.py",
+    "test_seldon_target.py", "test_forecast_accuracy.py", "test_github_action.py",
+    "test_fraud_example.py", "test_router_isolation.py", "test_seldon_e2e.py",
+    "test_benchmarks.py", "test_cli_simulate.py", "test_router.py",
+)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_cmdline_main(config: pytest.Config) -> None:
+    """``-n N`` without ``--dist``: ``loadfile`` in the order the collection gives
+    (pytest-xdist would otherwise pick ``load``; its ``loadgroup`` marks do not reach the
+    test ids under pytest 9, and it would reorder files by their number of tests)."""
+    option = config.option
+    if getattr(option, "numprocesses", None) and getattr(option, "dist", None) == "no":
+        option.dist = "loadfile"
+        option.loadscopereorder = False
+
+
+def _module_scoped(item: pytest.Item) -> bool:
+    info = getattr(item, "_fixtureinfo", None)
+    defs = getattr(info, "name2fixturedefs", {}) or {}
+    return any(d.scope == "module" for fixturedefs in defs.values() for d in fixturedefs)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Order the modules heaviest first (:data:`HEAVIEST_FIRST`, then those with
+    module-scoped fixtures, then the rest); the order of tests within a module is kept."""
+    rank = {name: i for i, name in enumerate(HEAVIEST_FIRST)}
+    shared = {item.path.name for item in items if _module_scoped(item)}
+
+    def key(item: pytest.Item) -> tuple[int, int]:
+        name = item.path.name
+        return (0, rank[name]) if name in rank else (1 if name in shared else 2, 0)
+
+    items.sort(key=key)  # stable: collection order within equal keys
 
 
 @dataclass

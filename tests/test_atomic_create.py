@@ -25,6 +25,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+from mlflow_cli import mlflow_deployments
 from sklearn.linear_model import LogisticRegression
 
 from mlflow_kpigate.backends.local.state_store import RolloutStore
@@ -70,8 +71,7 @@ def env(mlflow_server, tmp_path_factory):
 
 
 def mlflow_cli(env, *args, timeout=300):
-    return subprocess.run([sys.executable, "-m", "mlflow", "deployments", *args, "-t", "kpigate"],
-                          capture_output=True, text=True, env=env["env"], timeout=timeout)
+    return mlflow_deployments([*args, "-t", "kpigate"], env=env["env"], timeout=timeout)
 
 
 def error_lines(result):

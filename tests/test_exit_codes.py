@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import yaml
 from _plugin_models import COLUMNS, FAST, register_good_and_broken
+from mlflow_cli import mlflow_deployments
 from processes import free_port, stop_process_group
 
 from mlflow_kpigate.core import exit_codes
@@ -59,8 +60,7 @@ def env(mlflow_server, tmp_path_factory):
 
 
 def mlflow_cli(env, *args, timeout=OUTCOME_LIMIT_S):
-    return subprocess.run([sys.executable, "-m", "mlflow", "deployments", *args, "-t", "kpigate"],
-                          capture_output=True, text=True, env=env["env"], timeout=timeout)
+    return mlflow_deployments([*args, "-t", "kpigate"], env=env["env"], timeout=timeout)
 
 
 def kpigate(env, *args):

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -22,6 +21,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+from mlflow_cli import mlflow_deployments
 from sklearn.linear_model import LogisticRegression
 
 from mlflow_kpigate.backends.local.state_store import RolloutStore
@@ -88,9 +88,7 @@ def env(mlflow_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
 
 
 def _cli(env: Any, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "mlflow", "deployments", *args, "-t",
-                           "kpigate"], capture_output=True, text=True, env=env["env"],
-                          timeout=300)
+    return mlflow_deployments([*args, "-t", "kpigate"], env=env["env"], timeout=300)
 
 
 def _store(env: Any, name: str) -> RolloutStore:

@@ -13,6 +13,7 @@ import threading
 import pytest
 import yaml
 from fake_kube import fake_kube  # noqa: F401
+from mlflow_cli import mlflow_deployments
 
 from mlflow_kpigate.backends.seldon.cluster import Cluster
 from mlflow_kpigate.backends.seldon.kinds import CONFIG_MAP, SELDON_EXPERIMENT, SELDON_MODEL
@@ -40,8 +41,7 @@ def _mlflow(args, env_extra=None, tmp_path=None, timeout=180):
     env = {**os.environ, **(env_extra or {})}
     if tmp_path is not None:
         env["KPIGATE_STATE_DIR"] = str(tmp_path / "state")
-    return subprocess.run([sys.executable, "-m", "mlflow", "deployments", *args], env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return mlflow_deployments(args, env=env, timeout=timeout)
 
 
 def _error_line(proc) -> str:

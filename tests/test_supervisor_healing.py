@@ -35,6 +35,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import requests
+from mlflow_cli import mlflow_deployments
 from sklearn.linear_model import LogisticRegression
 
 from mlflow_kpigate.backends.local.state_store import RolloutStore
@@ -125,7 +126,7 @@ def _run(env, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[s
 
 
 def mlflow_cli(env, *args: str) -> subprocess.CompletedProcess[str]:
-    return _run(env, "-m", "mlflow", "deployments", *args, "-t", "kpigate")
+    return mlflow_deployments([*args, "-t", "kpigate"], env=env["env"], timeout=300)
 
 
 def kpigate(env, *args: str) -> subprocess.CompletedProcess[str]:
