@@ -63,7 +63,8 @@ _STARTUP_LIMIT_S = 180.0  # a ceiling for a wedged server, not a performance thr
 HEAVIEST_FIRST = (
     "test_image.py", "test_operator_e2e.py", "test_supervisor_healing.py",
     "test_cli_cluster.py", "test_github_action_attach.py", "test_shared_collector.py",
-    "test_exit_codes.py", "test_atomic_create.py", "test_router_processes.py", "test_candidate_process.py",
+    "test_plugin.py", "test_exit_codes.py", "test_atomic_create.py",
+    "test_router_processes.py", "test_candidate_process.py",
     "test_seldon_target.py", "test_forecast_accuracy.py", "test_github_action.py",
     "test_fraud_example.py", "test_router_isolation.py", "test_seldon_e2e.py",
     "test_benchmarks.py", "test_cli_simulate.py", "test_router.py",
