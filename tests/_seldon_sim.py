@@ -9,6 +9,7 @@ starts one per rollout and stops them all at teardown.
 
 from __future__ import annotations
 
+import textwrap
 import threading
 import time
 
@@ -18,6 +19,29 @@ from fake_kube import fake_kube  # noqa: F401
 from prometheus_fixture import LoopbackExporter
 
 NS = "models"
+#: A quick policy for end-to-end rollouts on Seldon: error rate from the executors only.
+POLICY = textwrap.dedent("""
+    evaluation: {interval: 1s, maturity: 0s}
+    stage_defaults:
+      min_samples: {requests: 300}
+      min_dwell: 2s
+      max_duration: 120s
+    stages: [5, 50, 100]
+    kpis:
+      - {name: error_rate, kind: proportion, metric: error_rate, role: critical, margin: 0.02}
+    metrics:
+      prometheus: {timeout: 5s, retries: 2, max_wait: 10s, requests_from: seldon}
+    readiness: {timeout: 60s, on_timeout: hold}
+""")
+
+
+def cluster_store(fake, name: str, namespace: str = NS):
+    """The rollout's state store in the fake cluster (its ConfigMaps)."""
+    from mlflow_kpigate.backends.seldon.cluster import Cluster
+    from mlflow_kpigate.backends.seldon.kinds import CONFIG_MAP
+    from mlflow_kpigate.backends.seldon.state_store import ClusterStore
+
+    return ClusterStore(Cluster.connect(namespace, fake.kubeconfig).objects(CONFIG_MAP), name)
 
 
 class SeldonSim(threading.Thread):

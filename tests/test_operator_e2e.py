@@ -14,7 +14,6 @@ import os
 import random
 import subprocess
 import sys
-import textwrap
 import time
 
 import pytest
@@ -25,7 +24,7 @@ from _operator_fixtures import (
     operator_process,
     wait_for,
 )
-from _seldon_sim import seldon  # noqa: F401
+from _seldon_sim import POLICY, cluster_store, seldon  # noqa: F401
 from fake_kube import fake_kube  # noqa: F401
 
 from mlflow_kpigate.core import exit_codes
@@ -33,19 +32,6 @@ from mlflow_kpigate.core import exit_codes
 # Workers run in other processes: they need the tracking server, not a local file.
 pytestmark = pytest.mark.parametrize("tracking_uri", ["server"], indirect=True)
 
-POLICY = textwrap.dedent("""
-    evaluation: {interval: 1s, maturity: 0s}
-    stage_defaults:
-      min_samples: {requests: 300}
-      min_dwell: 2s
-      max_duration: 120s
-    stages: [5, 50, 100]
-    kpis:
-      - {name: error_rate, kind: proportion, metric: error_rate, role: critical, margin: 0.02}
-    metrics:
-      prometheus: {timeout: 5s, retries: 2, max_wait: 10s, requests_from: seldon}
-    readiness: {timeout: 60s, on_timeout: hold}
-""")
 
 
 def _deployments(args: list[str], model, fake, env_extra=None, timeout=240
@@ -74,12 +60,7 @@ def _operator_env(collector) -> dict[str, str]:
             "KPIGATE_COLLECTOR_INGEST_TOKEN_FILE": str(collector.token_files["ingest"])}
 
 
-def _store(fake, name):
-    from mlflow_kpigate.backends.seldon.cluster import Cluster
-    from mlflow_kpigate.backends.seldon.kinds import CONFIG_MAP
-    from mlflow_kpigate.backends.seldon.state_store import ClusterStore
-
-    return ClusterStore(Cluster.connect(NS, fake.kubeconfig).objects(CONFIG_MAP), name)
+_store = cluster_store
 
 
 def _conditions(fake, name) -> dict[str, str]:

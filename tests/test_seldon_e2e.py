@@ -16,12 +16,11 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
 import pytest
-from _seldon_sim import seldon  # noqa: F401
+from _seldon_sim import POLICY, cluster_store, seldon  # noqa: F401
 from fake_kube import fake_kube  # noqa: F401
 from prometheus_fixture import running_prometheus
 
@@ -31,19 +30,6 @@ NS = "models"
 # The controller runs in another process: it needs the tracking server, not a local file.
 pytestmark = pytest.mark.parametrize("tracking_uri", ["server"], indirect=True)
 
-POLICY = textwrap.dedent("""
-    evaluation: {interval: 1s, maturity: 0s}
-    stage_defaults:
-      min_samples: {requests: 300}
-      min_dwell: 2s
-      max_duration: 120s
-    stages: [5, 50, 100]
-    kpis:
-      - {name: error_rate, kind: proportion, metric: error_rate, role: critical, margin: 0.02}
-    metrics:
-      prometheus: {timeout: 5s, retries: 2, max_wait: 10s, requests_from: seldon}
-    readiness: {timeout: 60s, on_timeout: hold}
-""")
 
 
 def _create(model, name, policy, prometheus, fake, tmp_path) -> subprocess.Popen:
@@ -59,12 +45,7 @@ def _create(model, name, policy, prometheus, fake, tmp_path) -> subprocess.Popen
                             start_new_session=True)
 
 
-def _store(fake, name):
-    from mlflow_kpigate.backends.seldon.cluster import Cluster
-    from mlflow_kpigate.backends.seldon.kinds import CONFIG_MAP
-    from mlflow_kpigate.backends.seldon.state_store import ClusterStore
-
-    return ClusterStore(Cluster.connect(NS, fake.kubeconfig).objects(CONFIG_MAP), name)
+_store = cluster_store
 
 
 def _wait(predicate, what: str, limit: float = 180.0):

@@ -28,6 +28,7 @@ from typing import Any
 
 from mlflow_kpigate.backends.modelrollout import ModelRollout, ModelRolloutStatus
 from mlflow_kpigate.backends.modelrollout import status_from_state as _status_from_state
+from mlflow_kpigate.backends.modelrollout.resource import readable_status
 from mlflow_kpigate.backends.modelrollout.status import ActionRecord
 from mlflow_kpigate.backends.seldon.cluster import Cluster
 from mlflow_kpigate.backends.seldon.kinds import MODEL_ROLLOUT
@@ -86,7 +87,7 @@ class RolloutSync:
             self.forget(key)
             return
         generation = int(obj["metadata"].get("generation") or 0)
-        previous = _previous_status(obj)
+        previous = readable_status(obj)
         rollout = ClusterRollout(cluster, name)
         state = rollout.store.load()
         now = datetime.now(timezone.utc)
@@ -257,13 +258,4 @@ def _secret(cluster: Cluster, name: str) -> dict[str, str]:
                          "get on it") from None
     return {k: base64.b64decode(v).decode() for k, v in (secret.data or {}).items()}
 
-
-def _previous_status(obj: dict[str, Any]) -> ModelRolloutStatus | None:
-    status = obj.get("status")
-    if not status:
-        return None
-    try:
-        return ModelRolloutStatus.from_object(status)
-    except UsageError:
-        return None  # written by something else; rewritten whole
 

@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from mlflow_kpigate.backends.modelrollout import ModelRollout, ModelRolloutStatus
+from mlflow_kpigate.backends.modelrollout.resource import readable_status
 from mlflow_kpigate.backends.modelrollout.spec import ModelSpec
 from mlflow_kpigate.backends.seldon.cluster import Cluster
 from mlflow_kpigate.backends.seldon.cluster_errors import ResourceNotServed
@@ -35,16 +36,6 @@ def served(cluster: Cluster) -> bool:
     except ResourceNotServed:
         return False
     return True
-
-
-def _status(obj: Mapping[str, Any]) -> ModelRolloutStatus | None:
-    status = obj.get("status")
-    if not status:
-        return None
-    try:
-        return ModelRolloutStatus.from_object(status)
-    except UsageError:
-        return None
 
 
 class OperatedRollouts:
@@ -105,7 +96,7 @@ class OperatedRollouts:
             if obj is None:
                 raise KpigateError(f"ModelRollout {self.cluster.namespace}/{name} was deleted "
                                    "while waiting for it")
-            status = _status(obj)
+            status = readable_status(obj)
             if status is not None and status.observed_generation >= generation:
                 seen = status
                 decision = status.last_decision
@@ -148,7 +139,7 @@ class OperatedRollouts:
         start = self.clock()
         while True:
             obj = self.get(name)
-            status = _status(obj) if obj is not None else None
+            status = readable_status(obj) if obj is not None else None
             if status is not None and done(status):
                 return status
             if self.clock() - start > OPERATOR_GRACE_S:
@@ -174,7 +165,7 @@ class OperatedRollouts:
     @staticmethod
     def status_of(obj: Mapping[str, Any]) -> ModelRolloutStatus | None:
         """``obj``'s status, if it has a valid one."""
-        return _status(obj)
+        return readable_status(obj)
 
 
 def _ref(model: ModelSpec) -> str:
@@ -219,7 +210,7 @@ def operated_pending(obj: Mapping[str, Any], state: Any) -> dict[str, Any] | Non
     """``get_deployment``'s view of a ModelRollout whose rollout is not in the ConfigMaps
     yet (or not the one its spec asks for): from its status. None when the ConfigMaps
     describe it."""
-    status = _status(obj)
+    status = readable_status(obj)
     if state is not None and status is not None and status.phase.value != "pending":
         return None
     mr = ModelRollout.from_object(obj)

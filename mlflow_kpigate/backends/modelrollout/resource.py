@@ -57,3 +57,15 @@ class ModelRollout:
     def target_name(self) -> str:
         """The SeldonDeployment's or Experiment's name."""
         return self.spec.backend.target_name(self.name)
+
+
+def readable_status(obj: Mapping[str, Any]) -> ModelRolloutStatus | None:
+    """The status of a ModelRollout object as read, or None when it has none or one this
+    version cannot read (written by something else: the operator rewrites it whole)."""
+    status = obj.get("status")
+    if not status:
+        return None
+    try:
+        return ModelRolloutStatus.from_object(status)
+    except UsageError:
+        return None
