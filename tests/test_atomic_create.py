@@ -230,9 +230,12 @@ KERNEL_RESETS = 2
 
 
 def assert_handed_over(clients):
-    """Every request answered 200 but at most KERNEL_RESETS reset connections."""
+    """Every request answered 200 but at most KERNEL_RESETS reset connections. A reset
+    connection shows as ECONNRESET, or as EPIPE when the client was still writing its
+    request when the kernel dropped it; any other error fails."""
     assert clients.ok > 20
-    assert all("reset" in e.lower() for e in clients.errors), clients.errors[:3]
+    assert all("reset" in e.lower() or "broken pipe" in e.lower()
+               for e in clients.errors), clients.errors[:3]
     migrate = Path("/proc/sys/net/ipv4/tcp_migrate_req")
     allowed = 0 if migrate.is_file() and migrate.read_text().strip() == "1" else KERNEL_RESETS
     assert len(clients.errors) <= allowed, clients.errors[:3]
