@@ -159,13 +159,3 @@ class StatusRecorder:
         self.thread.join(timeout=5)
         return self.seen
 
-
-def wait_for(predicate: Any, what: str, limit: float = 180.0) -> Any:
-    """Poll ``predicate`` until truthy (``limit`` bounds a wedged run, not performance)."""
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")

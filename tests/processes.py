@@ -1,4 +1,5 @@
-"""Small helpers for tests that start servers: free loopback ports, stopping process groups."""
+"""Small helpers for tests that start servers: free loopback ports, stopping process groups,
+waiting for a condition."""
 
 from __future__ import annotations
 
@@ -6,7 +7,9 @@ import os
 import signal
 import socket
 import subprocess
+import time
 from contextlib import suppress
+from typing import Any
 
 
 def free_port() -> int:
@@ -30,3 +33,15 @@ def stop_process_group(process: subprocess.Popen[bytes], timeout: float = 15) ->
         process.wait(timeout=timeout)
     with suppress(ProcessLookupError):  # workers left behind by a killed parent
         os.killpg(pgid, signal.SIGKILL)
+
+
+def wait_for(predicate: Any, what: str, limit: float = 180.0) -> Any:
+    """Poll ``predicate`` until truthy and return its value (``limit`` bounds a wedged run,
+    not performance); ``AssertionError`` naming ``what`` after it."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")

@@ -22,10 +22,10 @@ from _operator_fixtures import (
     StatusRecorder,
     collector_process,
     operator_process,
-    wait_for,
 )
 from _seldon_sim import POLICY, cluster_store, seldon  # noqa: F401
 from fake_kube import fake_kube  # noqa: F401
+from processes import wait_for
 
 from mlflow_kpigate.core import exit_codes
 

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 from _seldon_sim import POLICY, cluster_store, seldon  # noqa: F401
 from fake_kube import fake_kube  # noqa: F401
+from processes import wait_for
 from prometheus_fixture import running_prometheus
 
 from mlflow_kpigate.core import exit_codes
@@ -47,15 +48,6 @@ def _create(model, name, policy, prometheus, fake, tmp_path) -> subprocess.Popen
 
 _store = cluster_store
 
-
-def _wait(predicate, what: str, limit: float = 180.0):
-    deadline = time.monotonic() + limit  # a ceiling for a wedged run, not a performance bound
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _logs(tmp_path: Path) -> str:
@@ -91,7 +83,7 @@ def test_staged_rollout_survives_a_controller_kill_and_promotes(
     store = _store(fake_kube, name)
     try:
         # Kill the controller once the first promotion was committed.
-        state = _wait(lambda: (s := store.load()) is not None and s.stage_index >= 1 and s,
+        state = wait_for(lambda: (s := store.load()) is not None and s.stage_index >= 1 and s,
                       "the first promotion")
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
@@ -186,7 +178,7 @@ def test_rollout_holds_while_prometheus_is_down(
         proc = _create(registered_model, name, policy, prom, fake_kube, tmp_path)
         store = _store(fake_kube, name)
         try:
-            _wait(lambda: any(e.kind == "hold" for e in (store.events()
+            wait_for(lambda: any(e.kind == "hold" for e in (store.events()
                                                               if store.exists() else [])),
                   "a first evaluation with Prometheus up")
             prom.stop()
@@ -197,7 +189,7 @@ def test_rollout_holds_while_prometheus_is_down(
                 return [e for e in events if e.kind == "hold"
                         and "metrics unavailable" in e.event.decision.reason]
 
-            holds = _wait(lambda: len(blind_holds()) >= 2 and blind_holds(),
+            holds = wait_for(lambda: len(blind_holds()) >= 2 and blind_holds(),
                           "holds while Prometheus is down")
         finally:
             os.killpg(proc.pid, signal.SIGKILL)
