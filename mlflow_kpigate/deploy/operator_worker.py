@@ -7,9 +7,9 @@ the rollout's Secrets give (``MLFLOW_TRACKING_URI`` and credentials, the collect
 files), and starts it again if it dies. The worker
 
 1. reads the ModelRollout and the rollout already in the namespace's ConfigMaps;
-2. resumes that rollout if it has not ended (whatever the spec says now: a running
-   rollout is never replaced behind its back), or, when there is none or it ended and the
-   spec asks for another (:func:`~.modelrollout_request.model_digest`), starts the rollout
+2. resumes that rollout if it has not ended or still owes side effects (whatever the
+   spec says now: a running rollout is never replaced behind its back), or, when there is
+   none or it ended and the spec asks for another (:func:`~.modelrollout_request.model_digest`), starts the rollout
    the spec asks for exactly as ``mlflow deployments create -t kpigate:/seldon/NS -C
    wait=true`` would (:func:`~.modelrollout_request.create_request`), saving the spec's
    digest with its settings;
@@ -76,7 +76,9 @@ def run_worker(namespace: str, name: str, kube: dict[str, str],
     rollout = ClusterRollout(cluster, name)
     state = rollout.store.load()
     say = lambda m: log.info("%s/%s: %s", namespace, name, m)  # noqa: E731
-    if state is not None and not state.phase.terminal:
+    if state is not None and (not state.phase.terminal or state.effects_pending):
+        # An ended rollout whose side effects a killed worker left owed is resumed too:
+        # the controller finishes them and returns.
         say(f"resuming the rollout at {state.phase.value} (stage {state.stage_index})")
         run_controller(namespace, name, cfg, progress=say, stop=stop)
         return 0
