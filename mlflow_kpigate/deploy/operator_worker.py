@@ -9,10 +9,11 @@ files), and starts it again if it dies. The worker
 1. reads the ModelRollout and the rollout already in the namespace's ConfigMaps;
 2. resumes that rollout if it has not ended or still owes side effects (whatever the
    spec says now: a running rollout is never replaced behind its back), or, when there is
-   none or it ended and the spec asks for another (:func:`~.modelrollout_request.model_digest`), starts the rollout
-   the spec asks for exactly as ``mlflow deployments create -t kpigate:/seldon/NS -C
-   wait=true`` would (:func:`~.modelrollout_request.create_request`), saving the spec's
-   digest with its settings;
+   none or it ended and the spec asks for another
+   (:func:`~.modelrollout_request.model_digest`), starts the rollout the spec asks for
+   exactly as ``mlflow deployments create -t kpigate:/seldon/NS -C wait=true`` would
+   (:func:`~.modelrollout_request.create_request`), saving the spec's digest with its
+   settings;
 3. runs its controller until it ends or the worker gets SIGTERM.
 
 Everything durable is in the cluster (the rollout's ConfigMaps), so a worker killed at any
