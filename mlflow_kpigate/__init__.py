@@ -8,4 +8,6 @@ The four parts of the framework live in their own sub-packages:
 - ``simulate``: synthetic staged rollouts for trying policies before going live.
 """
 
-__version__ = "0.1.0"
+from mlflow_kpigate._version import __version__
+
+__all__ = ["__version__"]

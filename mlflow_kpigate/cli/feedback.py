@@ -21,6 +21,7 @@ import requests
 
 from mlflow_kpigate.backends.seldon.collector_credentials import LABELS_TOKEN_ENV, labels_token
 from mlflow_kpigate.backends.seldon.target import TARGET_PREFIX as SELDON_PREFIX
+from mlflow_kpigate.core import extras
 from mlflow_kpigate.core.errors import KpigateError, UsageError
 from mlflow_kpigate.deploy.local import LocalDeployer
 
@@ -138,6 +139,7 @@ def _destination(name: str, target: str, config: dict[str, Any] | None,
                  token_file: str | None) -> tuple[Any, str, str | None, str]:
     """(deployer, feedback URL, token, what is behind it) for ``target``."""
     if target.startswith(SELDON_PREFIX):
+        extras.require(extras.SELDON, f"-t {target}")
         from mlflow_kpigate.deploy.seldon import SeldonDeployer
 
         seldon = SeldonDeployer(target)

@@ -17,6 +17,7 @@ import click
 
 from mlflow_kpigate.cli.operate import STATE_DIR
 from mlflow_kpigate.core.errors import KpigateError, UsageError
+from mlflow_kpigate.core.extras import MissingExtra
 from mlflow_kpigate.core.history import History
 from mlflow_kpigate.deploy.config import deployment_dir
 from mlflow_kpigate.deploy.deployer import Rollout
@@ -77,6 +78,8 @@ def record_for(deployment: str, target: str, state_dir: str | None,
         target = "kpigate"
     try:
         deployer = deployer_for(target)
+    except MissingExtra:
+        raise
     except UsageError:
         raise UsageError(f"--target {target}: use kpigate, kpigate:/local or "
                          "kpigate:/seldon/NAMESPACE") from None

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import click
 
+from mlflow_kpigate.core import extras
 from mlflow_kpigate.core.durations import parse_duration
 from mlflow_kpigate.core.errors import UsageError
 
@@ -72,6 +73,7 @@ def operator_command(namespaces: tuple[str, ...], all_namespaces: bool,
     Exit codes: 0 after SIGTERM, 1 after losing the leader Lease (restart it: it stands
     again as a candidate), 2 for bad options.
     """
+    extras.require(extras.SELDON, "kpigate operator")
     from mlflow_kpigate.deploy.operator_main import Operator, OperatorOptions
 
     if bool(namespaces) == all_namespaces:
