@@ -6,7 +6,8 @@
 #   scripts/build-image.sh --base python:3.11-slim --tag ...   # another base, same Python
 #
 # The build context is a directory with this file and `wheels/`: kpigate's wheel and every
-# runtime dependency, built on the host against scripts/constraints.txt, plus
+# runtime dependency of it and of its `seldon` extra (the Kubernetes and Prometheus clients
+# the operator and the cluster rollout import), built on the host against scripts/constraints.txt, plus
 # `wheels/python-version` (the host Python's X.Y the wheels were built for). pip installs
 # from it with --no-index, so the build never reaches a package index; apt-get (python3 on
 # a Debian base) needs the network: `docker build --network host` where the default
@@ -53,7 +54,7 @@ RUN want="$(cat /wheels/python-version)" \
        fi \
     && python3 -m venv /opt/kpigate \
     && /opt/kpigate/bin/pip install --no-index --find-links /wheels --no-cache-dir \
-       --disable-pip-version-check --no-compile -q mlflow-kpigate \
+       --disable-pip-version-check --no-compile -q 'mlflow-kpigate[seldon]' \
     && /opt/kpigate/bin/python -m compileall -q -j 0 /opt/kpigate/lib >/dev/null
 
 # -- the image: runtime plus the venv; the wheelhouse stays behind in the build stage ------------

@@ -5,9 +5,11 @@
 #
 #   --base IMAGE  the base image (default debian:bookworm-slim): a Debian bookworm image gets
 #                 python3 with apt-get; python:3.11-slim is used as it is
-#   --tag TAG     the image's name (default mlflow-kpigate:VERSION, VERSION from setup.py)
+#   --tag TAG     the image's name (default mlflow-kpigate:VERSION, VERSION from
+#                 mlflow_kpigate/_version.py)
 #
-# Steps: a wheelhouse (kpigate's wheel and every runtime dependency, resolved against
+# Steps: a wheelhouse (kpigate's wheel with its `seldon` extra, which the operator and the
+# cluster rollout need, and every runtime dependency, resolved against
 # scripts/constraints.txt) is built here with pip from the package index, into a temporary
 # build context with the Dockerfile; `docker build --network host` then installs it with
 # `pip install --no-index`, so the build itself never needs the package index (only apt-get
@@ -22,7 +24,7 @@ cd "$(dirname "$0")/.."
 
 usage() { sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; }
 
-version="$(sed -n 's/^ *version="\([^"]*\)",.*/\1/p' setup.py)"
+version="$(sed -n 's/^__version__ = "\([^"]*\)"$/\1/p' mlflow_kpigate/_version.py)"
 base="debian:bookworm-slim"
 tag="mlflow-kpigate:${version:-latest}"
 while [ "$#" -gt 0 ]; do
@@ -70,15 +72,15 @@ fi
 # The package is built from a copy of the files it is made of, so nothing else in the
 # checkout ends up in it and the build leaves nothing (build/, *.egg-info) in the checkout.
 mkdir "$context/src"
-cp setup.py README.md "$context/src/"
+cp setup.py pyproject.toml README.md "$context/src/"
 cp -R mlflow_kpigate "$context/src/"
 find "$context/src" -name __pycache__ -type d -prune -exec rm -rf {} +
 
 py_version="$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
-echo "build-image: wheelhouse for Python $py_version (kpigate $version and its dependencies)"
+echo "build-image: wheelhouse for Python $py_version (kpigate $version with the seldon extra, and its dependencies)"
 SECONDS=0
 "${pip[@]}" wheel -q --disable-pip-version-check -c scripts/constraints.txt \
-  -w "$context/wheels" "$context/src"
+  -w "$context/wheels" "$context/src[seldon]"
 echo "$py_version" > "$context/wheels/python-version"
 rm -rf "$context/src" "$context/venv"
 echo "build-image: wheelhouse ($(du -sh "$context/wheels" | cut -f1)) took $SECONDS s"

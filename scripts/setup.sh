@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Prepare a fresh machine for kpigate: a .venv with the package and its test tools.
+# Prepare a fresh machine for kpigate: a .venv with the package, its `seldon` extra (the
+# cluster path: Kubernetes and Prometheus clients) and its test tools.
 # Idempotent and quick when nothing changed (a stamp records what was installed).
 # Needs only Python >= 3.10 and the package registries; the Debian packages the tests use
 # (prometheus, jq, yq, docker.io, debootstrap) are installed with apt-get when missing, the
@@ -50,11 +51,11 @@ if [ ! -x .venv/bin/python ]; then
 fi
 
 stamp=.venv/.kpigate-setup
-want="$(cat setup.py scripts/constraints.txt | sha256sum | cut -d' ' -f1)"
+want="$(cat setup.py pyproject.toml mlflow_kpigate/_version.py scripts/constraints.txt | sha256sum | cut -d' ' -f1)"
 if [ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ]; then
   echo "setup: installing kpigate and its test tools into .venv (first run takes a few minutes)"
   .venv/bin/python -m pip install -qq --disable-pip-version-check \
-    -c scripts/constraints.txt -e ".[test]"
+    -c scripts/constraints.txt -e ".[seldon,test]"
   echo "$want" > "$stamp"
 fi
 

@@ -882,10 +882,11 @@ def test_dockerfile_is_a_slim_non_root_kpigate_image_installed_offline():
     (runtime, build, final) = _stages()
     assert runtime[:2] == ("${BASE_IMAGE}", "runtime")
     assert (build[0], final[0]) == ("runtime", "runtime")
-    # The venv is installed from the wheelhouse only, never from a package index ...
+    # The venv is installed from the wheelhouse only, never from a package index, with the
+    # seldon extra (the operator and the cluster rollout import the Kubernetes client) ...
     (install,) = [line for line in build[2] if "pip install" in line]
-    assert re.search(r"pip install --no-index --find-links /wheels .*mlflow-kpigate( |$)",
-                     install)
+    assert re.search(r"pip install --no-index --find-links /wheels "
+                     r".*'mlflow-kpigate\[seldon\]'( |$)", install)
     assert "COPY wheels /wheels" in build[2]
     # ... and the image gets the venv, not the wheelhouse.
     copies = [line for line in final[2] if line.startswith(("COPY", "ADD"))]
@@ -916,11 +917,14 @@ def test_dockerignore_sends_only_the_wheelhouse():
 
 def test_build_image_script_packages_enough_to_build_kpigate(tmp_path):
     """The files scripts/build-image.sh copies to build kpigate's wheel are enough to build
-    it with its entry point and package data (tests/test_image.py runs the script)."""
+    it with its entry point, package data and the `seldon` extra, which the script and the
+    Dockerfile install: the operator and the cluster rollout import the Kubernetes client
+    (tests/test_image.py runs the script)."""
     script = (ROOT / "scripts" / "build-image.sh").read_text(encoding="utf-8")
     copied = re.findall(r'^cp (?:-R )?(.+?) "\$context/src/"$', script, flags=re.MULTILINE)
     sources = [name for line in copied for name in line.split()]
-    assert sources == ["setup.py", "README.md", "mlflow_kpigate"]
+    assert sources == ["setup.py", "pyproject.toml", "README.md", "mlflow_kpigate"]
+    assert '-w "$context/wheels" "$context/src[seldon]"' in script
     context = tmp_path / "src"
     context.mkdir()
     for source in sources:
@@ -940,3 +944,7 @@ def test_build_image_script_packages_enough_to_build_kpigate(tmp_path):
     assert (build / "mlflow_kpigate" / "cli" / "main.py").is_file()
     entry_points = (egg / "mlflow_kpigate.egg-info" / "entry_points.txt").read_text()
     assert "kpigate = mlflow_kpigate.cli:main" in entry_points
+    requires = (egg / "mlflow_kpigate.egg-info" / "requires.txt").read_text()
+    seldon = requires.partition("[seldon]\n")[2].split("\n\n")[0].split()
+    assert sorted(name.split(">=")[0] for name in seldon) == \
+        ["kubernetes", "prometheus-api-client"]
