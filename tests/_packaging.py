@@ -1,6 +1,7 @@
 """Test helpers for the distribution: what setup.py declares (read from the metadata
 setuptools writes, as pip would see it), what the package imports (read with ``ast``), and
-which modules may need the ``seldon`` extra at import time.
+which modules may need the ``seldon`` extra at import time; the GitHub Action's install
+scripts, which tests/test_fresh_install.py runs.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
@@ -78,3 +80,10 @@ def third_party_imports() -> dict[str, set[str]]:
                 if top not in sys.stdlib_module_names and top != "mlflow_kpigate":
                     found[top].add(module_name(path))
     return dict(found)
+
+
+def action_step_script(step_id: str) -> str:
+    """The ``run:`` script of the step ``step_id`` of the GitHub Action (action/action.yml)."""
+    action = yaml.safe_load((ROOT / "action" / "action.yml").read_text(encoding="utf-8"))
+    (script,) = [step["run"] for step in action["runs"]["steps"] if step.get("id") == step_id]
+    return str(script)

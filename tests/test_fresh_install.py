@@ -10,10 +10,13 @@ site-packages except the ``seldon`` extra's distributions and kpigate itself, ad
 against it with ``--no-index``, so a base requirement that only the extra provides (say
 ``kubernetes`` back in install_requires) fails the install.
 
-pip builds kpigate from a copy of the files scripts/build-image.sh packages, as any user's
-``pip install .`` does: in an isolated build environment with the tools pyproject.toml
-names (setuptools, wheel), which this test downloads once (the only step that needs the
-package index; pip's cache serves repeats). Then, in the fresh venv, concurrently:
+The install is the GitHub Action's own Install step (action/action.yml), run with bash on
+a copy of the checkout: ``pip install -c scripts/constraints.txt <checkout>``, which builds
+kpigate as any user's ``pip install .`` does, in an isolated build environment with the
+tools pyproject.toml names (setuptools, wheel; downloaded first, the only step that needs
+the package index). For a ``kpigate:/seldon/NS`` target the step asks for the ``seldon``
+extra, which the view cannot provide: that install fails on ``kubernetes``. Then, in the
+fresh venv, concurrently:
 
 * every module of the package imports, except the cluster-only ones (which fail on the
   missing extra's modules, and on nothing else);
@@ -38,7 +41,7 @@ import sysconfig
 import time
 from pathlib import Path
 
-from _packaging import CLUSTER_ONLY, ROOT, SOURCES
+from _packaging import CLUSTER_ONLY, ROOT, SOURCES, action_step_script
 
 from mlflow_kpigate import __version__
 from mlflow_kpigate.core.extras import SELDON
@@ -115,58 +118,86 @@ def _run(args: list[str], cwd: Path, env: dict[str, str],
                           timeout=timeout, check=False)
 
 
-def test_pip_install_without_extras_serves_the_local_target_and_names_the_seldon_extra(
-        tmp_path):
-    timings: dict[str, float] = {}
-    started = time.monotonic()
-    src = tmp_path / "src"
-    src.mkdir()
-    for name in SOURCES:
+def _copy_checkout(src: Path) -> None:
+    """What the package is built from, and the Action's files its install step reads."""
+    for name in (*SOURCES, "action", "scripts/constraints.txt"):
+        (src / name).parent.mkdir(parents=True, exist_ok=True)
         if (ROOT / name).is_dir():
             shutil.copytree(ROOT / name, src / name,
                             ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy(ROOT / name, src / name)
-    site = Path(sysconfig.get_paths()["purelib"])
-    venv = tmp_path / "venv"
-    result = _run([sys.executable, "-m", "venv", "--without-pip", str(venv)], tmp_path,
-                  _env(tmp_path))
+
+
+def _fresh_venv(tmp: Path) -> tuple[Path, Path]:
+    """A venv without pip that sees this venv's packages but kpigate and the seldon extra;
+    returns (its python, its site-packages)."""
+    venv = tmp / "venv"
+    result = _run([sys.executable, "-m", "venv", "--without-pip", str(venv)], tmp, _env(tmp))
     assert result.returncode == 0, result.stderr
     python = venv / "bin" / "python"
     fresh_site = Path(_run([str(python), "-c", "import sysconfig; "
-                           "print(sysconfig.get_paths()['purelib'])"], tmp_path,
-                          _env(tmp_path)).stdout.strip())
-    _view(site, tmp_path / "view")
+                           "print(sysconfig.get_paths()['purelib'])"], tmp, _env(tmp))
+                      .stdout.strip())
+    _view(Path(sysconfig.get_paths()["purelib"]), tmp / "view")
     (fresh_site / "_kpigate_test_view.pth").write_text(
-        f"import site; site.addsitedir({str(tmp_path / 'view')!r})\n", encoding="utf-8")
-    timings["venv and view"] = time.monotonic() - started
+        f"import site; site.addsitedir({str(tmp / 'view')!r})\n", encoding="utf-8")
+    return python, fresh_site
 
-    # The build backend's tools, from the package index the user's pip is set up for.
-    started = time.monotonic()
-    tools = tmp_path / "tools"
+
+def _build_tools(tmp: Path) -> Path:
+    """setuptools and wheel (pyproject.toml's build requirements) from the package index the
+    user's pip is set up for: the only step that needs the network."""
+    tools = tmp / "tools"
     result = _run([sys.executable, "-m", "pip", "download", "-q", "--disable-pip-version-check",
-                   "-d", str(tools), "setuptools>=64", "wheel"], tmp_path,
-                  {**_env(tmp_path), **{k: v for k, v in os.environ.items()
-                                        if k.startswith("PIP_")}}, PIP_CEILING_S)
+                   "-d", str(tools), "setuptools>=64", "wheel"], tmp,
+                  {**_env(tmp), **{k: v for k, v in os.environ.items()
+                                   if k.startswith("PIP_")}}, PIP_CEILING_S)
     assert result.returncode == 0, \
         f"downloading the build tools (setuptools, wheel) needs the package index: " \
         f"{result.stderr[-2000:]}"
+    return tools
+
+
+def _action_install(tmp: Path, src: Path, python: Path, tools: Path,
+                    target: str) -> subprocess.CompletedProcess[str]:
+    """The Action's Install step for ``target``, offline: no pip configuration of this
+    machine's, no index; the build tools from ``tools``, the rest from the view."""
+    env = _env(tmp, GITHUB_ACTION_PATH=str(src / "action"), KPIGATE_PYTHON=str(python),
+               KPIGATE_TARGET=target, PIP_CONFIG_FILE=os.devnull, PIP_NO_INDEX="1",
+               PIP_FIND_LINKS=str(tools))
+    return _run(["bash", "-c", action_step_script("install")], tmp, env, PIP_CEILING_S)
+
+
+def test_pip_install_without_extras_serves_the_local_target_and_names_the_seldon_extra(
+        tmp_path):
+    timings: dict[str, float] = {}
+    started = time.monotonic()
+    src = tmp_path / "src"
+    _copy_checkout(src)
+    python, fresh_site = _fresh_venv(tmp_path)
+    timings["venv and view"] = time.monotonic() - started
+    started = time.monotonic()
+    tools = _build_tools(tmp_path)
     timings["build tools"] = time.monotonic() - started
 
-    # The install: offline, no pip configuration (no extra index or find-links of this
-    # machine's), requirements resolved against the view.
+    # The Action installs the seldon extra for a cluster target: here it is not to be had.
     started = time.monotonic()
-    result = _run([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check",
-                   "--no-index", "--find-links", str(tools), str(src)], tmp_path,
-                  _env(tmp_path, PIP_CONFIG_FILE=os.devnull), PIP_CEILING_S)
+    result = _action_install(tmp_path, src, python, tools, "kpigate:/seldon/models")
+    assert result.returncode != 0
+    assert "No matching distribution found for kubernetes" in result.stderr, result.stderr
+    timings["install step, seldon target"] = time.monotonic() - started
+    # ... and `pip install .` with the repository's constraints for the embedded one.
+    started = time.monotonic()
+    result = _action_install(tmp_path, src, python, tools, "kpigate")
     assert result.returncode == 0, f"pip install . exited {result.returncode}: " \
                                    f"{(result.stdout + result.stderr)[-3000:]}"
-    timings["pip install ."] = time.monotonic() - started
+    timings["install step, kpigate target"] = time.monotonic() - started
 
     # The checks, concurrently (each is one interpreter importing MLflow or kpigate).
     started = time.monotonic()
     env = _env(tmp_path)
-    kpigate = str(venv / "bin" / "kpigate")
+    kpigate = str(python.parent / "kpigate")
     commands = {
         "modules": [str(python), "-c", IMPORT_EVERY_MODULE, *SELDON.modules],
         "create": [str(python), "-m", "mlflow", "deployments", "create",

@@ -191,7 +191,7 @@ def test_action_inputs_outputs_and_steps():
     inputs = action["inputs"]
     for name in ("model", "version", "baseline", "policy", "target", "tracking-uri", "stages",
                  "deployment-name", "github-token", "pr-number", "comment", "fail-on",
-                 "commit-status", "setup-python", "python-version", "install"):
+                 "commit-status", "setup-python", "python-version", "install", "cache"):
         assert name in inputs, name
         assert inputs[name]["description"]
     assert inputs["github-token"]["default"] == "${{ github.token }}"
@@ -204,6 +204,19 @@ def test_action_inputs_outputs_and_steps():
     assert steps["install"]["if"] == "inputs.install == 'true'"
     assert 'pip install' in steps["install"]["run"]
     assert '"${GITHUB_ACTION_PATH}/.."' in steps["install"]["run"]
+    # With the repository's constraints (tests/test_fresh_install.py runs this step), and
+    # pip's cache kept by actions/cache under a key of what decides the downloads.
+    assert '-c "$root/scripts/constraints.txt"' in steps["install"]["run"]
+    assert inputs["cache"]["default"] == "true"
+    assert steps["pip-cache"]["if"] == "inputs.install == 'true' && inputs.cache == 'true'"
+    cache = steps["Pip cache"]
+    assert cache["uses"].startswith("actions/cache@")
+    assert cache["if"] == "steps.pip-cache.outputs.dir != ''"
+    assert cache["with"] == {"path": "${{ steps.pip-cache.outputs.dir }}",
+                             "key": "${{ steps.pip-cache.outputs.key }}",
+                             "restore-keys": "${{ steps.pip-cache.outputs.restore-key }}"}
+    order = [s.get("id") or s.get("name") for s in action["runs"]["steps"]]
+    assert order.index("pip-cache") < order.index("Pip cache") < order.index("install")
     assert steps["report"]["if"].startswith("always()")
     assert "github report" in steps["report"]["run"]
     assert "-C wait=true" in steps["rollout"]["run"]
@@ -211,7 +224,8 @@ def test_action_inputs_outputs_and_steps():
         assert step.get("shell", "bash") == "bash"  # the same shell on Linux, macOS, Windows
 
 
-@pytest.mark.parametrize("path", [ACTION, *EXAMPLES.glob("*.yml")],
+@pytest.mark.parametrize("path", [ACTION, *EXAMPLES.glob("*.yml"),
+                                  *(REPO / ".github" / "workflows").glob("*.yml")],
                          ids=lambda p: str(p.relative_to(REPO)))
 def test_third_party_actions_are_pinned_to_a_commit(path):
     lines = path.read_text(encoding="utf-8").splitlines()
@@ -349,10 +363,11 @@ class ActRun:
         return [e for e in self.log if e.get("command") == name]
 
 
-def _setup_python_ref() -> str:
-    (ref,) = [s["uses"] for s in _yaml(ACTION)["runs"]["steps"]
-              if str(s.get("uses", "")).startswith("actions/setup-python@")]
-    return str(ref)
+def _remote_action_refs() -> list[str]:
+    """The actions the action's steps use (setup-python, cache), as ``owner/name@sha``."""
+    refs = [str(s["uses"]) for s in _yaml(ACTION)["runs"]["steps"] if "uses" in s]
+    assert {ref.split("@")[0] for ref in refs} == {"actions/setup-python", "actions/cache"}
+    return refs
 
 
 def _run_act(root: Path, ws: Path, workflow: str, event: str, event_file: Path, *,
@@ -373,14 +388,17 @@ def _run_act(root: Path, ws: Path, workflow: str, event: str, event_file: Path, 
     for key, value in (env_vars or {}).items():
         cmd += ["--env", f"{key}={value}"]
     # act prepares every action a composite action uses, even one whose `if:` skips it;
-    # setup-python (skipped: setup-python is false) comes from a local folder instead of
-    # the network, and that folder's action fails the job if it is ever run.
-    guard = root / "setup-python-must-not-run"
-    guard.mkdir(exist_ok=True)
-    (guard / "action.yml").write_text(
-        "name: guard\ndescription: fails if run\nruns:\n  using: composite\n  steps:\n"
-        "    - shell: bash\n      run: echo '::error::setup-python ran'; exit 1\n")
-    cmd += ["--local-repository", f"{_setup_python_ref()}={guard}"]
+    # setup-python and cache (skipped: setup-python and install are false) come from a
+    # local folder instead of the network, and that folder's action fails the job if it is
+    # ever run.
+    for ref in _remote_action_refs():
+        name = ref.split("@")[0].split("/")[1]
+        guard = root / f"{name}-must-not-run"
+        guard.mkdir(exist_ok=True)
+        (guard / "action.yml").write_text(
+            "name: guard\ndescription: fails if run\nruns:\n  using: composite\n  steps:\n"
+            f"    - shell: bash\n      run: echo '::error::{name} ran'; exit 1\n")
+        cmd += ["--local-repository", f"{ref}={guard}"]
     if job:
         cmd += ["-j", job]
     env = _offline_env(HOME=str(home), ACT_DISABLE_VERSION_CHECK="1",
