@@ -155,6 +155,9 @@ def _check_target_keys(deployer: Deployer, config: dict[str, Any] | None) -> Non
 
     local = isinstance(deployer, LocalDeployer)
     for key in config or {}:
+        if not local and key in ("metrics_port", "metrics_host"):
+            raise UsageError(f"-C {key}: only for the embedded backend (-t kpigate); a "
+                             "Seldon controller serves its metrics on $KPIGATE_METRICS_PORT")
         if not local and key in LOCAL_KEYS:
             raise UsageError(f"-C {key}: only for the embedded router (-t kpigate); on "
                              "Kubernetes, size the predictors with -C replicas")
