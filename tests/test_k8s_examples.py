@@ -699,6 +699,21 @@ def test_lifecycle_events_are_records_shown_by_unit_tests_not_alerts():
     assert "info" not in {r["labels"]["severity"] for r in _rules()}
 
 
+def _slug(heading: str) -> str:
+    """GitHub's anchor for a Markdown heading."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_every_alert_links_its_runbook_section():
+    for rule in _rules():
+        page, _, anchor = rule["annotations"]["runbook_url"].partition("#")
+        assert anchor == _slug(rule["alert"]), rule["alert"]
+        text = (ROOT / page).read_text(encoding="utf-8")
+        runbook = text.split("\n## Runbook\n", 1)[1].split("\n## ", 1)[0]
+        headings = re.findall(r"^### (.+)$", runbook, re.M)
+        assert anchor in {_slug(h) for h in headings}, f"{page}: no Runbook section #{anchor}"
+
+
 def test_rules_and_their_tests_name_only_exported_metrics():
     for rule in _records():
         unknown = _metric_names(rule["expr"]) - KNOWN_METRICS
