@@ -273,6 +273,7 @@ def test_a_new_supervisor_replaces_the_orphans_of_the_dead_one(env):
         r = kpigate(env, "status", "heal-orphans")
         assert r.returncode == 0, r.stderr
         assert "(running)" in r.stdout
+        assert f"controller metrics {metrics_endpoint(directory)}" in r.stdout
         # The old router is stopped once the new one listens; traffic is served meanwhile.
         _wait(lambda: procfs.gone(old["router"]), "the orphaned router to be replaced", 180)
         assert procfs.processes_running(ROUTER_MODULE, directory) == [_pids(directory)["router"]]

@@ -96,6 +96,8 @@ def _status_lines(name: str, where: Where) -> list[str]:
         lines.append(
             f"  endpoint {info['endpoint']} ({'running' if info['running'] else 'not running'}"
             f"), {info['evaluations']} evaluations, rollout run {info['rollout_run_id']}")
+        if info.get("metrics_endpoint"):
+            lines.append(f"  controller metrics {info['metrics_endpoint']}")
     lines.append(f"  last: {info['reason']}")
     decision = deployer.last_decision(name, config)
     view = bake_view(decision) if info["phase"] == "baking" else None
