@@ -10,8 +10,7 @@ tracking server, deployments made with the real ``mlflow deployments create``.
 * a router whose main process is stopped (SIGSTOP), then one whose workers are (no answer),
   is killed and restarted within the probe window: ``router_restarted`` + alert;
 * a corrupted ``state.db`` while children die does not end the supervisor;
-* the controller serves its decision metrics (``namespace="local"``), which promtool
-  accepts and the alert rules read, before and after the restart.
+* the controller serves its decision metrics; promtool and the alert rules read them.
 
 Alerts go to a Slack-style webhook on 127.0.0.1 named in the policy. Every test stops the
 processes it started, by pid, in ``finally``.
