@@ -48,10 +48,10 @@ COMMANDS: dict[str, LazyCommand] = {
     "github": LazyCommand(f"{_CLI}.github:github_group",
                           "Report rollouts to GitHub: pull request comment, job summary, "
                           "outputs, status."),
-    "status": LazyCommand(f"{_CLI}.operate:status_command",
+    "status": LazyCommand(f"{_CLI}.status:status_command",
                           "Stage, weights, per-KPI evidence and the last decision of rollout "
                           "NAME."),
-    "watch": LazyCommand(f"{_CLI}.operate:watch_command",
+    "watch": LazyCommand(f"{_CLI}.watching:watch_command",
                          "Follow rollout NAME through its stages until it ends (Ctrl-C stops "
                          "watching only)."),
     "report": LazyCommand(f"{_CLI}.operate:report_command",
