@@ -23,7 +23,7 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import TextIO
 
-from rich.console import Console
+from rich.console import Console, ConsoleOptions, RenderableType, RenderResult
 from rich.live import Live
 from rich.text import Text
 
@@ -45,6 +45,24 @@ def live_wanted(stream: TextIO) -> bool:
     except (AttributeError, ValueError):  # a closed or replaced stream
         return False
     return tty and os.environ.get("TERM", "") not in _DUMB
+
+
+#: Columns the view leaves free at the right: the ``^C`` a terminal echoes on Ctrl-C.
+_ECHO_COLUMNS = 2
+
+
+class _Inset:
+    """A renderable drawn :data:`_ECHO_COLUMNS` narrower than the terminal. The terminal
+    echoes ``^C`` after the view's last line when Ctrl-C is pressed; were that line too
+    long for it, the echo would wrap to a new line, the last redraw would start a line too
+    low, and a stray copy of the view's first line would stay above it."""
+
+    def __init__(self, renderable: RenderableType) -> None:
+        self.renderable = renderable
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        width = max(options.max_width - _ECHO_COLUMNS, 1)
+        yield from console.render(self.renderable, options.update_width(width))
 
 
 class LiveScreen:
@@ -93,7 +111,8 @@ class LiveScreen:
         """Redraw the view of ``state`` now."""
         self.last = state
         if self._live is not None:
-            self._live.update(rollout_view(state, self.policy(), self._clock()), refresh=True)
+            self._live.update(_Inset(rollout_view(state, self.policy(), self._clock())),
+                              refresh=True)
 
     def say(self, line: str) -> None:
         """Print ``line`` above the view (as text, never as markup)."""

@@ -131,7 +131,7 @@ def _requirements(reqs: tuple[Requirement, ...]) -> Table:
     table.add_column("requirement", style="bold", no_wrap=True)
     table.add_column("seen", justify="right", no_wrap=True)
     table.add_column("bar", no_wrap=True)
-    table.add_column("state", no_wrap=True)
+    table.add_column("state")  # wraps first on a narrow terminal
     for r in reqs:
         seen = f"{_amount(r.seen, r.seconds)} / {_amount(r.needed, r.seconds)}"
         if r.limit is not None:
