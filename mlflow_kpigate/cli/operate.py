@@ -34,6 +34,8 @@ def _config(state_dir: str | None) -> dict[str, str] | None:
 
 #: Phases whose forecast is history, not a forecast.
 ENDED = ("promoted", "rolled_back", "aborted", "baking")
+
+
 def forecast_lines(decision: Any, indent: str = "  ") -> list[str]:
     """The forecast a decision carries, as ``kpigate status`` and ``watch`` show it."""
     fc = forecast_view(decision) if decision is not None else None
