@@ -30,6 +30,7 @@ setup(
         "scipy>=1.10",
         "pyyaml>=6",
         "click>=8.1",
+        "rich>=13",
         "prometheus-client>=0.17",
         "prometheus-api-client>=0.5",
         "kubernetes>=28",

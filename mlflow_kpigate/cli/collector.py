@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from mlflow_kpigate.cli.errors import error_line
 from mlflow_kpigate.core.errors import KpigateError, UsageError
 from mlflow_kpigate.core.signals import signals_end_the_server
 
@@ -166,12 +167,12 @@ def collector_command(ctx: click.Context, deployment: str | None, policy_file: s
         )
         app = create_collector_app(config)
     except KpigateError as exc:
-        click.echo(f"error: {exc}", err=True)
+        click.echo(error_line(str(exc)), err=True)
         raise click.exceptions.Exit(exc.exit_code) from None
     except (OSError, sqlite3.Error, ValueError) as exc:
         # The store: an unwritable directory, a file that is not a prediction log, or one
         # written with another policy's binning.
-        click.echo(f"error: --data-dir: cannot use {data_dir}: {exc}", err=True)
+        click.echo(error_line(f"--data-dir: cannot use {data_dir}: {exc}"), err=True)
         raise click.exceptions.Exit(UsageError.exit_code) from None
     _serve(app, host, port, f"for {deployment}", config.data_dir)
 
