@@ -21,7 +21,7 @@ from _k8s_validation import PROMETHEUS, metric_names, promtool, rules
 from processes import wait_for
 from prometheus_client.parser import text_string_to_metric_families
 
-from mlflow_kpigate.deploy.local_metrics import metrics_endpoint
+from mlflow_kpigate.deploy.local_layout import metrics_endpoint
 
 TOOL_LIMIT_S = 60  # a ceiling for a wedged tool, not a performance threshold
 

@@ -16,7 +16,8 @@ from processes import wait_for
 from prometheus_client.parser import text_string_to_metric_families
 
 from mlflow_kpigate.deploy import local_metrics
-from mlflow_kpigate.deploy.local_metrics import METRICS_FILE, LocalMetrics, metrics_endpoint
+from mlflow_kpigate.deploy.local_layout import METRICS_FILE, metrics_endpoint
+from mlflow_kpigate.deploy.local_metrics import LocalMetrics
 
 
 def _samples(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

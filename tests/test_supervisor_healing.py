@@ -43,7 +43,7 @@ from sklearn.linear_model import LogisticRegression
 from mlflow_kpigate.backends.local.state_store import RolloutStore
 from mlflow_kpigate.deploy import local_procfs as procfs
 from mlflow_kpigate.deploy.local_info import deployment_info
-from mlflow_kpigate.deploy.local_metrics import metrics_endpoint
+from mlflow_kpigate.deploy.local_layout import metrics_endpoint
 from mlflow_kpigate.deploy.local_orphans import (
     CONTROLLER_MODULE,
     ROUTER_MODULE,

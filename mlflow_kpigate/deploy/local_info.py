@@ -13,7 +13,7 @@ from typing import Any
 from mlflow_kpigate.core.errors import KpigateError
 from mlflow_kpigate.core.state import RolloutState
 from mlflow_kpigate.deploy import local_processes as procs
-from mlflow_kpigate.deploy.local_metrics import metrics_endpoint
+from mlflow_kpigate.deploy.local_layout import metrics_endpoint
 from mlflow_kpigate.policy import Policy, load_policy
 
 __all__ = ["FLAVOR", "deployment_info", "frozen_policy"]

@@ -43,14 +43,14 @@ from mlflow_kpigate.backends.local.state_store import RolloutStore
 from mlflow_kpigate.core.atomic_files import write_text_atomic
 from mlflow_kpigate.core.errors import KpigateError
 from mlflow_kpigate.core.state import RolloutState
+from mlflow_kpigate.deploy.local_layout import METRICS_FILE
 from mlflow_kpigate.metrics.constant_labels import LOCAL_LABELS, with_labels
 from mlflow_kpigate.rollout.exposition import DecisionMetrics
 
-__all__ = ["METRICS_FILE", "LocalMetrics", "linger_s", "metrics_endpoint"]
+__all__ = ["LocalMetrics", "linger_s"]
 
 log = logging.getLogger("kpigate.controller")
 
-METRICS_FILE = "metrics.json"
 RETRY_S = 2.0
 DEFAULT_LINGER_S = 90.0
 
@@ -61,16 +61,6 @@ def linger_s() -> float:
         return max(0.0, float(os.environ.get("KPIGATE_METRICS_LINGER", DEFAULT_LINGER_S)))
     except ValueError:
         return DEFAULT_LINGER_S  # a bad value must not stop a controller: the default
-
-
-def metrics_endpoint(directory: Path) -> str | None:
-    """The ``/metrics`` URL the rollout's controller serves on (None while it serves none)."""
-    try:
-        served = json.loads((directory / METRICS_FILE).read_text())
-        host = str(served["host"])
-        return f"http://{f'[{host}]' if ':' in host else host}:{int(served['port'])}/metrics"
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
 
 
 class LocalMetrics:
