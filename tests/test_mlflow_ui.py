@@ -14,7 +14,6 @@ import time
 import uuid
 from pathlib import Path
 
-import mlflow
 import pytest
 import yaml
 from mlflow import MlflowClient
@@ -129,7 +128,8 @@ def test_with_section_keeps_user_text_and_replaces_in_place():
     assert twice == f"mine before\n\n{BEGIN}\nsecond\n{END}\n\nmine after"
     assert with_section(twice, "second") == twice
     assert with_section(None, "x") == f"{BEGIN}\nx\n{END}"
-    assert section_of(twice) == "second" and section_of("none") is None
+    assert section_of(twice) == "second"
+    assert section_of("none") is None
 
 
 def test_rollout_experiment_is_a_machine_learning_experiment(mlflow_server, model, tmp_path):
@@ -169,19 +169,23 @@ def test_outcome_in_descriptions_tags_image_and_logged_model(mlflow_server, mode
     assert state.phase is Phase.PROMOTED
     run = client.get_run(state.rollout_run_id)
     text = client.get_model_version(model, "2").description
-    assert text.count(BEGIN) == 1 and text.count(END) == 1
+    assert text.count(BEGIN) == 1
+    assert text.count(END) == 1
     assert text.startswith("Trained on March data.\n\n" + BEGIN)
     assert text.endswith(END + "\n\nKnown issue: none.")
     section = section_of(text)
-    assert "#### kpigate rollout: promoted" in section and "rolled back" not in section
+    assert "#### kpigate rollout: promoted" in section
+    assert "rolled back" not in section
     link = f"(#/experiments/{run.info.experiment_id}/runs/{state.rollout_run_id}" \
            "?workflowType=machine_learning)"
     assert f"[rollout run]{link}" in section
     assert f"/runs/{state.rollout_run_id}/artifacts/report/report.md?" in section
     assert "| recall | critical | 0.9 | 0.92 |" in section
-    assert "| 5% |" in section and "| 25% |" in section
+    assert "| 5% |" in section
+    assert "| 25% |" in section
     replaced = section_of(client.get_model_version(model, "1").description)
-    assert replaced is not None and "replaced by v2" in replaced
+    assert replaced is not None
+    assert "replaced by v2" in replaced
     tags = client.get_model_version(model, "2").tags
     assert tags[SUMMARY_TAG].startswith("promoted · 100% · ")
     assert tags[SUMMARY_TAG].endswith(tags["kpigate.updated_at"])
@@ -189,7 +193,8 @@ def test_outcome_in_descriptions_tags_image_and_logged_model(mlflow_server, mode
     # The timeline: in the report and as the run's image, once per key and step.
     assert (directory / "report" / "timeline.png").stat().st_size > 10_000
     images = [f.path for f in client.list_artifacts(state.rollout_run_id, "images")]
-    assert [p for p in images if p.endswith(".png")] and all(
+    assert [p for p in images if p.endswith(".png")]
+    assert all(
         Path(p).name.startswith(f"{TIMELINE_KEY}+step+3+") for p in images)
     assert "report/timeline.png" in [f.path for f in client.list_artifacts(
         state.rollout_run_id, "report")]
@@ -197,7 +202,8 @@ def test_outcome_in_descriptions_tags_image_and_logged_model(mlflow_server, mode
     # The final KPIs on the candidate's LoggedModel, linked to the run; the run's own
     # history gets no extra point.
     model_id = Registry(uri).logged_model_id(Registry(uri).resolve(f"models:/{model}/2"))
-    assert model_id and model_id.startswith("m-")
+    assert model_id
+    assert model_id.startswith("m-")
     logged = client.get_logged_model(model_id)
     values = {m.key: (m.value, m.run_id) for m in logged.metrics}
     assert values["candidate.recall"] == (0.92, state.rollout_run_id)

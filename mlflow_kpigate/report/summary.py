@@ -1,9 +1,11 @@
 """The short markdown a rollout leaves in its model versions' descriptions in MLflow.
 
 :func:`version_summary` is the candidate's section: the outcome and its reason, the
-stages with the time of their first and last evaluation, the decisive KPIs of the last
-decision (those whose verdict blocked the rollout first, then the critical and guardrail
-ones; info KPIs only when nothing else was measured) and links to the rollout run and its
+stages with the time of their first and last evaluation, the decisive KPIs (those whose
+verdict blocked the rollout first, then the critical and guardrail ones; info KPIs only
+when nothing else was measured) of the last decision — or of the last stage decision when
+the rollout ended with a bake that found no regression, as bake checks carry no
+intervals — and links to the rollout run and its
 report. :func:`replaced_note` is the one-line section of a baseline that a promotion
 replaced. A baseline that keeps serving after a rollback gets nothing: nothing about it
 changed, and its tags and aliases say so already.
@@ -18,7 +20,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from mlflow_kpigate.core.decision import Decision
+from mlflow_kpigate.core.bake import bake_view
+from mlflow_kpigate.core.decision import Action, Decision
 from mlflow_kpigate.core.state import RolloutState
 from mlflow_kpigate.policy import Policy
 from mlflow_kpigate.report.blocks import md_escape
@@ -58,6 +61,19 @@ def _decisive(decision: Decision, policy: Policy) -> list[list[str]]:
              verdict_badge(r.verdict)] for r in measured[:MAX_KPI_ROWS]]
 
 
+def _deciding(decisions: Sequence[Decision]) -> tuple[int, Decision]:
+    """The decision whose KPI table the summary shows, and its index: the last one, unless
+    it is a bake check (no intervals) that did not roll back — then the last stage
+    decision before the bake, the one that promoted the candidate."""
+    last = len(decisions) - 1
+    if bake_view(decisions[last]) is None or decisions[last].action is Action.ROLLBACK:
+        return last, decisions[last]
+    for i in range(last, -1, -1):
+        if bake_view(decisions[i]) is None:
+            return i, decisions[i]
+    return last, decisions[last]
+
+
 def version_summary(state: RolloutState, decisions: Sequence[Decision],
                     timestamps: Sequence[float], policy: Policy, *, run_link: str | None,
                     report_link: str | None) -> str:
@@ -73,9 +89,13 @@ def version_summary(state: RolloutState, decisions: Sequence[Decision],
         lines += _table(["stage", "first evaluation", "last evaluation", "evaluations",
                          "last decision"], _stages(decisions, timestamps))
         lines.append("")
+        index, deciding = _deciding(decisions)
+        lines.append(f"KPIs at evaluation {index + 1} ({md_escape(deciding.stage_name)}, "
+                     f"{deciding.action.value}):")
+        lines.append("")
         lines += _table(["KPI", "role", "baseline", "candidate",
                          "bounds of Δ [lower, upper], + = better", "margin", "verdict"],
-                        _decisive(decisions[-1], policy))
+                        _decisive(deciding, policy))
         lines.append("")
     links = [f"[rollout run]({run_link})" if run_link else "",
              f"[report]({report_link})" if report_link else ""]

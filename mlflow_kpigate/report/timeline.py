@@ -95,7 +95,7 @@ def timeline_chart(path: Path, state: RolloutState, decisions: Sequence[Decision
     top.set_ylabel("candidate traffic (%)")
     top.set_title(chart_text(f"{state.name}: {state.model_name} v{state.candidate_version} vs "
                              f"v{state.baseline_version} — {state.status}"))
-    top.legend(loc="upper left", fontsize=7, ncol=4)
+    top.legend(loc="lower right", fontsize=7, ncol=3)
 
     for ax, name in zip(axes[1:], names, strict=True):
         pairs = [(x(t), e) for t, d in zip(timestamps, decisions, strict=True)
@@ -114,6 +114,13 @@ def timeline_chart(path: Path, state: RolloutState, decisions: Sequence[Decision
                 linestyle=":", drawstyle="steps-post", linewidth=1.2,
                 label="promotable if lower above")
         ax.axhline(0.0, color="#1f77b4", linewidth=0.8)
+        # The first intervals are very wide; past 3× the largest Δ or margin they are cut,
+        # so the margins stay readable.
+        scale = [abs(v) for e in pairs for v in (e[1].delta, e[1].rollback_threshold,
+                                                  e[1].promote_threshold) if finite(v)]
+        spread = [abs(v) for v in lower + upper if math.isfinite(v)]
+        if scale and spread and max(spread) > 3 * max(scale) > 0:
+            ax.set_ylim(-3 * max(scale), 3 * max(scale))
         role = pairs[-1][1].role if pairs else ""
         ax.set_ylabel(chart_text(f"{name}\n({role}) Δ"), fontsize=8)
         if any(math.isfinite(v) for v in lower + upper):
