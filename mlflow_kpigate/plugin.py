@@ -17,7 +17,9 @@ Outcomes: with ``-C wait=true`` (``create``, ``update -m``, ``run-local``) the C
 with one line saying how the rollout ended (``kpigate: rollout of NAME rolled back: …``)
 and the outcome's exit code: 0 promoted, 3 rolled back, 4 aborted, 5 the wait stopped
 first (``-C wait_timeout``). From Python, ``create_deployment`` returns the deployment
-(its ``status`` says how it ended) and a stopped wait is an ``MlflowException``.
+(its ``status`` says how it ended) and a stopped wait is an ``MlflowException``. While
+the CLI waits on a terminal, stderr shows the rollout's live view (:mod:`~mlflow_kpigate.
+console`) with the progress lines above it; elsewhere (CI logs, a Job) only the lines.
 
 Endpoints: kpigate has no MLflow endpoints apart from its deployments (each deployment's
 router *is* its endpoint, shown by ``get``). ``create-endpoint``, ``get-endpoint``,
@@ -29,9 +31,10 @@ keys, so accepting one for the other would only hide mistakes.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from typing import IO, Any, TypeVar, cast
 
 import click
@@ -47,7 +50,7 @@ from mlflow_kpigate.core.errors import (
     WaitStopped,
 )
 from mlflow_kpigate.deploy.config import LOCAL_KEYS, SELDON_KEYS, help_lines, parse_config
-from mlflow_kpigate.deploy.deployer import Deployer
+from mlflow_kpigate.deploy.deployer import Deployer, Observe, Progress
 from mlflow_kpigate.deploy.targets import deployer_for
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -103,6 +106,26 @@ def _progress(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+@contextlib.contextmanager
+def _waiting(deployer: Deployer, name: str, config: Mapping[str, Any] | None
+             ) -> Iterator[tuple[Progress, Observe | None]]:
+    """What ``create``/``update -m``/``run-local`` report while they wait: in the
+    ``mlflow deployments`` CLI with ``-C wait=true`` and stderr a terminal, the live view
+    (stopped however the wait ends) and its event lines; else the progress lines alone."""
+    wait = parse_config(config, allow_action=True).wait and _in_mlflow_cli()
+    # Imported only for a terminal: rich is not among what MLflow's CLI imports.
+    if not (wait and sys.stderr.isatty()):
+        yield _progress, None
+        return
+    from mlflow_kpigate.console import LiveScreen, live_wanted
+
+    if not live_wanted(sys.stderr):
+        yield _progress, None
+        return
+    with LiveScreen(sys.stderr, lambda: deployer.open(name, config).policy) as screen:
+        yield screen.say, screen.show
+
+
 def _waited(info: dict[str, Any], config: dict[str, Any] | None) -> dict[str, Any]:
     """After ``create``/``update -m`` with ``-C wait=true``: from the ``mlflow deployments``
     CLI, one line with the outcome, and its exit code unless it was promoted; from Python,
@@ -155,6 +178,9 @@ def _check_target_keys(deployer: Deployer, config: dict[str, Any] | None) -> Non
 
     local = isinstance(deployer, LocalDeployer)
     for key in config or {}:
+        if not local and key in ("metrics_port", "metrics_host"):
+            raise UsageError(f"-C {key}: only for the embedded backend (-t kpigate); a "
+                             "Seldon controller serves its metrics on $KPIGATE_METRICS_PORT")
         if not local and key in LOCAL_KEYS:
             raise UsageError(f"-C {key}: only for the embedded router (-t kpigate); on "
                              "Kubernetes, size the predictors with -C replicas")
@@ -170,7 +196,9 @@ def run_local(name: str, model_uri: str, flavor: str | None = None,
     deployer = deployer_for("kpigate")
     _check_target_keys(deployer, config)
     config = {**(config or {}), "wait": "true"}
-    _waited(deployer.create(name, model_uri, config, progress=_progress), config)
+    with _waiting(deployer, name, config) as (progress, observe):
+        info = deployer.create(name, model_uri, config, progress=progress, observe=observe)
+    _waited(info, config)
 
 
 #: Column sets of a DataFrame that ``pd.read_json`` made of an MLflow scoring payload (or
@@ -211,8 +239,10 @@ class KpigateDeploymentClient(BaseDeploymentClient):
         the end with ``-C wait=true``)."""
         self._check_flavor(flavor)
         _check_target_keys(self.deployer, config)
-        return _waited(self.deployer.create(name, model_uri, config, progress=_progress),
-                       config)
+        with _waiting(self.deployer, name, config) as (progress, observe):
+            info = self.deployer.create(name, model_uri, config, progress=progress,
+                                        observe=observe)
+        return _waited(info, config)
 
     @_translate
     def update_deployment(self, name: str, model_uri: str | None = None,
@@ -228,8 +258,10 @@ class KpigateDeploymentClient(BaseDeploymentClient):
         if cfg.action:
             info = self.deployer.steer(name, cfg.action, config)
         elif model_uri:
-            info = _waited(self.deployer.replace(name, model_uri, config, progress=_progress),
-                           config)
+            with _waiting(self.deployer, name, config) as (progress, observe):
+                info = self.deployer.replace(name, model_uri, config, progress=progress,
+                                             observe=observe)
+            info = _waited(info, config)
         else:
             raise UsageError("nothing to update: give -m models:/NAME/V for a new rollout or "
                              "-C action=promote|rollback|pause|resume")

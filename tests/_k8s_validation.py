@@ -53,6 +53,12 @@ OPERATOR_METRICS = {
     "kpigate_operator_worker_restarts_total": {"namespace", "rollout"},
     "kpigate_operator_watch_restarts_total": {"resource"},
 }
+#: Series the embedded router exports (its /metrics, namespace="local"), as far as the
+#: dashboard shows them.
+ROUTER_METRICS = {
+    "kpigate_requests_total", "kpigate_request_duration_seconds_bucket",
+    "kpigate_rollout_stage", "kpigate_traffic_weight",
+}
 #: Seldon Core's executor (v1) and model (v2) series.
 SELDON_METRICS = {
     "seldon_api_executor_server_requests_seconds_bucket",
@@ -60,7 +66,8 @@ SELDON_METRICS = {
     "seldon_api_executor_server_requests_seconds_sum",
     "seldon_model_infer_total", "seldon_model_infer_seconds_total",
 }
-KNOWN_METRICS = CONTROLLER_METRICS | COLLECTOR_METRICS | SELDON_METRICS | set(OPERATOR_METRICS)
+KNOWN_METRICS = (CONTROLLER_METRICS | COLLECTOR_METRICS | SELDON_METRICS | ROUTER_METRICS
+                 | set(OPERATOR_METRICS))
 
 #: The Prometheus Operator's ServiceMonitor/PodMonitor fields (monitoring.coreos.com/v1, as
 #: its API reference documents them) that kpigate's manifests may use. No copy of its CRD
@@ -131,7 +138,13 @@ def panels(items: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
 
 
 def rules(path: Path = PROMETHEUS / "rules.yml") -> list[dict[str, Any]]:
-    return [r for g in docs(path)[0]["groups"] for r in g["rules"]]
+    """The alerting rules of ``path`` (its recording rules: :func:`records`)."""
+    return [r for g in docs(path)[0]["groups"] for r in g["rules"] if "alert" in r]
+
+
+def records(path: Path = PROMETHEUS / "rules.yml") -> list[dict[str, Any]]:
+    """The recording rules of ``path``."""
+    return [r for g in docs(path)[0]["groups"] for r in g["rules"] if "record" in r]
 
 
 # -- the image and its security settings ------------------------------------------------------

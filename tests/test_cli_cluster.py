@@ -259,7 +259,7 @@ def test_bad_targets_are_one_line_and_exit_2(rollout):
     kc = ["--kubeconfig", str(r.kubeconfig)]
     assert "unknown kpigate target" in _bad("status", r.name, "-t", "kpigate:/nowhere")
     line = _bad("status", r.name, "-t", "kpigate:/seldon/other", "--namespace", NS, *kc)
-    assert line.startswith(f"error: --namespace {NS} and -t kpigate:/seldon/other ")
+    assert line.startswith(f"Error: --namespace {NS} and -t kpigate:/seldon/other ")
     assert "--namespace" in _bad("list", "-t", "kpigate", "--namespace", NS)
     assert "--namespace: " in _bad("status", r.name, "--namespace", "Not_A_Namespace")
     assert "--kubeconfig: only for a cluster rollout" in _bad("status", r.name, *kc)

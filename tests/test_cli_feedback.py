@@ -93,7 +93,7 @@ def test_bad_rows_are_listed_and_the_good_ones_sent(deployment):
         f"{labels}:4: label must be 0 or 1, got 'maybe'",
         f"{labels}:5: column 'amount' must be a number, got 'lots'",
         f"{labels}:6: needs a request_id",
-        f"error: {labels}: 4 of 6 rows not sent (listed above); fix them and send the file "
+        f"Error: {labels}: 4 of 6 rows not sent (listed above); fix them and send the file "
         "again (labels already recorded count as duplicates)",
     ]
     assert deployment["posted"] == [[
@@ -134,6 +134,6 @@ def test_a_file_without_the_header_is_rejected_whole(deployment):
     labels.write_text("id,y\nr1,1\n")
     r = feedback(deployment, labels)
     assert r.returncode == 2
-    assert r.stderr == f"error: {labels}: the CSV needs a header with request_id and label " \
+    assert r.stderr == f"Error: {labels}: the CSV needs a header with request_id and label " \
                        "columns\n"
     assert deployment["posted"] == []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import subprocess
 import sys
 from pathlib import Path
@@ -128,7 +129,9 @@ def test_unknown_command_is_usage_error() -> None:
 def test_version() -> None:
     result = kpigate("--version")
     assert result.returncode == 0
-    assert result.stdout.strip() == f"kpigate, version {__version__}"
+    # The plugin's version and the MLflow it runs with, read from MLflow's metadata.
+    mlflow = importlib.metadata.version("mlflow")
+    assert result.stdout == f"kpigate, version {__version__} (mlflow {mlflow})\n"
 
 
 def test_help_lists_policy_group() -> None:
@@ -167,10 +170,10 @@ def test_group_turns_kpigate_errors_into_exit_codes() -> None:
     runner = CliRunner()
     result = runner.invoke(root, ["usage"])
     assert (result.exit_code, result.output) == (
-        2, "error: --stage must be one of shadow, 5, 25\n")
+        2, "Error: --stage must be one of shadow, 5, 25\n")
     result = runner.invoke(root, ["sub", "broken"])
     assert result.exit_code == 1
-    assert result.output == "error: the state store is locked by another controller\n"
+    assert result.output == "Error: the state store is locked by another controller\n"
     result = runner.invoke(root, ["sub", "policy"])
     assert result.exit_code == 2
     assert result.output.splitlines() == [

@@ -263,7 +263,7 @@ def test_the_command_refuses_to_start_without_tokens(tmp_path: Path):
     assert result.returncode == 2
     lines = (result.stdout + result.stderr).strip().splitlines()
     assert len(lines) == 1, lines
-    assert lines[0].startswith("error: --token-file: none given")
+    assert lines[0].startswith("Error: --token-file: none given")
     assert "--insecure-no-auth" in lines[0]
 
 

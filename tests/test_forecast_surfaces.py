@@ -4,7 +4,8 @@ The controller (SQLite store, prediction log; tests/_controller_fixtures.py) kee
 forecast in each decision's ``meta["forecast"]`` and warns once, in the audit log, when a
 stage cannot decide within its ``max_duration`` at the measured traffic. ``kpigate
 replay`` reproduces the decisions without it; the Prometheus exposition, ``kpigate
-status``/``watch``, the report and the pull-request comment show it.
+status``/``watch`` (as lines, and in the live view on a terminal: tests/_terminal.py),
+the report and the pull-request comment show it.
 
 The rollout: 40 requests per second (the 5% stage's candidate gets 2 of them) for a stage
 with a 1-minute ``max_duration`` whose ``min_samples`` asks for 300 candidate requests:
@@ -13,25 +14,34 @@ about 150 s, so the forecast warns.
 
 from __future__ import annotations
 
+import json
+import os
+import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from _controller_fixtures import controller, feed, make_deployment
+from _terminal import Terminal
 from click.testing import CliRunner
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
+from rich.console import Console
 
 from mlflow_kpigate.cli import main
+from mlflow_kpigate.console import rollout_view
 from mlflow_kpigate.core.decision import Action
 from mlflow_kpigate.core.events import ForecastWarning
 from mlflow_kpigate.core.forecast import META_KEY, MIN_SAMPLES, forecast_view
 from mlflow_kpigate.core.history import History
+from mlflow_kpigate.core.state import Phase
 from mlflow_kpigate.deploy.finish import write_report
 from mlflow_kpigate.github.comment import render
 from mlflow_kpigate.github.record import Links, record_of
 from mlflow_kpigate.rollout.exposition import DecisionMetrics
 from mlflow_kpigate.rollout.replay import gate_output, replay
 
+ROOT = Path(__file__).resolve().parent.parent
 LOOK_S = 5.0
 PER_LOOK = 200  # requests per look: 40 per second
 
@@ -147,3 +157,99 @@ def test_report_and_pull_request_comment_show_the_forecast(holding):
     assert "| forecast early in the stage | forecast at its last evaluation |" in part
     assert "**Now:**" in part
     assert "**Warning:** 5% cannot decide within its max\\_duration" in part
+
+
+def _view_text(state, policy, now, width=100):
+    console = Console(record=True, width=width, force_terminal=True, color_system=None)
+    console.print(rollout_view(state, policy, now))
+    return console.export_text()
+
+
+def test_live_view_of_the_holding_rollout(holding):
+    _root, _directory, store, policy, decisions, _metrics = holding
+    state = store.require()
+    text = _view_text(state, policy, state.stage_started_at + 42)
+    lines = text.splitlines()
+    assert any(ln.startswith("│ stages    ▶ 5%  → 50% → 100%") for ln in lines), text
+    assert any("traffic  baseline 95%, candidate 5%" in ln for ln in lines), text
+    checks = {c.name: c for c in decisions[-1].checks}
+    requests = checks["candidate requests in stage"]
+    assert any(ln.startswith(f"│ candidate requests {requests.seen:,.0f} / 300")
+               for ln in (" ".join(ln.split()) for ln in lines)), text
+    assert any(" ".join(ln.split()).startswith("│ dwell 42s / 0s (max 1m)") for ln in lines)
+    # One row per KPI, its values as kpigate status shows them, and its verdict.
+    ev = decisions[-1].evidence_for("error_rate")
+    row = next(ln for ln in lines if ln.startswith("│ error_rate "))
+    assert f"[{ev.lower:+.4f}, {ev.upper:+.4f}]" in row
+    assert ev.verdict.value.replace("_", " ") in row
+    assert any(ln.startswith("│ accuracy ") for ln in lines)
+    assert any(ln.startswith("│ forecast ~") and "to decide at 5%" in ln for ln in lines)
+    assert any(ln.startswith("│ warning  5% cannot decide within its max_duration 1m")
+               for ln in lines)
+    # A narrow terminal leaves columns out rather than wrapping the numbers.
+    narrow = _view_text(state, policy, state.stage_started_at + 42, width=72)
+    row = next(ln for ln in narrow.splitlines() if ln.startswith("│ error_rate "))
+    assert f"[{ev.lower:+.4f}, {ev.upper:+.4f}]" in row
+    # Ended: the stage it ended at is crossed out, no forecast any more.
+    ended = _view_text(state.evolve(phase=Phase.ROLLED_BACK), policy, state.updated_at)
+    assert "│ stages    ✗ 5%  → 50% → 100%" in ended
+    assert "forecast" not in ended
+    promoted = _view_text(state.evolve(phase=Phase.PROMOTED, stage_index=2), policy,
+                          state.updated_at)
+    assert "│ stages   ✓ 5% → ✓ 50% → ✓ 100%" in promoted
+
+
+def test_status_and_list_print_one_document_as_json_or_yaml(holding):
+    root, _directory, _store, _policy, decisions, _metrics = holding
+    args = ["dep", "--state-dir", str(root)]
+    as_json = CliRunner().invoke(main, ["status", *args, "-o", "json"])
+    assert as_json.exit_code == 0, as_json.output
+    doc = json.loads(as_json.output)
+    assert (doc["name"], doc["phase"], doc["stage"], doc["stage_index"]) == \
+        ("dep", "canary", "5%", 0)
+    assert doc["traffic"] == {"candidate_percent": 5.0, "shadow": False,
+                              "candidate_attached": True, "baseline_shadow": False}
+    assert doc["last_decision"] == decisions[-1].to_dict()
+    assert CliRunner().invoke(main, ["status", *args, "--json"]).output == as_json.output
+    as_yaml = CliRunner().invoke(main, ["status", *args, "-o", "yaml"])
+    assert yaml.safe_load(as_yaml.output) == doc
+    listed = CliRunner().invoke(main, ["list", "--state-dir", str(root), "-o", "json"])
+    assert json.loads(listed.output) == [doc]
+    both = CliRunner().invoke(main, ["status", *args, "--json", "-o", "yaml"])
+    assert both.exit_code == 2
+    assert "Error: --json and -o yaml: give one of them" in both.output
+
+
+def _on_terminal(tmp_path, *args):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    return Terminal(tmp_path, [sys.executable, "-m", "mlflow_kpigate.cli", *args], env)
+
+
+def test_watch_and_status_watch_draw_the_live_view_on_a_terminal(holding, tmp_path):
+    root = str(holding[0])
+    with _on_terminal(tmp_path, "watch", "dep", "--state-dir", root, "--timeout", "0") as term:
+        code = term.exit_code()
+        lines = term.screen().splitlines()
+    assert code == 5  # the rollout goes on (exit_codes.NOT_ENDED)
+    top = next(i for i, ln in enumerate(lines) if ln.startswith("╭─ kpigate · dep"))
+    bottom = next(i for i, ln in enumerate(lines) if ln.startswith("╰"))
+    # The event lines above the view, the closing line below it.
+    assert any(" forecast_warning " in ln for ln in lines[:top])
+    assert lines[bottom + 1] == "dep: still canary (stopped watching)"
+    view = lines[top:bottom]
+    assert any(ln.startswith("│ stages    ▶ 5%") for ln in view), view
+    assert any("baseline 95%, candidate 5%" in ln for ln in view), view
+    assert any(ln.startswith("│ error_rate ") and "critical" in ln for ln in view), view
+    # status --watch: the view alone, until Ctrl-C, which stops watching (exit 5).
+    with _on_terminal(tmp_path, "status", "dep", "--state-dir", root, "--watch") as term:
+        term.wait_for("╰")
+        term.interrupt()
+        code = term.exit_code()
+        screen = term.screen()
+    assert code == 5, screen
+    assert screen.count("╭─ kpigate · dep") == 1  # redrawn in place, not repeated
+    assert "forecast_warning" not in screen
+    after = screen.split("╰", 1)[1].splitlines()[1:]
+    assert after[:2] == ["stopped watching; the rollout goes on", "EXIT=5"], screen
+    assert "Traceback" not in screen

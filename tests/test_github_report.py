@@ -422,7 +422,7 @@ def test_malformed_pr_number_in_repository_dispatch_is_a_usage_error(
     env = runner_env(tmp_path, fake.url, event="repository_dispatch", payload=payload)
     result = cli(deployments, "promoted", env)
     assert result.exit_code == 2
-    assert result.stderr.startswith(f"error: {field}: ")
+    assert result.stderr.startswith(f"Error: {field}: ")
     assert "give a positive integer" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert not fake.calls
@@ -433,26 +433,26 @@ def test_bad_pr_number_option_and_bad_environment_exit_2(tmp_path, deployments, 
     env = runner_env(tmp_path, fake.url)
     result = cli(deployments, "promoted", env, "--pr-number", "abc")
     assert result.exit_code == 2
-    assert result.stderr.strip() == ("error: --pr-number: 'abc' is not a pull request "
+    assert result.stderr.strip() == ("Error: --pr-number: 'abc' is not a pull request "
                                      "number; give a positive integer (or leave it empty)")
     env = runner_env(tmp_path, fake.url, GITHUB_REPOSITORY="not-a-repo")
     result = cli(deployments, "promoted", env)
     assert result.exit_code == 2
-    assert result.stderr.startswith("error: GITHUB_REPOSITORY: 'not-a-repo' is not OWNER/NAME")
+    assert result.stderr.startswith("Error: GITHUB_REPOSITORY: 'not-a-repo' is not OWNER/NAME")
     env = runner_env(tmp_path, "ftp://example.com")
     result = cli(deployments, "promoted", env)
     assert result.exit_code == 2
-    assert result.stderr.startswith("error: GITHUB_API_URL: 'ftp://example.com' is not an "
+    assert result.stderr.startswith("Error: GITHUB_API_URL: 'ftp://example.com' is not an "
                                     "http(s) URL")
     result = cli(deployments, "no-such-rollout", runner_env(tmp_path, fake.url))
     assert result.exit_code == 2
-    assert result.stderr.startswith("error: --deployment no-such-rollout: no deployment in ")
+    assert result.stderr.startswith("Error: --deployment no-such-rollout: no deployment in ")
     assert not (deployments / "no-such-rollout").exists()
     env = runner_env(tmp_path, fake.url, GITHUB_EVENT_NAME="push",
                      GITHUB_EVENT_PATH=str(tmp_path / "missing.json"))
     result = cli(deployments, "promoted", env)
     assert result.exit_code == 2
-    assert result.stderr.startswith("error: GITHUB_EVENT_PATH: cannot read ")
+    assert result.stderr.startswith("Error: GITHUB_EVENT_PATH: cannot read ")
     assert not fake.calls
 
 

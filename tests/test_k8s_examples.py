@@ -36,6 +36,7 @@ from _k8s_validation import (
     OPERATOR_METRICS,
     PROMETHEUS,
     ROOT,
+    ROUTER_METRICS,
 )
 from _k8s_validation import MONITOR_ENDPOINT as _ENDPOINT
 from _k8s_validation import MONITOR_SPEC as _MONITOR_SPEC
@@ -46,6 +47,8 @@ from _k8s_validation import grants as _grants
 from _k8s_validation import metric_names as _metric_names
 from _k8s_validation import panels as _panels
 from _k8s_validation import promtool as _promtool
+from _k8s_validation import records as _records
+from _k8s_validation import rules as _alerting_rules
 from _k8s_validation import run as _run
 from _k8s_validation import secure as _secure
 from _k8s_validation import validate as _validate
@@ -145,7 +148,7 @@ def _dashboard_exprs() -> list[str]:
 
 
 def _rules() -> list[dict[str, Any]]:
-    return [r for g in _docs(PROMETHEUS / "rules.yml")[0]["groups"] for r in g["rules"]]
+    return _alerting_rules()
 
 
 def _rule(alert: str) -> dict[str, Any]:
@@ -654,7 +657,7 @@ def test_promtool_unit_tests_of_the_rules_pass():
 
 def test_every_alert_has_a_firing_and_a_quiet_unit_test():
     cases = [c for t in _docs(PROMETHEUS / "rules_test.yml")[0]["tests"]
-             for c in t["alert_rule_test"]]
+             for c in t.get("alert_rule_test", [])]
     for rule in _rules():
         mine = [c for c in cases if c["alertname"] == rule["alert"]]
         assert any(c["exp_alerts"] for c in mine), f"{rule['alert']} is never shown to fire"
@@ -667,8 +670,7 @@ EXPECTED_SEVERITY = {
     "KpigateMetricsUnavailable": "warning", "KpigateReadinessWaitingTooLong": "warning",
     "KpigateCollectorRejectingEvents": "warning", "KpigateNoLabelsArriving": "warning",
     "KpigateCollectorDown": "warning", "KpigateCollectorRefusingRequests": "warning",
-    "KpigatePromoted": "info",
-    "KpigateStageAdvanced": "info", "KpigateStageCannotDecideInTime": "warning",
+    "KpigateStageCannotDecideInTime": "warning",
     "KpigateOperatorNoLeader": "critical", "KpigateOperatorReconcileErrors": "warning",
     "KpigateOperatorWorkerCrashLooping": "warning",
 }
@@ -683,7 +685,39 @@ def test_every_alert_has_a_severity_summary_and_description():
         assert len(rule["annotations"]["description"]) > len(rule["annotations"]["summary"])
 
 
+def test_lifecycle_events_are_records_shown_by_unit_tests_not_alerts():
+    """A stage advanced or a promotion needs nobody: a record, each with a case where it
+    is 1 and one where it is absent (alerts are only what needs a human)."""
+    names = {r["record"] for r in _records()}
+    assert names == {"kpigate:rollout_stage_advanced", "kpigate:rollout_promoted"}
+    cases = [c for t in _docs(PROMETHEUS / "rules_test.yml")[0]["tests"]
+             for c in t.get("promql_expr_test", [])]
+    for name in names:
+        mine = [c for c in cases if c["expr"] == name]
+        assert any(c["exp_samples"] for c in mine), f"{name} is never shown set"
+        assert any(not c["exp_samples"] for c in mine), f"{name} is never shown absent"
+    assert "info" not in {r["labels"]["severity"] for r in _rules()}
+
+
+def _slug(heading: str) -> str:
+    """GitHub's anchor for a Markdown heading."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_every_alert_links_its_runbook_section():
+    for rule in _rules():
+        page, _, anchor = rule["annotations"]["runbook_url"].partition("#")
+        assert anchor == _slug(rule["alert"]), rule["alert"]
+        text = (ROOT / page).read_text(encoding="utf-8")
+        runbook = text.split("\n## Runbook\n", 1)[1].split("\n## ", 1)[0]
+        headings = re.findall(r"^### (.+)$", runbook, re.M)
+        assert anchor in {_slug(h) for h in headings}, f"{page}: no Runbook section #{anchor}"
+
+
 def test_rules_and_their_tests_name_only_exported_metrics():
+    for rule in _records():
+        unknown = _metric_names(rule["expr"]) - KNOWN_METRICS
+        assert not unknown, f"{rule['record']}: {sorted(unknown)}"
     for rule in _rules():
         unknown = _metric_names(rule["expr"]) - KNOWN_METRICS
         assert not unknown, f"{rule['alert']}: {sorted(unknown)}"
@@ -701,6 +735,11 @@ def test_the_metric_list_is_what_kpigate_exports():
     families = DecisionMetrics("fraud").registry.collect()
     exported = {f.name + ("_total" if f.type == "counter" else "") for f in families}
     assert exported >= CONTROLLER_METRICS
+    from mlflow_kpigate.backends.local.router_metrics import RouterMetrics
+
+    router = {f.name + {"counter": "_total", "histogram": "_bucket"}.get(f.type, "")
+              for f in RouterMetrics("fraud").registry.collect()}
+    assert router >= ROUTER_METRICS
     collector = {getattr(exposition, n) for n in exposition.__all__
                  if isinstance(getattr(exposition, n), str)
                  and getattr(exposition, n).startswith("kpigate_")}

@@ -31,9 +31,7 @@ else:  # Python 3.10: tomli, which mypy (a test tool) installs there
     import tomli as tomllib
 
 #: Base requirements the package does not import itself, and why they are there.
-NOT_IMPORTED = {
-    "rich": "the live terminal view (kpigate watch); declared ahead of its first import",
-}
+NOT_IMPORTED: dict[str, str] = {}
 
 
 @pytest.fixture(scope="module")

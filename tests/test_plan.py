@@ -136,4 +136,4 @@ def test_a_baseline_file_alone_with_a_zero_error_rate(policy, tmp_path):
         "to turn the margin into exceedance points); add it to --baseline-file"]
     r = kpigate("plan", policy, "--baseline-file", str(base), "--label-delay", "1h")
     assert r.returncode == 2
-    assert r.stderr.strip() == "error: --label-delay needs --traffic (hours follow from both)"
+    assert r.stderr.strip() == "Error: --label-delay needs --traffic (hours follow from both)"

@@ -110,7 +110,7 @@ def test_a_changed_record_is_not_reproduced_and_fails(rolled_back, tmp_path):
     code, out, err = cli("replay", "dep", "--state-dir", str(tmp_path))
     assert code == 1
     assert "first divergence: evaluation 2" in out
-    assert err.strip() == ("error: 3 recorded decision(s) were not reproduced by the rollout's "
+    assert err.strip() == ("Error: 3 recorded decision(s) were not reproduced by the rollout's "
                            "own policy; the record or the gate changed")
 
 
@@ -120,7 +120,7 @@ def test_policies_that_cannot_judge_the_record_are_usage_errors(rolled_back, tmp
     code, _out, err = cli("replay", "dep", "--state-dir", str(tmp_path), "--policy",
                           str(short))
     assert code == 2
-    assert err.strip() == ("error: --policy: it has 2 stages, but the rollout was evaluated "
+    assert err.strip() == ("Error: --policy: it has 2 stages, but the rollout was evaluated "
                            "at stage 2; give a policy with at least 3 stages")
     fair = tmp_path / "fair.yaml"
     doc = yaml.safe_load(POLICY)
@@ -130,7 +130,7 @@ def test_policies_that_cannot_judge_the_record_are_usage_errors(rolled_back, tmp
     code, _out, err = cli("replay", "dep", "--state-dir", str(tmp_path), "--policy",
                           str(fair))
     assert code == 2
-    assert err.startswith("error: kpis.fpr_fair: segment field 'region' was not recorded")
+    assert err.startswith("Error: kpis.fpr_fair: segment field 'region' was not recorded")
     code, _out, err = cli("replay", "--state-dir", str(tmp_path))
     assert code == 2
     assert "give a rollout NAME or --run-id RUN_ID" in err

@@ -563,6 +563,10 @@ def test_metrics_health_status_and_reload(tmp_path: Path, models: Models):
         assert [(s.labels["role"], s.labels["version"]) for s in outcomes] == [("baseline", "1")]
         weights = {s.labels["role"]: s.value for s in families["kpigate_traffic_weight"].samples}
         assert weights == {"candidate": 0.25, "baseline": 0.75}
+        # The controller's name for the stage, and the label the dashboard selects on.
+        (stage,) = families["kpigate_rollout_stage"].samples
+        assert (stage.labels, stage.value) == ({"namespace": "local", "deployment": "fraud"}, 2)
+        assert "kpigate_stage_index" not in families
         assert "kpigate_shadow_requests" in families
 
         assert requests.get(f"{live.url}/health", timeout=30).json() == {"status": "ok"}

@@ -767,16 +767,16 @@ def test_render_v2_with_stage_override():
 
 
 @pytest.mark.parametrize(("args", "message"), [
-    (["--stage", "shadow,2.5,100"], "error: stages[1].traffic: 2.5% is not a whole percent"),
-    (["-t", "kpigate:/local"], "error: target 'kpigate:/local': not a Seldon target"),
-    (["--name", "Fraud"], "error: name: 'Fraud' is not a Kubernetes name"),
-    (["-C", "seldon_version=3"], "error: -C seldon_version=3: must be 1 or 2"),
-    (["-C", "replicas"], "error: -C replicas: write KEY=VALUE"),
-    (["-m", "runs:/abc/model"], "error: --model-uri runs:/abc/model: a runs:/ URI is not"),
-    (["--stage", "5", "-C", "stages=5,100"], "error: --stage and -C stages: give the stages"),
+    (["--stage", "shadow,2.5,100"], "Error: stages[1].traffic: 2.5% is not a whole percent"),
+    (["-t", "kpigate:/local"], "Error: target 'kpigate:/local': not a Seldon target"),
+    (["--name", "Fraud"], "Error: name: 'Fraud' is not a Kubernetes name"),
+    (["-C", "seldon_version=3"], "Error: -C seldon_version=3: must be 1 or 2"),
+    (["-C", "replicas"], "Error: -C replicas: write KEY=VALUE"),
+    (["-m", "runs:/abc/model"], "Error: --model-uri runs:/abc/model: a runs:/ URI is not"),
+    (["--stage", "5", "-C", "stages=5,100"], "Error: --stage and -C stages: give the stages"),
     (["--policy", "/nonexistent/policy.yaml"], "/nonexistent/policy.yaml: file not found"),
     (["--baseline-uri", "s3://b/b", "-C", "baseline=models:/m/1"],
-     "error: --baseline-uri and -C baseline differ"),
+     "Error: --baseline-uri and -C baseline differ"),
 ])
 def test_render_bad_input_exits_2_with_one_line(args, message):
     base = {"-t": "kpigate:/seldon/models", "--name": "fraud", "-m": "s3://b/c",
@@ -795,7 +795,7 @@ def test_render_bad_input_exits_2_with_one_line(args, message):
 def test_render_without_baseline_is_a_usage_error():
     result = render("-t", "kpigate:/seldon/models", "--name", "fraud", "-m", "s3://b/c")
     assert result.exit_code == 2
-    assert result.stderr.startswith("error: --baseline-uri: missing")
+    assert result.stderr.startswith("Error: --baseline-uri: missing")
 
 
 @pytest.mark.parametrize("tracking_uri", ["local"], indirect=True)

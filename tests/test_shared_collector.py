@@ -461,8 +461,8 @@ def test_the_shared_command_needs_the_ingest_and_operator_tokens(tmp_path: Path)
     result = CliRunner().invoke(collector_command, [
         "--shared", "--data-dir", str(tmp_path / "d"), *options[:2]])
     assert result.exit_code == 2, result.output
-    assert result.output.strip().startswith("error: --token-file: none for the operator scope")
+    assert result.output.strip().startswith("Error: --token-file: none for the operator scope")
     result = CliRunner().invoke(collector_command, ["--shared", "--data-dir",
                                                     str(tmp_path / "d")])
     assert result.exit_code == 2
-    assert result.output.startswith("error: --token-file: none given")
+    assert result.output.startswith("Error: --token-file: none given")

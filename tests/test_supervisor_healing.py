@@ -9,7 +9,8 @@ tracking server, deployments made with the real ``mlflow deployments create``.
 * ``kpigate resume --all`` brings back two deployments;
 * a router whose main process is stopped (SIGSTOP), then one whose workers are (no answer),
   is killed and restarted within the probe window: ``router_restarted`` + alert;
-* a corrupted ``state.db`` while children die does not end the supervisor.
+* a corrupted ``state.db`` while children die does not end the supervisor;
+* the controller serves its decision metrics; promtool and the alert rules read them.
 
 Alerts go to a Slack-style webhook on 127.0.0.1 named in the policy. Every test stops the
 processes it started, by pid, in ``finally``.
@@ -35,11 +36,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import requests
+from _local_metrics import check_controller_metrics, check_rules_on
 from mlflow_cli import mlflow_deployments
 from sklearn.linear_model import LogisticRegression
 
 from mlflow_kpigate.backends.local.state_store import RolloutStore
 from mlflow_kpigate.deploy import local_procfs as procfs
+from mlflow_kpigate.deploy.local_info import deployment_info
+from mlflow_kpigate.deploy.local_layout import metrics_endpoint
 from mlflow_kpigate.deploy.local_orphans import (
     CONTROLLER_MODULE,
     ROUTER_MODULE,
@@ -216,15 +220,22 @@ def _assert_back_at_50(directory: Path, old: dict[str, int]) -> None:
     assert old["controller"] in event.event.body()["orphans"]
 
 
-def test_kpigate_resume_brings_back_a_killed_supervisor_and_router(env):
+def test_kpigate_resume_brings_back_a_killed_supervisor_and_router(env, tmp_path):
     directory = _directory(env, "heal-resume")
     try:
         directory = _create_at_50(env, "heal-resume")
+        # The controller serves its decision series; the alert rules read them.
+        text = check_controller_metrics(directory, "heal-resume", stage=1)
+        check_rules_on(text, "heal-resume", tmp_path)
         old = _kill_supervisor_and_router(directory)
         r = kpigate(env, "resume", "heal-resume")
         assert r.returncode == 0, r.stderr
         assert "heal-resume: restarted, serving on http://127.0.0.1:" in r.stdout
         _assert_back_at_50(directory, old)
+        # The new controller serves them again (and says where in metrics.json).
+        check_controller_metrics(directory, "heal-resume", stage=1)
+        info = deployment_info(RolloutStore(directory).require(), directory)
+        assert info["metrics_endpoint"] == metrics_endpoint(directory) is not None
         _wait(lambda: any("supervisor restarted" in t and "heal-resume" in t
                           for t in env["hook"].texts), "the alert")
         assert "alert_sent" in _kinds(directory)
@@ -261,6 +272,7 @@ def test_a_new_supervisor_replaces_the_orphans_of_the_dead_one(env):
         r = kpigate(env, "status", "heal-orphans")
         assert r.returncode == 0, r.stderr
         assert "(running)" in r.stdout
+        assert f"controller metrics {metrics_endpoint(directory)}" in r.stdout
         # The old router is stopped once the new one listens; traffic is served meanwhile.
         _wait(lambda: procfs.gone(old["router"]), "the orphaned router to be replaced", 180)
         assert procfs.processes_running(ROUTER_MODULE, directory) == [_pids(directory)["router"]]

@@ -640,7 +640,7 @@ def test_bad_options_exit_2_with_one_line(monkeypatch, args, env, message):
     assert result.exit_code == 2, result.output
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("error: ")
+    assert lines[0].startswith("Error: ")
     assert message in lines[0]
     assert SECRET not in result.output
 
@@ -655,7 +655,7 @@ def test_port_in_use_exits_2(monkeypatch):
         result = CliRunner().invoke(webhook_bridge_command, [
             "--repo", REPO, "--secret-env", "KPIGATE_TEST_SECRET", "--port", str(port)])
     assert result.exit_code == 2
-    assert result.stderr.startswith("error: --host/--port: cannot listen on")
+    assert result.stderr.startswith("Error: --host/--port: cannot listen on")
 
 
 def test_command_serves_until_sigterm(github, tmp_path):

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from mlflow_kpigate.cli.errors import error_line
 from mlflow_kpigate.core.errors import KpigateError, UsageError
 from mlflow_kpigate.core.signals import signals_end_the_server
 
@@ -126,6 +127,10 @@ _SHARED_OPTIONS = {"tokens": "--token-file", "unanswered": "--unanswered"}
               help="A file holding the token of a scope: ingest (request logger), labels "
                    "(/feedback), operator (stage notices). Repeat per scope; required for "
                    "ingest and operator.")
+@click.option("--max-segment-values", default=20, show_default=True,
+              type=click.IntRange(min=1),
+              help="Segment values (fairness KPIs) with a series of their own per stage and "
+                   "field: the most frequent; the rest are summed as value=\"__other__\".")
 @click.option("--insecure-no-auth", is_flag=True, default=False,
               help="Accept every request without a token (local tests and demos only).")
 @click.pass_context
@@ -134,7 +139,8 @@ def collector_command(ctx: click.Context, deployment: str | None, policy_file: s
                       threshold: float, maturity: str | None, pending_ttl: str,
                       unanswered: str, baseline_version: str | None,
                       candidate_version: str | None, stages: str | None,
-                      token_files: tuple[str, ...], insecure_no_auth: bool) -> None:
+                      token_files: tuple[str, ...], insecure_no_auth: bool,
+                      max_segment_values: int) -> None:
     """Collect Seldon request-logger CloudEvents and labels; export KPIs for Prometheus."""
     from mlflow_kpigate.metrics.service_app import create_collector_app
 
@@ -157,15 +163,16 @@ def collector_command(ctx: click.Context, deployment: str | None, policy_file: s
             unanswered=unanswered, baseline_version=baseline_version,
             candidate_version=candidate_version, token_files=token_files,
             insecure_no_auth=insecure_no_auth, stages=stages,
+            max_segment_values=max_segment_values,
         )
         app = create_collector_app(config)
     except KpigateError as exc:
-        click.echo(f"error: {exc}", err=True)
+        click.echo(error_line(str(exc)), err=True)
         raise click.exceptions.Exit(exc.exit_code) from None
     except (OSError, sqlite3.Error, ValueError) as exc:
         # The store: an unwritable directory, a file that is not a prediction log, or one
         # written with another policy's binning.
-        click.echo(f"error: --data-dir: cannot use {data_dir}: {exc}", err=True)
+        click.echo(error_line(f"--data-dir: cannot use {data_dir}: {exc}"), err=True)
         raise click.exceptions.Exit(UsageError.exit_code) from None
     _serve(app, host, port, f"for {deployment}", config.data_dir)
 

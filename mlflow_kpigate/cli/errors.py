@@ -22,6 +22,15 @@ from mlflow_kpigate.core.errors import KpigateError, PolicyError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+#: How every ``kpigate`` command starts an error line: as click (usage errors) and the
+#: ``mlflow`` CLI do, so a script or a reader sees one style whichever command failed.
+ERROR_PREFIX = "Error: "
+
+
+def error_line(text: str) -> str:
+    """``text`` as an error line: ``Error: text``."""
+    return f"{ERROR_PREFIX}{text}"
+
 
 def error_lines(exc: KpigateError) -> list[str]:
     """The lines shown to the user for ``exc``: one per policy problem, else the message."""
@@ -29,7 +38,7 @@ def error_lines(exc: KpigateError) -> list[str]:
         prefix = f"{exc.source}: " if exc.source else ""
         return [f"{prefix}{problem}" for problem in exc.problems]
     text = str(exc) or type(exc).__name__
-    return [f"error: {line}" if i == 0 else line for i, line in enumerate(text.splitlines())]
+    return [error_line(line) if i == 0 else line for i, line in enumerate(text.splitlines())]
 
 
 def fail(exc: KpigateError) -> NoReturn:

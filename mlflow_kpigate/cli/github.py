@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import click
 
+from mlflow_kpigate.cli.errors import error_line
 from mlflow_kpigate.cli.operate import STATE_DIR
 from mlflow_kpigate.core.errors import KpigateError, UsageError
 from mlflow_kpigate.core.extras import MissingExtra
@@ -149,7 +150,7 @@ def report_command(deployment: str, state_dir: str | None, model: str | None, co
     try:
         code = run_report(opts, os.environ)
     except KpigateError as exc:
-        Console(token, _echo).err(f"error: {' '.join(str(exc).split())}")
+        Console(token, _echo).err(error_line(" ".join(str(exc).split())))
         raise click.exceptions.Exit(exc.exit_code) from None
     raise click.exceptions.Exit(code)
 

@@ -3,18 +3,20 @@
 For the local target the deployments under the state directory; for
 ``kpigate:/seldon/NS`` (or ``--namespace NS``) the kpigate rollouts in the namespace (read
 from their ConfigMaps, through the deployer's ``list_all``). Columns: name, phase, stage,
-traffic, last decision; ``--json`` prints the deployments as ``describe`` gives them.
+traffic, last decision. ``-o json|yaml`` (or ``--json``) prints a list of the documents
+``kpigate status -o json`` prints (:func:`~.output.status_document`), one per rollout; a
+rollout that cannot be read is ``{"name", "status", "error"}``.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import Any
 
 import click
 
 from mlflow_kpigate.cli.operate import stage_of
+from mlflow_kpigate.cli.output import dump, output_option, status_document
 from mlflow_kpigate.cli.tables import aligned
 from mlflow_kpigate.cli.targeting import Where, rollout_target
 from mlflow_kpigate.core.errors import KpigateError
@@ -45,15 +47,24 @@ def _row(deployer: Deployer, where: Where, info: Mapping[str, Any]) -> tuple[str
     return name, phase, stage_of(info, policy), str(info.get("weights", "-")), last
 
 
+def _document(deployer: Deployer, where: Where, info: Mapping[str, Any]) -> dict[str, Any]:
+    if "error" in info:
+        return dict(info)
+    try:
+        return status_document(deployer, str(info.get("name")), where.config(), info)
+    except KpigateError as exc:  # removed or damaged since it was listed
+        return {**info, "error": str(exc)}
+
+
 @click.command("list")
 @rollout_target
-@click.option("--json", "as_json", is_flag=True, help="Print the deployments as JSON.")
-def list_command(where: Where, as_json: bool) -> None:
+@output_option("the deployments")
+def list_command(where: Where, output: str) -> None:
     """List the rollouts of a target: name, phase, stage, traffic and last decision."""
     deployer = where.deployer()
     infos = deployer.list_all(where.config())
-    if as_json:
-        click.echo(json.dumps(infos, indent=2, default=str))
+    if output != "text":
+        click.echo(dump([_document(deployer, where, info) for info in infos], output))
         return
     if not infos:
         click.echo(f"no rollouts ({where.target})")

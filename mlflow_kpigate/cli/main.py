@@ -5,9 +5,13 @@ Deployer or a part, and prints. Errors are reported by :mod:`.errors`. The group
 a command's module only when that command runs (:mod:`.lazy`), so ``kpigate --version``
 and ``kpigate --help`` import neither the parts nor scipy, pandas or MLflow; a command
 added here names its ``module:attribute`` and the first paragraph of its help.
+``--version`` names the MLflow it runs with from the installed distribution's metadata,
+without importing MLflow.
 """
 
 from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
 
 import click
 
@@ -44,10 +48,10 @@ COMMANDS: dict[str, LazyCommand] = {
     "github": LazyCommand(f"{_CLI}.github:github_group",
                           "Report rollouts to GitHub: pull request comment, job summary, "
                           "outputs, status."),
-    "status": LazyCommand(f"{_CLI}.operate:status_command",
+    "status": LazyCommand(f"{_CLI}.status:status_command",
                           "Stage, weights, per-KPI evidence and the last decision of rollout "
                           "NAME."),
-    "watch": LazyCommand(f"{_CLI}.operate:watch_command",
+    "watch": LazyCommand(f"{_CLI}.watching:watch_command",
                          "Follow rollout NAME through its stages until it ends (Ctrl-C stops "
                          "watching only)."),
     "report": LazyCommand(f"{_CLI}.operate:report_command",
@@ -71,8 +75,32 @@ COMMANDS: dict[str, LazyCommand] = {
 }
 
 
+def mlflow_version() -> str:
+    """The installed MLflow's version (``mlflow``, else ``mlflow-skinny``), read from its
+    package metadata: importing MLflow would take a second."""
+    for dist in ("mlflow", "mlflow-skinny"):
+        try:
+            return version(dist)
+        except PackageNotFoundError:
+            continue
+    return "not installed"
+
+
+def version_line() -> str:
+    """``kpigate, version 0.1.0 (mlflow 3.17.2)``: one line, as click prints a version."""
+    return f"kpigate, version {__version__} (mlflow {mlflow_version()})"
+
+
+def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if value and not ctx.resilient_parsing:
+        click.echo(version_line())
+        ctx.exit()
+
+
 @click.group(cls=LazyGroup, lazy_commands=COMMANDS,
              context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, "--version", prog_name="kpigate")
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True,
+              callback=_print_version,
+              help="Show kpigate's version and the MLflow it runs with, and exit.")
 def main() -> None:
     """Staged rollouts of MLflow model versions, decided by KPI evidence."""

@@ -1,4 +1,5 @@
-"""Operators' commands: status, watch, report, steer (any target), serve (this machine).
+"""Operators' commands: report, steer (any target), serve (this machine), and what the
+status and watch commands (:mod:`.status`, :mod:`.watching`) share with them.
 
 Thin: each parses its options, picks the rollout's deployer from its target
 (:mod:`.targeting`: ``-t``, ``--namespace``, ``--kubeconfig``, ``--context``) and calls it.
@@ -8,17 +9,13 @@ and processes; everything else is read the same way for both.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Mapping
 from typing import Any
 
 import click
 
-from mlflow_kpigate.cli.tables import evidence_table
 from mlflow_kpigate.cli.targeting import STATE_DIR, Where, rollout_target
-from mlflow_kpigate.core import exit_codes
-from mlflow_kpigate.core.bake import bake_view
 from mlflow_kpigate.core.durations import parse_duration
 from mlflow_kpigate.core.errors import UsageError
 from mlflow_kpigate.core.forecast import forecast_view
@@ -28,7 +25,7 @@ from mlflow_kpigate.deploy.finish import write_report
 from mlflow_kpigate.deploy.local import LocalDeployer
 from mlflow_kpigate.policy import Policy
 
-__all__ = ["ENDED", "STATE_DIR", "forecast_lines", "stage_of"]
+__all__ = ["ENDED", "STATE_DIR", "forecast_lines", "stage_of", "timeout_seconds"]
 
 
 def _config(state_dir: str | None) -> dict[str, str] | None:
@@ -37,11 +34,6 @@ def _config(state_dir: str | None) -> dict[str, str] | None:
 
 #: Phases whose forecast is history, not a forecast.
 ENDED = ("promoted", "rolled_back", "aborted", "baking")
-#: What a cluster rollout's status shows on its own lines; other keys ``describe`` gives
-#: (e.g. the operator mode's) are printed as ``key: value``.
-_SHOWN = frozenset({"name", "flavor", "status", "phase", "paused", "stage", "stage_index",
-                    "stages", "weights", "candidate", "baseline", "endpoint", "reason",
-                    "evaluations", "rollout_run_id", "namespace", "backend", "last_decision"})
 
 
 def forecast_lines(decision: Any, indent: str = "  ") -> list[str]:
@@ -68,105 +60,7 @@ def stage_of(info: Mapping[str, Any], policy: Policy | None) -> str:
     return f"stage {index}"
 
 
-def _cluster_lines(info: Mapping[str, Any]) -> list[str]:
-    """Where a cluster rollout runs, and whatever else its ``describe`` says."""
-    lines = [f"  namespace {info.get('namespace')}, backend {info.get('backend', 'seldon')}, "
-             f"{info.get('evaluations')} evaluations, rollout run {info.get('rollout_run_id')}"]
-    if info.get("endpoint"):
-        lines.append(f"  gateway endpoint {info['endpoint']}")
-    for key, value in info.items():
-        if key not in _SHOWN and value not in (None, "", [], {}):
-            text = value if isinstance(value, str) else json.dumps(value, default=str)
-            lines.append(f"  {key}: {text}"[:240])
-    return lines
-
-
-def _status_lines(name: str, where: Where) -> list[str]:
-    deployer, config = where.deployer(), where.config()
-    info = deployer.describe(name, config)
-    policy = deployer.open(name, config).policy if where.cluster else None
-    lines = [
-        f"{info['name']}: {info['status']}{' (paused)' if info['paused'] else ''} at "
-        f"{stage_of(info, policy)} — {info['weights']}",
-        f"  candidate {info['candidate']}  baseline {info['baseline']}",
-    ]
-    if where.cluster:
-        lines += _cluster_lines(info)
-    else:
-        lines.append(
-            f"  endpoint {info['endpoint']} ({'running' if info['running'] else 'not running'}"
-            f"), {info['evaluations']} evaluations, rollout run {info['rollout_run_id']}")
-    lines.append(f"  last: {info['reason']}")
-    decision = deployer.last_decision(name, config)
-    view = bake_view(decision) if info["phase"] == "baking" else None
-    if view is not None:
-        lines.append(f"  bake: {view.line()}")
-    if info["phase"] not in ENDED:
-        lines += forecast_lines(decision)
-    if decision is not None:
-        if policy is None:
-            policy = deployer.open(name, config).policy
-        lines.append("  evidence (anytime-valid bounds, positive = candidate better):")
-        lines += ["  " + row for row in evidence_table(decision, policy)]
-    return lines
-
-
-@click.command("status")
-@click.argument("name")
-@rollout_target
-@click.option("--json", "as_json", is_flag=True, help="Print the deployment as JSON.")
-def status_command(name: str, where: Where, as_json: bool) -> None:
-    """Stage, weights, per-KPI evidence and the last decision of rollout NAME."""
-    if as_json:
-        deployer, config = where.deployer(), where.config()
-        info = deployer.describe(name, config)
-        decision = deployer.last_decision(name, config)
-        info["last_decision"] = decision.to_dict() if decision else None
-        click.echo(json.dumps(info, indent=2))
-        return
-    for line in _status_lines(name, where):
-        click.echo(line)
-
-
-@click.command("watch")
-@click.argument("name")
-@rollout_target
-@click.option("--timeout", default=None, metavar="DURATION",
-              help="Stop watching after DURATION: seconds, or e.g. 15m, 2h (exit code 5 if "
-                   "the rollout goes on).")
-def watch_command(name: str, where: Where, timeout: str | None) -> None:
-    """Follow rollout NAME through its stages until it ends (Ctrl-C stops watching only).
-
-    Exits with the outcome's code: 0 promoted, 3 rolled back, 4 aborted, 5 still running
-    when --timeout or Ctrl-C stopped the watch (docs/deployment.md#exit-codes).
-    """
-    limit = None if timeout is None else _seconds(timeout)
-    deployer, config = where.deployer(), where.config()
-    deployer.open(name, config)  # a clear error if there is no such rollout
-    deadline = None if limit is None else time.monotonic() + limit
-    try:
-        for poll in deployer.follow(name, config):
-            for rec in poll.records:
-                stamp = time.strftime("%H:%M:%S", time.localtime(rec.ts))
-                body = rec.event.body()
-                what = body.get("reason") or body.get("weights") or ""
-                click.echo(f"{stamp} {rec.kind:<18} {body.get('stage', ''):<7} {what}"[:240])
-                for line in forecast_lines(body.get("decision"), " " * 9)[:2]:
-                    click.echo(line[:240])
-            state = poll.state
-            if poll.ended:
-                click.echo(f"{name}: {state.status} — {state.reason}")
-                raise click.exceptions.Exit(exit_codes.exit_code_for(state.phase))
-            if deadline is not None and time.monotonic() > deadline:
-                click.echo(f"{name}: still {state.status} (stopped watching)")
-                raise click.exceptions.Exit(exit_codes.NOT_ENDED)
-    except KeyboardInterrupt:
-        # Not an outcome: a script that runs `kpigate watch` must not read 0 (promoted).
-        click.echo("stopped watching; the rollout goes on")
-        raise click.exceptions.Exit(exit_codes.NOT_ENDED) from None
-
-
-def _seconds(text: str) -> float:
+def timeout_seconds(text: str) -> float:
     """``--timeout``: a number of seconds or a duration such as 15m or 2h."""
     try:
         seconds = float(text)

@@ -10,13 +10,13 @@ decided differently.
 
 from __future__ import annotations
 
-import json
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import click
 
+from mlflow_kpigate.cli.output import dump, output_option
 from mlflow_kpigate.cli.targeting import Where, rollout_target
 from mlflow_kpigate.core.durations import format_duration
 from mlflow_kpigate.core.errors import KpigateError, UsageError
@@ -132,10 +132,10 @@ def _as_json(result: Replay, source: str) -> dict[str, Any]:
 @click.option("--policy", "policy_file", type=click.Path(dir_okay=False),
               help="Re-judge under this policy (default: the rollout's own).")
 @click.option("--all", "show_all", is_flag=True, help="List every evaluation.")
-@click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON.")
+@output_option("the comparison")
 def replay_command(name: str | None, where: Where, run_id: str | None,
                    tracking_uri: str | None, policy_file: str | None, show_all: bool,
-                   as_json: bool) -> None:
+                   output: str) -> None:
     """Re-judge every recorded evaluation of rollout NAME (or of --run-id)."""
     if (name is None) == (run_id is None):
         raise UsageError("give a rollout NAME or --run-id RUN_ID (one of them)")
@@ -153,8 +153,8 @@ def replay_command(name: str | None, where: Where, run_id: str | None,
                          "--policy FILE")
     result = replay(evaluations, policy)
     label = f"--policy {policy_file}" if policy_file else "the rollout's own policy"
-    if as_json:
-        click.echo(json.dumps(_as_json(result, source), indent=2))
+    if output != "text":
+        click.echo(dump(_as_json(result, source), output))
     else:
         for line in _lines(result, source, label, show_all):
             click.echo(line)

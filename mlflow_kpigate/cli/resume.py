@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import click
 
+from mlflow_kpigate.cli.errors import error_line
 from mlflow_kpigate.cli.operate import stage_of
 from mlflow_kpigate.cli.targeting import Where, rollout_target
 from mlflow_kpigate.core.errors import KpigateError, UsageError
@@ -56,7 +57,7 @@ def resume_command(name: str | None, every: bool, where: Where) -> None:
             click.echo(f"{item.name}: {'restarted' if item.restarted else 'running'}, "
                        f"serving on {item.endpoint}")
         for line in problems:
-            click.echo(f"error: {line}", err=True)
+            click.echo(error_line(line), err=True)
         if not done and not problems:
             click.echo("no deployment to resume")
         if problems:

@@ -23,6 +23,7 @@ from typing import Any
 
 import click
 
+from mlflow_kpigate.cli.errors import error_line
 from mlflow_kpigate.core.durations import parse_duration
 from mlflow_kpigate.core.errors import USAGE_EXIT_CODE, KpigateError, UsageError
 from mlflow_kpigate.webhooks.config import FORWARDED_EVENTS, BridgeConfig
@@ -34,20 +35,20 @@ DEFAULT_API_URL = "https://api.github.com"
 
 
 class _OneLineErrors(click.Command):
-    """A command whose usage and kpigate errors are one ``error: …`` line on stderr."""
+    """A command whose usage and kpigate errors are one ``Error: …`` line on stderr."""
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         try:
             return super().parse_args(ctx, args)
         except click.UsageError as exc:
-            click.echo(f"error: {exc.format_message()}", err=True)
+            click.echo(error_line(exc.format_message()), err=True)
             raise click.exceptions.Exit(USAGE_EXIT_CODE) from None
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except KpigateError as exc:
-            click.echo(f"error: {exc}", err=True)
+            click.echo(error_line(str(exc)), err=True)
             raise click.exceptions.Exit(exc.exit_code) from None
 
 

@@ -259,6 +259,18 @@ class ReportWritten(AuditEvent):
 
 
 @dataclass(frozen=True)
+class OutcomePublished(AuditEvent):
+    """The outcome was written where MLflow users look: the description sections of the
+    ``described`` versions (comma-separated ``NAME/VERSION``), the run's timeline image,
+    and ``model_metrics`` (what the candidate's LoggedModel got, or why nothing)."""
+
+    KIND: ClassVar[str] = "outcome_published"
+    described: str = ""
+    timeline: bool = False
+    model_metrics: str = ""
+
+
+@dataclass(frozen=True)
 class RouterRestarted(AuditEvent):
     """The embedded router's process exited, or hung and was killed, and was started again
     (``reason`` says which; records from before it was kept have none)."""
@@ -329,7 +341,7 @@ class OtherEvent(AuditEvent):
 _BY_KIND: dict[str, type[AuditEvent]] = {
     cls.KIND: cls for cls in (Created, Aborted, StageReady, ReadinessTimeout, ReadinessAbort,
                               EffectError, AlertSent, AliasMoved, AliasRestored, Resumed,
-                              ReportWritten, ForecastWarning,
+                              ReportWritten, OutcomePublished, ForecastWarning,
                               RouterRestarted, ControllerRestarted, SupervisorRestarted)
 }
 

@@ -112,7 +112,8 @@ class Readiness:
 
 _ROUTER_DEFAULTS: dict[str, Any] = {"workers": 1, "candidate_timeout_s": 1.0,
                                      "log_fsync": "interval", "max_body_bytes": 16 * 2**20,
-                                     "warm_candidate": True}
+                                     "warm_candidate": True, "metrics_port": 0,
+                                     "metrics_host": "127.0.0.1"}
 
 
 @dataclass(frozen=True)
@@ -161,6 +162,10 @@ class RolloutState:
     log_fsync: str = "interval"
     max_body_bytes: int = 16 * 2**20
     warm_candidate: bool = True
+    # Where the embedded controller serves its decision metrics (-C metrics_host,
+    # metrics_port; port 0: a free one at each start, written to metrics.json).
+    metrics_port: int = 0
+    metrics_host: str = "127.0.0.1"
 
     @property
     def status(self) -> str:

@@ -18,7 +18,15 @@ from typing import Any
 
 from mlflow_kpigate.core.durations import parse_duration
 from mlflow_kpigate.core.errors import UsageError
-from mlflow_kpigate.deploy.config_values import FALSE, TRUE, boolean, dns_label, size, url
+from mlflow_kpigate.deploy.config_values import (
+    FALSE,
+    TRUE,
+    boolean,
+    dns_label,
+    ip_address,
+    size,
+    url,
+)
 
 #: Every key, with the one-line help shown by ``target_help`` and the docs.
 KEYS: dict[str, str] = {
@@ -57,6 +65,11 @@ KEYS: dict[str, str] = {
                       "unlogged copies of baseline-served requests, so its latency is "
                       "measured as warm as the baseline's (default true; false saves "
                       "the candidate's CPU and biases latency KPIs against it)",
+    "metrics_port": "embedded controller: port of its Prometheus /metrics (decision series "
+                    "with namespace=\"local\"); 0 (default) takes a free port at each "
+                    "start, shown by get as metrics_endpoint",
+    "metrics_host": "embedded controller: address its /metrics listens on (default "
+                    "127.0.0.1; 0.0.0.0 for a Prometheus on another machine)",
     "max_body": "embedded router: largest /invocations or /feedback body accepted, e.g. "
                 "64MB (default 16MiB); larger ones get 413",
     # Seldon Core on Kubernetes (targets kpigate:/seldon/NAMESPACE)
@@ -90,7 +103,8 @@ KEYS: dict[str, str] = {
 }
 
 #: Keys that only apply to the embedded router.
-LOCAL_KEYS = ("workers", "candidate_timeout", "log_fsync", "max_body", "warm_candidate")
+LOCAL_KEYS = ("workers", "candidate_timeout", "log_fsync", "max_body", "warm_candidate",
+              "metrics_port", "metrics_host")
 #: Keys that only apply to the Seldon target.
 SELDON_KEYS = ("seldon_version", "env_secret", "collector_url", "shared_collector",
                "gateway_url", "prometheus_url", "kubeconfig", "kube_context", "replicas",
@@ -132,6 +146,8 @@ class DeploymentConfig:
     log_fsync: str = "interval"
     max_body: int = 16 * 2**20
     warm_candidate: bool = True
+    metrics_port: int = 0
+    metrics_host: str = "127.0.0.1"
     operator: str = "auto"
     extra: Mapping[str, Any] = field(default_factory=dict)
 
@@ -269,6 +285,14 @@ def _router_values(raw: Mapping[str, Any]) -> dict[str, Any]:
         values["max_body"] = size("max_body", raw["max_body"])
     if "warm_candidate" in raw:
         values["warm_candidate"] = boolean("warm_candidate", raw["warm_candidate"])
+    if "metrics_port" in raw:
+        text = str(raw["metrics_port"]).strip()
+        if not text.isdigit() or int(text) > 65535:
+            raise UsageError(f"-C metrics_port={raw['metrics_port']}: must be a port number "
+                             "(e.g. 9102), or 0 for a free port")
+        values["metrics_port"] = int(text)
+    if "metrics_host" in raw:
+        values["metrics_host"] = ip_address("metrics_host", raw["metrics_host"])
     return values
 
 

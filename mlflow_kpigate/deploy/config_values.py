@@ -57,3 +57,15 @@ def dns_label(key: str, value: Any) -> str:
         raise UsageError(f"-C {key}={value}: must be a Kubernetes name (lower-case letters, "
                          "digits and '-', at most 63 characters)")
     return text
+
+
+def ip_address(key: str, value: Any) -> str:
+    """An IPv4 or IPv6 address to listen on (not a host name: no lookup at start)."""
+    import ipaddress
+
+    text = str(value).strip()
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        raise UsageError(f"-C {key}={value}: must be an IP address to listen on, e.g. "
+                         "127.0.0.1 or 0.0.0.0") from None

@@ -8,6 +8,10 @@ deployer and print. :func:`~.targets.deployer_for` chooses one from the target U
 * ``kpigate`` / ``kpigate:/local``: :class:`~.local.LocalDeployer` (this machine);
 * ``kpigate:/seldon/NAMESPACE``: :class:`~.seldon.SeldonDeployer` (Kubernetes).
 
+While ``create``/``replace`` wait for a rollout to end (``-C wait=true``), ``progress``
+gets its event lines and ``observe`` (if given) each state read, which is what the live
+terminal view of ``mlflow deployments create`` draws (:mod:`mlflow_kpigate.console`).
+
 Reading a rollout (``follow``, ``last_decision``) works on its
 :class:`~mlflow_kpigate.rollout.ports.StateStore` alike for both (:mod:`.follow`), so
 ``kpigate watch``/``status`` and the GitHub Action need nothing backend-specific.
@@ -21,11 +25,14 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from mlflow_kpigate.core.decision import Decision
+from mlflow_kpigate.core.state import RolloutState
 from mlflow_kpigate.deploy.follow import Poll
 from mlflow_kpigate.policy import Policy
 from mlflow_kpigate.rollout.ports import StateStore
 
 Progress = Callable[[str], None]
+#: Called with the rollout's state at every look while ``create``/``replace`` wait.
+Observe = Callable[[RolloutState], None]
 
 
 @dataclass(frozen=True)
@@ -45,12 +52,14 @@ class Deployer(Protocol):
     target_uri: str
 
     def create(self, name: str, model_uri: str, config: Mapping[str, Any] | None = None,
-               progress: Progress | None = None) -> dict[str, Any]:
+               progress: Progress | None = None, *, observe: Observe | None = None
+               ) -> dict[str, Any]:
         """Start a staged rollout of ``model_uri``; the deployment as ``describe`` shows it."""
         ...
 
     def replace(self, name: str, model_uri: str, config: Mapping[str, Any] | None = None,
-                progress: Progress | None = None) -> dict[str, Any]:
+                progress: Progress | None = None, *, observe: Observe | None = None
+                ) -> dict[str, Any]:
         """A new rollout of ``model_uri`` under ``name`` (``update -m``)."""
         ...
 

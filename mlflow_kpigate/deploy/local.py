@@ -44,7 +44,7 @@ from mlflow_kpigate.deploy.config import (
     state_dir,
     writable_state_dir,
 )
-from mlflow_kpigate.deploy.deployer import Progress, Rollout
+from mlflow_kpigate.deploy.deployer import Observe, Progress, Rollout
 from mlflow_kpigate.deploy.finish import finish_rollout
 from mlflow_kpigate.deploy.follow import Poll, last_decision
 from mlflow_kpigate.deploy.inputs import resolve_versions, tracking_uri
@@ -102,7 +102,8 @@ class LocalDeployer:
 
     # -- create ----------------------------------------------------------------------------
     def create(self, name: str, model_uri: str, config: Mapping[str, Any] | None = None,
-               progress: Progress | None = None) -> dict[str, Any]:
+               progress: Progress | None = None, *, observe: Observe | None = None
+               ) -> dict[str, Any]:
         """Start a staged rollout of ``model_uri`` against its baseline; see ``config.KEYS``.
 
         A *finished* rollout of ``name`` keeps serving until the new one answers, and its
@@ -117,10 +118,11 @@ class LocalDeployer:
                 raise UsageError(f"deployment {name!r} already exists ({old[1].phase.value});"
                                  " use `mlflow deployments update` or delete it first")
             self._roll_out(name, model_uri, cfg, old, progress)
-        return self._created(name, cfg, progress)
+        return self._created(name, cfg, progress, observe)
 
     def replace(self, name: str, model_uri: str, config: Mapping[str, Any] | None = None,
-                progress: Progress | None = None) -> dict[str, Any]:
+                progress: Progress | None = None, *, observe: Observe | None = None
+                ) -> dict[str, Any]:
         """A new rollout of ``model_uri`` under ``name`` (``update -m``): the current
         rollout's policy, baseline, port and router options unless ``config`` gives them;
         the current one serves until the new one answers, then ends as superseded."""
@@ -133,7 +135,7 @@ class LocalDeployer:
                 raise UsageError(f"no deployment named {name!r} in {state_dir(cfg.state_dir)}")
             cfg = carried_config(cfg, raw, *old)
             self._roll_out(name, model_uri, cfg, old, progress)
-        return self._created(name, cfg, progress)
+        return self._created(name, cfg, progress, observe)
 
     def _roll_out(self, name: str, model_uri: str, cfg: DeploymentConfig,
                   old: tuple[Path, RolloutState] | None, progress: Progress | None) -> None:
@@ -210,10 +212,10 @@ class LocalDeployer:
         unlink_if_points_to(link, directory)
         archive_dir(directory, link.parent, link.name)
 
-    def _created(self, name: str, cfg: DeploymentConfig, progress: Progress | None
-                 ) -> dict[str, Any]:
+    def _created(self, name: str, cfg: DeploymentConfig, progress: Progress | None,
+                 observe: Observe | None = None) -> dict[str, Any]:
         if cfg.wait:
-            ended = self._wait(name, cfg.state_dir, cfg.wait_timeout, progress)
+            ended = self._wait(name, cfg.state_dir, cfg.wait_timeout, progress, observe)
             # archived, if deleted meanwhile
             return deployment_info(ended.state,
                                    ended.directory or deployment_dir(name, cfg.state_dir))
@@ -228,12 +230,14 @@ class LocalDeployer:
         return self._wait(name, root, timeout_s, progress).state
 
     def _wait(self, name: str, root: Path | None, timeout_s: float | None,
-              progress: Progress | None) -> Poll:
+              progress: Progress | None, observe: Observe | None = None) -> Poll:
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         for poll in local_follow.follow(deployment_dir(name, root)):
             for rec in poll.records:
                 if progress and rec.kind in PROGRESS_KINDS:
                     progress(progress_line(rec))
+            if observe is not None:
+                observe(poll.state)
             if poll.ended:
                 return poll
             if deadline is not None and time.monotonic() > deadline:

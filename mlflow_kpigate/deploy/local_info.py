@@ -13,6 +13,7 @@ from typing import Any
 from mlflow_kpigate.core.errors import KpigateError
 from mlflow_kpigate.core.state import RolloutState
 from mlflow_kpigate.deploy import local_processes as procs
+from mlflow_kpigate.deploy.local_layout import metrics_endpoint
 from mlflow_kpigate.policy import Policy, load_policy
 
 __all__ = ["FLAVOR", "deployment_info", "frozen_policy"]
@@ -47,6 +48,8 @@ def deployment_info(state: RolloutState, directory: Path) -> dict[str, Any]:
         "candidate": state.candidate_uri,
         "baseline": state.baseline_uri,
         "endpoint": f"http://127.0.0.1:{state.port}",
+        # The controller's Prometheus /metrics while it serves one (None otherwise).
+        "metrics_endpoint": metrics_endpoint(directory),
         "reason": state.reason,
         "evaluations": state.evaluations,
         "rollout_run_id": state.rollout_run_id,

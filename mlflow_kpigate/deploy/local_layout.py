@@ -8,6 +8,9 @@ Layout of the state directory::
     .history/<name>-…/      rollouts that ended (deleted, replaced, superseded)
     .locks/<name>.lock      the lock that serialises create / update / delete of <name>
 
+In a rollout's directory, ``metrics.json`` holds the address its controller serves
+``/metrics`` on while it does (:func:`metrics_endpoint`).
+
 Every rollout gets a directory of its own, and its processes are started with that
 directory's real path, so a new rollout of the same name is prepared and started beside
 the one serving, and the name is switched to it with one atomic ``rename`` of the link:
@@ -22,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import json
 import os
 import secrets
 import shutil
@@ -34,6 +38,8 @@ from mlflow_kpigate.core.errors import KpigateError, UsageError
 ROLLOUTS = ".rollouts"
 HISTORY = ".history"
 LOCKS = ".locks"
+#: where a rollout's controller writes the address of its ``/metrics`` (:mod:`.local_metrics`)
+METRICS_FILE = "metrics.json"
 #: How long a create / update / delete waits for another one of the same name.
 LOCK_WAIT_S = float(os.environ.get("KPIGATE_LOCK_TIMEOUT", "60"))
 _LOCK_POLL_S = 0.1
@@ -139,3 +145,13 @@ def unlink_if_points_to(link: Path, real: Path) -> None:
     """Remove the name ``link`` if it still names ``real`` (never another rollout)."""
     if link.is_symlink() and link.resolve() == real.resolve():
         link.unlink()
+
+
+def metrics_endpoint(directory: Path) -> str | None:
+    """The ``/metrics`` URL the rollout's controller serves on (None while it serves none)."""
+    try:
+        served = json.loads((directory / METRICS_FILE).read_text())
+        host = str(served["host"])
+        return f"http://{f'[{host}]' if ':' in host else host}:{int(served['port'])}/metrics"
+    except (OSError, ValueError, KeyError, TypeError):
+        return None

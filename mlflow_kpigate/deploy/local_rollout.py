@@ -6,7 +6,8 @@ new router answers).
 
 * :func:`carried_config`: ``update -m`` keeps the current rollout's frozen policy, baseline,
   port and router options (``routing_key``, ``threshold``, ``promote_alias``, ``workers``,
-  ``candidate_timeout``, ``log_fsync``, ``max_body``, ``warm_candidate``) unless its own
+  ``candidate_timeout``, ``log_fsync``, ``max_body``, ``warm_candidate``) and where the
+  controller serves its metrics (``metrics_port``, ``metrics_host``) unless its own
   ``-C`` gives them;
 * :func:`choose_port`: ``-C port``, else the port of the rollout being replaced (stable
   across rollouts of one name), else a free one; a port the replaced rollout's router holds
@@ -64,6 +65,7 @@ def carried_config(cfg: DeploymentConfig, raw: Mapping[str, Any], directory: Pat
         "threshold": state.threshold, "workers": state.workers,
         "candidate_timeout": state.candidate_timeout_s, "log_fsync": state.log_fsync,
         "max_body": state.max_body_bytes, "warm_candidate": state.warm_candidate,
+        "metrics_port": state.metrics_port, "metrics_host": state.metrics_host,
     }
     if state.phase is not Phase.PROMOTED:
         kept["baseline"] = state.baseline_uri
@@ -113,7 +115,8 @@ def prepare(directory: Path, name: str, cfg: DeploymentConfig, registry: Registr
         port=port, routing_key=cfg.routing_key, promote_alias=cfg.promote_alias,
         rollout_run_id=run_id, threshold=cfg.threshold, workers=cfg.workers,
         candidate_timeout_s=cfg.candidate_timeout, log_fsync=cfg.log_fsync,
-        max_body_bytes=cfg.max_body, warm_candidate=cfg.warm_candidate)
+        max_body_bytes=cfg.max_body, warm_candidate=cfg.warm_candidate,
+        metrics_port=cfg.metrics_port, metrics_host=cfg.metrics_host)
     state = transitions.initial(state, policy, time.time()).evolve(effects_pending=True)
     state = RolloutStore(directory).save(state, Created(
         policy.stages[0].describe(), state.weights.describe(),

@@ -36,7 +36,7 @@ from mlflow_kpigate.core.errors import UsageError
 from mlflow_kpigate.core.events import Aborted, traffic_percent
 from mlflow_kpigate.core.state import Phase, Readiness, RolloutState
 from mlflow_kpigate.deploy.config import DeploymentConfig, parse_config, writable_state_dir
-from mlflow_kpigate.deploy.deployer import Progress, Rollout
+from mlflow_kpigate.deploy.deployer import Observe, Progress, Rollout
 from mlflow_kpigate.deploy.finish import finish_rollout
 from mlflow_kpigate.deploy.follow import Poll, follow_store, gone, last_decision
 from mlflow_kpigate.deploy.inputs import (
@@ -136,14 +136,15 @@ class SeldonDeployer:
 
     # -- create ----------------------------------------------------------------------------
     def create(self, name: str, model_uri: str, config: Mapping[str, Any] | None = None,
-               progress: Progress | None = None, *,
+               progress: Progress | None = None, *, observe: Observe | None = None,
                source: Mapping[str, Any] | None = None,
                stop: threading.Event | None = None) -> dict[str, Any]:
         """Start (or, for the same versions, resume) a staged rollout on Seldon Core.
 
         ``source`` is saved with a new rollout's settings (the operator's ModelRollout
         digest, :func:`~.seldon_rollout.start_rollout`); ``stop`` ends the controller of
-        ``-C wait=true`` early (the operator's worker on SIGTERM)."""
+        ``-C wait=true`` early (the operator's worker on SIGTERM); ``observe`` gets the
+        state after every evaluation of ``-C wait=true`` (not through the operator)."""
         from mlflow_kpigate.metrics.prometheus import check_policy
         from mlflow_kpigate.registry import Registry
 
@@ -209,7 +210,7 @@ class SeldonDeployer:
             start_rollout(rollout, target, cfg, manifests, policy, policy_file, registry,
                           (candidate, baseline), uri, say, source)
         if cfg.wait:
-            state = run_controller(namespace, name, cfg, progress=say,
+            state = run_controller(namespace, name, cfg, progress=say, observe=observe,
                                    metrics_port=metrics_port_from_env(), stop=stop)
             say(f"kpigate: {name} {state.phase.value}: {state.reason}")
         else:
@@ -220,10 +221,11 @@ class SeldonDeployer:
         return self.describe(name, config)
 
     def replace(self, name: str, model_uri: str, config: Mapping[str, Any] | None = None,
-                progress: Progress | None = None) -> dict[str, Any]:
+                progress: Progress | None = None, *, observe: Observe | None = None
+                ) -> dict[str, Any]:
         """``update -m``: a new rollout (refused while another one runs, resumed if the same)."""
         rest = {k: v for k, v in (config or {}).items() if k != "action"}
-        return self.create(name, model_uri, rest, progress)
+        return self.create(name, model_uri, rest, progress, observe=observe)
 
     # -- change ----------------------------------------------------------------------------
     def steer(self, name: str, action: str, config: Mapping[str, Any] | None = None,

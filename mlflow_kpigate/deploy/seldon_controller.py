@@ -82,21 +82,28 @@ def controller_for(namespace: str, name: str, cfg: DeploymentConfig,
 
 def run_controller(namespace: str, name: str, cfg: DeploymentConfig, *,
                    progress: Callable[[str], None] | None = None,
+                   observe: Callable[[RolloutState], None] | None = None,
                    metrics_port: int | None = None,
                    stop: threading.Event | None = None) -> RolloutState:
-    """Drive the rollout until it ends (or ``stop`` is set); serves metrics if asked."""
+    """Drive the rollout until it ends (or ``stop`` is set); serves metrics if asked.
+    ``observe`` gets the state first and after every evaluation."""
     from mlflow_kpigate.rollout.exposition import DecisionMetrics
 
     metrics = DecisionMetrics(name)
     say = progress or (lambda _m: None)
 
-    def observe(state: RolloutState, decision: Any) -> None:
+    def watched(state: RolloutState, decision: Any) -> None:
         metrics.observe(state, decision)
         if decision is not None:
             say(f"kpigate: [{decision.action.value}] {decision.reason}")
+        if observe is not None:
+            observe(state)
 
-    controller = controller_for(namespace, name, cfg, observer=observe)
-    metrics.observe(controller.store.require(), None)
+    controller = controller_for(namespace, name, cfg, observer=watched)
+    first = controller.store.require()
+    metrics.observe(first, None)
+    if observe is not None:
+        observe(first)
     linger = _metrics_linger()
     # In a pod, Prometheus scrapes the pod IP: all interfaces, as for any exporter.
     stop_serving = metrics.serve("0.0.0.0", metrics_port) if metrics_port else None

@@ -44,6 +44,8 @@ __all__ = [
     "LABEL_TYPE",
     "LABEL_VALUE",
     "LATENCY_BUCKETS",
+    "MAX_SEGMENT_VALUES",
+    "OTHER_SEGMENT",
     "SCORE_BUCKETS",
     "STAGE_ERRORS",
     "STAGE_LABELLED",
@@ -70,7 +72,15 @@ STAGE_SCORE = "kpigate_stage_score"
 """Histogram (``_bucket{label, le}``) of scores of matured labelled predictions by true
 label over :data:`SCORE_BUCKETS`."""
 STAGE_SEGMENT_LABELLED = "kpigate_stage_segment_labelled_total"
-"""Counter with ``field``, ``value``, ``outcome``: the confusion cells per segment value."""
+"""Counter with ``field``, ``value``, ``outcome``: the confusion cells per segment value,
+at most :data:`MAX_SEGMENT_VALUES` values per (stage, field) and :data:`OTHER_SEGMENT`."""
+MAX_SEGMENT_VALUES = 20
+"""Default cap on the ``value`` label of :data:`STAGE_SEGMENT_LABELLED` per (deployment,
+stage, field): the values with the most labelled predictions of both roles together (ties:
+the smaller value first) keep their own series, the rest are summed into
+:data:`OTHER_SEGMENT` (``kpigate collector --max-segment-values``)."""
+OTHER_SEGMENT = "__other__"
+"""The ``value`` of the segments beyond the cap, summed (a real value spelled so joins it)."""
 STAGE_VALUE_COUNT = "kpigate_stage_value_count"
 """Gauge: matured labelled predictions contributing business values (moment count)."""
 STAGE_VALUE_SUM = "kpigate_stage_value_sum"

@@ -282,7 +282,8 @@ class CollectorService(PrometheusCollector):
     def _build(self) -> list[Metric]:
         cfg = self.config
         families = stage_families(cfg.deployment,
-                                  self.collector.stage_samples(time.time(), cfg.maturity_s))
+                                  self.collector.stage_samples(time.time(), cfg.maturity_s),
+                                  cfg.max_segment_values)
         return [*families,
                 *state_families(cfg.deployment, self.current_stage().stage_index,
                                 self._pending())]

@@ -21,6 +21,7 @@ from typing import Any
 
 from mlflow_kpigate.core.records import ROLES
 from mlflow_kpigate.kpis import AggregateSpec
+from mlflow_kpigate.metrics.exposition import MAX_SEGMENT_VALUES
 from mlflow_kpigate.metrics.service_auth import REQUIRED_SCOPES, CollectorTokens
 from mlflow_kpigate.policy import Stage
 
@@ -70,6 +71,8 @@ class CollectorServiceConfig:
     stages: tuple[Stage, ...] = ()
     tokens: CollectorTokens = field(default_factory=CollectorTokens)
     insecure_no_auth: bool = False
+    # Segment values with a series of their own per stage and field; the rest: __other__.
+    max_segment_values: int = MAX_SEGMENT_VALUES
 
     def __post_init__(self) -> None:
         if not isinstance(self.deployment, str) or not _DNS_LABEL.match(self.deployment):
@@ -105,6 +108,10 @@ class CollectorServiceConfig:
                 or self.max_body_bytes < 1):
             raise ValueError(f"max_body_bytes: must be a positive integer, got "
                              f"{self.max_body_bytes!r}")
+        if (isinstance(self.max_segment_values, bool)
+                or not isinstance(self.max_segment_values, int) or self.max_segment_values < 1):
+            raise ValueError(f"max_segment_values: must be a whole number of at least 1, got "
+                             f"{self.max_segment_values!r}")
         self._check_stages()
         self._check_auth()
 

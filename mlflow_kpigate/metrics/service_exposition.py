@@ -8,6 +8,10 @@ The collector's fine bins are re-binned to the contract's coarser buckets here.
 ``kpigate_stage_latency_seconds`` is only exported for rows that have a latency: logger
 events carry none (see :mod:`mlflow_kpigate.metrics.cloudevent_join`), so in cluster mode
 latency KPIs come from Seldon's executor histogram.
+
+``kpigate_stage_segment_labelled_total`` keeps at most ``max_segment_values`` segment values
+per stage and field (:func:`capped_segments`): a field such as a country or a customer id
+would otherwise add a series per value, role and outcome to every stage.
 """
 
 from __future__ import annotations
@@ -23,10 +27,41 @@ from prometheus_client.core import (
 )
 
 from mlflow_kpigate.core.samples import StageSample
-from mlflow_kpigate.kpis import LatencyHistogram, ScoreHistogram
+from mlflow_kpigate.kpis import Confusion, LatencyHistogram, ScoreHistogram
 from mlflow_kpigate.metrics import exposition as names
 
-__all__ = ["counter_families", "stage_families", "state_families"]
+__all__ = ["capped_segments", "counter_families", "stage_families", "state_families"]
+
+
+def capped_segments(sample: StageSample, field: str, limit: int
+                    ) -> dict[str, tuple[Confusion, Confusion]]:
+    """(baseline, candidate) confusion cells per segment value of ``field``, at most
+    ``limit`` values and :data:`~.exposition.OTHER_SEGMENT` for the rest, summed.
+
+    Kept: the values with the most labelled predictions of both roles together, ties by
+    the value, so both roles keep the same values (the fairness tests compare a segment
+    with itself) and the same data always gives the same series.
+    """
+    roles = (sample.baseline.segments.get(field, {}), sample.candidate.segments.get(field, {}))
+    totals: dict[str, int] = {}
+    for per_value in roles:
+        for value, conf in per_value.items():
+            totals[value] = totals.get(value, 0) + conf.tp + conf.fp + conf.tn + conf.fn
+    ranked = sorted((v for v in totals if v != names.OTHER_SEGMENT),
+                    key=lambda v: (-totals[v], v))
+    kept = set(ranked[:limit])
+    # Kept values in order, then the rest (an insertion order the exposition keeps).
+    out: dict[str, tuple[Confusion, Confusion]] = {v: (Confusion(), Confusion())
+                                                   for v in sorted(kept)}
+    for value in sorted(totals):
+        key = value if value in kept else names.OTHER_SEGMENT
+        base, cand = out.setdefault(key, (Confusion(), Confusion()))
+        for mine, per_value in ((base, roles[0]), (cand, roles[1])):
+            found = per_value.get(value)
+            if found is not None:
+                for cell in names.CONFUSION_OUTCOMES:
+                    setattr(mine, cell, getattr(mine, cell) + getattr(found, cell))
+    return out
 
 
 def _latency_buckets(hist: LatencyHistogram) -> list[tuple[str, float]]:
@@ -62,7 +97,8 @@ def _score_buckets(scores: ScoreHistogram, counts: np.ndarray) -> list[tuple[str
     return out
 
 
-def stage_families(deployment: str, samples: Sequence[StageSample]) -> list[Metric]:
+def stage_families(deployment: str, samples: Sequence[StageSample],
+                   max_segment_values: int = names.MAX_SEGMENT_VALUES) -> list[Metric]:
     """The ``kpigate_stage_*`` metric families of ``samples`` (see :mod:`.exposition`)."""
     base = [names.LABEL_DEPLOYMENT, names.LABEL_STAGE, names.LABEL_ROLE]
     requests = CounterMetricFamily(names.STAGE_REQUESTS, "Predictions served in the stage "
@@ -86,7 +122,10 @@ def stage_families(deployment: str, samples: Sequence[StageSample]) -> list[Metr
         names.STAGE_VALUE_PRODUCT_SUM, "Sum of products of two business values.",
         labels=[*base, names.LABEL_NAME_A, names.LABEL_NAME_B])
     for sample in samples:
-        for role, agg in (("baseline", sample.baseline), ("candidate", sample.candidate)):
+        fields = {*sample.baseline.segments, *sample.candidate.segments}
+        segments = {f: capped_segments(sample, f, max_segment_values) for f in sorted(fields)}
+        for index, (role, agg) in enumerate((("baseline", sample.baseline),
+                                             ("candidate", sample.candidate))):
             key = [deployment, str(sample.stage_index), role]
             requests.add_metric(key, agg.requests)
             errors.add_metric(key, agg.errors)
@@ -98,11 +137,11 @@ def stage_families(deployment: str, samples: Sequence[StageSample]) -> list[Metr
             if agg.scores.n_pos + agg.scores.n_neg:
                 for label, counts in (("0", agg.scores.neg), ("1", agg.scores.pos)):
                     score.add_metric([*key, label], _score_buckets(agg.scores, counts), None)
-            for name, per_value in agg.segments.items():
-                for value, confusion in sorted(per_value.items()):
+            for name, per_value in segments.items():
+                for value, both in per_value.items():
                     for outcome in names.CONFUSION_OUTCOMES:
                         segment.add_metric([*key, name, value, outcome],
-                                           getattr(confusion, outcome))
+                                           getattr(both[index], outcome))
             if agg.values is not None and agg.values.n:
                 moments = agg.values.to_dict()
                 n, mean, comoment = moments["n"], moments["mean"], moments["comoment"]

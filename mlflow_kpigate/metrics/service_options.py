@@ -16,6 +16,7 @@ from typing import Any
 from mlflow_kpigate.core.durations import parse_duration
 from mlflow_kpigate.core.errors import UsageError
 from mlflow_kpigate.kpis import AggregateSpec
+from mlflow_kpigate.metrics.exposition import MAX_SEGMENT_VALUES
 from mlflow_kpigate.metrics.service_auth import CollectorTokens, load_tokens
 from mlflow_kpigate.metrics.service_config import CollectorServiceConfig
 from mlflow_kpigate.policy import load_policy, parse_stage_shortcut
@@ -33,6 +34,7 @@ OPTIONS = {
     "versions": "--baseline-version/--candidate-version",
     "tokens": "--token-file",
     "stages": "--stages",
+    "max_segment_values": "--max-segment-values",
 }
 
 
@@ -60,6 +62,7 @@ def build_config(
     insecure_no_auth: bool = False,
     stages: str | None = None,
     tokens: CollectorTokens | None = None,
+    max_segment_values: int = MAX_SEGMENT_VALUES,
 ) -> CollectorServiceConfig:
     """The service configuration from the command's options (``UsageError`` when bad).
 
@@ -104,6 +107,7 @@ def build_config(
             stages=policy.stages,
             tokens=tokens,
             insecure_no_auth=insecure_no_auth,
+            max_segment_values=max_segment_values,
         )
     except ValueError as exc:
         name, _, rest = str(exc).partition(":")

@@ -12,7 +12,9 @@ and the report never import ``mlflow`` themselves. It works with the default loc
 * :mod:`.versions`: model URIs resolved to :class:`ModelRef`;
 * :mod:`.baselines`: baseline KPIs from earlier rollouts and the training run;
 * :mod:`.tags`: ``kpigate.*`` model-version tags and aliases;
-* :mod:`.runs`: the rollout run in ``kpigate-rollouts``;
+* :mod:`.runs`: the rollout run in ``kpigate-rollouts`` (and the experiment's kind);
+* :mod:`.descriptions`: the rollout's section of a version's description, run links;
+* :mod:`.logged_models`: the final KPIs on the candidate's LoggedModel;
 * :mod:`.evaluations`: the run's evaluation records and policy, for replay;
 * :mod:`.outputs`: whether a version's model returns scores or labels (its signature);
 * :mod:`.limits`: MLflow's size limits and :func:`truncate`.
@@ -22,11 +24,13 @@ from __future__ import annotations
 
 from mlflow_kpigate.core.refs import ModelRef
 from mlflow_kpigate.registry.baselines import MAX_ROLLOUT_RUNS, BaselineKpis
+from mlflow_kpigate.registry.descriptions import VersionDescriptions
 from mlflow_kpigate.registry.evaluations import EVALUATIONS_DIR, EvaluationRecords
 from mlflow_kpigate.registry.limits import MAX_PARAM_VALUE, MAX_TAG_VALUE, truncate
+from mlflow_kpigate.registry.logged_models import LoggedModelKpis
 from mlflow_kpigate.registry.outputs import ModelOutputs
 from mlflow_kpigate.registry.runs import DECISION_CODES, ROLLOUT_EXPERIMENT, RolloutRuns
-from mlflow_kpigate.registry.tags import TAG_PREFIX, TagsAndAliases
+from mlflow_kpigate.registry.tags import SUMMARY_TAG, TAG_PREFIX, TagsAndAliases
 from mlflow_kpigate.registry.versions import ModelVersions
 
 __all__ = [
@@ -36,6 +40,7 @@ __all__ = [
     "MAX_ROLLOUT_RUNS",
     "MAX_TAG_VALUE",
     "ROLLOUT_EXPERIMENT",
+    "SUMMARY_TAG",
     "TAG_PREFIX",
     "ModelRef",
     "Registry",
@@ -44,7 +49,7 @@ __all__ = [
 
 
 class Registry(ModelVersions, BaselineKpis, TagsAndAliases, RolloutRuns, EvaluationRecords,
-               ModelOutputs):
+               ModelOutputs, VersionDescriptions, LoggedModelKpis):
     """kpigate's view of one MLflow tracking server / registry (see the module docstring).
 
     ``tracking_uri`` defaults to MLflow's own resolution (``MLFLOW_TRACKING_URI`` or

@@ -4,6 +4,15 @@ It is tagged with the deployment, model and both versions (``kpigate.*``), gets 
 rollout's parameters and the policy file, one metric batch and one decision JSON per
 evaluation, the report at the end, and the ``kpigate.outcome`` tag that
 :mod:`mlflow_kpigate.registry.baselines` later reads back.
+
+The experiment is tagged ``mlflow.experimentKind = custom_model_development`` (the tag
+MLflow 3's UI reads and writes through its "experiment type" selector). Without it MLflow
+3.x infers a GenAI experiment: the experiment opens on an empty traces overview and the
+rollout run (which has no model *outputs*) is listed under "Evaluation runs". An existing
+experiment gets the tag only when it has none, so a kind a user picked in the UI stands.
+MLflow 3.17's UI also follows a browser-wide "workflow type" (GenAI / machine learning)
+switch; links kpigate writes therefore carry ``?workflowType=machine_learning``
+(:data:`ML_WORKFLOW_QUERY`).
 """
 
 from __future__ import annotations
@@ -31,6 +40,12 @@ from mlflow_kpigate.registry.limits import (
 ROLLOUT_EXPERIMENT = "kpigate-rollouts"
 #: ``decision.code`` metric per action.
 DECISION_CODES: Mapping[Action, int] = {Action.PROMOTE: 1, Action.HOLD: 0, Action.ROLLBACK: -1}
+#: The experiment tag MLflow 3's UI reads to pick an experiment's layout, and its value for
+#: a classic (runs, metrics, models) experiment.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+ML_EXPERIMENT_KIND = "custom_model_development"
+#: The UI query that shows an experiment as machine learning in MLflow 3.17's UI.
+ML_WORKFLOW_QUERY = "workflowType=machine_learning"
 
 
 class RolloutRuns(MlflowAccess):
@@ -43,10 +58,16 @@ class RolloutRuns(MlflowAccess):
             if exp.lifecycle_stage == "deleted":
                 self._call("restore experiment " + ROLLOUT_EXPERIMENT,
                            self.client.restore_experiment, exp.experiment_id)
+            if not (exp.tags or {}).get(EXPERIMENT_KIND_TAG):
+                # Made by an older kpigate: give it the kind (a user's own choice stands).
+                self._call("tag experiment " + ROLLOUT_EXPERIMENT,
+                           self.client.set_experiment_tag, exp.experiment_id,
+                           EXPERIMENT_KIND_TAG, ML_EXPERIMENT_KIND)
             return str(exp.experiment_id)
         with self._mlflow("create experiment " + ROLLOUT_EXPERIMENT):
             try:
-                return str(self.client.create_experiment(ROLLOUT_EXPERIMENT))
+                return str(self.client.create_experiment(
+                    ROLLOUT_EXPERIMENT, tags={EXPERIMENT_KIND_TAG: ML_EXPERIMENT_KIND}))
             except MlflowException as exc:
                 if exc.error_code != "RESOURCE_ALREADY_EXISTS":
                     raise
@@ -113,6 +134,20 @@ class RolloutRuns(MlflowAccess):
                        metrics=metrics[start:start + MAX_METRICS_PER_BATCH])
         self._call(f"upload decision {step}", self.client.log_text, run_id,
                    decision.to_json(indent=2), f"decisions/{int(step):05d}.json")
+
+    def log_run_image(self, run_id: str, path: Path, *, key: str, step: int) -> None:
+        """Log the PNG at ``path`` as the run's image ``key`` at ``step`` (MLflow's image
+        charts on the run page), unless the run already has that key at that step."""
+        from PIL import Image  # comes with matplotlib, which drew the image
+
+        prefix = f"{key.replace('/', '~')}+step+{int(step)}+"
+        existing = self._call("list the run's images", self.client.list_artifacts, run_id,
+                              "images")
+        if any(Path(f.path).name.startswith(prefix) for f in existing):
+            return
+        with Image.open(path) as image:
+            self._call(f"log image {key}", self.client.log_image, run_id, image.convert("RGB"),
+                       key=key, step=int(step))
 
     def finish_rollout_run(self, run_id: str, *, outcome: str,
                            report_dir: Path | None) -> None:

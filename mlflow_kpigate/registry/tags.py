@@ -5,6 +5,12 @@ The candidate carries the rollout's status (``kpigate.status``, ``.stage``, ``.d
 ``kpigate.superseded_by`` (cleared when that version is promoted again); promotion moves
 an alias (``champion`` by default), and a rollback after promotion (during the bake)
 moves it back.
+
+MLflow's UI lists a version's tags sorted by key in a box a few rows high, so the six
+``kpigate.*`` tags put ``status`` and ``updated_at`` out of sight below ``decision`` and a
+long ``reason``. The one-line summary tag ``kpigate`` (:data:`SUMMARY_TAG`, e.g.
+``promoted · 100% · 2026-05-01T12:00:00Z``) sorts before all of them and says it at a
+glance; the separate tags stay for the GitHub Action, scripts and searches.
 """
 
 from __future__ import annotations
@@ -21,6 +27,13 @@ from mlflow_kpigate.registry.limits import truncate
 TAG_PREFIX = "kpigate."
 #: On a replaced baseline: the version that replaced it (removed when it is promoted again).
 SUPERSEDED_BY = "kpigate.superseded_by"
+#: The one-line summary tag: status · stage · time (sorts first in the UI's tag box).
+SUMMARY_TAG = "kpigate"
+
+
+def summary_line(*parts: str) -> str:
+    """The :data:`SUMMARY_TAG` value: the non-empty ``parts`` joined by `` · ``."""
+    return " · ".join(p for p in parts if p)
 
 
 def _utc_now() -> str:
@@ -39,21 +52,25 @@ class TagsAndAliases(MlflowAccess):
     def status_tags(self, ref: ModelRef, *, status: str, stage: str, decision: str,
                     reason: str, rollout_run_id: str | None) -> None:
         """Write the rollout's ``kpigate.*`` status tags on ``ref`` (the candidate)."""
+        now = _utc_now()
         self.set_tags(ref, {
+            SUMMARY_TAG: summary_line(status, stage, now),
             "kpigate.status": status,
             "kpigate.stage": stage,
             "kpigate.decision": decision,
             "kpigate.reason": reason,
             "kpigate.rollout_run_id": rollout_run_id or "",
-            "kpigate.updated_at": _utc_now(),
+            "kpigate.updated_at": now,
         })
 
     def mark_superseded(self, baseline: ModelRef, by: ModelRef) -> None:
         """Tag the old baseline as superseded by ``by``."""
+        now = _utc_now()
         self.set_tags(baseline, {
+            SUMMARY_TAG: summary_line("superseded", f"by v{by.version}", now),
             SUPERSEDED_BY: by.label,
             "kpigate.status": "superseded",
-            "kpigate.updated_at": _utc_now(),
+            "kpigate.updated_at": now,
         })
 
     def clear_superseded(self, ref: ModelRef) -> None:

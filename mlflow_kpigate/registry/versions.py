@@ -59,6 +59,15 @@ def parse_model_uri(uri: str) -> tuple[str, str | None, str | None]:
     return name, str(int(suffix)), None
 
 
+def model_id_of(mv: Any) -> str | None:
+    """The LoggedModel id of a ``ModelVersion``: its ``model_id``, else its
+    ``models:/m-…`` source (MLflow 3.17's registry API leaves ``model_id`` empty for a
+    version registered by ``log_model``); None for a version without one."""
+    match = _LOGGED_MODEL_SOURCE.match(str(mv.source or ""))
+    model_id = getattr(mv, "model_id", None) or (match.group(1) if match else None)
+    return str(model_id) if model_id else None
+
+
 class ModelVersions(MlflowAccess):
     """Resolving model URIs and the default baseline to :class:`ModelRef`."""
 
@@ -127,8 +136,7 @@ class ModelVersions(MlflowAccess):
     def _storage_uri(self, mv: Any, name: str, version: str) -> str:
         """Where the version's files are: LoggedModel artifacts, run artifacts, or source."""
         source = str(mv.source or "")
-        match = _LOGGED_MODEL_SOURCE.match(source)
-        model_id = getattr(mv, "model_id", None) or (match.group(1) if match else None)
+        model_id = model_id_of(mv)
         if model_id:
             with self._mlflow(f"read logged model {model_id}"):
                 try:

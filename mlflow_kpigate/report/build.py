@@ -10,7 +10,9 @@ time each was made) and its traffic history into the files of :class:`ReportFile
   only for KPIs whose μ and σ are known. ``k`` is ``control_k``, else the policy's
   ``control_limits.k``, else 2 (the case study's value; the chart then says the gate did
   not enforce it);
-* ``traffic.png``: the candidate's traffic share over time.
+* ``traffic.png``: the candidate's traffic share over time;
+* ``timeline.png``: the decision timeline — stage, traffic, each decision and each KPI's
+  interval against its margins over time (:func:`.timeline.timeline_chart`).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from mlflow_kpigate.report.charts import control_chart, kpi_chart, traffic_chart
 from mlflow_kpigate.report.document import document, registry_kpi
 from mlflow_kpigate.report.formats import finite
 from mlflow_kpigate.report.kpi_table import evidence_of
+from mlflow_kpigate.report.timeline import timeline_chart
 
 #: The σ multiple drawn when neither ``control_k`` nor the policy gives one (case study).
 DEFAULT_CONTROL_K = 2.0
@@ -46,11 +49,12 @@ class ReportFiles:
     kpi_charts: Mapping[str, Path] = field(default_factory=dict)
     control_charts: Mapping[str, Path] = field(default_factory=dict)
     traffic_chart: Path | None = None
+    timeline_chart: Path | None = None
 
     @property
     def charts(self) -> tuple[Path, ...]:
         """Every PNG chart."""
-        extra = (self.traffic_chart,) if self.traffic_chart else ()
+        extra = tuple(p for p in (self.traffic_chart, self.timeline_chart) if p)
         return (*self.kpi_charts.values(), *self.control_charts.values(), *extra)
 
     @property
@@ -93,12 +97,14 @@ def build_report(out_dir: Path, *, state: RolloutState, decisions: Sequence[Deci
             control_charts[kpi.name] = path
     traffic = out / "traffic.png"
     traffic_chart(traffic, weights_history, timestamps, state)
+    timeline = out / "timeline.png"
+    timeline_chart(timeline, state, decisions, timestamps, weights_history, policy)
 
     blocks = document(state, decisions, timestamps, weights_history, policy,
-                      registry_baseline, k, kpi_charts, control_charts, traffic)
+                      registry_baseline, k, kpi_charts, control_charts, traffic, timeline)
     title = f"kpigate rollout report: {state.name}"
     markdown = out / "report.md"
     markdown.write_text(to_markdown(blocks), encoding="utf-8")
     page = out / "report.html"
     page.write_text(to_html(blocks, title), encoding="utf-8")
-    return ReportFiles(out, markdown, page, kpi_charts, control_charts, traffic)
+    return ReportFiles(out, markdown, page, kpi_charts, control_charts, traffic, timeline)

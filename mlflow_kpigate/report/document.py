@@ -122,7 +122,8 @@ def _bake(state: RolloutState, decisions: Sequence[Decision], timestamps: Sequen
 def document(state: RolloutState, decisions: Sequence[Decision], timestamps: Sequence[float],
              weights_history: Sequence[tuple[float, float]], policy: Policy,
              registry: RegistryBaseline | None, k: float, kpi_charts: Mapping[str, Path],
-             control_charts: Mapping[str, Path], traffic: Path) -> list[Block]:
+             control_charts: Mapping[str, Path], traffic: Path,
+             timeline: Path | None = None) -> list[Block]:
     """The report's blocks; ``k`` is the σ multiple the control charts drew."""
     last = decisions[-1] if decisions else None
     reason = state.reason or (last.reason if last else "no evaluation yet")
@@ -218,6 +219,11 @@ def document(state: RolloutState, decisions: Sequence[Decision], timestamps: Seq
         for i, d in enumerate(decisions)]))
 
     blocks.append(Heading("Charts", 2))
+    if timeline is not None:
+        blocks.append(Para("The decision timeline: the candidate's traffic with each "
+                           "decision (top), and each KPI's interval of Δ against its margins "
+                           "over time (below)."))
+        blocks.append(Image(timeline, "decision timeline"))
     blocks.append(Para("Each KPI per evaluation: baseline and candidate (top); Δ with its "
                        "anytime-valid bounds against the baseline at Δ = 0, the rollback and "
                        "promotion thresholds, and the stage boundaries (bottom)."))

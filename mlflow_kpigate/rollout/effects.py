@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -104,9 +105,14 @@ class Effects:
         reg.status_tags(cand, status=state.status, stage=stage, decision=decision_text,
                         reason=state.reason, rollout_run_id=state.rollout_run_id)
         if decision is not None and state.rollout_run_id:
+            # At the evaluation's own time when known: a repeat (a resumed controller) then
+            # logs the identical point, which MLflow stores once, and the final KPIs logged
+            # to the candidate's LoggedModel at the end match it (deploy/outcome.py).
+            at = evaluation.at if evaluation is not None else math.nan
             reg.log_evaluation(state.rollout_run_id, state.evaluations, decision,
                                state.weights.candidate_percent if not state.weights.shadow
-                               else 0.0)
+                               else 0.0,
+                               timestamp_ms=int(at * 1000) if math.isfinite(at) else None)
         if evaluation is not None and state.rollout_run_id:
             reg.log_evaluation_record(state.rollout_run_id, evaluation)
         if state.phase in (Phase.BAKING, Phase.PROMOTED):

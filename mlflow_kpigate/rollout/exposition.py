@@ -1,7 +1,8 @@
 """Prometheus exposition of the controller's decisions (stage, phase, KPI intervals).
 
-The cluster controller serves these on ``/metrics`` (port 9102 in examples/k8s), so the
-Grafana dashboard and the alert rules in ``examples/`` can show what the gate saw and did.
+The cluster controller serves these on ``/metrics`` (port 9102 in examples/k8s), the
+embedded one with ``namespace="local"`` (``deploy/local_metrics.py``), so the Grafana
+dashboard and the alert rules in ``examples/`` can show what the gate saw and did.
 Names follow the design: prefix ``kpigate_``, base units, ``_total`` counters.
 
 While a rollout bakes (``kpigate_rollout_phase{phase="baking"}``) the bake's progress is
@@ -37,8 +38,13 @@ from mlflow_kpigate.core.state import Phase, RolloutState
 class DecisionMetrics:
     """Gauges and counters that follow one rollout's saved states and decisions."""
 
-    def __init__(self, deployment: str, registry: CollectorRegistry | None = None) -> None:
+    def __init__(self, deployment: str, registry: CollectorRegistry | None = None, *,
+                 readiness: bool = True) -> None:
+        """``readiness``: the backend waits for its traffic to be served (Seldon); False
+        (the embedded router applies weights at once): ``kpigate_readiness_waiting_seconds``
+        stays 0, where a stage's age would read as a wait."""
         self.deployment = deployment
+        self.readiness = readiness
         self.registry = registry or CollectorRegistry()
         r = self.registry
         self.info = Gauge("kpigate_rollout_info", "The rollout's model and versions (=1).",
@@ -120,8 +126,8 @@ class DecisionMetrics:
         cand = 0.0 if (w.shadow or not w.candidate_attached) else w.candidate_percent / 100
         self.weight.labels(d, "candidate").set(cand)
         self.weight.labels(d, "baseline").set(1 - cand)
-        self.waiting.labels(d).set(0 if state.stage_ready_at is not None or
-                                   state.phase.terminal else now() - state.stage_started_at)
+        waiting = self.readiness and state.stage_ready_at is None and not state.phase.terminal
+        self.waiting.labels(d).set(now() - state.stage_started_at if waiting else 0)
         if decision is None:
             return
         self.decisions.labels(d, decision.action.value).inc()

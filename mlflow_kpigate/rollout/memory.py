@@ -139,6 +139,7 @@ class _Run:
     evaluations: list[Evaluation] = field(default_factory=list)
     outcome: str | None = None
     report_dir: Path | None = None
+    images: dict[tuple[str, int], Path] = field(default_factory=dict)
 
 
 class InMemoryRegistry:
@@ -156,6 +157,10 @@ class InMemoryRegistry:
         self.baselines: dict[tuple[str, str], RegistryBaseline] = {}
         self.runs: dict[str, _Run] = {}
         self.outputs: dict[tuple[str, str], str] = {}
+        self.descriptions: dict[tuple[str, str], str] = {}
+        #: (model, version) → the metrics and tags its LoggedModel got.
+        self.model_metrics: dict[tuple[str, str], dict[str, float]] = {}
+        self.model_tags: dict[tuple[str, str], dict[str, str]] = {}
         self.fail: Exception | None = None
 
     def register(self, name: str, version: str, *, alias: str | None = None,
@@ -254,6 +259,29 @@ class InMemoryRegistry:
         """Keep the evaluation with its inputs."""
         self._write()
         self.runs[run_id].evaluations.append(evaluation)
+
+    def run_link(self, run_id: str, artifact: str | None = None) -> str:
+        """A UI route of the run, as the MLflow registry writes it."""
+        return f"#/experiments/0/runs/{run_id}" + (f"/artifacts/{artifact}" if artifact else "")
+
+    def describe_version(self, ref: ModelRef, body: str) -> None:
+        """Keep ``body`` as the version's kpigate section."""
+        self._write()
+        self.descriptions[(ref.name, ref.version)] = body
+
+    def log_run_image(self, run_id: str, path: Path, *, key: str, step: int) -> None:
+        """Keep the image's path under (key, step)."""
+        self._write()
+        self.runs[run_id].images[(key, int(step))] = Path(path)
+
+    def log_model_kpis(self, ref: ModelRef, run_id: str, metrics: Mapping[str, float], *,
+                       step: int, timestamp_ms: int, tags: Mapping[str, str]) -> str:
+        """Keep the metrics and tags as the version's LoggedModel's."""
+        self._write()
+        key = (ref.name, ref.version)
+        self.model_metrics.setdefault(key, {}).update(metrics)
+        self.model_tags.setdefault(key, {}).update(tags)
+        return f"in-memory LoggedModel of {ref.label}: {len(metrics)} metrics"
 
     def finish_rollout_run(self, run_id: str, *, outcome: str,
                            report_dir: Path | None) -> None:

@@ -162,6 +162,23 @@ class Registry(Protocol):
         """Attach the evaluation with its inputs to the run (for ``kpigate replay``)."""
         ...
 
+    def run_link(self, run_id: str, artifact: str | None = None) -> str:
+        """The MLflow UI route of the run (or of one of its ``artifact`` files)."""
+        ...
+
+    def describe_version(self, ref: ModelRef, body: str) -> None:
+        """Replace kpigate's section of ``ref``'s description with ``body`` (repeatable)."""
+        ...
+
+    def log_run_image(self, run_id: str, path: Path, *, key: str, step: int) -> None:
+        """Log a PNG as the run's image ``key`` at ``step`` (once per key and step)."""
+        ...
+
+    def log_model_kpis(self, ref: ModelRef, run_id: str, metrics: Mapping[str, float], *,
+                       step: int, timestamp_ms: int, tags: Mapping[str, str]) -> str:
+        """Log final KPIs and tags to ``ref``'s LoggedModel; what was done, in words."""
+        ...
+
     def finish_rollout_run(self, run_id: str, *, outcome: str,
                            report_dir: Path | None) -> None:
         """Tag the outcome, attach the report, end the run."""

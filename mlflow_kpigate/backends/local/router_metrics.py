@@ -10,6 +10,8 @@ Model calls by role and outcome and their ``predict`` time, labelled predictions
 confusion cell, labels received, the traffic weights and stage being served, shadow copies
 by outcome, requests the baseline's signature rejected, prediction batches the
 collector refused, predictions it could not record and whether it is failing now.
+Every series carries ``namespace="local"``, like the controller's (the dashboard and the
+alert rules select rollouts by namespace and deployment).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from mlflow_kpigate.backends.local.model_calls import Attempt
 from mlflow_kpigate.core.records import LabelResult
 from mlflow_kpigate.core.state import Weights
+from mlflow_kpigate.metrics.constant_labels import LOCAL_LABELS, with_labels
 
 __all__ = ["RouterMetrics"]
 
@@ -52,8 +55,11 @@ class RouterMetrics:
         self.weight = Gauge(
             "kpigate_traffic_weight", "Share of live traffic served by each role (0-1).",
             ["deployment", "role"], registry=r, multiprocess_mode="livemostrecent")
+        # The controller's name for the same gauge (kpigate_rollout_stage), so one query
+        # shows the stage whichever process is scraped; this was kpigate_stage_index.
         self.stage = Gauge(
-            "kpigate_stage_index", "Rollout stage the router is serving.", ["deployment"],
+            "kpigate_rollout_stage", "Index of the rollout stage the router is serving.",
+            ["deployment"],
             registry=r, multiprocess_mode="livemostrecent")
         self.shadow = Counter(
             "kpigate_shadow_requests", "Mirrored requests scored off the response path (by the "
@@ -78,13 +84,14 @@ class RouterMetrics:
         self._shown: tuple[Weights, int] | None = None
 
     def exposition(self) -> CollectorRegistry:
-        """The registry ``/metrics`` renders: this worker's, or every worker's."""
+        """The registry ``/metrics`` renders: this worker's, or every worker's, each
+        series with ``namespace="local"`` (see :mod:`mlflow_kpigate.metrics.constant_labels`)."""
         directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
         if not directory:
-            return self.registry
+            return with_labels(self.registry, LOCAL_LABELS)
         merged = CollectorRegistry()
         MultiProcessCollector(merged, path=directory)
-        return merged
+        return with_labels(merged, LOCAL_LABELS)
 
     def log_unrecorded(self, rows: int) -> None:
         """Count predictions the log refused; the log is failing."""
