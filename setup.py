@@ -47,8 +47,10 @@ setup(
         "numpy>=1.24",
         "scipy>=1.10",
         "pandas>=2",
-        # report charts (imported only when a chart is drawn)
+        # report charts (imported only when a chart is drawn), and Pillow, which reads them
+        # back as images for the rollout run (matplotlib requires it too)
         "matplotlib>=3.6",
+        "pillow>=9",
         "orjson>=3.9",
         # the embedded router and the collector: ASGI app and server. uvloop and httptools
         # (uvicorn[standard]) are the router's event loop and HTTP parser (h11 and asyncio's
