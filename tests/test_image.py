@@ -330,12 +330,14 @@ def _check_cli(docker: Docker, image: str) -> None:
 
 
 def _check_user_and_contents(docker: Docker, image: str) -> None:
-    """The Dockerfile's numeric user, HOME, the venv's kpigate at the checkout's version,
-    no wheelhouse left; one container for all of it."""
+    """The Dockerfile's numeric user, HOME, the venv's kpigate at the checkout's version
+    with its seldon extra (the operator's and the cluster rollout's clients), no wheelhouse
+    left; one container for all of it."""
     user = _dockerfile_user()
     assert int(user) != 0
     script = ("id -u; id -g; echo $HOME; command -v kpigate; kpigate --version; "
-              "python -c 'import mlflow_kpigate, sys; print(sys.prefix)'; "
+              "python -c 'import mlflow_kpigate, kubernetes, prometheus_api_client, sys; "
+              "print(sys.prefix)'; "
               "for p in /wheels /src; do if [ -e $p ]; then echo $p is left; fi; done")
     result = _offline(docker, image, "-c", script, entrypoint="sh")
     assert result.returncode == 0, result.stderr

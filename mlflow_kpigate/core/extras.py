@@ -40,9 +40,10 @@ SELDON = Extra("seldon", ("kubernetes", "prometheus_api_client"))
 
 
 def require(extra: Extra, what: str) -> None:
-    """Raise a one-line :class:`MissingExtra` when ``extra`` is not installed; ``what`` names the
-    option or command that needs it (``-t kpigate:/seldon/NS``, ``kpigate operator``)."""
+    """Raise a one-line :class:`MissingExtra` when ``extra`` is not installed; ``what``
+    names the option or command that needs it (``-t kpigate:/seldon/NS``, ``kpigate
+    operator``)."""
     missing = extra.missing()
     if missing:
         raise MissingExtra(f"{what} needs the '{extra.name}' extra ({', '.join(missing)} "
-                         f"not installed): pip install '{DISTRIBUTION}[{extra.name}]'")
+                           f"not installed): pip install '{DISTRIBUTION}[{extra.name}]'")
