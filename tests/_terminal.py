@@ -22,6 +22,7 @@ from types import TracebackType
 from processes import wait_for
 
 _COUNT = itertools.count()
+_GO = "kpigate-go"
 #: Ceiling for a wedged command, not a performance threshold.
 LIMIT_S = 120.0
 
@@ -33,7 +34,11 @@ class Terminal:
                  width: int = 100, height: int = 60) -> None:
         # A socket per terminal: a server being stopped keeps its socket a moment.
         self.socket = str(tmp / f"tmux-{next(_COUNT)}.sock")
-        command = f"{shlex.join(argv)}; echo EXIT=$?; exec sleep 600"
+        self.size = (width, height)
+        # The command waits until the window has its size: a detached tmux may open it at
+        # its default 80x24 first, and a command reading the size then draws for that.
+        command = (f"tmux -S {shlex.quote(self.socket)} wait-for {_GO}; {shlex.join(argv)}; "
+                   "echo EXIT=$?; exec sleep 600")
         self._start = ["new-session", "-d", "-x", str(width), "-y", str(height), command]
         self.env = {k: v for k, v in env.items() if not k.startswith("TMUX")}
         self.pids: list[int] = []
@@ -48,6 +53,11 @@ class Terminal:
         self.pids = [int(self._tmux("display-message", "-p", "#{pid}").strip()),
                      int(self._tmux("display-message", "-p", "#{pane_pid}").strip())]
         # [tmux server, the pane's shell]
+        width, height = self.size
+        self._tmux("resize-window", "-x", str(width), "-y", str(height))
+        shown = self._tmux("display-message", "-p", "#{pane_width}x#{pane_height}").strip()
+        assert shown == f"{width}x{height}", f"tmux made the terminal {shown}"
+        self._tmux("wait-for", "-S", _GO)
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,

@@ -262,7 +262,11 @@ def test_bad_payloads_are_rejected_with_one_line(tmp_path: Path, models: Models)
         live.collector.flush()
         assert live.collector.stats()["predictions"] == 0
         metrics = requests.get(f"{live.url}/metrics", timeout=30).text
-        assert 'kpigate_invalid_requests_total{deployment="fraud"} 1.0' in metrics
+        invalid = [(sample.labels, sample.value)
+                   for family in text_string_to_metric_families(metrics)
+                   for sample in family.samples
+                   if sample.name == "kpigate_invalid_requests_total"]
+        assert invalid == [({"namespace": "local", "deployment": "fraud"}, 1.0)]
 
 
 def test_concurrent_clients_every_response_is_logged(tmp_path: Path, models: Models):
