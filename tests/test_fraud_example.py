@@ -119,12 +119,17 @@ def test_encoding_handles_unknown_and_single_rows_like_batches():
 
 @pytest.fixture(scope="module")
 def registered(tmp_path_factory) -> Iterator[tuple[str, list[Any]]]:
-    """Three versions trained at a small size in a temporary SQLite store."""
+    """Three versions trained at a small size in a temporary SQLite store.
+
+    One training thread: under ``pytest -n 2`` both cores are busy, and LightGBM's two
+    threads, waiting on each other at every split, took 10-100 times as long as one.
+    """
     root = tmp_path_factory.mktemp("mlflow")
     uri = f"sqlite:///{root / 'mlflow.db'}"
     previous = mlflow.get_tracking_uri()
     versions = train.train_and_register(uri, MODEL_NAME, n=TRAIN_N, seed=0, degraded=True,
-                                        artifact_location=str(root / "artifacts"), log=False)
+                                        artifact_location=str(root / "artifacts"), log=False,
+                                        threads=1)
     assert mlflow.get_tracking_uri() == previous      # train restores the process-wide URI
     mlflow.set_tracking_uri(uri)
     try:

@@ -188,13 +188,15 @@ def _valid_threshold(t: float) -> float:
 
 # --------------------------------------------------------------------------- training
 
-def _fit(kind: str, x: np.ndarray, y: np.ndarray, seed: int, out: Path) -> Path:
-    """Fit one booster and save it under ``out``; returns the booster file."""
+def _fit(kind: str, x: np.ndarray, y: np.ndarray, seed: int, out: Path,
+         threads: int | None = None) -> Path:
+    """Fit one booster and save it under ``out``; returns the booster file. ``threads``:
+    the booster's ``n_jobs`` (None: the library's default, every core)."""
     if kind == "xgboost":
         import xgboost
 
         model = xgboost.XGBClassifier(n_estimators=100, max_depth=6, learning_rate=0.1,
-                                      tree_method="hist", random_state=seed)
+                                      tree_method="hist", random_state=seed, n_jobs=threads)
         model.fit(x, y)
         path = out / "booster.ubj"
         model.get_booster().save_model(str(path))
@@ -203,7 +205,8 @@ def _fit(kind: str, x: np.ndarray, y: np.ndarray, seed: int, out: Path) -> Path:
         import lightgbm
 
         model = lightgbm.LGBMClassifier(n_estimators=200, learning_rate=0.05, num_leaves=31,
-                                        min_child_samples=20, random_state=seed, verbose=-1)
+                                        min_child_samples=20, random_state=seed, verbose=-1,
+                                        n_jobs=threads)
         model.fit(x, y)
         path = out / "booster.txt"
         model.booster_.save_model(str(path))
@@ -241,13 +244,16 @@ def train_and_register(tracking_uri: str | None = None,
                        experiment: str = DEFAULT_EXPERIMENT,
                        artifact_location: str | None = None,
                        recall_target: float = RECALL_TARGET,
-                       log: bool = True) -> list[RegisteredVersion]:
+                       log: bool = True, threads: int | None = None
+                       ) -> list[RegisteredVersion]:
     """Generate data, train the models, log and register them; returns the versions.
 
     ``tracking_uri`` (default: MLflow's current one) is used for this call only; the
     process-wide tracking URI is restored afterwards. ``artifact_location`` applies when the
     experiment is created here (MLflow's default otherwise: ``./mlruns`` for a SQLite
     store). Sets the aliases ``champion`` (baseline), ``challenger`` and ``degraded``.
+    ``threads`` caps the boosters' training threads (default: every core); give 1 where the
+    cores are busy: LightGBM's threads stall behind a descheduled one at every split.
     """
     if n < MIN_N:
         raise ValueError(f"n must be at least {MIN_N} so calibration sees enough fraud, "
@@ -259,7 +265,7 @@ def train_and_register(tracking_uri: str | None = None,
         mlflow.set_tracking_uri(tracking_uri)
     try:
         return _train_and_register(model_name, n, seed, degraded, experiment,
-                                   artifact_location, recall_target, log)
+                                   artifact_location, recall_target, log, threads)
     finally:
         mlflow.set_tracking_uri(previous_uri)
 
@@ -271,7 +277,7 @@ def _say(log: bool, message: str) -> None:
 
 def _train_and_register(model_name: str, n: int, seed: int, degraded: bool, experiment: str,
                         artifact_location: str | None, recall_target: float,
-                        log: bool) -> list[RegisteredVersion]:
+                        log: bool, threads: int | None) -> list[RegisteredVersion]:
     client = MlflowClient()
     experiment_id = _experiment_id(client, experiment, artifact_location)
     frame = data.generate(n, seed)
@@ -294,7 +300,7 @@ def _train_and_register(model_name: str, n: int, seed: int, degraded: bool, expe
             x_train = fraud_pyfunc.encode_features(parts["train"], spec.features,
                                                    data.CATEGORICAL_COLUMNS)
             started = time.perf_counter()
-            booster_path = _fit(spec.kind, x_train, labels["train"], seed, out)
+            booster_path = _fit(spec.kind, x_train, labels["train"], seed, out, threads)
             fit_seconds = time.perf_counter() - started
 
             # Score calibration data with an unthresholded scorer to pick the threshold.
