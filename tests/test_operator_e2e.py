@@ -285,6 +285,10 @@ def test_operator_killed_at_random_points_resumes_without_passing_the_approved_s
         try:
             wait_for(lambda: (s := store.load()) is not None and s.phase.terminal and s,
                      "the rollout to end", 240)
+            # The operator writes the resource's status after it sees the ended state: wait
+            # for that write before stopping it (the assertion on it follows below).
+            wait_for(lambda: _conditions(fake_kube, name).get("Progressing") == "False",
+                     "the status of the ended rollout", 60)
         finally:
             op.stop()
     finally:
