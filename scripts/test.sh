@@ -10,5 +10,6 @@ scripts/setup.sh
 .venv/bin/mypy
 # Three pytest workers (pytest-xdist) on CI's 2 cores: many tests wait on servers,
 # processes and timers they started; measured on a 2-core machine, the whole suite took
-# 14 min 24 s with -n 3 and 15 min 46 s with -n 2. Pass -n 0 to run serially.
+# 14 min 24 s and 15 min 17 s (two runs) with -n 3, 15 min 46 s with -n 2. Pass -n 0
+# to run serially.
 .venv/bin/python -m pytest -q -p no:cacheprovider -n 3 "$@"
