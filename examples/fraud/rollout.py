@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     client = mlflow.MlflowClient()
     tags = client.get_model_version(MODEL, candidate.version).tags
     _say(f"      model-version tags on {candidate.uri}:")
-    for key in sorted(k for k in tags if k.startswith("kpigate.")):
+    for key in sorted(k for k in tags if k == "kpigate" or k.startswith("kpigate.")):
         _say(f"        {key} = {tags[key][:150]}")
     _say(f"      aliases: {client.get_registered_model(MODEL).aliases}")
     _say(f"      rollout run: {state.rollout_run_id} (experiment kpigate-rollouts)")
