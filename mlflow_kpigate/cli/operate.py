@@ -25,7 +25,7 @@ from mlflow_kpigate.deploy.finish import write_report
 from mlflow_kpigate.deploy.local import LocalDeployer
 from mlflow_kpigate.policy import Policy
 
-__all__ = ["ENDED", "STATE_DIR", "forecast_lines", "stage_of", "timeout_seconds"]
+__all__ = ["ENDED", "STATE_DIR", "forecast_lines", "stage_label", "stage_of", "timeout_seconds"]
 
 
 def _config(state_dir: str | None) -> dict[str, str] | None:
@@ -50,14 +50,20 @@ def forecast_lines(decision: Any, indent: str = "  ") -> list[str]:
     return lines
 
 
-def stage_of(info: Mapping[str, Any], policy: Policy | None) -> str:
-    """The stage ``describe`` names, else the policy's stage at ``stage_index``."""
+def stage_label(info: Mapping[str, Any], policy: Policy | None) -> str | None:
+    """The stage ``describe`` names, else the policy's stage at ``stage_index`` (None if
+    neither says)."""
     if info.get("stage"):
         return str(info["stage"])
     index = info.get("stage_index")
     if policy is not None and isinstance(index, int) and 0 <= index < len(policy.stages):
         return policy.stages[index].describe()
-    return f"stage {index}"
+    return None
+
+
+def stage_of(info: Mapping[str, Any], policy: Policy | None) -> str:
+    """:func:`stage_label` for a line of text: ``stage N`` when it is not known."""
+    return stage_label(info, policy) or f"stage {info.get('stage_index')}"
 
 
 def timeout_seconds(text: str) -> float:

@@ -20,6 +20,7 @@ from typing import Any, TypeVar, cast
 import click
 import yaml
 
+from mlflow_kpigate.cli.operate import stage_label
 from mlflow_kpigate.core.decision import Decision
 from mlflow_kpigate.core.errors import KpigateError
 from mlflow_kpigate.deploy.deployer import Deployer
@@ -89,15 +90,6 @@ def dump_line(data: Any, fmt: str) -> str:
     return json.dumps(clean, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
 
 
-def _stage(info: Mapping[str, Any], policy: Policy | None) -> str | None:
-    if info.get("stage"):
-        return str(info["stage"])
-    index = info.get("stage_index")
-    if policy is not None and isinstance(index, int) and 0 <= index < len(policy.stages):
-        return policy.stages[index].describe()
-    return None
-
-
 def status_document(deployer: Deployer, name: str, config: Mapping[str, Any] | None,
                     info: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Rollout ``name`` as ``status -o json`` prints it: what ``describe`` gives (the
@@ -118,7 +110,7 @@ def status_document(deployer: Deployer, name: str, config: Mapping[str, Any] | N
                 else None
     except KpigateError:
         pass  # e.g. a ModelRollout the operator has not acted on yet: describe says so
-    doc["stage"] = _stage(doc, policy)
+    doc["stage"] = stage_label(doc, policy)
     doc["traffic"] = traffic
     doc["last_decision"] = decision.to_dict() if decision is not None else None
     return doc
