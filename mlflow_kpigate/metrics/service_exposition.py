@@ -46,7 +46,7 @@ def capped_segments(sample: StageSample, field: str, limit: int
     totals: dict[str, int] = {}
     for per_value in roles:
         for value, conf in per_value.items():
-            totals[value] = totals.get(value, 0) + conf.tp + conf.fp + conf.tn + conf.fn
+            totals[value] = totals.get(value, 0) + conf.n
     ranked = sorted((v for v in totals if v != names.OTHER_SEGMENT),
                     key=lambda v: (-totals[v], v))
     kept = set(ranked[:limit])
@@ -59,8 +59,7 @@ def capped_segments(sample: StageSample, field: str, limit: int
         for mine, per_value in ((base, roles[0]), (cand, roles[1])):
             found = per_value.get(value)
             if found is not None:
-                for cell in names.CONFUSION_OUTCOMES:
-                    setattr(mine, cell, getattr(mine, cell) + getattr(found, cell))
+                mine.merge(found)
     return out
 
 
