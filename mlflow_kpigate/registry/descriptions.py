@@ -30,12 +30,17 @@ END = "<!-- kpigate:rollout end -->"
 MAX_DESCRIPTION = 5000
 
 
+def _markers(text: str) -> tuple[int, int]:
+    """Where the section's begin and end markers are in ``text`` (-1: not there)."""
+    start = text.find(BEGIN)
+    return start, text.find(END, start + len(BEGIN)) if start >= 0 else -1
+
+
 def with_section(description: str | None, body: str) -> str:
     """``description`` with its kpigate section replaced by ``body`` (or appended)."""
     text = description or ""
     section = f"{BEGIN}\n{body.strip()}\n{END}"
-    start = text.find(BEGIN)
-    end = text.find(END, start + len(BEGIN)) if start >= 0 else -1
+    start, end = _markers(text)
     if start >= 0 and end >= 0:
         return text[:start] + section + text[end + len(END):]
     if start >= 0:  # a begin marker whose end someone deleted: the section runs to the end
@@ -48,8 +53,7 @@ def with_section(description: str | None, body: str) -> str:
 def section_of(description: str | None) -> str | None:
     """The body of the kpigate section of ``description`` (None without one)."""
     text = description or ""
-    start = text.find(BEGIN)
-    end = text.find(END, start + len(BEGIN)) if start >= 0 else -1
+    start, end = _markers(text)
     if start < 0 or end < 0:
         return None
     return text[start + len(BEGIN):end].strip()
