@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -269,10 +270,23 @@ def test_a_new_supervisor_replaces_the_orphans_of_the_dead_one(env):
         port = RolloutStore(directory).require().port
         os.kill(old["supervisor"], signal.SIGKILL)
         assert _serves(port)  # the orphaned router serves on
+        orphan_metrics = metrics_endpoint(directory)  # the orphaned controller serves on too
         r = kpigate(env, "status", "heal-orphans")
         assert r.returncode == 0, r.stderr
         assert "(running)" in r.stdout
-        assert f"controller metrics {metrics_endpoint(directory)}" in r.stdout
+        # status starts a new supervisor, which replaces the orphaned controller: the line
+        # shows the old controller's address or, once it is replaced, the new one's.
+        # (Between the two, when the old one has stopped and the new one has not bound yet,
+        # there is no address to show: then status is asked again once there is.)
+        shown = re.search(r"controller metrics (\S+)", r.stdout)
+        if shown is None:
+            _wait(lambda: metrics_endpoint(directory), "the new controller's metrics")
+            r = kpigate(env, "status", "heal-orphans")
+            shown = re.search(r"controller metrics (\S+)", r.stdout)
+        assert shown is not None, r.stdout
+        if shown.group(1) != orphan_metrics:
+            _wait(lambda: metrics_endpoint(directory) == shown.group(1),
+                  f"the new controller to serve at {shown.group(1)}")
         # The old router is stopped once the new one listens; traffic is served meanwhile.
         _wait(lambda: procfs.gone(old["router"]), "the orphaned router to be replaced", 180)
         assert procfs.processes_running(ROUTER_MODULE, directory) == [_pids(directory)["router"]]
